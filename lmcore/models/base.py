@@ -1,0 +1,83 @@
+"""The contract every model honours, and the one loss function they all share.
+
+Shapes: B batch, T time, D width, V vocabulary.
+
+Every architecture subclasses ``LanguageModel`` and provides:
+- ``forward(idx)``: idx (B, T) long -> logits (B, T, V), causal;
+- ``init_cache(batch_size)`` / ``step(idx_t, cache)``: one token at a time,
+  giving the same logits as ``forward`` over the whole sequence;
+- ``attention_maps(idx)``: (1, T) -> (n_layer, n_groups, T, T), or a
+  ``ConfigError`` when the architecture has no such maps (``has_attention``).
+The trainer, sampler, checkpoint code and app never branch on the architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmcore.errors import ConfigError
+from lmcore.models.config import ModelConfig
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy. logits (B, T, V), targets (B, T) -> scalar."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+class LanguageModel(nn.Module):
+    """Base class of all models; see the module docstring for the contract."""
+
+    has_attention: ClassVar[bool] = False  # whether attention_maps() gives maps
+    attention_unit: ClassVar[str] = "head"  # what the second axis of attention_maps is
+    # Longest context step() can carry: the transformer's block_size; None = unbounded.
+    max_context: int | None = None
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def validate_config(cls, config: ModelConfig) -> None:
+        """Architecture-specific checks; raise ConfigError. Default: nothing more."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        raise NotImplementedError
+
+    def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> Any:
+        raise NotImplementedError
+
+    def step(self, idx_t: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:  # (B, 1) -> (B, 1, V)
+        raise NotImplementedError
+
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:  # (1, T) -> (L, H, T, T)
+        raise ConfigError(
+            f"the {self.config.arch} architecture has no attention maps; pick a transformer or Mamba model to see them"
+        )
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (shared tensors counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if non_embedding and name.endswith(("wte.weight", "wpe.weight")):
+                continue
+            total += p.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6 N plus the sequence mixing.
+
+        Subclasses add their mixing cost (attention: 12 L D T); this default is 6 N.
+        """
+        return 6 * self.num_params(non_embedding=True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,32 @@
+"""Bigram baseline: the next token depends only on the current one.
+
+One (V, V) table of logits; the simplest model that can be trained, and the
+floor every other architecture must beat.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmcore.models.base import LanguageModel
+from lmcore.models.config import ModelConfig
+
+
+class Bigram(LanguageModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table(idx)  # (B, T, V)
+
+    def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> None:
+        return None  # a bigram remembers nothing
+
+    def step(self, idx_t: torch.Tensor, cache: None) -> tuple[torch.Tensor, None]:
+        return self.table(idx_t), None  # (B, 1, V)
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return 6 * self.config.vocab_size  # a lookup forward; the gradient touches one row

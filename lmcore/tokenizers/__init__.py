@@ -1,0 +1,29 @@
+"""Tokenizers: character-level and byte-level BPE, with a JSON round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcore.errors import TokenizerError
+from lmcore.tokenizers.base import BOS_TOKEN, Tokenizer, printable
+from lmcore.tokenizers.char import CharTokenizer
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer}
+
+try:  # the BPE tokenizer lives in its own module
+    from lmcore.tokenizers.bpe import BPETokenizer
+
+    TOKENIZERS["bpe"] = BPETokenizer
+except ImportError:  # pragma: no cover - only while bpe.py is being written
+    BPETokenizer = None  # type: ignore[assignment,misc]
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from ``tok.to_dict()``; TokenizerError on anything else."""
+    if not isinstance(d, dict) or d.get("type") not in TOKENIZERS:
+        kind = d.get("type") if isinstance(d, dict) else type(d).__name__
+        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected one of {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[d["type"]].from_dict(d)
+
+
+__all__ = ["BOS_TOKEN", "BPETokenizer", "CharTokenizer", "Tokenizer", "TOKENIZERS", "printable", "tokenizer_from_dict"]
