@@ -5,25 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from lmcore.errors import TokenizerError
-from lmcore.tokenizers.base import BOS_TOKEN, Tokenizer, printable
+from lmcore.tokenizers.base import BOS_TOKEN, UNK_TOKEN, Tokenizer, printable
+from lmcore.tokenizers.bpe import BPETokenizer
 from lmcore.tokenizers.char import CharTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer}
-
-try:  # the BPE tokenizer lives in its own module
-    from lmcore.tokenizers.bpe import BPETokenizer
-
-    TOKENIZERS["bpe"] = BPETokenizer
-except ImportError:  # pragma: no cover - only while bpe.py is being written
-    BPETokenizer = None  # type: ignore[assignment,misc]
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from ``tok.to_dict()``; TokenizerError on anything else."""
-    if not isinstance(d, dict) or d.get("type") not in TOKENIZERS:
+    if not isinstance(d, dict) or not isinstance(d.get("type"), str) or d["type"] not in TOKENIZERS:
         kind = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise TokenizerError(f"unknown tokenizer type {kind!r}; expected one of {', '.join(TOKENIZERS)}")
     return TOKENIZERS[d["type"]].from_dict(d)
 
 
-__all__ = ["BOS_TOKEN", "BPETokenizer", "CharTokenizer", "Tokenizer", "TOKENIZERS", "printable", "tokenizer_from_dict"]
+__all__ = [
+    "BOS_TOKEN",
+    "BPETokenizer",
+    "CharTokenizer",
+    "TOKENIZERS",
+    "Tokenizer",
+    "UNK_TOKEN",
+    "printable",
+    "tokenizer_from_dict",
+]

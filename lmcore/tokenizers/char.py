@@ -20,7 +20,9 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: str, unk: bool = False):
         if len(set(chars)) != len(chars):
-            raise TokenizerError("a character tokenizer's vocabulary has repeated characters; rebuild it from the corpus")
+            raise TokenizerError(
+                "a character tokenizer's vocabulary has repeated characters; rebuild it from the corpus"
+            )
         self.chars = chars
         self.unk = unk
         self._stoi = {ch: i for i, ch in enumerate(chars)}
@@ -39,6 +41,8 @@ class CharTokenizer(Tokenizer):
         return len(self.chars) + 1 + (1 if self.unk else 0)
 
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TokenizerError(f"can only encode text (str), got {type(text).__name__}")
         stoi = self._stoi
         try:
             return [stoi[ch] for ch in text]
@@ -54,6 +58,7 @@ class CharTokenizer(Tokenizer):
         )
 
     def decode(self, ids: list[int]) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # tensors too
         self._check_ids(ids)
         n = len(self.chars)
         out = []
@@ -82,4 +87,7 @@ class CharTokenizer(Tokenizer):
         chars = d.get("chars")
         if not isinstance(chars, str):
             raise TokenizerError("character tokenizer data has no 'chars' string; the file is damaged")
-        return cls(chars, unk=bool(d.get("unk", False)))
+        unk = d.get("unk", False)
+        if not isinstance(unk, bool):
+            raise TokenizerError("character tokenizer data has a non-boolean 'unk' flag; the file is damaged")
+        return cls(chars, unk=unk)
