@@ -3,11 +3,43 @@
 Progress is reported through callbacks (``on_step``, ``on_eval``), never by
 printing: the CLI's callback prints, the app's job stores events for polling,
 tests append them to a list.
+
+The recipe is nanoGPT's: AdamW with weight decay on matrices only (biases,
+norms' gains and other vectors are not decayed), a linear learning-rate warmup
+then a cosine decay to ``min_lr``, gradient clipping by global norm, and bf16
+autocast on CUDA (fp32 elsewhere). Losses are measured on fixed evaluation
+batches drawn once from their own seeded generator, so every evaluation of a
+run (and of runs with other seeds on the same data) sees the same windows.
+
+Determinism: batches come from a ``torch.Generator`` seeded with
+``TrainConfig.seed``, dropout from torch's global generator, seeded at the
+start of a fresh run. ``Trainer.state_dict()`` captures the optimizer, the step
+and both generators, so a run stopped and resumed gives the same losses as an
+uninterrupted one.
+
+Shapes: B batch, T block size, V vocabulary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcore.data import check_length, get_batch
+from lmcore.device import DEVICE_CHOICES, resolve_device
+from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, TrainingError
+from lmcore.models.base import lm_loss
+
+DTYPES = ("auto", "float32", "bfloat16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -28,6 +60,77 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     dtype: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    eval_seed: int = 0  # the fixed evaluation windows; shared by runs with different seeds
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine ends at."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys are rejected with ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError("a training config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise ConfigError naming the bad one and the fix. Returns self."""
+        for name in ("batch_size", "max_iters", "warmup_iters", "eval_interval", "eval_iters", "seed", "eval_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_iters < 1:
+            raise ConfigError(f"max_iters must be at least 1, got {self.max_iters}")
+        if self.lr <= 0:
+            raise ConfigError(f"the learning rate must be positive, got {self.lr}; try 1e-3")
+        if self.min_lr is not None:
+            m = self.min_lr
+            if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m):
+                raise ConfigError(f"min_lr must be a finite number, got {self.min_lr!r}")
+            if not 0 <= self.min_lr <= self.lr:
+                raise ConfigError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        if not 0 <= self.warmup_iters <= self.max_iters:
+            raise ConfigError(
+                f"warmup_iters must be between 0 and max_iters ({self.max_iters}), got {self.warmup_iters}"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be 0 (off) or positive, got {self.grad_clip}")
+        if self.eval_interval < 1:
+            raise ConfigError(f"eval_interval must be at least 1, got {self.eval_interval}")
+        if self.eval_iters < 1:
+            raise ConfigError(f"eval_iters must be at least 1, got {self.eval_iters}")
+        if self.time_budget_s is not None:
+            t = self.time_budget_s
+            if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
+                raise ConfigError(f"the time budget must be a positive number of seconds, got {t!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.device, str) or not (
+            self.device in DEVICE_CHOICES or self.device.startswith("cuda:")
+        ):
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        if _DTYPE_ALIASES.get(self.dtype, self.dtype) not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -47,3 +150,511 @@ class TrainEvent:
     val_ppl: float | None = None
     val_acc: float | None = None
     sample: str | None = None  # a short generated text, when a callback asks for one
+
+    @property
+    def is_eval(self) -> bool:
+        return self.val_loss is not None
+
+
+def lr_schedule(step: int, cfg: TrainConfig) -> float:
+    """The learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr.
+
+    Warmup climbs lr/warmup, 2 lr/warmup, ... reaching ``lr`` at step warmup-1;
+    the cosine then falls from ``lr`` to ``min_lr`` over the remaining steps
+    and stays there past ``max_iters``.
+    """
+    lr, min_lr = cfg.lr, cfg.final_lr
+    if step < cfg.warmup_iters:
+        return lr * (step + 1) / cfg.warmup_iters
+    span = cfg.max_iters - cfg.warmup_iters
+    if span <= 0 or step >= cfg.max_iters:
+        return min_lr
+    progress = (step - cfg.warmup_iters) / span  # 0 .. 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on tensors of 2 or more dimensions only (matrices, embeddings).
+
+    Decaying biases and norm gains pulls them towards 0 for no benefit, hence the
+    split (as in nanoGPT). The fused kernel is used on CUDA, foreach elsewhere.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():  # shared (tied) parameters are listed once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def _as_ids(ids: Any, what: str) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor):
+        try:
+            ids = torch.as_tensor(ids, dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"the {what} must be a 1-D sequence of token ids") from None
+    if ids.dim() != 1:
+        raise DataError(f"the {what} must be a 1-D tensor of token ids, got shape {list(ids.shape)}")
+    if ids.dtype != torch.long:
+        ids = ids.long()
+    return ids.cpu()
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+class Trainer:
+    """Trains ``model`` on token ids; see the module docstring.
+
+    ``train_ids`` and ``val_ids`` are 1-D long tensors (on any device; batches
+    are cut on the CPU). A callback is any object with some of ``on_start(trainer)``,
+    ``on_step(event)``, ``on_eval(event)``, ``on_end(result)``. ``stop()`` may be
+    called from any thread; the run ends after the current step, evaluates and
+    returns. Another thread that reads the weights while training goes on
+    should hold ``trainer.lock``: the optimizer updates them under it.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        config: TrainConfig,
+        callbacks: Any = (),
+        device: torch.device | str | None = None,
+    ):
+        self.config = config.validate()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or config.device)
+        self.model = model.to(self.device)
+        self.block_size: int = model.config.block_size
+        self.train_ids = _as_ids(train_ids, "training split")
+        self.val_ids = _as_ids(val_ids, "validation split")
+        check_length(self.train_ids, self.block_size, "training split")
+        check_length(self.val_ids, self.block_size, "validation split")
+        vocab = model.config.vocab_size
+        for ids, what in ((self.train_ids, "training split"), (self.val_ids, "validation split")):
+            if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+                raise DataError(
+                    f"the {what} holds token ids outside the model's vocabulary of {vocab}; "
+                    "build the model with the tokenizer that encoded the data"
+                )
+        self.callbacks = list(callbacks)
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+
+        dtype = _DTYPE_ALIASES.get(config.dtype, config.dtype)
+        if dtype == "bfloat16" and self.device.type != "cuda":
+            raise ConfigError("bf16 autocast is only used on CUDA; choose dtype 'auto' or 'float32' on this device")
+        use_bf16 = self.device.type == "cuda" and dtype != "float32" and torch.cuda.is_bf16_supported()
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._forward = torch.compile(self.model) if config.compile else self.model
+
+        # Training state: everything state_dict() saves.
+        self.step = 0
+        self.tokens_seen = 0
+        self.elapsed_s = 0.0  # across resumed runs
+        self.best_val_loss: float | None = None
+        self.history: list[dict[str, Any]] = []  # one entry per evaluation
+        self.last: dict[str, Any] = {}  # the latest evaluation's numbers
+        self._batch_gen = torch.Generator().manual_seed(config.seed)
+        self._resumed = False
+
+        # Fixed evaluation windows: start offsets (eval_iters, B) per split, drawn once.
+        eval_gen = torch.Generator().manual_seed(config.eval_seed)
+        shape = (config.eval_iters, config.batch_size)
+        self._eval_starts = {
+            "train": torch.randint(len(self.train_ids) - self.block_size, shape, generator=eval_gen),
+            "val": torch.randint(len(self.val_ids) - self.block_size, shape, generator=eval_gen),
+        }
+
+    # -- control --
+    def stop(self) -> None:
+        """Ask the run to end after the current step (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # -- resume --
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: optimizer, step, generators, history."""
+        state: dict[str, Any] = {
+            "version": 1,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed_s,
+            "best_val_loss": self.best_val_loss,
+            "history": list(self.history),
+            "config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batch_generator": self._batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; CheckpointError if it does not fit this model."""
+        try:
+            if state.get("version") != 1:
+                raise CheckpointError("the resume state has an unknown version; train from the weights only")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self._batch_gen.set_state(state["batch_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.step = int(state["step"])
+            self.tokens_seen = int(state["tokens_seen"])
+            self.elapsed_s = float(state["elapsed_s"])
+            best = state.get("best_val_loss")
+            self.best_val_loss = None if best is None else float(best)
+            self.history = list(state.get("history") or [])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"the saved optimizer state does not fit this model ({type(e).__name__}); train from the weights only"
+            ) from None
+        # The current config wins over the saved hyper-parameters (lr is set every step).
+        for group, wd in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0)):
+            group["weight_decay"] = wd
+            group["betas"] = (self.config.beta1, self.config.beta2)
+        self._resumed = True
+
+    def train_state(self) -> dict[str, Any]:
+        """A JSON-able summary for checkpoint metadata: steps, tokens, losses, seed, time."""
+        return {
+            "steps": self.step,
+            "max_iters": self.config.max_iters,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "seed": self.config.seed,
+            "train_loss": self.last.get("train_loss"),
+            "val_loss": self.last.get("val_loss"),
+            "val_ppl": self.last.get("val_ppl"),
+            "val_acc": self.last.get("val_acc"),
+            "best_val_loss": self.best_val_loss,
+            "device": str(self.device),
+            "config": self.config.to_dict(),
+            "history": list(self.history),
+        }
+
+    # -- evaluation --
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and next-token accuracy over the fixed evaluation windows of both splits."""
+        was_training = self.model.training
+        self.model.eval()
+        offsets = torch.arange(self.block_size + 1)
+        sums = []
+        try:
+            for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
+                loss_sum = torch.zeros((), device=self.device)
+                correct = torch.zeros((), device=self.device, dtype=torch.long)
+                for starts in self._eval_starts[split]:
+                    windows = ids[starts[:, None] + offsets].to(self.device)  # (B, T + 1)
+                    x, y = windows[:, :-1], windows[:, 1:]
+                    with self._autocast():
+                        logits = self._forward(x)  # (B, T, V)
+                    loss_sum += lm_loss(logits, y)
+                    correct += (logits.argmax(-1) == y).sum()
+                sums += [loss_sum.float(), correct.float()]
+        finally:
+            self.model.train(was_training)
+        # One device sync for all four numbers.
+        train_loss, train_correct, val_loss, val_correct = torch.stack(sums).tolist()
+        n, per_split = self.config.eval_iters, self.config.eval_iters * self.config.batch_size * self.block_size
+        train_loss, val_loss = train_loss / n, val_loss / n
+        return {
+            "train_loss": train_loss,
+            "train_acc": train_correct / per_split,
+            "val_loss": val_loss,
+            "val_ppl": _perplexity(val_loss),
+            "val_acc": val_correct / per_split,
+        }
+
+    # -- the loop --
+    def fit(self) -> dict[str, Any]:
+        """Train until max_iters, stop() or the time budget; evaluate at each interval and at the end.
+
+        Returns: step, train_loss, val_loss, val_ppl, val_acc, tokens_seen,
+        elapsed_s, stopped_early, best_val_loss.
+        """
+        cfg = self.config
+        if self.step == 0 and not self._resumed:
+            # Dropout draws from the global generator: seed it so runs repeat.
+            torch.manual_seed(cfg.seed)
+        started = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        stopped_early = False
+        last_event: TrainEvent | None = None
+        evaluated_at = -1
+        tokens_per_step = cfg.batch_size * self.block_size
+        tok_s = 0.0
+        self._emit("on_start", self)
+        self.model.train()
+        try:
+            while self.step < cfg.max_iters:
+                if self._stop.is_set():
+                    stopped_early = True
+                    break
+                if cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s:
+                    stopped_early = True
+                    break
+                t0 = time.perf_counter()
+                lr = lr_schedule(self.step, cfg)
+                loss, grad_norm = self._train_step(lr)
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                now = time.perf_counter()
+                rate = tokens_per_step / max(now - t0, 1e-9)
+                # Smoothed throughput; the first steps (warm-up, compilation) fade out quickly.
+                tok_s = rate if self.step == 1 or tok_s == 0.0 else 0.9 * tok_s + 0.1 * rate
+                self.elapsed_s = elapsed_before + (now - started)
+                last_event = TrainEvent(
+                    step=self.step,
+                    max_iters=cfg.max_iters,
+                    loss=loss,
+                    lr=lr,
+                    tokens_seen=self.tokens_seen,
+                    tokens_per_s=tok_s,
+                    grad_norm=grad_norm,
+                    elapsed_s=self.elapsed_s,
+                )
+                self._emit("on_step", last_event)
+                if self.step % cfg.eval_interval == 0:
+                    self._eval_and_emit(last_event)
+                    evaluated_at = self.step
+            if evaluated_at != self.step:
+                if last_event is None:  # nothing trained in this call: report the state as it is
+                    last_event = TrainEvent(
+                        step=self.step,
+                        max_iters=cfg.max_iters,
+                        loss=math.nan,
+                        lr=lr_schedule(max(self.step - 1, 0), cfg),
+                        tokens_seen=self.tokens_seen,
+                        tokens_per_s=0.0,
+                        grad_norm=math.nan,
+                        elapsed_s=self.elapsed_s,
+                    )
+                self._eval_and_emit(last_event)
+        finally:
+            self._stop.clear()
+        self.elapsed_s = elapsed_before + (time.perf_counter() - started)
+        result = {
+            "step": self.step,
+            "train_loss": self.last["train_loss"],
+            "val_loss": self.last["val_loss"],
+            "val_ppl": self.last["val_ppl"],
+            "val_acc": self.last["val_acc"],
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed_s,
+            "stopped_early": stopped_early,
+            "best_val_loss": self.best_val_loss,
+        }
+        self._emit("on_end", result)
+        return result
+
+    def _train_step(self, lr: float) -> tuple[float, float]:
+        """One optimizer step at learning rate ``lr``; returns (loss, grad norm) as floats.
+
+        Loss and gradient norm are read back together, once, before the update,
+        so a NaN or inf never reaches the weights.
+        """
+        cfg = self.config
+        x, y = get_batch(self.train_ids, cfg.batch_size, self.block_size, generator=self._batch_gen, device=self.device)
+        try:
+            with self._autocast():
+                logits = self._forward(x)  # (B, T, V)
+            loss = lm_loss(logits, y)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"out of memory at step {self.step + 1}; lower the batch size, block size or model size"
+            ) from None
+        except LMCoreError:
+            raise
+        except Exception as e:
+            if cfg.compile and self.step == 0:
+                raise TrainingError(f"torch.compile failed ({type(e).__name__}); train without compile") from e
+            raise
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None], foreach=True)
+        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            bad = loss_value if what == "loss" else grad_norm
+            raise TrainingError(
+                f"{what} became {bad} at step {self.step + 1}; lower the learning rate (now {lr:.3g}) "
+                "or raise warmup/grad clipping; the last good checkpoint is kept"
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.lock:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm
+
+    def _eval_and_emit(self, event: TrainEvent) -> None:
+        metrics = self.evaluate()
+        for key in ("train_loss", "val_loss"):
+            if not math.isfinite(metrics[key]):
+                raise TrainingError(
+                    f"the {key.replace('_', ' ')} became {metrics[key]} at step {self.step}; lower the learning rate "
+                    "or raise warmup/grad clipping; the last good checkpoint is kept"
+                )
+        self.last = metrics
+        if self.best_val_loss is None or metrics["val_loss"] < self.best_val_loss:
+            self.best_val_loss = metrics["val_loss"]
+        point = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed_s, 3)}
+        self.history.append({**point, **{k: round(v, 6) for k, v in metrics.items()}})
+        eval_event = dataclasses.replace(
+            event,
+            train_loss=metrics["train_loss"],
+            val_loss=metrics["val_loss"],
+            val_ppl=metrics["val_ppl"],
+            val_acc=metrics["val_acc"],
+        )
+        self._emit("on_eval", eval_event)
+
+    def _emit(self, hook: str, payload: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(payload)
+
+
+class CheckpointCallback:
+    """Saves the model (with its resume state) at evaluations.
+
+    ``keep="best"`` writes only when the validation loss improves on the best so
+    far (the file always holds the best model); ``keep="last"`` writes at every
+    evaluation. ``data_info`` (e.g. ``{"documents": True, "source": "builtin:python-names"}``)
+    is stored in the checkpoint so generation and evaluation read data the way
+    the model was trained.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Any,
+        keep: str = "best",
+        data_info: dict[str, Any] | None = None,
+        save_optimizer: bool = True,
+    ):
+        if keep not in ("best", "last"):
+            raise ConfigError(f"keep must be 'best' or 'last', got {keep!r}")
+        self.path = Path(path)
+        if not self.path.name.endswith(".safetensors"):
+            self.path = self.path.with_name(self.path.name + ".safetensors")
+        self.tokenizer = tokenizer
+        self.keep = keep
+        self.data_info = dict(data_info or {})
+        self.save_optimizer = save_optimizer
+        self.trainer: Trainer | None = None
+        self.best: float | None = None
+        self.saved_step: int | None = None  # the step of the weights in the file
+        self.saved_path: Path | None = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        # Resuming into the same file: it already holds the best of the earlier part
+        # of the run. A new file gets the first evaluation whatever its loss.
+        if self.best is None and self.path.exists():
+            self.best = trainer.best_val_loss
+
+    def on_eval(self, event: TrainEvent) -> None:
+        assert self.trainer is not None, "on_start must come first"
+        if self.keep == "best" and self.best is not None and not event.val_loss < self.best:
+            return
+        self.best = event.val_loss if self.best is None else min(self.best, event.val_loss)
+        from lmcore.checkpoint import save_checkpoint  # checkpoint imports models; keep train light
+
+        trainer = self.trainer
+        self.saved_path = save_checkpoint(
+            self.path,
+            trainer.model,
+            self.tokenizer,
+            train_state=trainer.train_state(),
+            optimizer=trainer.state_dict() if self.save_optimizer else None,
+            data_info=self.data_info,
+        )
+        self.saved_step = event.step
+
+
+@torch.no_grad()
+def evaluate_ids(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    max_tokens: int | None = None,
+) -> dict[str, float]:
+    """Loss, perplexity and accuracy of ``model`` over every token of ``ids``.
+
+    The ids are cut into consecutive windows of block_size + 1 tokens that
+    overlap by one, so each token after the first is predicted exactly once
+    (with up to block_size tokens of context). Deterministic: no sampling.
+    """
+    ids = _as_ids(ids, "evaluation text")
+    if max_tokens is not None:
+        ids = ids[: max_tokens + 1]
+    if len(ids) < 2:
+        raise DataError("the evaluation text needs at least 2 tokens; give it more text")
+    vocab = model.config.vocab_size
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise DataError(f"the evaluation text holds token ids outside the model's vocabulary of {vocab}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    T = model.config.block_size
+    n_pred = len(ids) - 1
+    n_full = n_pred // T
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    try:
+        if n_full:
+            windows = ids[: n_full * T + 1].unfold(0, T + 1, T)  # (n_full, T + 1)
+            for i in range(0, n_full, batch_size):
+                w = windows[i : i + batch_size].to(device)
+                logits = model(w[:, :-1])  # (b, T, V)
+                y = w[:, 1:]
+                loss_sum += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
+                )
+                correct += (logits.argmax(-1) == y).sum()
+        tail = ids[n_full * T :]
+        if len(tail) >= 2:  # the last, shorter window
+            w = tail[None].to(device)  # (1, t + 1)
+            logits = model(w[:, :-1])
+            y = w[:, 1:]
+            loss_sum += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
+            )
+            correct += (logits.argmax(-1) == y).sum()
+    finally:
+        model.train(was_training)
+    total_loss, total_correct = torch.stack([loss_sum, correct.double()]).tolist()
+    loss = total_loss / n_pred
+    return {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}

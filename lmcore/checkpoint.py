@@ -1,0 +1,713 @@
+"""Checkpoints: one self-contained ``.safetensors`` file per model.
+
+The file holds the weights under their module names (``wte.weight``,
+``blocks.0.attn.c_attn.weight``...) and, in the safetensors ``__metadata__``
+map (string values only), everything else needed to use the model:
+
+- ``format``: ``lmcore/1``;
+- ``config``: the ModelConfig as JSON;
+- ``tokenizer``: the tokenizer's ``to_dict()`` as JSON;
+- ``train``: JSON of the training state (steps, tokens seen, losses, seed, time);
+- ``data``: JSON of what the model was trained on (``documents``, ``source``);
+- ``created``: ISO 8601 time of writing (UTC);
+- ``tied``: JSON map alias -> kept name for tensors that share storage;
+- ``arch``, ``preset``, ``params``, ``lmcore``, ``checkpoint_id``: for listings.
+
+Tied weights (the token embedding doubling as the output head) share storage,
+which ``safetensors.save_file`` refuses; we store one copy, record the alias in
+``tied`` and tie the parameters again on load. Any safetensors reader can still
+read the weights (``safetensors.torch.load_file``); nothing is ever pickled and
+``torch.load`` is never called.
+
+The optimizer and random-generator state needed to resume training exactly
+live beside the checkpoint in ``NAME.optim.safetensors``: tensors in the file,
+the nesting (param groups, steps) as JSON in its metadata, and the same
+``checkpoint_id`` so a stale pair is caught.
+
+Writes are atomic: a temporary file in the same directory, then ``os.replace``.
+Every malformed file raises ``CheckpointError`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+import lmcore
+from lmcore.errors import CheckpointError, LMCoreError
+from lmcore.models import LanguageModel, ModelConfig, build_model
+from lmcore.tokenizers import Tokenizer, tokenizer_from_dict
+
+FORMAT = "lmcore/1"
+OPTIM_FORMAT = "lmcore-optim/1"
+SUFFIX = ".safetensors"
+OPTIM_SUFFIX = ".optim.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger declared header is hostile or broken
+MAX_NAME_CHARS = 100
+# Device names Windows reserves whatever the extension; avoided so files can be copied there.
+_RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
+# Metadata keys every lmcore checkpoint carries.
+REQUIRED_KEYS = ("format", "config", "tokenizer")
+# The process's umask, read once: temporary files are created 0600 and get the
+# permissions an ordinary new file would have before they are renamed into place.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: a ready model (eval mode) and everything saved with it."""
+
+    model: LanguageModel
+    tokenizer: Tokenizer
+    config: ModelConfig
+    metadata: dict[str, Any]  # every metadata value, JSON ones parsed
+    train_state: dict[str, Any] = field(default_factory=dict)
+    data_info: dict[str, Any] = field(default_factory=dict)  # always has "documents": bool
+    path: Path | None = None
+
+    @property
+    def documents(self) -> bool:
+        """Whether the model was trained in documents mode (BOS between documents)."""
+        return bool(self.data_info.get("documents", False))
+
+
+# --------------------------------------------------------------------------- names
+
+
+def sanitize_name(name: str) -> str:
+    """A safe file stem from any text: no separators, no dots, no control characters.
+
+    Letters and digits of any script are kept; everything else becomes ``_``.
+    A trailing ``.safetensors`` is dropped. Examples: "../../x" -> "x",
+    "/etc/passwd" -> "etc_passwd", "con" -> "con_", "my model" -> "my_model".
+    """
+    if not isinstance(name, str):
+        raise CheckpointError("a checkpoint name must be text")
+    name = unicodedata.normalize("NFKC", name).strip()
+    if name.lower().endswith(OPTIM_SUFFIX):
+        name = name[: -len(OPTIM_SUFFIX)]
+    elif name.lower().endswith(SUFFIX):
+        name = name[: -len(SUFFIX)]
+    # Dots go too: no "..", no hidden files, no ".optim" look-alikes.
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    stem = re.sub(r"_+", "_", stem).strip("_-")[:MAX_NAME_CHARS].strip("_-")
+    if not stem:
+        raise CheckpointError(f"the name {name!r} has no usable characters; use letters, digits, '-' or '_'")
+    if stem.lower() in _RESERVED_NAMES:
+        stem += "_"
+    return stem
+
+
+def checkpoint_path(directory: str | os.PathLike, name: str) -> Path:
+    """``directory/<sanitized name>.safetensors``, guaranteed to lie inside ``directory``."""
+    base = Path(directory).resolve()
+    path = (base / (sanitize_name(name) + SUFFIX)).resolve()
+    if path.parent != base:
+        raise CheckpointError(f"the name {name!r} would leave the checkpoint folder; choose a plain name")
+    return path
+
+
+def optimizer_path(path: str | os.PathLike) -> Path:
+    """Where the resume state of checkpoint ``path`` lives: ``NAME.optim.safetensors``."""
+    path = Path(path)
+    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
+    return path.with_name(stem + OPTIM_SUFFIX)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    train_state: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
+    data_info: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` to one .safetensors file atomically; return its path.
+
+    ``optimizer`` is either a torch optimizer or a whole resume state (the
+    nested dict of ``Trainer.state_dict()``); it goes to ``NAME.optim.safetensors``.
+    A path without the ``.safetensors`` suffix gets it.
+    """
+    path = Path(path)
+    if not path.name.endswith(SUFFIX):
+        path = path.with_name(path.name + SUFFIX)
+    if path.name.endswith(OPTIM_SUFFIX):
+        raise CheckpointError(f"{path.name} is the name of an optimizer-state file; choose another checkpoint name")
+    module = getattr(model, "_orig_mod", model)  # save the uncompiled module, never torch.compile's wrapper
+    config: ModelConfig = module.config
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}; "
+            "save the tokenizer the model was built for"
+        )
+    tensors, tied = _unique_tensors(module.state_dict())
+    checkpoint_id = uuid.uuid4().hex
+    metadata = {
+        "format": FORMAT,
+        "config": config.to_json(),
+        "tokenizer": json.dumps(tokenizer.to_dict(), sort_keys=True),
+        "train": _dumps(train_state or {}),
+        "data": _dumps({"documents": False, **(data_info or {})}),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tied": json.dumps(tied, sort_keys=True),
+        "arch": config.arch,
+        "preset": config.preset,
+        "params": str(module.num_params()),
+        "lmcore": lmcore.__version__,
+        "checkpoint_id": checkpoint_id,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if optimizer is not None:
+            state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+            packed: dict[str, torch.Tensor] = {}
+            skeleton = _pack(state, "state", packed)
+            meta = {"format": OPTIM_FORMAT, "checkpoint_id": checkpoint_id, "state": _dumps(skeleton)}
+            _atomic_save(packed, meta, optimizer_path(path))
+        else:
+            # A stale resume state must not be paired with new weights.
+            optimizer_path(path).unlink(missing_ok=True)
+        _atomic_save(tensors, metadata, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write the checkpoint {path}: {e.strerror or e}") from None
+    return path
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """save_file into a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """Identifies tensors that are the very same view of the same memory."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One CPU copy per shared tensor; returns (tensors, {alias: kept name}).
+
+    The first name in module order is kept (the embedding comes before the head).
+    """
+    kept: dict[tuple, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state.items():
+        key = _storage_key(t)
+        if key in kept:
+            tied[name] = kept[key]
+            continue
+        kept[key] = name
+        out = t.detach().to("cpu").contiguous()
+        # Distinct views of one storage (rare: buffers sliced from another) must be copied apart.
+        storage = (out.untyped_storage().data_ptr(),)
+        if storage in storages and out.numel() > 0:
+            out = out.clone()
+            storage = (out.untyped_storage().data_ptr(),)
+        storages.add(storage)
+        tensors[name] = out
+    return tensors, tied
+
+
+def _dumps(value: Any) -> str:
+    """JSON with non-finite floats written as null, so every reader can parse it."""
+    return json.dumps(_finite(value), sort_keys=True, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# The resume state is a nested structure (dicts with int keys, tuples, tensors).
+# It is written as JSON in which each tensor is a reference into the file.
+
+
+def _pack(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = path
+        n = 1
+        while key in tensors:
+            n += 1
+            key = f"{path}#{n}"
+        # Written at once by the caller's thread, between optimizer steps: no copy needed.
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"cannot store a state key of type {type(k).__name__}")
+            items.append([k, _pack(v, f"{path}.{k}", tensors)])
+        return {"__dict__": items}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} in a resume state")
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"the optimizer-state file lacks the tensor {key!r}; it is damaged")
+            return tensors[key]
+        if set(obj) == {"__tuple__"} and isinstance(obj["__tuple__"], list):
+            return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__dict__"} and isinstance(obj["__dict__"], list):
+            out = {}
+            for item in obj["__dict__"]:
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))):
+                    raise CheckpointError("the optimizer-state file has a malformed entry; it is damaged")
+                out[item[0]] = _unpack(item[1], tensors)
+            return out
+        raise CheckpointError("the optimizer-state file has an unknown structure; it is damaged")
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check the file's framing by hand and parse its JSON header: (tensor entries, metadata).
+
+    Gives one-line reasons for the common ways a file is not a safetensors
+    file at all, before the safetensors parser sees it.
+    """
+    path = Path(path)
+    shown = display_name or path.name
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {display_name or path}; check the path")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; pass the .safetensors file inside it")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if size == 0:
+                raise CheckpointError(f"{shown} is empty; it is not a checkpoint")
+            if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+                raise CheckpointError(
+                    f"{shown} is a Python pickle (torch.save), not safetensors; lmcore never unpickles files"
+                )
+            if head[:4] == b"PK\x03\x04":
+                raise CheckpointError(
+                    f"{shown} is a zip archive (torch.save's format), not safetensors; lmcore never unpickles files"
+                )
+            if len(head) < 8:
+                raise CheckpointError(f"{shown} is too short to be a safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{shown} is not a valid safetensors file: it declares a {n}-byte header")
+            if n > size - 8:
+                raise CheckpointError(
+                    f"{shown} is truncated or not a safetensors file: "
+                    f"it declares a {n}-byte header in a {size}-byte file"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{shown} is not a valid safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{shown} is not a valid safetensors file: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise CheckpointError(f"{shown} has malformed metadata (safetensors metadata must map names to text)")
+    data_len = size - 8 - n
+    for name, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise CheckpointError(f"{shown} is truncated or damaged: tensor {name!r} lies outside the file")
+    return header, metadata or {}
+
+
+def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
+    """Check the lmcore keys and parse the JSON ones; CheckpointError naming the problem."""
+    if not raw or "format" not in raw:
+        raise CheckpointError(f"{where} has no lmcore metadata; it was not saved by lmcore (or was stripped)")
+    fmt = raw["format"]
+    if fmt != FORMAT:
+        if fmt.startswith("lmcore/"):
+            raise CheckpointError(f"{where} uses format {fmt!r}; this version of lmcore reads {FORMAT!r}")
+        raise CheckpointError(f"{where} has format {fmt!r}, not an lmcore checkpoint ({FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise CheckpointError(f"{where} lacks the metadata {', '.join(missing)}; the file is damaged")
+    meta: dict[str, Any] = dict(raw)
+    for key, kind in (("config", dict), ("tokenizer", dict), ("train", dict), ("data", dict), ("tied", dict)):
+        if key not in raw:
+            meta[key] = {}
+            continue
+        try:
+            value = json.loads(raw[key])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{where} has invalid JSON in its {key!r} metadata; the file is damaged") from None
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{where} has a {key!r} metadata that is not a JSON object; the file is damaged")
+        meta[key] = value
+    try:
+        meta["config_obj"] = ModelConfig.from_dict(meta["config"]).validate()
+    except LMCoreError as e:
+        raise CheckpointError(f"{where} holds an unusable model config: {e}") from None
+    except (TypeError, ValueError, ImportError) as e:
+        raise CheckpointError(f"{where} holds an unusable model config ({_one_line(e)})") from None
+    tok_type = meta["tokenizer"].get("type")
+    from lmcore.tokenizers import TOKENIZERS
+
+    if tok_type not in TOKENIZERS:
+        raise CheckpointError(
+            f"{where} uses an unknown tokenizer type {tok_type!r}; this version knows {', '.join(TOKENIZERS)}"
+        )
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta["tied"].items()):
+        raise CheckpointError(f"{where} has a malformed 'tied' metadata; the file is damaged")
+    data = meta["data"]
+    data["documents"] = bool(data.get("documents", False))
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's metadata (JSON values parsed), without loading any weights.
+
+    Raises CheckpointError for anything that is not a readable lmcore checkpoint.
+    """
+    _, raw = _read_header(path)
+    meta = _parse_metadata(raw, Path(path).name)
+    meta.pop("config_obj")
+    return meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, display_name: str | None = None
+) -> Checkpoint:
+    """Load and fully validate a checkpoint: a model in eval mode on ``device``, and its tokenizer.
+
+    ``display_name`` is how messages call the file (e.g. "the uploaded file").
+    """
+    path = Path(path)
+    where = display_name or path.name
+    header, raw = _read_header(path, display_name)
+    meta = _parse_metadata(raw, where)
+    config: ModelConfig = meta.pop("config_obj")
+    try:
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    except LMCoreError as e:
+        raise CheckpointError(f"{where} holds an unusable tokenizer: {e}") from None
+    except Exception as e:  # a damaged tokenizer dict may break its from_dict in any way
+        raise CheckpointError(f"{where} holds a damaged tokenizer ({type(e).__name__}: {_one_line(e)})") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{where} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens "
+            f"but its model {config.vocab_size}"
+        )
+    # Check names, dtypes and shapes against a weightless ("meta") model first, so a
+    # hostile config cannot make us allocate a huge model before the file is checked.
+    tied: dict[str, str] = meta["tied"]
+    expected = _expected_tensors(config, where)
+    in_file = set(header)
+    provided = in_file | set(tied)
+    missing = sorted(set(expected) - provided)
+    extra = sorted(provided - set(expected))
+    if missing:
+        raise CheckpointError(f"{where} lacks tensors its config needs: {_names(missing)}; the file is damaged")
+    if extra:
+        raise CheckpointError(f"{where} has tensors its config does not know: {_names(extra)}; the file is damaged")
+    bad_alias = sorted(a for a, t in tied.items() if t not in in_file)
+    if bad_alias:
+        raise CheckpointError(f"{where} ties {_names(bad_alias)} to tensors that are not in the file; it is damaged")
+    for name, (dtype, shape) in expected.items():
+        entry = header[tied.get(name, name)]
+        got_dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        got_shape = entry.get("shape") if isinstance(entry, dict) else None
+        if got_dtype != _SAFETENSORS_DTYPES.get(dtype):
+            shown = _dtype(_TORCH_DTYPES[got_dtype]) if got_dtype in _TORCH_DTYPES else repr(got_dtype)
+            raise CheckpointError(f"{where}: tensor {name!r} is stored as {shown} but the model needs {_dtype(dtype)}")
+        if got_shape != shape:
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {got_shape} but its config needs {shape}")
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in sorted(in_file):
+                state[name] = f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{where} is not a valid safetensors file ({_one_line(e)})") from None
+    for alias, target in tied.items():
+        state[alias] = state[target]
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values; the model is unusable")
+    try:
+        model = build_model(config)
+    except LMCoreError as e:
+        raise CheckpointError(f"{where} holds a model that cannot be built: {e}") from None
+    _check_shared_agree(model, state, where)
+    model.load_state_dict(state, strict=True)
+    _retie(model, tied)
+    model.eval()
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    return Checkpoint(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        metadata=meta,
+        train_state=meta["train"],
+        data_info=meta["data"],
+        path=path,
+    )
+
+
+# torch dtype -> the name safetensors writes in its header
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_TORCH_DTYPES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def _expected_tensors(config: ModelConfig, where: str) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """Name -> (dtype, shape) of every tensor the model of ``config`` saves, without allocating it."""
+    try:
+        with torch.device("meta"):
+            model = build_model(config)
+    except LMCoreError as e:
+        raise CheckpointError(f"{where} holds a model that cannot be built: {e}") from None
+    return {name: (t.dtype, list(t.shape)) for name, t in model.state_dict().items()}
+
+
+def _check_shared_agree(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """A model that ties tensors the file stores twice must get equal values, or loading would pick one."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in model.state_dict().items():
+        groups.setdefault(_storage_key(t), []).append(name)
+    for names in groups.values():
+        first = state[names[0]]
+        for other in names[1:]:
+            if state[other] is not first and not torch.equal(state[other], first):
+                raise CheckpointError(f"{where}: {other!r} and {names[0]!r} must be equal (tied) but differ")
+
+
+def _retie(model: torch.nn.Module, tied: dict[str, str]) -> None:
+    """Make every alias the very same Parameter as its target (a model may not tie on its own)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, target in tied.items():
+        if alias in params and target in params and params[alias] is not params[target]:
+            owner, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, params[target])
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+def load_resume_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The resume state saved beside checkpoint ``path`` (``NAME.optim.safetensors``), or None.
+
+    CheckpointError when the file exists but is damaged or belongs to other weights.
+    """
+    path = Path(path)
+    opath = optimizer_path(path)
+    if not opath.exists():
+        return None
+    header, raw = _read_header(opath)
+    where = opath.name
+    if raw.get("format") != OPTIM_FORMAT or "state" not in raw:
+        raise CheckpointError(
+            f"{where} is not an lmcore optimizer-state file; delete it to train from the weights only"
+        )
+    try:
+        _, main_raw = _read_header(path)
+    except CheckpointError:
+        main_raw = {}
+    if main_raw.get("checkpoint_id") != raw.get("checkpoint_id"):
+        raise CheckpointError(
+            f"{where} belongs to other weights than {path.name}; delete it to train from the weights only"
+        )
+    try:
+        skeleton = json.loads(raw["state"])
+        with safe_open(str(opath), framework="pt", device="cpu") as f:
+            tensors = {name: f.get_tensor(name) for name in header}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{where} has invalid JSON in its state; it is damaged") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{where} is not a valid safetensors file ({_one_line(e)})") from None
+    state = _unpack(skeleton, tensors)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} does not hold a resume state; it is damaged")
+    return state
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every checkpoint in ``directory``, newest first; bad files are listed with ``error`` set."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    rows = []
+    for path in directory.glob("*" + SUFFIX):
+        if path.name.endswith(OPTIM_SUFFIX) or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # vanished while listing
+        row: dict[str, Any] = {
+            "name": path.name[: -len(SUFFIX)],
+            "path": path,
+            "size_bytes": stat.st_size,
+            "created": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
+            "arch": None,
+            "preset": None,
+            "params": None,
+            "tokenizer": None,
+            "vocab_size": None,
+            "steps": None,
+            "val_loss": None,
+            "documents": None,
+            "error": None,
+            "_mtime": stat.st_mtime,
+        }
+        try:
+            meta = read_metadata(path)
+        except CheckpointError as e:
+            row["error"] = str(e)
+        else:
+            cfg, train = meta["config"], meta["train"]
+            params = meta.get("params", "")
+            row.update(
+                created=meta.get("created") or row["created"],
+                arch=cfg.get("arch"),
+                preset=cfg.get("preset") or None,
+                params=int(params) if params.isdigit() else None,
+                tokenizer=meta["tokenizer"].get("type"),
+                vocab_size=cfg.get("vocab_size"),
+                steps=train.get("steps"),
+                val_loss=train.get("val_loss"),
+                documents=meta["data"]["documents"],
+            )
+        rows.append(row)
+    rows.sort(key=lambda r: (r["_mtime"], r["name"]), reverse=True)
+    for row in rows:
+        del row["_mtime"]
+    return rows
+
+
+def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> Path:
+    """Validate uploaded bytes fully (as ``load_checkpoint``), then store them under a free name.
+
+    An existing file is never overwritten: ``name``, ``name-2``, ``name-3``... is used.
+    """
+    directory = Path(directory)
+    stem = sanitize_name(name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(f"cannot store the checkpoint in {directory}: {e.strerror or e}") from None
+    try:
+        load_checkpoint(tmp, display_name="the uploaded file")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        for n in range(1, 10_000):
+            target = checkpoint_path(directory, stem if n == 1 else f"{stem}-{n}")
+            try:
+                os.link(tmp, target)  # fails if the name is taken: no silent overwrite, even in a race
+            except FileExistsError:
+                continue
+            except OSError:  # file systems without hard links
+                if target.exists():
+                    continue
+                os.replace(tmp, target)
+            return target
+        raise CheckpointError(f"too many checkpoints named {stem!r}; choose another name")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def delete_checkpoint(path: str | os.PathLike) -> None:
+    """Remove a checkpoint and its optimizer-state file."""
+    path = Path(path)
+    if not path.name.endswith(SUFFIX) or path.name.endswith(OPTIM_SUFFIX):
+        raise CheckpointError(f"{path.name} is not a checkpoint file name (NAME.safetensors)")
+    opath = optimizer_path(path)
+    if not path.exists() and not opath.exists():
+        raise CheckpointError(f"no checkpoint at {path}; it may already be deleted")
+    try:
+        path.unlink(missing_ok=True)
+        opath.unlink(missing_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot delete {path}: {e.strerror or e}") from None
+
