@@ -177,12 +177,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     """AdamW with weight decay on tensors of 2 or more dimensions only (matrices, embeddings).
 
     Decaying biases and norm gains pulls them towards 0 for no benefit, hence the
-    split (as in nanoGPT). The fused kernel is used on CUDA, foreach elsewhere.
+    split (as in nanoGPT). A model can also opt a matrix out by setting
+    ``p._no_weight_decay = True`` (Mamba's A_log: decay would pull every A towards -1).
+    The fused kernel is used on CUDA, foreach elsewhere.
     """
     decay, no_decay = [], []
     for p in model.parameters():  # shared (tied) parameters are listed once
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            exempt = p.dim() < 2 or getattr(p, "_no_weight_decay", False)
+            (no_decay if exempt else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

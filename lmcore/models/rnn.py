@@ -1,0 +1,80 @@
+"""LSTM language model: the recurrent baseline (Hochreiter & Schmidhuber 1997).
+
+Shapes: B batch, T time, D width (``n_embd``, both the embedding and the hidden
+size), L layers (``n_layer``), V vocabulary.
+
+Token embedding -> dropout -> ``n_layer`` stacked ``torch.nn.LSTM`` layers (with
+dropout between them) -> dropout -> head. The head is the embedding matrix
+itself when ``tie_weights`` is set (both are V x D here), else its own Linear.
+
+Generation carries (h, c), each (L, B, D): every token costs the same whatever
+its position, and the context is not limited by ``block_size``.
+
+There is no attention to show: ``has_attention`` is False and
+``attention_maps`` raises the base class's ``ConfigError`` ("has no attention
+maps ..."), which the app shows as not available for this architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmcore.models.base import LanguageModel
+from lmcore.models.config import ModelConfig
+
+
+class LSTM(LanguageModel):
+    """Embedding, multi-layer LSTM, head. Checkpoint keys: ``embedding.weight``,
+    ``lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{i}``, and ``head.{weight,bias}``
+    when the head is not tied."""
+
+    has_attention = False
+    max_context = None
+    step_accepts_sequence = True  # step() takes a whole prompt (B, t) in one call
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        D, V, L = config.n_embd, config.vocab_size, config.n_layer
+        self.embedding = nn.Embedding(V, D)
+        self.drop = nn.Dropout(config.dropout)
+        # nn.LSTM applies its dropout between layers only, and warns when there is one layer.
+        self.lstm = nn.LSTM(D, D, num_layers=L, batch_first=True, dropout=config.dropout if L > 1 else 0.0)
+        self.head = None if config.tie_weights else nn.Linear(D, V)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            # Forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers by default,
+            # so gradients reach far back from the first steps. Gate order is i, f, g, o.
+            for i in range(L):
+                getattr(self.lstm, f"bias_ih_l{i}")[D : 2 * D].fill_(1.0)
+                getattr(self.lstm, f"bias_hh_l{i}")[D : 2 * D].zero_()
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        x = self.drop(x)
+        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.embedding(idx))  # (B, T, D)
+        out, _ = self.lstm(x)  # (B, T, D)
+        return self._logits(out)  # (B, T, V)
+
+    def init_cache(
+        self, batch_size: int = 1, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.device if device is None else torch.device(device)
+        shape = (self.config.n_layer, batch_size, self.config.n_embd)
+        dtype = self.embedding.weight.dtype
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def step(
+        self, idx_t: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """idx_t (B, t) -> logits (B, t, V) and (h, c) after those tokens; t may be > 1."""
+        x = self.drop(self.embedding(idx_t))  # (B, t, D)
+        out, (h, c) = self.lstm(x, cache)  # (B, t, D), (L, B, D) each
+        return self._logits(out), (h, c)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        total = super().num_params()
+        return total - self.embedding.weight.numel() if non_embedding else total
