@@ -10,5 +10,663 @@ import plotly.graph_objects as go  # noqa: F401
 
 # --- corpus, vocabulary and training figures ---
 
+# Imports used only by the figures of this section sit with them, like the
+# section below, so that either can change without touching the other.
+import html as _html  # noqa: E402
+import math  # noqa: E402
+from collections.abc import Iterable, Mapping  # noqa: E402
+from collections.abc import Sequence as _Seq  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as _np  # noqa: E402
+
+# One colour per run, reused in every training chart so a run keeps its colour.
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+# Charts thin long runs to at most this many points: the browser stays fast and
+# a ten-minute run draws as quickly as a ten-second one.
+MAX_POINTS = 1500
+
+
+def _text(s: str) -> str:
+    """Plotly reads a few HTML tags (``<br>``, ``<b>``) and entities in labels; corpus
+    text is never markup, so ``<``, ``>`` and ``&`` are escaped to show literally."""
+    return _html.escape(str(s), quote=False)
+
+
+def frequency_figure(
+    labels: _Seq[str],
+    counts: _Seq[int],
+    top_n: int = 40,
+    log_y: bool = False,
+    ids: _Seq[int] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """Bars of the ``top_n`` most frequent tokens, most frequent first.
+
+    labels: printable token strings (``tok.token_str``), counts: how often each
+    occurs in the corpus, ids: the token ids (default 0..V-1), shown on hover.
+    Bars sit at positions 0..n-1 with the labels as tick text, so two tokens
+    that print alike still get two bars. Ties keep the smaller id first.
+    """
+    if len(labels) != len(counts):
+        raise ValueError("labels and counts must have one entry per token")
+    ids = list(range(len(labels))) if ids is None else list(ids)
+    order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), ids[i]))[: max(1, int(top_n))]
+    shown = [_text(labels[i]) for i in order]
+    values = [int(counts[i]) for i in order]
+    total = sum(int(c) for c in counts) or 1
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(len(order))),
+            y=values,
+            customdata=[[shown[r], ids[i], values[r] / total] for r, i in enumerate(order)],
+            hovertemplate="%{customdata[0]} (id %{customdata[1]})<br>count %{y:,}"
+            "<br>share %{customdata[2]:.2%}<extra></extra>",
+            marker_color=RUN_COLORS[0],
+        )
+    )
+    fig.update_xaxes(
+        tickmode="array",
+        tickvals=list(range(len(order))),
+        ticktext=shown,
+        # Single characters fit upright; longer tokens are turned so they do not overlap.
+        tickangle=0 if max((len(t) for t in shown), default=0) <= 2 or len(order) <= 12 else -60,
+        title="token",
+    )
+    fig.update_yaxes(title="count (log scale)" if log_y else "count", type="log" if log_y else "linear")
+    fig.update_layout(
+        title=_text(title) or None, height=380, margin=dict(l=10, r=10, t=40 if title else 10, b=10), bargap=0.15
+    )
+    return fig
+
+
+def token_length_figure(lengths: _Seq[int], counts: _Seq[int] | None = None, unit: str = "bytes") -> go.Figure:
+    """Histogram of token lengths: how many vocabulary entries (or, with ``counts``,
+    how many corpus tokens) span 1, 2, 3, ... ``unit``.
+
+    lengths: one length per vocabulary entry; counts: optional weight per entry.
+    """
+    weights = [1] * len(lengths) if counts is None else [int(c) for c in counts]
+    if len(weights) != len(lengths):
+        raise ValueError("lengths and counts must have one entry per token")
+    hist: dict[int, int] = {}
+    for n, w in zip(lengths, weights):
+        hist[int(n)] = hist.get(int(n), 0) + w
+    xs = sorted(hist)
+    what = "tokens in the corpus" if counts is not None else "vocabulary entries"
+    fig = go.Figure(
+        go.Bar(
+            x=xs,
+            y=[hist[x] for x in xs],
+            marker_color=RUN_COLORS[1],
+            hovertemplate=f"%{{x}} {unit}: %{{y:,}} {what}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title=f"token length ({unit})", dtick=1)
+    fig.update_yaxes(title=what)
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), bargap=0.1)
+    return fig
+
+
+def series_from_events(events: Iterable[Any]) -> dict[str, list]:
+    """Columns for the training charts from ``TrainEvent``s (any objects with their fields).
+
+    Step rows come from every event without a validation loss; eval rows from
+    those with one. Keys: step, tokens, loss, lr, tokens_per_s, grad_norm,
+    elapsed_s (per step) and eval_step, eval_tokens, train_loss, val_loss,
+    val_ppl, val_acc, sample (per eval).
+    """
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "step", "tokens", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s",
+            "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample",
+        )
+    }  # fmt: skip
+    for e in events:
+        if e.val_loss is None:
+            out["step"].append(e.step)
+            out["tokens"].append(e.tokens_seen)
+            out["loss"].append(e.loss)
+            out["lr"].append(e.lr)
+            out["tokens_per_s"].append(e.tokens_per_s)
+            out["grad_norm"].append(e.grad_norm)
+            out["elapsed_s"].append(e.elapsed_s)
+        else:
+            out["eval_step"].append(e.step)
+            out["eval_tokens"].append(e.tokens_seen)
+            out["train_loss"].append(e.train_loss)
+            out["val_loss"].append(e.val_loss)
+            out["val_ppl"].append(e.val_ppl)
+            out["val_acc"].append(e.val_acc)
+            out["sample"].append(e.sample)
+    return out
+
+
+def thin(xs: _Seq[float], ys: _Seq[float], max_points: int = MAX_POINTS) -> tuple[list, list]:
+    """Every k-th point so that at most ``max_points`` remain; the last point is always kept.
+
+    Lists give lists; numpy arrays give arrays.
+    """
+    n = len(xs)
+    if n <= max_points:
+        return (xs, ys) if isinstance(xs, _np.ndarray) else (list(xs), list(ys))
+    k = math.ceil(n / max_points)
+    idx = list(range(0, n, k))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    if isinstance(xs, _np.ndarray):
+        return xs[idx], _np.asarray(ys)[idx]
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def _finite(xs: _Seq[float], ys: _Seq[float | None]) -> tuple[_np.ndarray, _np.ndarray]:
+    """Float arrays without the points whose value is missing, NaN or infinite.
+
+    Arrays, not lists: plotly checks a list element by element, which made a
+    chart of a long run take a tenth of a second to build.
+    """
+    x = _np.asarray(xs, dtype=float)
+    y = _np.asarray([_np.nan if v is None else v for v in ys], dtype=float)
+    keep = _np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _axis_title(x: str) -> str:
+    return "tokens seen" if x == "tokens" else "step"
+
+
+def loss_figure(runs: Mapping[str, Mapping[str, list]], x: str = "step", log_y: bool = False) -> go.Figure:
+    """Training loss (every step, faint) and validation loss (each eval, with markers) per run.
+
+    runs: run name -> ``series_from_events`` columns; x: "step" or "tokens".
+    Each run keeps one colour; comparing runs overlays them on shared axes.
+    """
+    if x not in ("step", "tokens"):
+        raise ValueError(f"x must be 'step' or 'tokens', got {x!r}")
+    fig = go.Figure()
+    for n, (name, s) in enumerate(runs.items()):
+        color = RUN_COLORS[n % len(RUN_COLORS)]
+        label = _text(name)
+        xs, ys = thin(*_finite(s[x], s["loss"]))
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys, mode="lines", name=f"{label}: train", line=dict(color=color, width=1), opacity=0.45,
+                legendgroup=label,
+                hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>train loss %{{y:.4f}}<extra></extra>",
+            )
+        )  # fmt: skip
+        ex, ey = _finite(s["eval_tokens" if x == "tokens" else "eval_step"], s["val_loss"])
+        fig.add_trace(
+            go.Scatter(
+                x=ex, y=ey, mode="lines+markers", name=f"{label}: validation", line=dict(color=color, width=2.5),
+                marker=dict(size=7), legendgroup=label,
+                hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>validation loss %{{y:.4f}}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title=_axis_title(x))
+    fig.update_yaxes(title="loss (nats per token)", type="log" if log_y else "linear")
+    fig.update_layout(
+        height=380,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        uirevision="loss",  # keeps zoom and hidden traces while the chart refreshes
+    )
+    return fig
+
+
+def metric_figure(
+    runs: Mapping[str, Mapping[str, list]], key: str, y_title: str, x: str = "step", log_y: bool = False
+) -> go.Figure:
+    """One per-step metric (``lr``, ``tokens_per_s``, ``grad_norm``) per run, as lines."""
+    fig = go.Figure()
+    for n, (name, s) in enumerate(runs.items()):
+        label = _text(name)
+        xs, ys = thin(*_finite(s[x], s[key]))
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys, mode="lines", name=label, line=dict(color=RUN_COLORS[n % len(RUN_COLORS)], width=1.5),
+                hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>{_text(y_title)} %{{y:.4g}}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title=_axis_title(x))
+    fig.update_yaxes(title=_text(y_title), type="log" if log_y else "linear")
+    fig.update_layout(
+        height=260,
+        margin=dict(l=10, r=10, t=10, b=10),
+        showlegend=len(runs) > 1,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        uirevision=key,
+    )
+    return fig
+
+
+# --- model figures: size and structure (plain numbers in, numbers or DOT out) ---
+
+
+def memory_estimate(config: Any, n_params: int, batch_size: int, bytes_per_value: int = 4) -> dict[str, int]:
+    """A rough training-memory budget in bytes: weights, gradients, AdamW state, activations.
+
+    - weights and gradients: one value each per parameter;
+    - AdamW: two more values per parameter (first and second moments);
+    - activations kept for the backward pass, per layer, for B sequences of T tokens
+      (B = batch_size, T = block_size, D = n_embd, H = n_head, V = vocab_size):
+      transformer ~ B T (34 D + 5 H T) values (Korthikanti et al. 2022, "Reducing
+      Activation Recomputation in Large Transformer Models", counted in fp32 values,
+      attention scores included as if not fused); Mamba ~ B T E D (10 + 3 N) (its
+      scan keeps per-step states of width N); LSTM ~ B T 10 D; plus B T V for the
+      logits and their gradient (twice that) for every architecture.
+    It ignores allocator slack, temporary buffers and fused kernels, so treat it
+    as the right order of magnitude, not a promise.
+    """
+    b, t, v = int(batch_size), int(config.block_size), int(config.vocab_size)
+    d, n_layer = int(config.n_embd), int(config.n_layer)
+    arch = config.arch
+    if arch == "transformer":
+        per_layer = b * t * (34 * d + 5 * int(config.n_head) * t)
+    elif arch == "mamba":
+        per_layer = b * t * int(config.expand) * d * (10 + 3 * int(config.d_state))
+    elif arch == "lstm":
+        per_layer = b * t * 10 * d
+    else:  # bigram: nothing but the table lookup
+        per_layer, n_layer = 0, 0
+    activations = (n_layer * per_layer + 2 * b * t * v) * bytes_per_value
+    weights = int(n_params) * bytes_per_value
+    out = {
+        "weights": weights,
+        "gradients": weights,
+        "optimizer": 2 * weights,
+        "activations": activations,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def _dot(s: str) -> str:
+    """A DOT double-quoted string body: backslashes and quotes escaped, newlines as \\n."""
+    return str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def model_diagram(config: Any) -> str:
+    """A Graphviz DOT description of the model's block structure, built from its config.
+
+    Reads ModelConfig fields only (arch, n_layer, n_embd, n_head, ...), so it works
+    for a config that has not been built yet. The repeated block is drawn once,
+    inside a box labelled with how many times it repeats.
+    """
+    c = config
+    arch = c.arch
+    nodes: list[tuple[str, str, str]] = []  # (id, label, fill colour)
+    block: list[tuple[str, str, str]] = []
+    skips: list[tuple[str, str]] = []  # residual connections inside the block (from, to)
+    emb, blk, head, io = "#dbeafe", "#fde68a", "#e9d5ff", "#e5e7eb"
+    nodes.append(("tokens", f"token ids\n(B, T)  T ≤ {c.block_size}", io))
+    if arch == "bigram":
+        nodes.append(("table", f"lookup table\n{c.vocab_size} × {c.vocab_size}", emb))
+    else:
+        pos = " + learned positions" if arch == "transformer" and c.pos == "learned" else ""
+        nodes.append(("embed", f"token embedding{pos}\n{c.vocab_size} → {c.n_embd}", emb))
+    if arch == "transformer":
+        norm = "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm"
+        kv = c.n_head if c.n_kv_head is None else c.n_kv_head
+        kind = "multi-head" if kv == c.n_head else ("multi-query" if kv == 1 else "grouped-query")
+        rope = ", RoPE" if c.pos == "rope" else ""
+        mlp = "SwiGLU" if c.mlp == "swiglu" else "GELU"
+        hidden = int(c.mlp_ratio * c.n_embd * (2 / 3 if c.mlp == "swiglu" else 1))
+        block += [
+            ("n1", norm, blk),
+            ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.n_embd // c.n_head} wide", blk),
+            ("add1", "+", blk),
+            ("n2", norm, blk),
+            ("mlp", f"MLP ({mlp})\n{c.n_embd} → {hidden} → {c.n_embd}", blk),
+            ("add2", "+", blk),
+        ]  # fmt: skip
+        skips += [("in", "add1"), ("add1", "add2")]
+        final = norm
+    elif arch == "mamba":
+        inner = c.expand * c.n_embd
+        block += [
+            ("n1", "RMSNorm", blk),
+            ("inproj", f"input projection\n{c.n_embd} → x, z ({inner} each)", blk),
+            ("conv", f"causal depthwise conv1d (width {c.d_conv}) + SiLU", blk),
+            ("ssm", f"selective scan\ninput-dependent Δ, B, C; state N = {c.d_state}", blk),
+            ("gate", "× SiLU(z)", blk),
+            ("outproj", f"output projection\n{inner} → {c.n_embd}", blk),
+            ("add1", "+", blk),
+        ]  # fmt: skip
+        skips += [("in", "add1")]
+        final = "RMSNorm"
+    elif arch == "lstm":
+        block += [("lstm", f"LSTM layer\nhidden {c.n_embd}, carries (h, c)", blk)]
+        final = ""
+    else:
+        final = ""
+    tail: list[tuple[str, str, str]] = []
+    if final:
+        tail.append(("nf", f"final {final}", head))
+    if arch != "bigram":
+        tied = " (shares the embedding)" if c.tie_weights else ""
+        tail.append(("head", f"output head{tied}\n{c.n_embd} → {c.vocab_size}", head))
+    tail.append(("logits", f"next-token logits\n(B, T, {c.vocab_size})", io))
+
+    lines = [
+        "digraph model {",
+        '  graph [rankdir=TB, fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.25];',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, margin="0.15,0.06"];',
+        '  edge [color="#6b7280", arrowsize=0.7];',
+    ]
+    for nid, label, fill in nodes:
+        lines.append(f'  {nid} [label="{_dot(label)}", fillcolor="{fill}"];')
+    order = [n[0] for n in nodes]
+    if block:
+        times = f"× {c.n_layer} layer" + ("s" if c.n_layer != 1 else "")
+        lines.append("  subgraph cluster_block {")
+        lines.append(f'    label="{_dot(times)}"; labeljust=r; style="rounded,dashed"; color="#9ca3af"; fontsize=11;')
+        lines.append('    in [label="", shape=point, width=0.06];')
+        for nid, label, fill in block:
+            shape = ', shape=circle, width=0.3, fixedsize=true' if label == "+" else ""
+            lines.append(f'    {nid} [label="{_dot(label)}", fillcolor="{fill}"{shape}];')
+        lines.append("  }")
+        order += ["in"] + [b[0] for b in block]
+    for nid, label, fill in tail:
+        lines.append(f'  {nid} [label="{_dot(label)}", fillcolor="{fill}"];')
+    order += [t[0] for t in tail]
+    for a, b in zip(order, order[1:]):
+        lines.append(f"  {a} -> {b};")
+    for a, b in skips:
+        lines.append(f'  {a} -> {b} [style=dashed, constraint=false, label=" residual", fontsize=9];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
 
 # --- attention and generation figures ---
+
+# Imports used only by the figures below sit with them, so that this section
+# can change without touching the one above.
+import html  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
+
+# Above this many tokens, axis labels get a smaller font so they stay legible.
+_DENSE_TOKENS = 40
+
+
+def plot_label(text: str) -> str:
+    """A token or piece of text made safe for plotly labels.
+
+    Plotly reads a small set of HTML tags (``<b>``, ``<br>``) and entities in
+    every label and hover text; a prompt is never markup, so ``<``, ``>`` and
+    ``&`` are escaped and plotly shows them literally.
+    Example: plot_label("<b>") -> "&lt;b&gt;"
+    """
+    return html.escape(str(text), quote=False)
+
+
+def _causal(weights: np.ndarray) -> np.ndarray:
+    """Copy of (..., T, T) weights with the future (above the diagonal) blanked out."""
+    z = np.array(weights, dtype=float)
+    rows, cols = np.triu_indices(z.shape[-1], 1)
+    z[..., rows, cols] = np.nan
+    return z
+
+
+def _color_args(z: np.ndarray) -> dict:
+    """Colour scale: sequential from 0 for softmax weights; diverging around 0 when
+    some values are negative (Mamba's implicit maps are not probabilities)."""
+    finite = z[np.isfinite(z)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 1.0
+    if lo < 0.0:
+        bound = max(abs(lo), abs(hi)) or 1.0
+        return dict(colorscale="RdBu_r", zmin=-bound, zmax=bound, zmid=0.0)
+    return dict(colorscale="Blues", zmin=0.0, zmax=max(hi, 1e-9))
+
+
+def _hover_tokens(tokens: Sequence[str]) -> np.ndarray:
+    """(T, T, 2) strings: the query token and the key token of every cell."""
+    labels = [plot_label(t) for t in tokens]
+    t = len(labels)
+    custom = np.empty((t, t, 2), dtype=object)
+    for i in range(t):
+        for j in range(t):
+            custom[i, j, 0] = labels[i]
+            custom[i, j, 1] = labels[j]
+    return custom
+
+
+def attention_heatmap(weights: np.ndarray, tokens: Sequence[str], title: str = "") -> go.Figure:
+    """One attention map: row i (query) shows how token i spreads over tokens 0..i (keys).
+
+    weights: (T, T) array, tokens: T printable token strings (``tok.token_str``).
+    Positions are the axis values and tokens only their tick labels, so a token
+    that occurs twice keeps two rows.
+    """
+    z = _causal(weights)
+    t = len(tokens)
+    if z.shape != (t, t):
+        raise ValueError(f"weights of shape {z.shape} do not match {t} tokens")
+    ticks = dict(
+        tickmode="array",
+        tickvals=list(range(t)),
+        ticktext=[plot_label(s) for s in tokens],
+        tickfont=dict(size=9 if t > _DENSE_TOKENS else 12),
+    )
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(t)),
+            y=list(range(t)),
+            customdata=_hover_tokens(tokens),
+            hovertemplate=(
+                "query #%{y} %{customdata[0]}<br>key #%{x} %{customdata[1]}"
+                "<br>weight %{z:.3f}<extra></extra>"
+            ),
+            hoverongaps=False,
+            colorbar=dict(title="weight"),
+            **_color_args(z),
+        )
+    )
+    fig.update_xaxes(title="key: the token looked at", tickangle=-60, showgrid=False, zeroline=False, **ticks)
+    fig.update_yaxes(title="query: the token looking", autorange="reversed", showgrid=False, zeroline=False, **ticks)
+    side = min(760, 260 + 18 * t)
+    fig.update_layout(
+        title=plot_label(title) or None,
+        height=side,
+        margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+        plot_bgcolor="white",
+    )
+    return fig
+
+
+def attention_average_heatmap(layer_maps: np.ndarray, tokens: Sequence[str], layer: int, unit: str = "head") -> go.Figure:
+    """The mean over one layer's heads (or Mamba's channel groups): (H, T, T) -> a heatmap."""
+    maps = np.asarray(layer_maps, dtype=float)
+    n = maps.shape[0]
+    return attention_heatmap(maps.mean(axis=0), tokens, title=f"layer {layer}: average over {n} {unit}s")
+
+
+def attention_grid(
+    maps: np.ndarray, tokens: Sequence[str], unit: str = "head", layers: Sequence[int] | None = None
+) -> go.Figure:
+    """Overview of many maps at once: one small heatmap per (layer, head).
+
+    maps: (L, H, T, T); ``layers`` picks the rows shown (all by default). Every
+    panel shares one colour scale, so strong and weak heads compare at a glance.
+    """
+    maps = np.asarray(maps, dtype=float)
+    n_layer, n_head, t, _ = maps.shape
+    rows = list(range(n_layer)) if layers is None else list(layers)
+    titles = [f"layer {layer} · {unit} {h}" for layer in rows for h in range(n_head)]
+    fig = make_subplots(
+        rows=len(rows),
+        cols=n_head,
+        subplot_titles=titles,
+        horizontal_spacing=min(0.04, 1.0 / max(n_head, 2) / 4),
+        vertical_spacing=min(0.08, 1.0 / max(len(rows), 2) / 3),
+    )
+    z_all = _causal(maps[rows])
+    colors = _color_args(z_all)
+    custom = _hover_tokens(tokens)
+    for r, layer in enumerate(rows):
+        for h in range(n_head):
+            fig.add_trace(
+                go.Heatmap(
+                    z=z_all[r, h],
+                    customdata=custom,
+                    coloraxis="coloraxis",
+                    hovertemplate=(
+                        f"layer {layer} · {unit} {h}<br>query #%{{y}} %{{customdata[0]}}"
+                        "<br>key #%{x} %{customdata[1]}<br>weight %{z:.3f}<extra></extra>"
+                    ),
+                    hoverongaps=False,
+                ),
+                row=r + 1,
+                col=h + 1,
+            )
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_annotations(font_size=11)
+    scale = {k: v for k, v in colors.items() if k != "zmid"}
+    fig.update_layout(
+        coloraxis=dict(
+            colorscale=scale["colorscale"], cmin=scale["zmin"], cmax=scale["zmax"], colorbar=dict(title="weight")
+        ),
+        height=max(260, 170 * len(rows) + 60),
+        margin=dict(l=10, r=10, t=40, b=10),
+        plot_bgcolor="white",
+    )
+    return fig
+
+
+def top_candidates(probs: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+    """The k most likely token ids and their probabilities, most likely first.
+
+    Ties keep the smaller id first, so the order is deterministic.
+    Example: top_candidates([0.1, 0.6, 0.3], 2) -> [(1, 0.6), (2, 0.3)]
+    """
+    p = np.asarray(probs, dtype=float).ravel()
+    k = max(0, min(int(k), p.size))
+    order = np.lexsort((np.arange(p.size), -p))[:k]
+    return [(int(i), float(p[i])) for i in order]
+
+
+def candidates_figure(
+    labels: Sequence[str],
+    probs: Sequence[float],
+    chosen: int | None = None,
+    title: str = "",
+    sampled: Sequence[float] | None = None,
+) -> go.Figure:
+    """Horizontal bars of the candidates for one position, most likely on top.
+
+    probs: the model's own probability of each candidate (bars); ``sampled``,
+    if given, the probability after temperature/top-k/top-p, drawn as markers.
+    ``chosen`` is the index (into labels) of the token the sampler actually
+    drew; its bar is highlighted. Labels are printable token strings.
+    """
+    labels = [plot_label(s) for s in labels]
+    probs = [float(p) for p in probs]
+    colors = ["#d62728" if i == chosen else "#1f77b4" for i in range(len(labels))]
+    names = [f"{i + 1}. {s}" for i, s in enumerate(labels)]  # the rank keeps equal labels apart
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=names,
+            orientation="h",
+            name="the model's probability",
+            marker_color=colors,
+            text=[f"{p:.1%}" for p in probs],
+            textposition="inside",
+            insidetextanchor="start",  # at the bar's root, clear of the markers near its end
+            hovertemplate="%{y}<br>model's probability %{x:.4f}<extra></extra>",
+        )
+    )
+    top = max(probs + [1e-9])
+    if sampled is not None:
+        sampled = [float(p) for p in sampled]
+        top = max([top] + sampled)
+        fig.add_trace(
+            go.Scatter(
+                x=sampled,
+                y=names,
+                mode="markers",
+                name="after temperature, top-k, top-p",
+                marker=dict(symbol="diamond", size=11, color="#ff7f0e", line=dict(width=1, color="black")),
+                hovertemplate="%{y}<br>drawn with probability %{x:.4f}<extra></extra>",
+            )
+        )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title="probability", range=[0, top * 1.15], tickformat=".0%")
+    fig.update_layout(
+        title=plot_label(title) or None,
+        height=max(220, 28 * len(labels) + 110),
+        margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+        showlegend=sampled is not None,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+    )
+    return fig
+
+
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats of a probability vector (zeros contribute nothing)."""
+    p = np.asarray(probs, dtype=float).ravel()
+    p = p[p > 0]
+    return max(0.0, float(-(p * np.log(p)).sum()))  # never "-0.00" for a one-hot
+
+
+def temperature_figure(
+    probs: np.ndarray,
+    reference: np.ndarray,
+    vocab_labels: Sequence[str],
+    temperature: float,
+    k: int = 15,
+) -> go.Figure:
+    """The next-token distribution at ``temperature`` beside the model's own (T = 1).
+
+    probs, reference: (V,) probability vectors. The k tokens shown are the top k
+    of the reference, so bars stay in place while the temperature slider moves:
+    a low temperature piles the mass onto the first bar, a high one flattens them.
+    """
+    probs = np.asarray(probs, dtype=float).ravel()
+    reference = np.asarray(reference, dtype=float).ravel()
+    if probs.shape != reference.shape or probs.size != len(vocab_labels):
+        raise ValueError("probs, reference and vocab_labels must all have one entry per token")
+    top = [i for i, _ in top_candidates(reference, k)]
+    names = [f"{r + 1}. {plot_label(vocab_labels[i])}" for r, i in enumerate(top)]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=reference[top],
+            name="temperature 1 (the model's own)",
+            marker_color="rgba(120,120,120,0.35)",
+            hovertemplate="%{x}<br>at temperature 1: %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=probs[top],
+            name=f"temperature {temperature:g}",
+            marker_color="#ff7f0e",
+            hovertemplate=f"%{{x}}<br>at temperature {temperature:g}: %{{y:.4f}}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category", tickangle=-45)
+    fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%")
+    fig.update_layout(
+        barmode="overlay",
+        bargap=0.25,
+        title=(
+            f"next token at temperature {temperature:g}: entropy {entropy(probs):.2f} nats "
+            f"(model's own: {entropy(reference):.2f})"
+        ),
+        height=380,
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
+    return fig

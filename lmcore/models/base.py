@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,8 @@ class LanguageModel(nn.Module):
     attention_unit: ClassVar[str] = "head"  # what the second axis of attention_maps is
     # Longest context step() can carry: the transformer's block_size; None = unbounded.
     max_context: int | None = None
+    # Whether step() takes a whole prompt (B, t) in one call (a prefill); the sampler reads it.
+    step_accepts_sequence: ClassVar[bool | None] = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -77,6 +80,12 @@ class LanguageModel(nn.Module):
         Subclasses add their mixing cost (attention: 12 L D T); this default is 6 N.
         """
         return 6 * self.num_params(non_embedding=True)
+
+    @torch.no_grad()
+    def attention_maps_for(self, ids: list[int]) -> np.ndarray:
+        """``attention_maps`` for one prompt given as token ids, as float32 numpy (L, H, T, T)."""
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+        return self.attention_maps(idx).float().cpu().numpy()
 
     @property
     def device(self) -> torch.device:

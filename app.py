@@ -1,0 +1,34 @@
+"""The Small LM Playground: from raw text to a trained language model you can look inside.
+
+Run with ``streamlit run app.py``. This file draws the shell (page settings,
+the sidebar) and the navigation over ``pages/``, one file per step of the
+journey; the pages are thin views over ``lmcore``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import state as S
+from ui.shell import begin_run
+from ui.sidebar import render_sidebar
+
+begin_run()
+
+PAGES = [
+    st.Page("pages/data.py", title="Data", icon=":material/description:", default=True),
+    st.Page("pages/vocabulary.py", title="Vocabulary", icon=":material/abc:"),
+    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/grid_on:"),
+    st.Page("pages/generation.py", title="Generation", icon=":material/edit_note:"),
+    st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/save:"),
+]
+
+page = st.navigation(PAGES)
+render_sidebar()
+st.session_state[S.IN_APP] = True  # tells the page it runs inside this shell (ui.shell.require_app)
+try:
+    page.run()
+finally:
+    st.session_state[S.IN_APP] = False

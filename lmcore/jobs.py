@@ -1,0 +1,434 @@
+"""Training runs in background threads, safe to poll from a user interface.
+
+A ``TrainingJob`` wraps one ``Trainer.fit()`` in a daemon thread. The thread
+never touches the UI: it appends every ``TrainEvent`` to ``job.events`` (under
+a lock), saves the model to one checkpoint file at each eval and at the end,
+and records how the run ended in ``job.status`` / ``job.error``. A UI polls
+``events_since(i)`` and ``progress()`` as often as it likes.
+
+``JobRegistry`` keeps the jobs of the whole process, so a run outlives the
+browser tab or page that started it, and caps how many train at once.
+``REGISTRY`` is the process-level instance the app uses.
+
+Status: "running" -> "stopping" (stop asked) -> "stopped"; "running" ->
+"finished" (max_iters or the time budget reached) or "failed" (a
+``LMCoreError`` such as a NaN loss, or an unexpected exception, which is logged
+with its traceback and reported as one line; the thread, never the server, ends).
+A failed run keeps the checkpoint of its last good eval.
+
+Threads: training uses torch's process-wide intra-op thread pool at its
+default size (``torch.get_num_threads()``); concurrent runs share it.
+``torch.set_num_threads`` is process-global, so changing it for one run would
+change it for every other run and for the app itself: we leave it alone.
+
+Determinism: a run's initial weights are drawn with its seed (see ``_build``),
+batches come from the trainer's own seeded generator and samples from the
+sampler's, so a run repeats exactly, also beside another run. Dropout is the
+exception: it draws from torch's global generator, which concurrent runs share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcore.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    load_resume_state,
+    optimizer_path,
+    sanitize_name,
+)
+from lmcore.device import describe_device, resolve_device
+from lmcore.errors import LMCoreError, TrainingError
+from lmcore.models import LanguageModel, ModelConfig, build_model
+from lmcore.tokenizers import Tokenizer
+from lmcore.train import CheckpointCallback, Trainer, TrainConfig, TrainEvent
+
+logger = logging.getLogger(__name__)
+
+RUNNING, STOPPING, FINISHED, STOPPED, FAILED = "running", "stopping", "finished", "stopped", "failed"
+ACTIVE_STATUSES = (RUNNING, STOPPING)
+
+# Length of the text sample generated at each eval, in tokens.
+SAMPLE_TOKENS = 120
+# Serialises seeded model construction (it uses torch's global generator).
+_BUILD_LOCK = threading.Lock()
+
+
+class TrainingJob:
+    """One training run in a background thread. Create through ``JobRegistry.start``.
+
+    Public attributes: id, name, status, error, events (append-only list of
+    TrainEvent), model_config, train_config, tokenizer, data_info,
+    checkpoint_path, started_at, finished_at, device, device_name, result
+    (Trainer.fit's dict once ended), resumed_from.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model_config: ModelConfig,
+        tokenizer: Tokenizer,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        train_config: TrainConfig,
+        checkpoint_path: Path,
+        device: torch.device,
+        resume_from: Path | None = None,
+        data_info: dict[str, Any] | None = None,
+        sample_tokens: int = SAMPLE_TOKENS,
+    ):
+        self.id = uuid.uuid4().hex[:12]
+        self.name = name
+        self.model_config = model_config
+        self.train_config = train_config
+        self.tokenizer = tokenizer
+        self.data_info = {"documents": False, **(data_info or {})}
+        self.checkpoint_path: Path | None = checkpoint_path
+        self.resumed_from = resume_from
+        self.device = device
+        self.device_name = describe_device(device)
+        self.sample_tokens = sample_tokens
+        self.status = RUNNING
+        self.error: str | None = None
+        self.result: dict[str, Any] | None = None
+        self.events: list[TrainEvent] = []
+        self.started_at = time.time()
+        self.finished_at: float | None = None
+
+        self._lock = threading.Lock()
+        self._train_ids: torch.Tensor | None = train_ids
+        self._val_ids: torch.Tensor | None = val_ids
+        self._model: LanguageModel | None = None
+        self._trainer: Trainer | None = None
+        self._stop_requested = False
+        self._checkpointer: CheckpointCallback | None = None
+        self._first_step: int | None = None  # step of the first event (resumed runs start later)
+        self._thread = threading.Thread(target=self._run, name=f"lmcore-train-{self.id}", daemon=True)
+
+    # ------------------------------------------------------------------ control
+    def _start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step; it saves and ends as "stopped"."""
+        with self._lock:
+            if self.status != RUNNING:
+                return
+            self.status = STOPPING
+            self._stop_requested = True
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (or ``timeout`` seconds pass); True when it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the training thread is still going (running, stopping, or saving)."""
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ reading
+    def events_since(self, i: int = 0) -> list[TrainEvent]:
+        """The events from index ``i`` on (a copy): poll with the length seen so far."""
+        with self._lock:
+            return self.events[i:]
+
+    def last_event(self) -> TrainEvent | None:
+        with self._lock:
+            return self.events[-1] if self.events else None
+
+    def last_eval(self) -> TrainEvent | None:
+        """The most recent event that carries a validation loss."""
+        with self._lock:
+            for e in reversed(self.events):
+                if e.val_loss is not None:
+                    return e
+        return None
+
+    def progress(self) -> dict[str, Any]:
+        """step, max_iters, fraction (0..1), elapsed_s, eta_s (None until it can be told)."""
+        with self._lock:
+            last = self.events[-1] if self.events else None
+            first_step = self._first_step
+        cfg = self.train_config
+        end = self.finished_at or time.time()
+        elapsed = end - self.started_at
+        step = last.step if last is not None else 0
+        max_iters = int(cfg.max_iters)
+        fraction = step / max_iters if max_iters > 0 else 0.0
+        eta = None
+        if last is not None and first_step is not None and step > first_step and self.is_alive:
+            rate = (step - first_step) / max(elapsed, 1e-9)  # steps per second since this run began
+            eta = (max_iters - step) / rate if rate > 0 else None
+        budget = cfg.time_budget_s
+        if budget:
+            fraction = max(fraction, elapsed / budget)
+            eta = min(eta, budget - elapsed) if eta is not None else budget - elapsed
+        if self.status == FINISHED:
+            fraction = 1.0
+        if eta is not None:
+            eta = max(0.0, eta)
+        return {"step": step, "max_iters": max_iters, "fraction": min(1.0, max(0.0, fraction)), "elapsed_s": elapsed, "eta_s": eta}
+
+    def snapshot_model(self) -> LanguageModel:
+        """A CPU copy of the model in eval mode, safe to take while training goes on.
+
+        The trainer updates the weights under ``trainer.lock``; the copy is
+        taken under the same lock, so it is never half-updated (it waits at
+        most for one optimizer update). TrainingError when the run has no model.
+        """
+        with self._lock:
+            model, trainer = self._model, self._trainer
+        if model is None:
+            raise TrainingError(f"the run '{self.name}' has no model yet ({self.error or 'it is still starting'})")
+        module = getattr(model, "_orig_mod", model)
+        lock = trainer.lock if trainer is not None else contextlib.nullcontext()
+        with lock:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        copy = build_model(self.model_config, device="cpu")
+        copy.load_state_dict(state)
+        return copy.eval()
+
+    # ------------------------------------------------------------------ the thread
+    # Callback methods: called by the Trainer in this job's thread.
+    def on_step(self, event: TrainEvent) -> None:
+        with self._lock:
+            if self._first_step is None:
+                self._first_step = event.step - 1
+            self.events.append(event)
+
+    def on_eval(self, event: TrainEvent) -> None:
+        if event.sample is None and self.sample_tokens > 0:
+            event = dataclasses.replace(event, sample=self._sample())
+        with self._lock:
+            if self._first_step is None:
+                self._first_step = event.step
+            self.events.append(event)
+
+    def _sample(self) -> str:
+        """A short text from the model as it is now, seeded so that evals compare."""
+        from lmcore.sample import SamplingConfig, generate
+
+        model, tok = self._model, self.tokenizer
+        assert model is not None
+        if self.data_info.get("documents") or self._val_ids is None or len(self._val_ids) == 0:
+            prompt = [tok.bos_id]  # documents start after BOS
+        else:
+            prompt = [int(self._val_ids[0])]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                ids = [
+                    e.token_id
+                    for e in generate(
+                        model,
+                        prompt,
+                        max_new_tokens=self.sample_tokens,
+                        sampling=SamplingConfig(temperature=0.8, seed=self.train_config.seed),
+                        stop_ids=[tok.bos_id],
+                    )
+                ]
+        finally:
+            model.train(was_training)
+        return tok.decode([i for i in prompt + ids if i != tok.bos_id])
+
+    def _build(self) -> tuple[LanguageModel, dict[str, Any] | None]:
+        """The model to train, and the resume state when continuing a checkpoint."""
+        if self.resumed_from is None:
+            # Initial weights come from torch's global generator: seed it, in a
+            # fork that leaves the global state as it was, and one build at a
+            # time, so that the run's seed fixes its starting point.
+            with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.train_config.seed)
+                return build_model(self.model_config), None
+        ckpt = load_checkpoint(self.resumed_from, device="cpu")
+        state = load_resume_state(self.resumed_from)
+        if state is None:
+            raise TrainingError(
+                f"{Path(self.resumed_from).name} has no resume state beside it ({optimizer_path(self.resumed_from).name}); "
+                "start a new run instead"
+            )
+        if ckpt.tokenizer.to_dict() != self.tokenizer.to_dict():
+            raise TrainingError(
+                f"{Path(self.resumed_from).name} was trained with another vocabulary than the one that encoded "
+                "this data; encode the data with the checkpoint's tokenizer"
+            )
+        self.model_config = ckpt.config
+        self.data_info = {"documents": False, **ckpt.data_info}
+        return ckpt.model, state
+
+    def _run(self) -> None:
+        try:
+            model, resume_state = self._build()
+            model.train()
+            # Saves weights, tokenizer and resume state at every eval, and the
+            # trainer always evaluates at the end (finished or stopped), so the
+            # file holds the last state; a run that fails keeps its last good eval.
+            checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep="last", data_info=self.data_info)
+            trainer = Trainer(
+                model,
+                self._train_ids,
+                self._val_ids,
+                self.train_config,
+                callbacks=[self, checkpointer],
+                device=self.device,
+            )
+            if resume_state is not None:
+                trainer.load_state_dict(resume_state)
+            with self._lock:
+                self._model, self._trainer, self._checkpointer = model, trainer, checkpointer
+                stop_now = self._stop_requested
+            if stop_now:
+                trainer.stop()
+            result = trainer.fit()
+            with self._lock:
+                self.result = result
+                self.status = STOPPED if self._stop_requested and result["stopped_early"] else FINISHED
+        except LMCoreError as e:
+            self._fail(str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must end this run, never the server
+            logger.exception("training run %s (%s) crashed", self.id, self.name)
+            self._fail(f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        finally:
+            with self._lock:
+                self.finished_at = time.time()
+                # Free what only training needed; keep the model for snapshots.
+                self._train_ids = self._val_ids = None
+                self._trainer = None
+
+    @property
+    def saved(self) -> bool:
+        """Whether checkpoint_path holds weights of this run (written at its evals)."""
+        return self._checkpointer is not None and self._checkpointer.saved_path is not None
+
+    @property
+    def saved_step(self) -> int | None:
+        """The step of the weights in checkpoint_path, or None before the first eval."""
+        return None if self._checkpointer is None else self._checkpointer.saved_step
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.status = FAILED
+            self.error = message or "training failed"
+
+
+class JobRegistry:
+    """The training jobs of this process; at most ``max_concurrent`` train at once."""
+
+    def __init__(self, max_concurrent: int = 2, keep: int = 50):
+        self._lock = threading.Lock()
+        self._jobs: dict[str, TrainingJob] = {}
+        self.max_concurrent = max_concurrent
+        self.keep = keep  # ended jobs beyond this many (oldest first) are forgotten
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._max_concurrent
+
+    @max_concurrent.setter
+    def max_concurrent(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TrainingError(f"the number of concurrent runs must be a whole number of at least 1, got {n!r}")
+        self._max_concurrent = n
+
+    def start(
+        self,
+        name: str,
+        model_config: ModelConfig,
+        tokenizer: Tokenizer,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        train_config: TrainConfig,
+        checkpoint_dir: str | Path,
+        resume_from: str | Path | None = None,
+        data_info: dict[str, Any] | None = None,
+        sample_tokens: int = SAMPLE_TOKENS,
+    ) -> TrainingJob:
+        """Start a run in a background thread and return its job.
+
+        Settings that can be checked at once raise here (ConfigError for the
+        model or device, CheckpointError for the name, TrainingError when
+        ``max_concurrent`` runs are already training); anything found while
+        training ends the job as "failed". The checkpoint goes to
+        ``checkpoint_dir/<sanitized name>.safetensors``, with a numeric suffix
+        when that file exists or another run writes it, unless it is the file
+        being resumed.
+        """
+        train_config.validate()
+        device = resolve_device(train_config.device)
+        resume = Path(resume_from).resolve() if resume_from is not None else None
+        if resume is None:
+            model_config.validate()
+        elif not resume.exists():
+            raise TrainingError(f"cannot resume: {resume.name} is no longer in the checkpoint folder")
+        base = sanitize_name(name)
+        directory = Path(checkpoint_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            running = [j for j in self._jobs.values() if j.is_alive]
+            if len(running) >= self.max_concurrent:
+                raise TrainingError(
+                    f"{len(running)} run(s) are already training and the limit is {self.max_concurrent}; "
+                    "wait for one to finish, stop one, or raise the limit"
+                )
+            taken = {j.checkpoint_path for j in running}
+            path, k = checkpoint_path(directory, base), 1
+            while path in taken or (path.exists() and path != resume):
+                k += 1
+                path = checkpoint_path(directory, f"{base}-{k}")
+            job = TrainingJob(
+                path.stem,
+                model_config,
+                tokenizer,
+                train_ids,
+                val_ids,
+                train_config,
+                path,
+                device,
+                resume_from=resume,
+                data_info=data_info,
+                sample_tokens=sample_tokens,
+            )
+            self._jobs[job.id] = job
+            self._forget_old()
+            job._start()
+        return job
+
+    def _forget_old(self) -> None:
+        ended = [j for j in self._jobs.values() if not j.is_alive]
+        ended.sort(key=lambda j: j.started_at)
+        for j in ended[: max(0, len(self._jobs) - self.keep)]:
+            del self._jobs[j.id]
+
+    def get(self, job_id: str | None) -> TrainingJob | None:
+        """The job with this id, or None (unknown, or forgotten)."""
+        if not job_id:
+            return None
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> list[TrainingJob]:
+        """Every job, newest first."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return sorted(jobs, key=lambda j: j.started_at, reverse=True)
+
+    def running(self) -> list[TrainingJob]:
+        return [j for j in self.list() if j.is_alive]
+
+
+REGISTRY = JobRegistry()

@@ -1,0 +1,399 @@
+"""One configurable decoder-only transformer: GPT-2 style, LLaMA style, and mixes.
+
+Shapes: B batch, T time, D width (n_embd), V vocabulary, L layers, H query heads,
+KV key/value heads, hd head size (D / H), S cache length (block_size).
+
+What the config chooses (see ``ModelConfig``):
+- positions: learned absolute embeddings (``wpe``, GPT-2) or rotary embeddings
+  applied to queries and keys (RoPE, Su et al. 2021, LLaMA);
+- norm: LayerNorm (GPT-2) or RMSNorm (LLaMA), pre-norm in every block;
+- MLP: GELU (GPT-2) or SwiGLU (LLaMA; hidden width 2/3 of ``mlp_ratio * D``
+  so that both hold about the same number of weights);
+- attention: multi-head (``n_kv_head`` = H), grouped-query (1 < KV < H) or
+  multi-query (KV = 1) through ``n_kv_head``; query head h reads key/value head
+  h // (H / KV);
+- dropout, biases on or off, and weight tying (head and embedding are one
+  Parameter).
+
+Parameter names follow GPT-2 checkpoints (``wte``, ``wpe``, ``h.N.ln_1``,
+``h.N.attn.c_attn``, ``h.N.attn.c_proj``, ``h.N.ln_2``, ``h.N.mlp.c_fc``,
+``h.N.mlp.c_proj``, ``ln_f``, ``lm_head``): they are the checkpoint keys, so
+renaming one breaks saved files. ``c_attn`` packs the projections as rows
+[queries (H hd) | keys (KV hd) | values (KV hd)]. Weights are ``nn.Linear``
+(out, in), not GPT-2's transposed Conv1D.
+
+Three paths through the same weights:
+- ``forward``: training and scoring, ``scaled_dot_product_attention`` with
+  ``is_causal=True``;
+- ``step``: generation with a key/value cache; accepts one token or a whole
+  prompt (prefill) per call;
+- ``reference_forward``: explicit softmax(Q K^T / sqrt(hd)) attention, slow and
+  obviously right; ``attention_maps`` returns its weights, and the tests hold the
+  fast paths to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmcore.errors import ConfigError
+from lmcore.models.base import LanguageModel
+from lmcore.models.config import ModelConfig
+from lmcore.models.layers import GeluMLP, SwiGLU, apply_rope, apply_rope_reference, make_norm, rope_table, swiglu_hidden
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
+# The key/value cache is preallocated at block_size, and learned positions need
+# a table of that many rows: past this, memory rather than quality is the limit.
+MAX_BLOCK_SIZE = 65536
+
+
+def _rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, T, H, hd); the complex fast path unless compiling."""
+    if torch.compiler.is_compiling():
+        return apply_rope_reference(x, table)
+    return apply_rope(x, table)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the positions seen so far.
+
+    Buffers are preallocated for the whole block, so a step writes into them in
+    place and never concatenates. ``pos`` is how many positions are filled.
+    ``step`` mutates the cache and returns it.
+    """
+
+    k: torch.Tensor  # (L, B, KV, S, hd)
+    v: torch.Tensor  # (L, B, KV, S, hd)
+    pos: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.size(3)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.size(1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        # One fused projection for queries, keys and values: one matmul, not three.
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def _qkv(self, x: torch.Tensor, rope: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, D) to q (B, H, T, hd), k and v (B, KV, T, hd), rotated if rope is given."""
+        B, T, _ = x.shape
+        H, KV, hd = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.c_attn(x)  # (B, T, (H + 2 KV) hd)
+        qk = qkv[..., : (H + KV) * hd].view(B, T, H + KV, hd)  # a view: no copy
+        if rope is not None:
+            qk = _rope(qk, rope)  # queries and keys rotated in one call, (B, T, H + KV, hd)
+        q, k = qk.split((H, KV), dim=2)  # (B, T, H, hd), (B, T, KV, hd)
+        v = qkv[..., (H + KV) * hd :].view(B, T, KV, hd)  # (B, T, KV, hd)
+        # Transposes are views; the attention kernels take strided inputs.
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        """Merge heads of y (B, H, T, hd) and project back to (B, T, D)."""
+        B, H, T, hd = y.shape
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, D)
+        if self.dropout and self.training:
+            y = F.dropout(y, self.dropout, True)
+        return y
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        q, k, v = self._qkv(x, rope)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, T, hd)
+        return self._out(y)
+
+    def forward_explicit(self, x: torch.Tensor, rope: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention written out: returns the output (B, T, D) and the weights (B, H, T, T). No dropout."""
+        q, k, v = self._qkv(x, rope)
+        T = x.size(1)
+        group = self.n_head // self.n_kv_head
+        k = k.repeat_interleave(group, dim=1)  # (B, H, T, hd): query head h reads kv head h // group
+        v = v.repeat_interleave(group, dim=1)  # (B, H, T, hd)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T) True above the diagonal
+        att = scores.masked_fill(future, float("-inf")).float().softmax(dim=-1).to(q.dtype)  # (B, H, T, T)
+        y = att @ v  # (B, H, T, hd)
+        B, H, _, hd = y.shape
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, D)
+        return y, att
+
+    def step(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, rope: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attend t new positions x (B, t, D) at pos.. to everything cached so far; fills the cache."""
+        t = x.size(1)
+        q, k, v = self._qkv(x, rope)  # (B, H, t, hd), (B, KV, t, hd) x 2
+        k_cache[:, :, pos : pos + t] = k
+        v_cache[:, :, pos : pos + t] = v
+        keys = k_cache[:, :, : pos + t]  # (B, KV, pos + t, hd)
+        values = v_cache[:, :, : pos + t]  # (B, KV, pos + t, hd)
+        mask, causal = None, False
+        if t > 1 and pos == 0:
+            causal = True  # a square block: the usual causal mask
+        elif t > 1:
+            # New query i sits at position pos + i and may read keys 0..pos + i.
+            rows = torch.arange(pos, pos + t, device=x.device)[:, None]  # (t, 1)
+            mask = torch.arange(pos + t, device=x.device)[None, :] <= rows  # (t, pos + t)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_head != self.n_head
+        )  # (B, H, t, hd)
+        return self._out(y)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = make_norm(config.norm, config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config.norm, config.n_embd, bias=config.bias)
+        if config.mlp == "swiglu":
+            self.mlp = SwiGLU(config.n_embd, swiglu_hidden(config.n_embd, config.mlp_ratio), config.bias, config.dropout)
+        else:
+            self.mlp = GeluMLP(config.n_embd, int(config.mlp_ratio * config.n_embd), config.bias, config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = x + self.attn(self.ln_1(x), rope)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_explicit(self, x: torch.Tensor, rope: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        y, att = self.attn.forward_explicit(self.ln_1(x), rope)  # (B, T, D), (B, H, T, T)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), att
+
+    def step(
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, rope: torch.Tensor | None
+    ) -> torch.Tensor:  # (B, t, D) -> (B, t, D)
+        x = x + self.attn.step(self.ln_1(x), k_cache, v_cache, pos, rope)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(LanguageModel):
+    """Decoder-only transformer; see the module docstring for the choices and names."""
+
+    has_attention: ClassVar[bool] = True
+    step_accepts_sequence: ClassVar[bool] = True  # step() prefills a whole prompt (B, t) at once
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.max_context = config.block_size
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config.norm, config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            # One Parameter in two places (Press & Wolf 2017). wte is registered
+            # first, so named_parameters() lists it as "wte.weight".
+            self.lm_head.weight = self.wte.weight
+        # Not persistent: the table is a function of the config, not a weight.
+        rope = rope_table(config.head_dim, config.block_size, config.rope_theta) if config.pos == "rope" else None
+        self.register_buffer("rope", rope, persistent=False)  # (S, hd/2, 2) or None
+        self._init_weights()
+
+    # -- construction --
+    @classmethod
+    def validate_config(cls, config: ModelConfig) -> None:
+        if config.block_size > MAX_BLOCK_SIZE:
+            raise ConfigError(f"block_size {config.block_size} is too large; use at most {MAX_BLOCK_SIZE}")
+        if config.n_head < 1:
+            raise ConfigError(f"n_head must be at least 1, got {config.n_head}")
+        if config.n_embd % config.n_head:
+            raise ConfigError(
+                f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head}); "
+                f"try n_embd={config.n_head * max(1, round(config.n_embd / config.n_head))}"
+            )
+        kv = config.kv_heads
+        if not 1 <= kv <= config.n_head:
+            raise ConfigError(
+                f"n_kv_head must be between 1 and n_head ({config.n_head}), got {kv}; "
+                "leave it empty for one key/value head per query head"
+            )
+        if config.n_head % kv:
+            divisors = [d for d in range(1, config.n_head + 1) if config.n_head % d == 0]
+            raise ConfigError(
+                f"n_kv_head ({kv}) must divide n_head ({config.n_head}); choose one of {', '.join(map(str, divisors))}"
+            )
+        if config.norm not in NORMS:
+            raise ConfigError(f"unknown norm {config.norm!r}; choose one of {', '.join(NORMS)}")
+        if config.pos not in POSITIONS:
+            raise ConfigError(f"unknown position encoding {config.pos!r}; choose one of {', '.join(POSITIONS)}")
+        if config.mlp not in MLPS:
+            raise ConfigError(f"unknown MLP {config.mlp!r}; choose one of {', '.join(MLPS)}")
+        if not config.mlp_ratio > 0 or not math.isfinite(config.mlp_ratio):
+            raise ConfigError(f"mlp_ratio must be a positive number, got {config.mlp_ratio}")
+        if config.mlp == "gelu" and int(config.mlp_ratio * config.n_embd) < 1:
+            raise ConfigError(f"mlp_ratio {config.mlp_ratio} gives an MLP with no hidden units; use at least 1")
+        if config.pos == "rope":
+            if config.head_dim % 2:
+                raise ConfigError(
+                    f"rotary positions need an even head size, but n_embd / n_head = {config.head_dim}; "
+                    "change n_embd or n_head, or use pos='learned'"
+                )
+            if not config.rope_theta > 0 or not math.isfinite(config.rope_theta):
+                raise ConfigError(f"rope_theta must be a positive number, got {config.rope_theta}")
+
+    def _init_weights(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights and embeddings, zero biases.
+
+        The projections that write into the residual stream (attn.c_proj and
+        mlp.c_proj) get std 0.02 / sqrt(2 L), so the stream's variance does not
+        grow with depth (Radford et al. 2019). Norms start at weight 1, bias 0.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- the fast path --
+    def _check_length(self, T: int) -> None:
+        if T > self.config.block_size:
+            raise ConfigError(
+                f"the input has {T} tokens but this model reads at most block_size={self.config.block_size}; "
+                "shorten the text or keep only its last block_size tokens"
+            )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) long -> (B, T, V)
+        T = idx.size(1)
+        self._check_length(T)
+        x = self.wte(idx)  # (B, T, D)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[:T]  # (B, T, D); a slice, no index tensor needed
+        if self.config.dropout and self.training:
+            x = F.dropout(x, self.config.dropout, True)
+        rope = self.rope[:T] if self.rope is not None else None  # (T, hd/2, 2)
+        for block in self.h:
+            x = block(x, rope)  # (B, T, D)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    # -- generation --
+    def init_cache(
+        self, batch_size: int = 1, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to block_size positions."""
+        c = self.config
+        shape = (c.n_layer, batch_size, c.kv_heads, c.block_size, c.head_dim)
+        device = self.wte.weight.device if device is None else device
+        dtype = self.wte.weight.dtype if dtype is None else dtype
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def step(self, idx_t: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """Feed t >= 1 new tokens idx_t (B, t); returns their logits (B, t, V) and the cache.
+
+        With t > 1 this is a prefill: a whole prompt in one call. Token by token
+        or all at once, the logits equal ``forward`` over the whole sequence.
+        The cache holds at most block_size positions: stepping past it raises
+        ValueError, and the caller (the sampler) starts a new cache from the
+        last tokens. Meant for eval mode; no gradients are kept.
+        """
+        B, t = idx_t.shape
+        pos = cache.pos
+        if pos + t > cache.capacity:
+            raise ValueError(
+                f"the key/value cache holds {cache.capacity} positions and {pos} are used, so {t} more do not fit; "
+                "start a new cache with the last tokens"
+            )
+        if B != cache.batch_size:
+            raise ValueError(f"the cache was made for batch size {cache.batch_size}, got {B}")
+        x = self.wte(idx_t)  # (B, t, D)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[pos : pos + t]  # (B, t, D)
+        rope = self.rope[pos : pos + t] if self.rope is not None else None  # (t, hd/2, 2)
+        for layer, block in enumerate(self.h):
+            x = block.step(x, cache.k[layer], cache.v[layer], pos, rope)  # (B, t, D)
+        cache.pos = pos + t
+        return self.lm_head(self.ln_f(x)), cache  # (B, t, V)
+
+    # -- the explicit path --
+    def reference_forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and attention weights (L, B, H, T, T) with attention written out.
+
+        The same weights and math as ``forward`` (without dropout), computing
+        softmax(Q K^T / sqrt(hd)) explicitly so its weights can be shown.
+        """
+        T = idx.size(1)
+        self._check_length(T)
+        x = self.wte(idx)  # (B, T, D)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[:T]
+        rope = self.rope[:T] if self.rope is not None else None
+        maps = []
+        for block in self.h:
+            x, att = block.forward_explicit(x, rope)  # (B, T, D), (B, H, T, T)
+            maps.append(att)
+        return self.lm_head(self.ln_f(x)), torch.stack(maps)  # (B, T, V), (L, B, H, T, T)
+
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:  # (1, T) or (T,) -> (L, H, T, T)
+        """Softmax attention weights of every layer and query head, in eval mode.
+
+        Row i of a map is how position i spreads its attention over positions
+        0..i: non-negative, zero above the diagonal, summing to 1.
+        """
+        if idx.dim() == 1:
+            idx = idx[None]
+        if idx.size(0) != 1:
+            raise ValueError(f"attention_maps takes one sequence, got a batch of {idx.size(0)}")
+        if idx.size(1) < 1:
+            raise ConfigError("attention maps need at least one token; enter some text")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                _, maps = self.reference_forward(idx)  # (L, 1, H, T, T)
+        finally:
+            self.train(was_training)
+        return maps[:, 0].float()  # (L, H, T, T)
+
+    # -- accounting --
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6 N + 12 L D T.
+
+        The estimate of Kaplan et al. (2020) and PaLM's appendix B, as nanoGPT's
+        ``estimate_mfu`` uses it. N counts the weights that take part in a
+        matrix multiply: every parameter but the embedding lookups, with the
+        output head counted once whether tied or not. 12 L D T is attention's
+        Q K^T and A V at context T (default block_size), forward 2 x 2 L D T
+        and backward twice that; the causal half that a kernel may skip is
+        counted, as is customary.
+        """
+        T = self.config.block_size if seq_len is None else seq_len
+        n = self.num_params()
+        if self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        if not self.config.tie_weights:
+            n -= self.wte.weight.numel()  # the head has its own matrix, counted already
+        c = self.config
+        return 6 * n + 12 * c.n_layer * c.n_embd * T

@@ -1,0 +1,102 @@
+"""Attention: where each token of a prompt looks, per layer and head."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lmcore import viz
+from ui import models, state
+from ui.boundary import user_errors
+from ui.shell import require_app
+
+# Beyond this many tokens a heatmap stops being readable; longer prompts keep their end.
+MAX_SHOWN_TOKENS = 96
+# Up to this many panels the overview grid shows every layer; above it, one layer.
+MAX_GRID_PANELS = 48
+
+PROMPT = state.KEEP + "attention.prompt"
+# Starting prompts, tried in order: the first the model's tokenizer can encode is used.
+ATTENTION_PROMPTS = ("The value of x is returned.", "def main(): return 0", "get_value", "name")
+
+require_app()
+st.title("Attention")
+st.write(
+    "A transformer decides what each token should pay attention to among the tokens before it. "
+    "These heatmaps show those weights for a prompt you type: each row is a token, and its "
+    "colours say how much of its attention went to each earlier token. Heads that look at the "
+    "previous token, at the start of a word or at a matching bracket are how the model learns structure."
+)
+
+choice = models.select_model(models.ATTENTION_MODEL)
+if choice is None:
+    models.no_model_yet("look inside")
+    st.stop()
+
+with user_errors():
+    model, tokenizer, data_info = models.load_choice(choice)
+
+if not model.has_attention:
+    st.info(
+        f"Attention maps are not available for this architecture ({model.config.arch}): it mixes "
+        "information between tokens without attention weights. Pick a transformer or Mamba model."
+    )
+    st.stop()
+
+unit = model.attention_unit
+prompt = st.text_input(
+    "Prompt",
+    key=state.keep_default(PROMPT, models.default_prompt(tokenizer, data_info, ATTENTION_PROMPTS)),
+    help="Characters the tokenizer never saw in training are reported, not guessed.",
+)
+
+with user_errors():
+    ids = models.encode_prompt(tokenizer, prompt, data_info)
+if not ids:
+    st.info("Type a prompt to see where its tokens look.")
+    st.stop()
+
+limit = min(MAX_SHOWN_TOKENS, model.max_context or MAX_SHOWN_TOKENS)
+if len(ids) > limit:
+    reason = "the model's context" if model.max_context and model.max_context <= MAX_SHOWN_TOKENS else "what a heatmap can show"
+    st.caption(f"The prompt has {len(ids)} tokens, more than {reason} ({limit}); only its last {limit} are shown.")
+    ids = ids[-limit:]
+
+tokens = [tokenizer.token_str(i) for i in ids]
+with user_errors():
+    maps = model.attention_maps_for(ids)  # (L, H, T, T)
+n_layer, n_head = maps.shape[0], maps.shape[1]
+st.caption(f"{len(ids)} tokens, {n_layer} layers × {n_head} {unit}s.")
+if unit != "head":
+    signed = (
+        " They are not probabilities: negative values mean a contribution of the opposite sign."
+        if maps.min() < 0
+        else " They are magnitudes, not probabilities: a row need not add up to 1."
+    )
+    st.caption(
+        f"This model has no attention heads; these are its implicit attention maps, one per {unit}: "
+        f"how much each earlier token contributes to a token's output through the state-space recurrence.{signed}"
+    )
+
+tab_one, tab_grid, tab_avg = st.tabs([f"One {unit}", f"All {unit}s", f"Average over {unit}s"])
+
+with tab_one:
+    left, right = st.columns(2)
+    layer = left.selectbox("Layer", range(n_layer), key="attention.layer")
+    head = right.selectbox(unit.capitalize(), range(n_head), key="attention.head")
+    st.plotly_chart(
+        viz.attention_heatmap(maps[layer, head], tokens, title=f"layer {layer} · {unit} {head}"),
+        key="attention.one",
+    )
+
+with tab_grid:
+    if n_layer * n_head <= MAX_GRID_PANELS:
+        grid_layers = None
+    else:
+        grid_layer = st.selectbox("Layer", range(n_layer), key="attention.grid_layer")
+        grid_layers = [grid_layer]
+        st.caption(f"{n_layer * n_head} maps are too many for one view; showing one layer at a time.")
+    st.plotly_chart(viz.attention_grid(maps, tokens, unit=unit, layers=grid_layers), key="attention.grid")
+
+with tab_avg:
+    avg_layer = st.selectbox("Layer", range(n_layer), key="attention.avg_layer")
+    st.plotly_chart(viz.attention_average_heatmap(maps[avg_layer], tokens, avg_layer, unit=unit), key="attention.avg")

@@ -1,0 +1,157 @@
+"""Checkpoints: the saved models, to download, upload, delete or load into the session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from lmcore.checkpoint import delete_checkpoint, import_checkpoint, list_checkpoints, sanitize_name
+from ui import state
+from ui.boundary import user_errors
+from ui.shell import require_app
+from ui.render import md
+
+FLASH = "checkpoints.flash"  # (kind, message) shown once after an action that reruns the page
+SELECTED = state.KEEP + "checkpoints.selected"
+SELECT_NEXT = "checkpoints.select_next"  # a name to select on the next run (set after an upload)
+
+require_app()
+st.title("Checkpoints")
+st.write(
+    "A checkpoint is one self-contained `.safetensors` file: the weights, the model's settings and "
+    "its tokenizer, so it can be used anywhere without this app. Finished and stopped training runs "
+    "are saved here. Download a model to keep it, upload one trained elsewhere, or load one into "
+    "the session to look inside it and generate with it."
+)
+
+directory = state.checkpoint_dir()
+st.caption(f"Folder: {md(str(directory))}")
+
+flash = st.session_state.pop(FLASH, None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+loaded = st.session_state.get(state.LOADED_CHECKPOINT)
+if loaded and not Path(loaded).exists():
+    st.session_state.pop(state.LOADED_CHECKPOINT, None)
+    loaded = None
+if loaded:
+    with st.container(border=True):
+        st.write(f"Loaded into the session: **{md(Path(loaded).stem)}**. The attention and generation pages use it.")
+        a, b, c = st.columns(3)
+        a.page_link("pages/attention.py", label="Look at its attention", icon=":material/grid_on:")
+        b.page_link("pages/generation.py", label="Generate text", icon=":material/edit_note:")
+        if c.button("Unload", key="checkpoints.unload"):
+            st.session_state.pop(state.LOADED_CHECKPOINT, None)
+            st.rerun()
+
+
+def _created(value: Any) -> str:
+    """A checkpoint's creation time, shown to the minute in local time."""
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, str) and value:
+        try:
+            return dt.datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            return value
+    return ""
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {
+            "name": [r["name"] for r in rows],
+            "architecture": [r.get("preset") or r.get("arch") or "" for r in rows],
+            "parameters": [r.get("params") for r in rows],
+            "tokenizer": [
+                f"{r['tokenizer']} ({r['vocab_size']})" if r.get("tokenizer") and r.get("vocab_size") else (r.get("tokenizer") or "")
+                for r in rows
+            ],
+            "steps": [r.get("steps") for r in rows],
+            "val loss": [r.get("val_loss") for r in rows],
+            "created": [_created(r.get("created")) for r in rows],
+            "size (MB)": [round(r.get("size_bytes", 0) / 1e6, 2) for r in rows],
+        }
+    )
+    if any(r.get("error") for r in rows):
+        table["problem"] = [r.get("error") or "" for r in rows]
+    return table
+
+
+rows = list_checkpoints(directory)
+if not rows:
+    st.info("No saved models yet. Train one (it is saved here when it finishes or is stopped), or upload a file below.")
+    st.page_link("pages/training.py", label="Train a model", icon=":material/model_training:")
+else:
+    st.dataframe(
+        _table(rows),
+        hide_index=True,
+        column_config={
+            "parameters": st.column_config.NumberColumn(format="localized"),
+            "val loss": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    by_name = {r["name"]: r for r in rows}
+    if st.session_state.get(SELECT_NEXT) in by_name:
+        st.session_state[SELECTED] = st.session_state.pop(SELECT_NEXT)
+    if st.session_state.get(SELECTED) not in by_name:
+        st.session_state[SELECTED] = rows[0]["name"]
+    name = st.selectbox(
+        "Checkpoint",
+        list(by_name),
+        key=SELECTED,
+        format_func=lambda n: n + ("  (unreadable)" if by_name[n].get("error") else ""),
+    )
+    row = by_name[name]
+    path = Path(row["path"])
+    if row.get("error"):
+        st.error(f"{md(name)} cannot be used: {md(row['error'])}")
+
+    col_dl, col_load, col_del = st.columns(3)
+    col_dl.download_button(
+        "Download .safetensors",
+        data=lambda: path.read_bytes(),  # read only when the button is clicked
+        file_name=f"{name}.safetensors",
+        mime="application/octet-stream",
+        on_click="ignore",
+        disabled=bool(row.get("error")),
+        key="checkpoints.download",
+        icon=":material/download:",
+    )
+    if col_load.button("Load into session", disabled=bool(row.get("error")), key="checkpoints.load", type="primary"):
+        st.session_state[state.LOADED_CHECKPOINT] = str(path)
+        st.session_state[FLASH] = ("success", f"{md(name)} is loaded: the attention and generation pages now use it.")
+        st.rerun()
+    with col_del:
+        sure = st.checkbox(f"Yes, delete {md(name)}", key=f"checkpoints.confirm.{name}")
+        if st.button("Delete", disabled=not sure, key="checkpoints.delete", help="Tick the box first: this cannot be undone."):
+            with user_errors():
+                delete_checkpoint(path)
+            if st.session_state.get(state.LOADED_CHECKPOINT) == str(path):
+                st.session_state.pop(state.LOADED_CHECKPOINT, None)
+            st.session_state[FLASH] = ("success", f"Deleted {md(name)}.")
+            st.rerun()
+
+st.subheader("Upload a checkpoint")
+st.write(
+    "A `.safetensors` file written by this playground or by `python -m lmcore train`. It is checked "
+    "completely before anything is saved; a file that is not a valid checkpoint is refused."
+)
+uploaded = st.file_uploader("Checkpoint file", type=["safetensors"], key="checkpoints.upload")
+if uploaded is not None:
+    stem = uploaded.name[: -len(".safetensors")] if uploaded.name.endswith(".safetensors") else uploaded.name
+    wanted = st.text_input("Save as", value=stem, key=f"checkpoints.name.{uploaded.file_id}")
+    with user_errors(stop=False):
+        safe = sanitize_name(wanted)
+        if safe != wanted:
+            st.caption(f"It will be saved as {md(safe)}.safetensors: a plain file name inside the checkpoints folder.")
+        if st.button("Save to checkpoints", key="checkpoints.import"):
+            saved = import_checkpoint(uploaded.getvalue(), safe, directory)
+            st.session_state[SELECT_NEXT] = saved.stem
+            st.session_state[FLASH] = ("success", f"Saved as {md(saved.name)}.")
+            st.rerun()

@@ -1,0 +1,252 @@
+"""Generation: sample text from a model, see the odds of every token, compare two models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from itertools import zip_longest
+from typing import Any
+
+import streamlit as st
+
+from lmcore import viz
+from lmcore.sample import SamplingConfig, generate, next_token_distribution
+from ui import models, state
+from ui.boundary import user_errors
+from ui.shell import require_app
+from ui.render import md
+
+PROMPT = state.KEEP + "generation.prompt"
+TEMPERATURE = state.KEEP + "generation.temperature"
+TOP_K = state.KEEP + "generation.top_k"
+TOP_P = state.KEEP + "generation.top_p"
+MAX_NEW = state.KEEP + "generation.max_new_tokens"
+SEED = state.KEEP + "generation.seed"
+EXPLORER_T = state.KEEP + "generation.explorer_temperature"
+RESULT = "generation.result"  # the last generation: text and, per token, the top candidates
+COMPARE_RESULT = "generation.compare_result"  # the last side-by-side pair
+
+N_CANDIDATES = 10  # candidates kept per generated token
+REFRESH_S = 0.05  # how often streamed text is redrawn: smooth, without a message per token
+
+require_app()
+st.title("Generation")
+st.write(
+    "A language model writes one token at a time: it turns everything so far into a probability "
+    "for every token of its vocabulary, and one is drawn. Temperature, top-k and top-p reshape those "
+    "odds before the draw; low temperatures play safe and repeat, high ones wander. Below you can "
+    "watch the text arrive, see the candidates at any position, and compare two models on one prompt."
+)
+
+choice = models.select_model(models.GENERATION_MODEL)
+if choice is None:
+    models.no_model_yet("generate with")
+    st.stop()
+with user_errors():
+    model, tokenizer, data_info = models.load_choice(choice)
+labels = dict((key, text) for text, key in models.model_choices())
+documents = models.is_documents(data_info)
+
+prompt = st.text_area(
+    "Prompt",
+    key=state.keep_default(PROMPT, models.default_prompt(tokenizer, data_info)),
+    height=90,
+    help="The text the model continues. Characters its tokenizer never saw are reported, not guessed.",
+)
+if documents:
+    st.caption(
+        "This model learnt separate documents (one per line). An empty prompt starts a new document "
+        "at the beginning-of-document token; generation stops at the end of the document."
+    )
+
+c1, c2, c3, c4, c5 = st.columns(5)
+temperature = c1.slider(
+    "Temperature", 0.0, 2.0, step=0.05, key=state.keep_default(TEMPERATURE, 0.8),
+    help="0 = greedy: always the most likely token. 1 = the model's own odds. Above 1: flatter, more surprising.",
+)
+top_k = c2.number_input(  # no vocabulary-sized maximum: the value outlives a switch to a smaller model
+    "Top-k", 0, 1_000_000, step=1, key=state.keep_default(TOP_K, 0),
+    help="Draw only among the k most likely tokens; 0 = off.",
+)
+top_p = c3.slider(
+    "Top-p", 0.05, 1.0, step=0.05, key=state.keep_default(TOP_P, 1.0),
+    help="Draw only among the most likely tokens whose probabilities add up to p; 1 = off.",
+)
+max_new = c4.number_input(
+    "Max new tokens", 1, 2000, step=10, key=state.keep_default(MAX_NEW, 200),
+)
+seed = c5.number_input(
+    "Seed", 0, 2**31 - 1, step=1, key=state.keep_default(SEED, 0),
+    help="Same seed, prompt, settings and model: the same text.",
+)
+
+
+def sampling_config() -> SamplingConfig:
+    cfg = SamplingConfig(
+        temperature=float(temperature),
+        top_k=int(top_k) or None,
+        top_p=float(top_p) if top_p < 1.0 else None,
+        seed=int(seed),
+    )
+    cfg.validate()
+    return cfg
+
+
+def stream(
+    model: Any, tokenizer: Any, data_info: dict, prompt_ids: list[int], cfg: SamplingConfig
+) -> Iterator[tuple[str, list[list[tuple[int, float, float]]], list[int]]]:
+    """Yield (text so far, candidates, chosen ids) after every generated token.
+
+    Candidates, per generated token: (id, the model's own probability, the
+    probability it was drawn with) for the most likely few, and the drawn one.
+    """
+    ids: list[int] = []
+    candidates: list[list[tuple[int, float]]] = []
+    stop = models.stop_ids(tokenizer, data_info)
+    for event in generate(model, prompt_ids, max_new_tokens=int(max_new), sampling=cfg, stop_ids=stop):
+        if stop and event.token_id in stop:
+            break  # the end of the document is a boundary, not text
+        ids.append(int(event.token_id))
+        own = event.model_probs if event.model_probs is not None else event.probs
+        drawn = event.probs.numpy()
+        # (id, the model's own probability, the probability it was drawn with)
+        candidates.append([(i, p, float(drawn[i])) for i, p in viz.top_candidates(own.numpy(), N_CANDIDATES)])
+        if event.token_id not in [c[0] for c in candidates[-1]]:
+            # drawn from outside the top few (a high temperature): show it too
+            candidates[-1].append((int(event.token_id), float(own[event.token_id]), float(drawn[event.token_id])))
+        yield tokenizer.decode(ids), candidates, ids
+
+
+def show_text(where: Any, prompt_text: str, generated: str) -> None:
+    """Prompt and continuation as plain text: never markdown, never HTML."""
+    where.code(prompt_text + generated, language=None, wrap_lines=True)
+
+
+tab_gen, tab_temp, tab_cmp = st.tabs(["Generate", "Temperature explorer", "Compare two models"])
+
+with tab_gen:
+    clicked = st.button("Generate", type="primary", key="generation.go")
+    out = st.empty()
+    if clicked:
+        cfg = prompt_ids = None
+        with user_errors(stop=False):
+            cfg = sampling_config()
+            prompt_ids = models.encode_prompt(tokenizer, prompt, data_info)
+        if cfg is not None and prompt_ids == []:
+            st.info("Type a prompt first: this model learnt plain text, so it needs something to continue.")
+        elif cfg is not None and prompt_ids:
+            st.session_state.pop(RESULT, None)
+            st.session_state.pop("generation.position", None)  # the new text may be shorter
+            text, candidates, ids, last = "", [], [], 0.0
+            with user_errors(stop=False):
+                for text, candidates, ids in stream(model, tokenizer, data_info, prompt_ids, cfg):
+                    if time.monotonic() - last > REFRESH_S:
+                        show_text(out, prompt, text)
+                        last = time.monotonic()
+            st.session_state[RESULT] = dict(
+                model=labels.get(choice, choice),
+                tokenizer=tokenizer,
+                prompt=prompt,
+                text=text,
+                ids=list(ids),
+                candidates=list(candidates),
+                ended=documents and len(ids) < int(max_new),  # stopped at the next BOS
+            )
+    result = st.session_state.get(RESULT)
+    if result is None:
+        out.caption("Press Generate to write text with the settings above.")
+    else:
+        show_text(out, result["prompt"], result["text"])
+        n = len(result["ids"])
+        ended = " (the document ended)" if result["ended"] else ""
+        st.caption(f"{n} new tokens{ended} from {md(result['model'])}.")
+        if n:
+            st.subheader("What else could have come?")
+            st.write(
+                "Pick a generated token to see the candidates the model weighed at that point; "
+                "the one actually drawn is in red."
+            )
+            pos = st.slider("Generated token", 1, n, value=n, key="generation.position") if n > 1 else 1
+            tok = result["tokenizer"]  # the generating model's, whatever is picked now
+            chosen = result["ids"][pos - 1]
+            top = result["candidates"][pos - 1]
+            context = (result["prompt"] + tok.decode(result["ids"][: pos - 1]))[-80:]
+            # One line: the text before the token (newlines shown as ↵), then the token in brackets.
+            st.text(f"…{context.replace(chr(10), '↵')}⟦{tok.token_str(chosen)}⟧")
+            st.plotly_chart(
+                viz.candidates_figure(
+                    [tok.token_str(c[0]) for c in top],
+                    [c[1] for c in top],
+                    chosen=[c[0] for c in top].index(chosen),
+                    sampled=[c[2] for c in top],
+                    title=f"token {pos}: what the model expected",
+                ),
+                key="generation.candidates",
+            )
+            st.caption(
+                "Bars: the model's own probabilities. Diamonds: the odds it was drawn from after "
+                "temperature, top-k and top-p. Red: the token actually drawn."
+            )
+
+with tab_temp:
+    st.write(
+        "The model's real odds for the token that follows your prompt. Move the temperature: the "
+        "grey bars are the model's own distribution (temperature 1), the orange ones what sampling "
+        "would draw from. Near 0 all the mass goes to the favourite; above 1 the long tail gains."
+    )
+
+    @st.fragment
+    def temperature_explorer() -> None:
+        with user_errors(stop=False):
+            prompt_ids = models.encode_prompt(tokenizer, prompt, data_info)
+            if not prompt_ids:
+                st.info("Type a prompt above to see what the model expects next.")
+                return
+            t = st.slider("Temperature", 0.0, 2.0, step=0.05, key=state.keep_default(EXPLORER_T, 1.0))
+            probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
+            reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
+            vocab = [tokenizer.token_str(i) for i in range(len(reference))]
+            st.plotly_chart(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart")
+
+    temperature_explorer()
+
+with tab_cmp:
+    st.write(
+        "The same prompt and sampling settings, given to two models: two architectures, or one model "
+        "early and late in training. The text of each streams into its own column."
+    )
+    left, right = st.columns(2)
+    key_a = models.select_model(models.COMPARE_MODEL_A, "Left model", container=left)
+    key_b = models.select_model(models.COMPARE_MODEL_B, "Right model", container=right, avoid=key_a)
+    both = st.button("Generate with both", key="generation.compare_go")
+    left, right = st.columns(2)  # the texts go below the button
+    sides = [(key_a, left, left.empty()), (key_b, right, right.empty())]
+    if both:
+        texts: list[str | None] = [None, None]
+        streams: list[Any] = [None, None]
+        for n, (key, col, _) in enumerate(sides):
+            with col, user_errors(stop=False):
+                m, tok, info = models.load_choice(key)
+                ids = models.encode_prompt(tok, prompt, info)
+                if not ids:
+                    st.info("This model learnt plain text: type a prompt first.")
+                    continue
+                streams[n] = stream(m, tok, info, ids, sampling_config())
+                texts[n] = ""
+        last = 0.0
+        with user_errors(stop=False):
+            # Interleave the two streams, a token from each in turn, so both columns fill at once.
+            for steps in zip_longest(*(s or iter(()) for s in streams)):
+                for n, step in enumerate(steps):
+                    if step is not None:
+                        texts[n] = step[0]
+                if time.monotonic() - last > REFRESH_S:
+                    for n, (_, _, out) in enumerate(sides):
+                        if texts[n] is not None:
+                            show_text(out, prompt, texts[n])
+                    last = time.monotonic()
+        st.session_state[COMPARE_RESULT] = dict(prompt=prompt, keys=[key_a, key_b], texts=texts)
+    pair = st.session_state.get(COMPARE_RESULT)
+    for n, (key, _, out) in enumerate(sides):
+        if pair and pair["keys"][n] == key and pair["texts"][n] is not None:
+            show_text(out, pair["prompt"], pair["texts"][n])

@@ -1,0 +1,205 @@
+"""Model page: pick an architecture and its size, and see what it costs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from lmcore.data import check_length
+from lmcore.errors import ConfigError
+from lmcore.models import ModelConfig
+from lmcore.viz import memory_estimate, model_diagram
+from ui import state as S
+from ui.boundary import user_errors
+from ui.flow import (
+    ARCH_CHOICES,
+    ARCH_LABELS,
+    DEFAULT_ARCH,
+    DEFAULT_SIZE,
+    PAGE_TRAINING,
+    PAGE_VOCABULARY,
+    SIZES,
+    SIZE_HELP,
+    encoded_split,
+    model_facts,
+    preset_config,
+    require_tokenizer,
+    set_model_config,
+)
+from ui.shell import require_app
+from ui.state import keep_default
+
+ARCH_NOTES = {
+    "gpt2": "The GPT-2 recipe: learned positions, LayerNorm, GELU MLP, biases. Every token looks back at every "
+    "earlier one through attention.",
+    "llama": "The LLaMA recipe: rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases; grouped-query attention "
+    "when there are fewer key/value heads than heads.",
+    "mamba": "A selective state-space model: instead of attention, each layer carries a fixed-size state along "
+    "the sequence and decides, token by token, what to keep. Cost grows linearly with length.",
+    "lstm": "A recurrent network: a hidden state and a memory cell updated one token at a time, the classic "
+    "before transformers.",
+    "bigram": "The baseline: the next token depends only on the current one (a lookup table). Any real model "
+    "must beat it.",
+}
+FAMILY_FIELDS = {
+    "transformer": ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias", "tie_weights"),
+    "mamba": ("n_layer", "n_embd", "block_size", "d_state", "d_conv", "expand", "tie_weights"),
+    "lstm": ("n_layer", "n_embd", "block_size", "dropout"),
+    "bigram": ("block_size",),
+}
+ALL_FIELDS = sorted({f for fields in FAMILY_FIELDS.values() for f in fields})
+LABELS = {
+    "n_layer": ("Layers", "How many blocks are stacked."),
+    "n_head": ("Attention heads", "Each head learns its own pattern of which earlier tokens to look at."),
+    "n_kv_head": ("Key/value heads", "Equal to the heads: multi-head attention; 1: multi-query; in between: grouped-query."),
+    "n_embd": ("Width", "The size of each token's vector (for the LSTM, its hidden size)."),
+    "block_size": ("Context length", "How many tokens the model sees at once during training."),
+    "dropout": ("Dropout", "Randomly zeroes activations while training; helps against overfitting on small data."),
+    "norm": ("Normalisation", "LayerNorm centres and scales; RMSNorm only scales."),
+    "pos": ("Positions", "Learned position vectors, or rotary embeddings (RoPE) applied inside attention."),
+    "mlp": ("MLP", "GELU, or the gated SwiGLU."),
+    "bias": ("Biases", "Bias terms in linear layers and norms."),
+    "tie_weights": ("Tie embedding and output", "Use the token embedding matrix as the output layer too."),
+    "d_state": ("State size (N)", "Numbers each channel remembers along the sequence."),
+    "d_conv": ("Convolution width", "The short causal convolution before the scan."),
+    "expand": ("Expansion (E)", "Inner width = E × width."),
+}
+CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+
+
+def _field_values(cfg: ModelConfig) -> dict:
+    values = {f: getattr(cfg, f) for f in ALL_FIELDS}
+    values["n_kv_head"] = cfg.kv_heads
+    return values
+
+
+def _set_fields(cfg: ModelConfig) -> None:
+    kept = st.session_state.setdefault(S.KEPT, {})
+    for f, v in _field_values(cfg).items():
+        st.session_state[f"keep.model.{f}"] = kept[f"keep.model.{f}"] = v
+
+
+def _apply_preset() -> None:
+    """Arch or size changed: reset every field to that preset."""
+    arch = st.session_state["keep.model.arch"]
+    size = st.session_state["keep.model.size"]
+    _set_fields(preset_config(arch, size, st.session_state[S.TOKENIZER].vocab_size))
+
+
+require_app()
+
+st.title("Model")
+st.markdown(
+    "The model is the function that turns the tokens so far into a probability for every possible next token. "
+    "Its **architecture** decides how earlier tokens can influence the prediction; its **size** decides how much "
+    "it can learn, and how long training takes. Start tiny on a CPU: you can always come back for a bigger one."
+)
+
+tok = require_tokenizer()
+st.caption(f"Vocabulary: {tok.kind}, {tok.vocab_size:,} tokens (it fixes the size of the input and output layers).")
+st.page_link(PAGE_VOCABULARY, label="Vocabulary page", icon=":material/arrow_back:")
+
+saved: ModelConfig | None = st.session_state.get(S.MODEL_CONFIG)
+# The fields start from the session's model (or the default one) on the first visit.
+start = saved if saved is not None else preset_config(DEFAULT_ARCH, DEFAULT_SIZE, tok.vocab_size)
+start_values = _field_values(start)
+keep_default("keep.model.arch", start.preset if start.preset in ARCH_CHOICES else DEFAULT_ARCH)
+
+c1, c2 = st.columns([3, 2])
+arch = c1.radio(
+    "Architecture",
+    ARCH_CHOICES,
+    format_func=ARCH_LABELS.get,
+    key=keep_default("keep.model.arch", DEFAULT_ARCH),
+    on_change=_apply_preset,
+)
+size = c2.radio(
+    "Size preset",
+    list(SIZES),
+    captions=[SIZE_HELP[s] for s in SIZES],
+    key=keep_default("keep.model.size", DEFAULT_SIZE),
+    on_change=_apply_preset,
+)
+st.info(ARCH_NOTES[arch], icon=":material/lightbulb:")
+
+family = ModelConfig.preset(arch).arch
+fields = FAMILY_FIELDS[family]
+values: dict = {}
+ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights")]
+cols = st.columns(4)
+limits = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd": (8, 4096), "block_size": (2, 4096),
+          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8)}  # fmt: skip
+for k, f in enumerate(ints):
+    label, help_text = LABELS[f]
+    lo, hi = limits[f]
+    values[f] = int(cols[k % 4].number_input(label, min_value=lo, max_value=hi, step=1, key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text))
+others = [f for f in fields if f not in ints]
+if others:
+    cols = st.columns(4)
+    for k, f in enumerate(others):
+        label, help_text = LABELS[f]
+        col = cols[k % 4]
+        if f in CHOICES:
+            values[f] = col.selectbox(label, CHOICES[f], key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text)
+        elif f == "dropout":
+            values[f] = float(col.slider(label, 0.0, 0.5, step=0.05, key=keep_default("keep.model.dropout", start_values[f]), help=help_text))
+        else:
+            values[f] = bool(col.checkbox(label, key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text))
+if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
+    values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
+
+try:
+    cfg = ModelConfig.preset(arch, vocab_size=tok.vocab_size, **values).validate()
+    facts = model_facts(cfg.to_json())
+except ConfigError as e:
+    st.error(str(e), icon=":material/error:")
+    if saved is not None:
+        st.caption("Until this is fixed, training uses the last valid model.")
+    st.stop()
+set_model_config(cfg)
+
+with user_errors(stop=False):
+    _, train_ids, val_ids = encoded_split(tok)
+    check_length(val_ids, cfg.block_size, what="validation split")
+
+st.subheader("What it costs")
+c1, _ = st.columns([1, 3])
+batch = c1.number_input(
+    "Batch size (for the estimates)",
+    min_value=1,
+    max_value=1024,
+    step=1,
+    key=keep_default("keep.train.batch", 16),
+    help="Sequences per training step; the same setting as on the Training page.",
+)
+mem = memory_estimate(cfg, facts["params"], int(batch))
+cols = st.columns(4)
+cols[0].metric("Parameters", f"{facts['params']:,}", help=f"{facts['params_non_embedding']:,} outside the embeddings.")
+cols[1].metric("Training memory (estimate)", f"{mem['total'] / 2**20:,.1f} MiB", help="Weights, gradients, AdamW state and activations, in fp32; a rough order of magnitude.")
+cols[2].metric("FLOPs per token", f"{facts['flops_per_token']:,}", help="Forward and backward pass, at the full context length.")
+cols[3].metric("FLOPs per step", f"{facts['flops_per_token'] * cfg.block_size * int(batch) / 1e9:,.2f} G", help="FLOPs per token × context length × batch size.")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Block structure")
+    st.graphviz_chart(model_diagram(cfg))
+with right:
+    st.subheader("Where the memory goes")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "part": ["weights", "gradients", "AdamW state", "activations", "total"],
+                "MiB": [mem[k] / 2**20 for k in ("weights", "gradients", "optimizer", "activations", "total")],
+            }
+        ),
+        hide_index=True,
+        column_config={"MiB": st.column_config.NumberColumn(format="%.2f")},
+    )
+    st.caption(
+        f"Weights, gradients and the two AdamW moments take 4 bytes per parameter each. Activations are those kept "
+        f"for the backward pass for {int(batch)} sequences of {cfg.block_size} tokens, from a rule of thumb per "
+        "architecture plus the logits. Real use is higher (temporary buffers, the framework) or lower (fused "
+        "attention kernels): treat it as the right order of magnitude."
+    )
+
+st.page_link(PAGE_TRAINING, label="Next: train it", icon=":material/arrow_forward:")

@@ -1,0 +1,371 @@
+"""Training page: start, watch, stop and resume training runs; compare them."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from lmcore.checkpoint import list_checkpoints, optimizer_path, read_metadata, sanitize_name
+from lmcore.data import check_length
+from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
+from lmcore.errors import LMCoreError
+from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, STOPPING, TrainingJob
+from lmcore.models import ModelConfig
+from lmcore.tokenizers import tokenizer_from_dict
+from lmcore.train import TrainConfig
+from lmcore.viz import loss_figure, metric_figure, series_from_events
+from ui import state as S
+from ui.boundary import user_errors
+from ui.flow import (
+    ARCH_LABELS,
+    PAGE_ATTENTION,
+    PAGE_CHECKPOINTS,
+    PAGE_GENERATION,
+    PAGE_MODEL,
+    encoded_split,
+    model_facts,
+    require_corpus,
+    require_model_config,
+)
+from ui.render import md
+from ui.shell import require_app
+from ui.state import checkpoint_dir, keep_default
+
+STATUS_ICONS = {
+    RUNNING: ":material/play_circle:",
+    STOPPING: ":material/pause_circle:",
+    FINISHED: ":material/check_circle:",
+    STOPPED: ":material/stop_circle:",
+    FAILED: ":material/error:",
+}
+REFRESH_S = 1.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    seconds = int(round(seconds))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _devices() -> list[str]:
+    """The device choices that work on this machine."""
+    out = []
+    for name in DEVICE_CHOICES:
+        try:
+            resolve_device(name)
+        except LMCoreError:
+            continue
+        out.append(name)
+    return out
+
+
+def _job_label(job: TrainingJob) -> str:
+    """A run's label in pickers; it never changes during the run (a picker keys on its labels)."""
+    arch = job.model_config.preset or job.model_config.arch
+    started = time.strftime("%H:%M:%S", time.localtime(job.started_at))
+    return f"{job.name} · {arch} · started {started}"
+
+
+def _train_config() -> TrainConfig:
+    budget = float(st.session_state["keep.train.budget"])
+    return TrainConfig(
+        batch_size=int(st.session_state["keep.train.batch"]),
+        max_iters=int(st.session_state["keep.train.iters"]),
+        lr=float(st.session_state["keep.train.lr"]),
+        warmup_iters=int(st.session_state["keep.train.warmup"]),
+        eval_interval=int(st.session_state["keep.train.eval"]),
+        eval_iters=int(st.session_state["keep.train.eval_iters"]),
+        seed=int(st.session_state["keep.train.seed"]),
+        time_budget_s=budget if budget > 0 else None,
+        device=st.session_state["keep.train.device"],
+    )
+
+
+def _data_info() -> dict:
+    corpus = require_corpus()
+    return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name}
+
+
+def _start(name: str, cfg: ModelConfig) -> None:
+    tc = _train_config()
+    tok = st.session_state[S.TOKENIZER]
+    _, train_ids, val_ids = encoded_split(tok)
+    check_length(train_ids, cfg.block_size, "training split")
+    check_length(val_ids, cfg.block_size, "validation split")
+    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=_data_info())
+    _follow(job)
+    st.session_state[S.TRAIN_CONFIG] = tc
+
+
+def _follow(job: TrainingJob) -> None:
+    """Show ``job``; the run shown before stays on the charts for comparison."""
+    before = st.session_state.get(S.ACTIVE_JOB)
+    if before and before != job.id and REGISTRY.get(before) is not None:
+        compare = st.session_state.get(S.COMPARE_JOBS, [])
+        st.session_state[S.COMPARE_JOBS] = [before] + [i for i in compare if i != before]
+    st.session_state[S.ACTIVE_JOB] = job.id
+
+
+def _set_limit() -> None:
+    REGISTRY.max_concurrent = int(st.session_state["train_max_concurrent"])
+
+
+def _save_compare() -> None:
+    st.session_state[S.COMPARE_JOBS] = list(st.session_state["train_compare"])
+
+
+def _resume(path, name: str) -> bool:
+    """Continue the checkpoint at ``path`` (weights and optimizer state) up to the iterations set."""
+    meta = read_metadata(path)
+    cfg = ModelConfig.from_dict(meta["config"])
+    tok = tokenizer_from_dict(meta["tokenizer"])
+    done = int(meta["train"].get("steps") or 0)
+    tc = _train_config()
+    if tc.max_iters <= done:
+        st.error(f"'{name}' has already trained {done:,} steps; set Iterations above {done:,} to continue it.")
+        return False
+    _, train_ids, val_ids = encoded_split(tok)
+    check_length(val_ids, cfg.block_size, "validation split")
+    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), resume_from=path, data_info=_data_info())
+    _follow(job)
+    st.session_state[S.TRAIN_CONFIG] = tc
+    return True
+
+
+def _show_picked() -> None:
+    if st.session_state.get("train_show"):
+        st.session_state[S.ACTIVE_JOB] = st.session_state["train_show"]
+
+
+require_app()
+
+st.title("Training")
+st.markdown(
+    "Training shows the model batch after batch of text windows and nudges every parameter to make the true "
+    "next token a little more likely. Watch two curves: the **training loss** (on text it learns from) and the "
+    "**validation loss** (on text it never sees). While both fall, it is learning the language; when only the "
+    "first one falls, it is memorising. Runs keep going when you switch pages or close the tab."
+)
+
+cfg = require_model_config()
+tok = st.session_state[S.TOKENIZER]
+corpus = require_corpus()
+with user_errors():
+    params = model_facts(cfg.to_json())["params"]
+st.caption(
+    f"Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}, {params:,} parameters, context {cfg.block_size} · "
+    f"Vocabulary: {tok.kind}, {tok.vocab_size:,} tokens · Corpus: {md(corpus.name)}"
+)
+st.page_link(PAGE_MODEL, label="Change the model", icon=":material/arrow_back:")
+
+# ------------------------------------------------------------------ settings
+st.subheader("Settings")
+c = st.columns(4)
+c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default("keep.train.iters", 300),
+                  help="Optimizer steps in total (a resumed run continues up to this number).")  # fmt: skip
+c[1].number_input("Batch size", 1, 1024, step=1, key=keep_default("keep.train.batch", 16),
+                  help="Text windows per step.")  # fmt: skip
+c[2].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.4f", key=keep_default("keep.train.lr", 2e-3),
+                  help="Peak step size; it warms up linearly, then decays along a cosine to a tenth.")  # fmt: skip
+c[3].number_input("Warm-up steps", 0, 100_000, step=10, key=keep_default("keep.train.warmup", 20))
+c = st.columns(4)
+c[0].number_input("Evaluate every", 1, 100_000, step=10, key=keep_default("keep.train.eval", 50),
+                  help="Steps between evaluations; each one saves the checkpoint and writes a text sample.")  # fmt: skip
+c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default("keep.train.eval_iters", 10),
+                  help="More batches: a steadier loss estimate, slower evaluations.")  # fmt: skip
+c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default("keep.train.seed", 1337),
+                  help="Same seed, same settings: the same run.")  # fmt: skip
+c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default("keep.train.budget", 0))
+c = st.columns([1, 2, 1])
+devices = _devices()
+if st.session_state.get("keep.train.device") not in devices:
+    st.session_state["keep.train.device"] = "auto"
+device_name = c[0].selectbox("Device", devices, key=keep_default("keep.train.device", "auto"))
+auto_name = f"{cfg.preset or cfg.arch}-{tok.kind}{tok.vocab_size}-{cfg.n_layer}x{cfg.n_embd}"
+run_name = c[1].text_input(
+    "Run name (the checkpoint's file name)", key=keep_default("keep.train.name", ""), placeholder=auto_name, max_chars=100
+)
+# A server-wide setting: the widget shows the registry's value and changes it only when edited.
+st.session_state["train_max_concurrent"] = REGISTRY.max_concurrent
+c[2].number_input(
+    "Runs at once (server-wide)",
+    1,
+    8,
+    step=1,
+    key="train_max_concurrent",
+    on_change=_set_limit,
+    help="More runs than this are refused until one ends; they share the CPU or GPU.",
+)
+name = run_name.strip() or auto_name
+try:
+    file_name = sanitize_name(name) + ".safetensors"
+    st.caption(
+        f"Device: {describe_device(resolve_device(device_name))} · saved as `{file_name}` in `{checkpoint_dir()}` "
+        "(a number is added if the name is taken)"
+    )
+except LMCoreError as e:
+    st.error(str(e))
+
+# ------------------------------------------------------------------ buttons
+job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+alive = job is not None and job.is_alive
+b = st.columns([1, 1, 1, 3])
+if b[0].button("Start", type="primary", icon=":material/play_arrow:", key="train_start",
+               help="Start a new run with these settings; a run already going keeps going (up to the limit)."):  # fmt: skip
+    with user_errors(stop=False):
+        _start(name, cfg)
+        st.rerun()
+if b[1].button("Stop", icon=":material/stop:", disabled=not (alive and job.status == RUNNING), key="train_stop"):
+    job.stop()
+    st.rerun()
+can_resume = job is not None and not alive and job.saved and job.checkpoint_path is not None and optimizer_path(job.checkpoint_path).exists()
+if b[2].button("Resume", icon=":material/resume:", disabled=not can_resume, key="train_resume",
+               help="Continue the shown run from its last checkpoint, optimizer state included, up to the iterations set."):  # fmt: skip
+    with user_errors(stop=False):
+        if _resume(job.checkpoint_path, job.name):
+            st.rerun()
+
+# ------------------------------------------------------------------ runs on this server
+runs = REGISTRY.list()
+with st.expander("Runs on this server", expanded=job is None and bool(runs)):
+    if not runs:
+        st.caption("No runs yet: press Start.")
+    else:
+        rows = []
+        for r in runs:
+            p, last = r.progress(), r.last_eval()
+            rows.append(
+                {
+                    "run": r.name,
+                    "architecture": r.model_config.preset or r.model_config.arch,
+                    "status": r.status,
+                    "steps": f"{p['step']:,} / {p['max_iters']:,}",
+                    "val loss": None if last is None else round(last.val_loss, 4),
+                    "started": time.strftime("%H:%M:%S", time.localtime(r.started_at)),
+                    "device": r.device_name,
+                }
+            )
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        ids = [r.id for r in runs]
+        # The picker mirrors the run shown; picking another one switches to it.
+        st.session_state["train_show"] = job.id if job is not None and job.id in ids else None
+        st.selectbox(
+            "Show run",
+            ids,
+            format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
+            placeholder="Pick a run to follow",
+            key="train_show",
+            on_change=_show_picked,
+            help="A run started in another tab or before a reload can be followed here.",
+        )
+
+# Resume a checkpoint saved by an earlier server (or another session).
+with st.expander("Continue a saved checkpoint"):
+    saved = [r for r in list_checkpoints(checkpoint_dir()) if r["error"] is None and optimizer_path(r["path"]).exists()]
+    if not saved:
+        st.caption("No checkpoint with a resume state yet; runs save one at every evaluation.")
+    else:
+        pick = st.selectbox(
+            "Checkpoint",
+            saved,
+            format_func=lambda r: f"{r['name']} · {r['arch']} · {r['steps']} steps · val {r['val_loss'] or float('nan'):.3f}",
+            key="train_resume_pick",
+        )
+        st.caption("Training continues on the current corpus with the checkpoint's own vocabulary and model.")
+        if st.button("Resume this checkpoint", key="train_resume_saved"):
+            with user_errors(stop=False):
+                if _resume(pick["path"], pick["name"]):
+                    st.rerun()
+
+job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+if job is None:
+    st.info("No run to show yet. The defaults train a tiny model in well under a minute on a CPU: press **Start**.")
+    st.stop()
+
+# ------------------------------------------------------------------ live view
+others = [r.id for r in REGISTRY.list() if r.id != job.id]
+st.session_state["train_compare"] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
+compare = st.multiselect(
+    "Overlay other runs",
+    others,
+    format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
+    help="Compare architectures or settings on the same axes.",
+    key="train_compare",
+    on_change=_save_compare,
+)
+x_axis = st.radio("Horizontal axis", ["step", "tokens"], horizontal=True, format_func={"step": "steps", "tokens": "tokens seen"}.get,
+                  key=keep_default("keep.train.x", "step"))  # fmt: skip
+
+
+def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> None:
+    """Status, progress, charts and the latest sample of one run; reruns itself while it trains."""
+    job = REGISTRY.get(job_id)
+    if job is None:
+        st.warning("This run is no longer kept on the server.")
+        return
+    p = job.progress()
+    head = f"{STATUS_ICONS.get(job.status, '')} **{md(job.name)}**: {job.status} · {md(job.device_name)}"
+    st.markdown(head)
+    eta = f" · about {_duration(p['eta_s'])} left" if job.is_alive and p["eta_s"] is not None else ""
+    st.progress(p["fraction"], text=f"step {p['step']:,} of {p['max_iters']:,} · {_duration(p['elapsed_s'])} elapsed{eta}")
+
+    if job.status == FAILED:
+        st.error(job.error or "the run failed")
+        if job.saved:
+            st.caption(f"The last good checkpoint (step {job.saved_step:,}) is kept in `{job.checkpoint_path.name}`.")
+    elif job.status in (FINISHED, STOPPED) and job.saved:
+        st.success(f"Saved to `{job.checkpoint_path.name}` at step {job.saved_step:,}.", icon=":material/save:")
+
+    events = job.events_since(0)
+    series = series_from_events(events)
+    last, evals = (events[-1] if events else None), [e for e in events if e.val_loss is not None]
+    m = st.columns(4)
+    m[0].metric("Training loss (batch)", "–" if not series["loss"] else f"{series['loss'][-1]:.3f}")
+    if evals:
+        delta = None if len(evals) < 2 else f"{evals[-1].val_loss - evals[-2].val_loss:+.3f}"
+        m[1].metric("Validation loss", f"{evals[-1].val_loss:.3f}", delta=delta, delta_color="inverse",
+                    help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}.")  # fmt: skip
+    else:
+        m[1].metric("Validation loss", "–", help="Measured at the first evaluation.")
+    m[2].metric("Tokens per second", "–" if last is None else f"{last.tokens_per_s:,.0f}")
+    m[3].metric("Tokens seen", "–" if last is None else f"{last.tokens_seen:,}")
+
+    runs = {job.name: series}
+    for cid in compare_ids:
+        other = REGISTRY.get(cid)
+        if other is not None and other.name not in runs:
+            runs[other.name] = series_from_events(other.events_since(0))
+    st.plotly_chart(loss_figure(runs, x=x), key="train_loss_chart")
+    c = st.columns(3)
+    with c[0]:
+        st.caption("Learning rate")
+        st.plotly_chart(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
+    with c[1]:
+        st.caption("Throughput")
+        st.plotly_chart(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
+    with c[2]:
+        st.caption("Gradient norm (before clipping)")
+        st.plotly_chart(metric_figure(runs, "grad_norm", "gradient norm", x=x, log_y=True), key="train_gn_chart")
+
+    samples = [e for e in evals if e.sample]
+    if samples:
+        st.markdown(f"**What the model writes at step {samples[-1].step:,}** (temperature 0.8)")
+        st.code(samples[-1].sample, language=None, wrap_lines=True)
+    if was_alive and not job.is_alive:
+        st.rerun()  # it just ended: redraw the whole page once (buttons, no timer)
+
+
+alive = job.is_alive
+st.fragment(live_view, run_every=REFRESH_S if alive else None)(job.id, list(compare), x_axis, alive)
+
+if not alive and job.saved:
+    st.markdown("**Next:** look inside the model or make it write.")
+    n = st.columns(3)
+    n[0].page_link(PAGE_ATTENTION, label="Attention", icon=":material/grid_on:")
+    n[1].page_link(PAGE_GENERATION, label="Generation", icon=":material/edit_note:")
+    n[2].page_link(PAGE_CHECKPOINTS, label="Checkpoints", icon=":material/save:")

@@ -1,0 +1,341 @@
+"""The app's first four pages and its shell, driven with Streamlit's AppTest (no browser).
+
+Every page renders in a fresh session; the newcomer's path (built-in corpus ->
+character vocabulary -> tiny model -> a short training run -> a checkpoint on
+disk) works by clicking through; bad input shows an inline error, never a
+traceback. Training runs for real, in the process-level job registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lmcore.checkpoint import load_checkpoint
+from lmcore.data import encode_corpus, split_ids
+from lmcore.jobs import FINISHED, REGISTRY, RUNNING, STOPPED
+from lmcore.train import TrainConfig
+from ui import state as S
+from ui.render import md
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["pages/data.py", "pages/vocabulary.py", "pages/model.py", "pages/training.py"]
+RUN_S = 120  # generous timeouts for a busy machine; nothing here checks timings
+
+
+@pytest.fixture(autouse=True)
+def checkpoints(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
+    limit = REGISTRY.max_concurrent
+    yield folder
+    for job in REGISTRY.list():  # no training thread outlives a test
+        job.stop()
+        job.wait(RUN_S)
+    REGISTRY.max_concurrent = limit
+
+
+def session(page: str = "pages/data.py") -> AppTest:
+    """A fresh browser session on ``page``."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+    at.run()
+    if page != "pages/data.py":
+        at.switch_page(page)
+        at.run()
+    return at
+
+
+def no_problems(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def values(v) -> list:
+    """A trace's x or y from a figure's JSON: a list, or plotly's base64 typed array."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def wait_for(job) -> None:
+    assert job.wait(RUN_S), "the training run did not end"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_in_a_fresh_session(page):
+    at = session(page)
+    no_problems(at)
+    assert at.title[0].value == Path(page).stem.capitalize()
+    assert len(at.main.markdown[0].value) > 100  # the page opens by saying what this step is
+    assert at.get("page_link"), "every page links on to the next step or back to the one before"
+    setup = " ".join(m.value for m in at.sidebar.markdown)
+    assert "Set up so far" in setup and "python\\-docs" in setup  # the default corpus is loaded
+
+
+def test_later_pages_say_what_was_filled_in_for_skipped_steps():
+    at = session("pages/training.py")
+    no_problems(at)
+    notes = " ".join(i.value for i in at.info)
+    assert "character vocabulary" in notes and "Vocabulary page" in notes
+    assert "tiny GPT-2" in notes and "Model page" in notes
+    assert at.button(key="train_start").disabled is False
+
+
+def test_the_newcomers_path_trains_and_saves_a_model(checkpoints):
+    at = session()
+    no_problems(at)
+    assert at.radio[0].value == "Built-in" and at.selectbox[0].value == "python-docs"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Characters"] == f"{len(at.session_state[S.CORPUS].text):,}"
+
+    at.switch_page("pages/vocabulary.py").run()
+    no_problems(at)
+    tok = at.session_state[S.TOKENIZER]
+    assert tok.kind == "char"
+    (freq,) = chart_specs(at)
+    counts = values(freq["data"][0]["y"])
+    assert len(counts) == 40 and counts == sorted(counts, reverse=True)  # the default top-N, most frequent first
+    assert at.dataframe[0].value.shape[0] == tok.vocab_size
+
+    at.switch_page("pages/model.py").run()
+    no_problems(at)
+    assert at.radio(key="keep.model.arch").value == "gpt2" and at.radio(key="keep.model.size").value == "tiny"
+    params = int(next(m.value for m in at.metric if m.label == "Parameters").replace(",", ""))
+    assert 10_000 < params < 1_000_000
+    assert "digraph" in at.get("graphviz_chart")[0].proto.spec
+    assert at.session_state[S.MODEL_CONFIG].vocab_size == tok.vocab_size
+
+    at.switch_page("pages/training.py").run()
+    no_problems(at)
+    at.number_input(key="keep.train.iters").set_value(30)
+    at.number_input(key="keep.train.eval").set_value(10)
+    at.number_input(key="keep.train.eval_iters").set_value(2)
+    at.number_input(key="keep.train.batch").set_value(8)
+    at.text_input(key="keep.train.name").set_value("my first model")
+    at.button(key="train_start").click().run()
+    no_problems(at)
+    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert job is not None and job.name == "my_first_model"
+    wait_for(job)
+    at.run()
+    no_problems(at)
+    assert job.status == FINISHED
+    assert any("my_first_model.safetensors" in s.value for s in at.success)
+    loss_chart = chart_specs(at)[0]
+    assert [t["name"] for t in loss_chart["data"]] == ["my_first_model: train", "my_first_model: validation"]
+    assert values(loss_chart["data"][0]["x"]) == list(range(1, 31))
+    assert values(loss_chart["data"][1]["x"]) == [10, 20, 30]
+    assert at.code, "the eval's text sample is shown"
+    path = checkpoints / "my_first_model.safetensors"
+    ckpt = load_checkpoint(path)
+    assert ckpt.train_state["steps"] == 30
+    assert ckpt.tokenizer.to_dict() == tok.to_dict()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty"), (b"\x00\x01\x02\x03binary\x00", "binary"), ("café".encode("latin-1"), "UTF-8")],
+)
+def test_a_bad_upload_shows_an_error_and_keeps_the_corpus(content, message):
+    at = session()
+    before = at.session_state[S.CORPUS_ID]
+    at.radio[0].set_value("Upload a file").run()
+    at.file_uploader[0].set_value(("junk.txt", content, "text/plain")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and message.lower() in at.error[0].value.lower()
+    assert at.session_state[S.CORPUS_ID] == before
+
+
+def test_a_good_upload_and_a_paste_become_the_corpus():
+    at = session()
+    at.radio[0].set_value("Upload a file").run()
+    at.file_uploader[0].set_value(("notes.txt", "hello world\n".encode() * 50, "text/plain")).run()
+    no_problems(at)
+    assert at.session_state[S.CORPUS].name == "notes.txt"
+    assert at.session_state[S.CORPUS].text == "hello world\n" * 50
+
+    at.radio[0].set_value("Paste text").run()
+    at.text_area(key="keep.data.paste").set_value("   \n  ")
+    at.button[0].click().run()
+    assert not at.exception and len(at.error) == 1  # whitespace only
+    assert at.session_state[S.CORPUS].name == "notes.txt"
+    at.text_area(key="keep.data.paste").set_value("<b>bold</b> & more text")
+    at.button[0].click().run()
+    no_problems(at)
+    assert at.session_state[S.CORPUS].text == "<b>bold</b> & more text"
+    assert "<b>bold</b> & more text" in [c.value for c in at.code]  # shown as text, not markup
+
+
+def test_the_names_corpus_is_read_one_document_per_line():
+    at = session()
+    at.selectbox(key="keep.data.builtin").set_value("python-names").run()
+    no_problems(at)
+    assert at.toggle(key="keep.data.documents").value is True
+    corpus = at.session_state[S.CORPUS]
+    assert corpus.documents
+    assert next(m.value for m in at.metric if m.label == "Documents") == f"{len(corpus.docs):,}"
+    at.toggle(key="keep.data.documents").set_value(False).run()
+    assert not at.session_state[S.CORPUS].documents
+
+
+def test_bpe_vocabulary_is_trained_on_request_with_its_charts():
+    at = session("pages/vocabulary.py")
+    at.radio(key="keep.vocab.kind").set_value("bpe").run()
+    no_problems(at)
+    assert at.session_state[S.TOKENIZER].kind == "char"  # nothing is trained behind the user's back
+    at.select_slider(key="keep.vocab.size").set_value(320).run()
+    at.button[0].click().run()
+    no_problems(at)
+    tok = at.session_state[S.TOKENIZER]
+    assert tok.kind == "bpe" and tok.vocab_size == 320
+    freq, lengths = chart_specs(at)
+    assert max(values(lengths["data"][0]["x"])) >= 2  # merges made tokens longer than one byte
+    assert sum(values(lengths["data"][0]["y"])) == 320
+    assert any(d.label.startswith("Download") for d in at.get("download_button"))
+
+
+def test_the_token_explorer_escapes_what_it_shows():
+    at = session("pages/vocabulary.py")
+    at.text_area(key="keep.vocab.probe").set_value('<script>alert("x")</script> & <b>').run()
+    no_problems(at)
+    (html,) = [m.value for m in at.markdown if "white-space:pre-wrap" in m.value]
+    assert "<script" not in html and "<b>" not in html  # one span per character here, all escaped
+    assert html.count("&lt;") == 2 * 3 and "&amp;" in html and "&quot;" in html  # text and hover, for each "<"
+    at.text_area(key="keep.vocab.probe").set_value("emoji 🙂 never seen").run()
+    assert not at.exception and "never seen" in at.error[0].value  # the char vocabulary names the character
+
+
+def test_an_impossible_model_setting_is_reported_next_to_the_fields():
+    at = session("pages/model.py")
+    good = at.session_state[S.MODEL_CONFIG]
+    at.number_input(key="keep.model.n_head").set_value(3).run()  # 64 is not divisible by 3
+    assert not at.exception
+    assert len(at.error) == 1 and "n_head" in at.error[0].value
+    assert at.session_state[S.MODEL_CONFIG] == good  # training keeps the last valid model
+    at.number_input(key="keep.model.n_head").set_value(4).run()
+    no_problems(at)
+    assert at.session_state[S.MODEL_CONFIG].n_head == 4
+
+
+def test_switching_architecture_loads_its_preset_fields():
+    at = session("pages/model.py")
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    no_problems(at)
+    cfg = at.session_state[S.MODEL_CONFIG]
+    assert (cfg.preset, cfg.norm, cfg.pos, cfg.mlp) == ("llama", "rmsnorm", "rope", "swiglu")
+    at.radio(key="keep.model.size").set_value("small").run()
+    assert (at.session_state[S.MODEL_CONFIG].n_layer, at.session_state[S.MODEL_CONFIG].n_embd) == (4, 128)
+    at.radio(key="keep.model.arch").set_value("bigram").run()
+    no_problems(at)
+    assert at.session_state[S.MODEL_CONFIG].arch == "bigram"
+    assert [n.label for n in at.number_input] == ["Context length", "Batch size (for the estimates)"]
+
+
+def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
+    first = session("pages/training.py")
+    first.number_input(key="train_max_concurrent").set_value(1)
+    first.number_input(key="keep.train.iters").set_value(100_000)
+    first.number_input(key="keep.train.eval").set_value(50_000)
+    first.button(key="train_start").click().run()
+    no_problems(first)
+    job = REGISTRY.get(first.session_state[S.ACTIVE_JOB])
+    assert job.status == RUNNING
+
+    second = session("pages/training.py")  # another tab, or the same one after a reload
+    assert second.session_state.get(S.ACTIVE_JOB) is None
+    assert second.number_input(key="train_max_concurrent").value == 1  # the limit is the server's
+    second.button(key="train_start").click().run()
+    assert not second.exception
+    assert len(second.error) == 1 and "limit is 1" in second.error[0].value
+    second.selectbox(key="train_show").set_value(job.id).run()
+    no_problems(second)
+    assert second.session_state[S.ACTIVE_JOB] == job.id
+    assert any(md(job.name) in m.value and "running" in m.value for m in second.markdown)
+
+    second.button(key="train_stop").click().run()
+    wait_for(job)
+    first.run()
+    no_problems(first)
+    assert job.status == STOPPED
+    assert first.button(key="train_resume").disabled is False
+
+
+def test_settings_survive_a_visit_to_another_page():
+    at = session("pages/training.py")
+    at.number_input(key="keep.train.iters").set_value(1234).run()
+    at.switch_page("pages/model.py").run()
+    at.radio(key="keep.model.arch").set_value("mamba").run()
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/training.py").run()
+    no_problems(at)
+    assert at.number_input(key="keep.train.iters").value == 1234
+    at.switch_page("pages/model.py").run()
+    assert at.radio(key="keep.model.arch").value == "mamba"
+    assert at.session_state[S.MODEL_CONFIG].arch == "mamba"
+
+
+def test_a_second_run_is_overlaid_on_the_first_to_compare():
+    at = session("pages/training.py")
+    for key, value in (("keep.train.iters", 20), ("keep.train.eval", 10), ("keep.train.eval_iters", 2), ("keep.train.batch", 4)):
+        at.number_input(key=key).set_value(value)
+    at.button(key="train_start").click().run()
+    first = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    wait_for(first)
+    at.switch_page("pages/model.py").run()
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    at.switch_page("pages/training.py").run()
+    at.button(key="train_start").click().run()
+    no_problems(at)
+    second = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert second.id != first.id and second.model_config.preset == "llama"
+    wait_for(second)
+    at.run()
+    no_problems(at)
+    assert at.multiselect(key="train_compare").value == [first.id]
+    names = [t["name"] for t in chart_specs(at)[0]["data"]]
+    assert names == [f"{second.name}: train", f"{second.name}: validation", f"{first.name}: train", f"{first.name}: validation"]
+    at.multiselect(key="train_compare").set_value([]).run()
+    assert len(chart_specs(at)[0]["data"]) == 2
+    assert at.session_state[S.COMPARE_JOBS] == []
+
+
+def test_a_corpus_from_an_address_and_a_bad_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMCORE_CACHE_DIR", str(tmp_path / "cache"))
+    text_file = tmp_path / "book.txt"
+    text_file.write_text("It was a dark and stormy night.\n" * 20, encoding="utf-8")
+    at = session()
+    at.radio[0].set_value("From a URL").run()
+    at.text_input(key="keep.data.url").set_value(text_file.as_uri())
+    at.button[0].click().run()
+    no_problems(at)
+    assert at.session_state[S.CORPUS].text == text_file.read_text(encoding="utf-8")
+    at.text_input(key="keep.data.url").set_value((tmp_path / "missing.txt").as_uri())
+    at.button[0].click().run()
+    assert not at.exception and len(at.error) == 1
+    assert at.session_state[S.CORPUS].text == text_file.read_text(encoding="utf-8")
+
+
+def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
+    at = session("pages/training.py")
+    tok, cfg = at.session_state[S.TOKENIZER], at.session_state[S.MODEL_CONFIG]
+    train_ids, val_ids = split_ids(encode_corpus(tok, at.session_state[S.CORPUS]), 0.1)
+    settings = TrainConfig(max_iters=60, batch_size=4, eval_interval=2, eval_iters=2, warmup_iters=0, lr=1e3, grad_clip=0.0)
+    job = REGISTRY.start("diverges", cfg, tok, train_ids, val_ids, settings, checkpoints)
+    wait_for(job)
+    at.session_state[S.ACTIVE_JOB] = job.id
+    at.run()
+    assert not at.exception
+    assert job.status == "failed"
+    assert [e.value for e in at.error] == [job.error]
+    assert "learning rate" in job.error
+    if job.saved:
+        assert any(f"step {job.saved_step}" in c.value for c in at.caption)

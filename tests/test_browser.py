@@ -1,0 +1,351 @@
+"""The whole playground in a real browser: a real ``streamlit run`` driven by Chromium.
+
+A newcomer's journey: the default corpus, the vocabulary chart, the model page,
+a tiny training run watched live (with page switches while it trains), the
+attention heatmap, generated text, and the checkpoint downloaded and read back
+with plain safetensors. Then two browser sessions train at the same time.
+
+Chromium is Debian's (/usr/bin/chromium), driven by Playwright's Python package;
+the module is skipped, with the reason, when either is missing. Screenshots of
+every page and the measured times go to tests/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(sync_playwright is None, reason="the playwright Python package is not installed"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    ),
+]
+
+# Generous bounds: the machine is shared, so tests check behaviour, not speed;
+# the measured times go to tests/artifacts/timings.json.
+RENDER_BOUND_S = 10.0
+TWIN_STEPS = 30  # steps of each of the two runs trained at the same time
+TIMINGS: dict[str, float | int | str] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with status {proc.returncode}; see tests/artifacts/browser_server.log")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200 and r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not become healthy within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real app server on a free port, saving checkpoints into a fresh folder."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    folder = tmp_path_factory.mktemp("browser_checkpoints")
+    port = free_port()
+    env = {**os.environ, "PLAYGROUND_CHECKPOINT_DIR": str(folder), "PYTHONUNBUFFERED": "1"}
+    log = open(ARTIFACTS / "browser_server.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", "app.py",
+            "--server.headless", "true",
+            "--server.port", str(port),
+            "--server.address", "127.0.0.1",
+            "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, folder
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def new_page(browser: Browser, url: str) -> Page:
+    """A fresh browser session (its own cookies and Streamlit session) on the app's first page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("h1", has_text="Data")).to_be_visible(timeout=90_000)
+    return page
+
+
+def title(page: Page, text: str):
+    return page.locator("h1", has_text=text)
+
+
+def go(page: Page, label: str, wait_for: str | None = None) -> tuple[float, float]:
+    """Switch page with the sidebar; returns seconds until its title shows and until
+    ``wait_for`` (a CSS selector of the page's last part) is visible as well."""
+    link = page.locator('[data-testid="stSidebarNav"] a', has_text=label)
+    start = time.monotonic()
+    link.click()
+    expect(title(page, label)).to_be_visible(timeout=60_000)
+    first = time.monotonic() - start
+    if wait_for is not None:
+        scoped = ", ".join(f'[data-testid="stMain"] {css.strip()}' for css in wait_for.split(","))
+        expect(page.locator(scoped).first).to_be_visible(timeout=60_000)
+    return first, time.monotonic() - start
+
+
+def screenshot(page: Page, name: str) -> None:
+    wait_idle(page)
+    page.wait_for_timeout(500)  # lazily loaded widgets (the file uploader) draw themselves
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_idle(page: Page, timeout_s: float = 60.0) -> None:
+    """Wait until the script run that a click or an input started has finished.
+
+    While a run is under way Streamlit shows its status widget and keeps the
+    previous elements on the page (marked stale) until new ones replace them.
+    """
+    page.wait_for_timeout(150)  # let the rerun request leave
+    expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=timeout_s * 1000)
+    expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=timeout_s * 1000)
+
+
+def set_number(page: Page, label: str, value: int) -> None:
+    wait_idle(page)
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    expect(box).to_have_value(str(value))
+
+
+STEP = re.compile(r"step ([\d,]+) of ([\d,]+)")
+
+
+def progress(page: Page) -> tuple[int, int]:
+    """(steps done, steps in total) from the training page's progress bar."""
+    bar = page.locator('[data-testid="stMain"] [data-testid="stProgress"]').first
+    expect(bar).to_contain_text(STEP, timeout=60_000)
+    m = STEP.search(bar.inner_text())
+    assert m is not None
+    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+
+
+def loss_curve(page: Page) -> str:
+    """The drawn path of the first trace of the live loss chart (changes as points arrive)."""
+    chart = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').first
+    expect(chart).to_be_visible()
+    line = chart.locator("path.js-line").first
+    return (line.get_attribute("d") or "") if line.count() else ""
+
+
+def setup_run(page: Page, iterations: int, eval_every: int, name: str) -> None:
+    """On the training page: settings for a short CPU run, and its name."""
+    set_number(page, "Iterations", iterations)
+    set_number(page, "Evaluate every", eval_every)
+    set_number(page, "Evaluation batches", 2)
+    set_number(page, "Warm-up steps", 5)
+    wait_idle(page)
+    box = page.get_by_label("Run name (the checkpoint's file name)")
+    box.fill(name)
+    box.press("Enter")
+    expect(page.get_by_text(f"{name}.safetensors").first).to_be_visible()
+
+
+def start(page: Page) -> None:
+    wait_idle(page)
+    button = page.locator(".st-key-train_start button")
+    expect(button).to_be_enabled()
+    button.click()
+    expect(page.get_by_text(STEP).first).to_be_visible(timeout=60_000)
+
+
+def wait_saved(page: Page, timeout_s: float) -> None:
+    expect(page.get_by_text(re.compile(r"Saved to .*\.safetensors")).first).to_be_visible(timeout=timeout_s * 1000)
+
+
+def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:
+    url, folder = server
+    page = new_page(browser, url)
+
+    # 1. Data: a built-in corpus is already chosen.
+    expect(page.get_by_text("python-docs").first).to_be_visible()
+    screenshot(page, "1_data")
+
+    # 2. Vocabulary: the character vocabulary and its frequency chart.
+    go(page, "Vocabulary", '[data-testid="stPlotlyChart"]')
+    screenshot(page, "2_vocabulary")
+
+    # 3. Model: the default tiny model and what it costs.
+    go(page, "Model")
+    expect(page.get_by_text("What it costs")).to_be_visible()
+    screenshot(page, "3_model")
+
+    # 4. Training: long enough to look around while it runs; stopped by hand after a few dozen steps.
+    go(page, "Training")
+    setup_run(page, iterations=5000, eval_every=25, name="journey")
+    start(page)
+    expect(page.get_by_text(re.compile(r"journey: running")).first).to_be_visible()
+    time.sleep(1.5)
+    step1, total = progress(page)
+    curve1 = loss_curve(page)
+    assert total == 5000
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the live view refreshes by itself
+        time.sleep(1.0)
+        step2 = progress(page)[0]
+        curve2 = loss_curve(page)
+        if step2 > step1 and curve2 != curve1:
+            break
+    assert step2 > step1, "the step count did not move"
+    assert curve2 and curve2 != curve1, "the live loss chart did not change"
+    TIMINGS["live_view_steps_between_looks"] = step2 - step1
+    screenshot(page, "4_training_running")
+
+    # 5. Page switches while it trains: answered quickly, and the run goes on.
+    first, done = go(page, "Data", '[data-testid="stDataFrame"], [data-testid="stSlider"]')
+    TIMINGS["switch_to_data_during_training_title_s"] = round(first, 3)
+    TIMINGS["switch_to_data_during_training_rendered_s"] = round(done, 3)
+    first, done = go(page, "Attention", '[data-testid="stPlotlyChart"]')
+    TIMINGS["switch_to_attention_during_training_title_s"] = round(first, 3)
+    TIMINGS["switch_to_attention_during_training_rendered_s"] = round(done, 3)
+    expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(re.compile(r"^Current run: journey"))
+    first, done = go(page, "Training", '[data-testid="stProgress"]')
+    TIMINGS["switch_back_to_training_title_s"] = round(first, 3)
+    TIMINGS["switch_back_to_training_rendered_s"] = round(done, 3)
+    for key in ("data", "attention"):
+        assert TIMINGS[f"switch_to_{key}_during_training_rendered_s"] < RENDER_BOUND_S
+    expect(page.get_by_text(re.compile(r"journey: running")).first).to_be_visible()
+    step3 = progress(page)[0]
+    assert step3 >= step2, "the run went backwards or restarted"
+    deadline = time.monotonic() + 120
+    while progress(page)[0] < 40 and time.monotonic() < deadline:  # a few dozen steps to look at
+        time.sleep(0.5)
+    page.locator(".st-key-train_stop button").click()
+    wait_saved(page, 60)
+    steps_done = progress(page)[0]
+    TIMINGS["journey_steps_trained"] = steps_done
+    expect(page.get_by_text(re.compile(r"journey: stopped")).first).to_be_visible()
+
+    # 6. Attention: the run's heatmap (and how fast pages come when nothing trains).
+    go(page, "Data", '[data-testid="stSlider"]')
+    first, done = go(page, "Attention", '[data-testid="stPlotlyChart"]')
+    TIMINGS["switch_to_attention_idle_title_s"] = round(first, 3)
+    TIMINGS["switch_to_attention_idle_rendered_s"] = round(done, 3)
+    heatmap = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').first
+    expect(heatmap.locator(".heatmaplayer, .hm").first).to_be_attached()
+    expect(page.get_by_text("layer 0 · head 0").first).to_be_visible()
+    screenshot(page, "5_attention")
+
+    # 7. Generation: text appears below the prompt.
+    go(page, "Generation")
+    prompt = page.get_by_label("Prompt", exact=True).input_value()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"\d+ new tokens from")).first).to_be_visible(timeout=60_000)
+    code = page.locator('[data-testid="stCode"]').first.inner_text()
+    assert code.startswith(prompt) and len(code) > len(prompt) + 20
+    expect(page.get_by_text("What else could have come?")).to_be_visible()
+    screenshot(page, "6_generation")
+
+    # 8. Checkpoints: the run is listed; download it and read it with plain safetensors.
+    go(page, "Checkpoints", '[data-testid="stDataFrame"]')
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    screenshot(page, "7_checkpoints")
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name=re.compile(r"Download \.safetensors")).click()
+    download = info.value
+    assert download.suggested_filename == "journey.safetensors"
+    target = tmp_path / download.suggested_filename
+    download.save_as(str(target))
+    assert target.read_bytes() == (folder / "journey.safetensors").read_bytes()
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(target))
+    assert tensors and all(t.numel() > 0 for t in tensors.values())
+    with safe_open(str(target), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "lmcore/1"
+    assert json.loads(meta["train"])["steps"] == steps_done
+    page.context.close()
+
+
+def test_two_sessions_train_at_the_same_time(server: tuple[str, Path], browser: Browser) -> None:
+    url, folder = server
+    pages = [new_page(browser, url) for _ in range(2)]
+    for n, page in enumerate(pages):
+        go(page, "Training")
+        setup_run(page, iterations=TWIN_STEPS, eval_every=TWIN_STEPS // 2, name=f"twin-{n}")
+    start_times = []
+    for page in pages:
+        start_times.append(time.monotonic())
+        start(page)
+    for n, page in enumerate(pages):
+        wait_saved(page, 180)
+        expect(page.get_by_text(re.compile(rf"twin-{n}: finished")).first).to_be_visible()
+        assert progress(page) == (TWIN_STEPS, TWIN_STEPS)
+    TIMINGS[f"two_runs_of_{TWIN_STEPS}_steps_wall_s"] = round(time.monotonic() - start_times[0], 2)
+    screenshot(pages[1], "8_training_two_sessions")
+
+    from lmcore.checkpoint import load_checkpoint
+
+    for n in range(2):
+        ckpt = load_checkpoint(folder / f"twin-{n}.safetensors")
+        assert ckpt.train_state["steps"] == TWIN_STEPS
+    for page in pages:
+        page.context.close()
+

@@ -1,0 +1,250 @@
+"""The journey's prerequisites: what each page needs from the steps before it.
+
+A page calls ``require_corpus()``, ``require_tokenizer()`` or
+``require_model_config()`` and gets the session's object, or a sensible default
+(the built-in python-docs corpus, a character vocabulary, a tiny gpt2) with a
+note and a link to the page where it can be changed. So a newcomer can click
+straight through, and no page fails because an earlier one was skipped.
+
+Also here: the corpus encoded with the tokenizer and split (computed once per
+corpus, tokenizer and split), the size presets of the model page, and the
+fingerprints that tell whether the objects in the session still belong together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import streamlit as st
+import torch
+
+from lmcore.data import Corpus, build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.models import ModelConfig, build_model
+from lmcore.tokenizers import Tokenizer
+from ui import state as S
+from ui.boundary import user_errors
+from ui.render import md
+
+# Page files, for st.page_link; app.py gives them titles and icons.
+PAGE_DATA = "pages/data.py"
+PAGE_VOCABULARY = "pages/vocabulary.py"
+PAGE_MODEL = "pages/model.py"
+PAGE_TRAINING = "pages/training.py"
+PAGE_ATTENTION = "pages/attention.py"
+PAGE_GENERATION = "pages/generation.py"
+PAGE_CHECKPOINTS = "pages/checkpoints.py"
+
+# The architectures a user picks from: ModelConfig preset names.
+ARCH_CHOICES = ("gpt2", "llama", "mamba", "lstm", "bigram")
+ARCH_LABELS = {
+    "gpt2": "GPT-2 (transformer)",
+    "llama": "LLaMA (transformer)",
+    "mamba": "Mamba (state space)",
+    "lstm": "LSTM (recurrent)",
+    "bigram": "Bigram (baseline)",
+}
+
+# Size presets: overrides of the architecture preset, per model family.
+# "tiny" trains in seconds on a laptop CPU, "small" is nanoGPT's CPU baby GPT
+# (about 0.8M parameters, minutes), "GPU" is nanoGPT's Shakespeare-char model
+# (about 10M parameters, wants a GPU).
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "transformer": dict(n_layer=2, n_head=2, n_kv_head=None, n_embd=64, block_size=64, dropout=0.0),
+        "mamba": dict(n_layer=2, n_embd=64, block_size=64, d_state=16, d_conv=4, expand=2),
+        "lstm": dict(n_layer=1, n_embd=128, block_size=64, dropout=0.0),
+        "bigram": dict(block_size=64),
+    },
+    "small": {
+        "transformer": dict(n_layer=4, n_head=4, n_kv_head=None, n_embd=128, block_size=64, dropout=0.0),
+        "mamba": dict(n_layer=4, n_embd=128, block_size=64, d_state=16, d_conv=4, expand=2),
+        "lstm": dict(n_layer=2, n_embd=256, block_size=64, dropout=0.0),
+        "bigram": dict(block_size=64),
+    },
+    "GPU": {
+        "transformer": dict(n_layer=6, n_head=6, n_kv_head=None, n_embd=384, block_size=256, dropout=0.2),
+        "mamba": dict(n_layer=6, n_embd=384, block_size=256, d_state=16, d_conv=4, expand=2),
+        "lstm": dict(n_layer=3, n_embd=512, block_size=256, dropout=0.2),
+        "bigram": dict(block_size=256),
+    },
+}
+SIZE_HELP = {
+    "tiny": "CPU, trains in seconds: for trying things out",
+    "small": "CPU, a few minutes: nanoGPT's 'baby GPT' size",
+    "GPU": "about 10M parameters: wants a GPU",
+}
+DEFAULT_ARCH = "gpt2"
+DEFAULT_SIZE = "tiny"
+
+
+def preset_config(arch: str, size: str, vocab_size: int) -> ModelConfig:
+    """The config of architecture preset ``arch`` at size ``size`` for a vocabulary of ``vocab_size``."""
+    family = ModelConfig.preset(arch).arch
+    return ModelConfig.preset(arch, vocab_size=vocab_size, **SIZES[size][family])
+
+
+# ------------------------------------------------------------------ fingerprints
+def corpus_id(corpus: Corpus) -> str:
+    """A short fingerprint of a corpus: its text and how it is read."""
+    h = hashlib.sha1(corpus.text.encode("utf-8", errors="surrogatepass"))
+    h.update(f"\0{corpus.documents}".encode())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_id(tok: Tokenizer) -> str:
+    """A short fingerprint of a tokenizer's vocabulary."""
+    return hashlib.sha1(json.dumps(tok.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def set_corpus(corpus: Corpus) -> bool:
+    """Make ``corpus`` the session's corpus; False when it is the one already there."""
+    cid = corpus_id(corpus)
+    if st.session_state.get(S.CORPUS_ID) == cid:
+        return False
+    st.session_state[S.CORPUS] = corpus
+    st.session_state[S.CORPUS_ID] = cid
+    _refresh_sidebar()
+    return True
+
+
+def set_tokenizer(tok: Tokenizer) -> None:
+    """Make ``tok`` the session's tokenizer, built from the session's current corpus."""
+    st.session_state[S.TOKENIZER] = tok
+    st.session_state[S.TOKENIZER_CORPUS_ID] = st.session_state.get(S.CORPUS_ID)
+    _refresh_sidebar()
+
+
+def set_model_config(cfg: ModelConfig) -> None:
+    """Make ``cfg`` (validated) the session's model config."""
+    changed = st.session_state.get(S.MODEL_CONFIG) != cfg
+    st.session_state[S.MODEL_CONFIG] = cfg
+    if changed:
+        _refresh_sidebar()
+
+
+def _refresh_sidebar() -> None:
+    from ui.sidebar import refresh_setup  # the sidebar imports this module
+
+    refresh_setup()
+
+
+@st.cache_resource(show_spinner="Loading the built-in corpus…", max_entries=8)
+def load_builtin(name: str, documents: bool = False) -> Corpus:
+    """A built-in corpus, shared by every session (it is read-only)."""
+    return load_corpus(f"builtin:{name}", documents=documents)
+
+
+# ------------------------------------------------------------------ prerequisites
+def require_corpus() -> Corpus:
+    """The session's corpus; loads the default built-in one on first use."""
+    if S.CORPUS not in st.session_state:
+        with user_errors():
+            set_corpus(load_builtin(S.DEFAULT_CORPUS, False))
+    return st.session_state[S.CORPUS]
+
+
+def tokenizer_is_current() -> bool:
+    """Whether the session's tokenizer was built from the session's current corpus."""
+    return (
+        st.session_state.get(S.TOKENIZER) is not None
+        and st.session_state.get(S.TOKENIZER_CORPUS_ID) == st.session_state.get(S.CORPUS_ID)
+    )
+
+
+def require_tokenizer(announce: bool = True) -> Tokenizer:
+    """The session's tokenizer, built from the current corpus.
+
+    With none yet, or a character vocabulary from an earlier corpus, a character
+    vocabulary is built on the spot (it takes a moment). A BPE vocabulary from an
+    earlier corpus is not retrained behind the user's back: the page says so,
+    links to the vocabulary page, and stops.
+    """
+    corpus = require_corpus()
+    tok = st.session_state.get(S.TOKENIZER)
+    if tok is not None and tokenizer_is_current():
+        return tok
+    if tok is not None and tok.kind != "char":
+        st.warning(
+            "The vocabulary was trained on a different corpus than the one now chosen. "
+            "Train it again for this corpus before going on."
+        )
+        st.page_link(PAGE_VOCABULARY, label="Rebuild the vocabulary", icon=":material/arrow_forward:")
+        st.stop()
+    with user_errors():
+        tok = build_tokenizer("char", corpus.text)
+    set_tokenizer(tok)
+    if announce:
+        st.info(
+            f"Using a character vocabulary ({tok.vocab_size} tokens) built from the corpus "
+            f"'{md(corpus.name)}'. You can choose byte-level BPE instead on the Vocabulary page."
+        )
+    return tok
+
+
+def require_model_config(announce: bool = True) -> ModelConfig:
+    """The session's model config, sized to the current vocabulary; a tiny gpt2 by default."""
+    tok = require_tokenizer(announce=announce)
+    cfg = st.session_state.get(S.MODEL_CONFIG)
+    if cfg is None:
+        cfg = preset_config(DEFAULT_ARCH, DEFAULT_SIZE, tok.vocab_size)
+        if announce:
+            st.info("Using a tiny GPT-2 model. You can pick another architecture or size on the Model page.")
+    elif cfg.vocab_size != tok.vocab_size:
+        cfg = cfg.replace(vocab_size=tok.vocab_size)  # the vocabulary decides the embedding size
+    set_model_config(cfg)
+    return cfg
+
+
+def val_fraction() -> float:
+    return float(st.session_state.get(S.VAL_FRACTION, S.DEFAULT_VAL_FRACTION))
+
+
+def encoded_split(tok: Tokenizer | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(all ids, train ids, val ids) of the session's corpus under ``tok`` (default: the session's).
+
+    Encoding a large corpus with BPE takes a few seconds, so the result is kept
+    in the session until the corpus, the tokenizer or the split changes.
+    Raises DataError / TokenizerError (the caller shows them).
+    """
+    corpus = require_corpus()
+    tok = tok if tok is not None else require_tokenizer()
+    key = (st.session_state.get(S.CORPUS_ID), tokenizer_id(tok), val_fraction())
+    cached = st.session_state.get(S.ENCODED)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], cached[3]
+    with st.spinner("Encoding the corpus…"):
+        ids = encode_corpus(tok, corpus)  # (N,)
+    train_ids, val_ids = split_ids(ids, val_fraction())
+    st.session_state[S.ENCODED] = (key, ids, train_ids, val_ids)
+    return ids, train_ids, val_ids
+
+
+def token_counts(ids: torch.Tensor, vocab_size: int) -> list[int]:
+    """How often each token id occurs in ``ids``: a list of vocab_size counts."""
+    return torch.bincount(ids, minlength=vocab_size).tolist()  # (V,)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def model_facts(config_json: str) -> dict[str, int]:
+    """Parameter count and training FLOPs per token of a config (built once on the CPU).
+
+    Raises ConfigError for an invalid config; cached per config.
+    """
+    cfg = ModelConfig.from_json(config_json)
+    with torch.device("cpu"):
+        model = build_model(cfg)
+    facts = {
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(non_embedding=True),
+        "flops_per_token": int(model.flops_per_token(cfg.block_size)),
+    }
+    del model
+    return facts
+
+
+def describe_corpus(corpus: Corpus) -> str:
+    """'python-docs (465,123 characters)' for markdown captions (the name escaped)."""
+    mode = ", one document per line" if corpus.documents else ""
+    return f"{md(corpus.name)} ({len(corpus.text):,} characters{mode})"

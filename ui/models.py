@@ -1,0 +1,239 @@
+"""Choosing and loading a model for the attention and generation pages.
+
+A model comes from one of two places: a training run of this server (its
+live weights, copied under the run's lock, so training goes on undisturbed)
+or a saved checkpoint file. ``model_choices`` lists both under stable keys
+("job:ID", "ckpt:PATH"); ``load_choice`` turns a key into
+``(model, tokenizer, data_info)``, cached with ``st.cache_resource``: a
+checkpoint by its path and modification time, a run by its step count.
+
+Which model a page shows first follows what the user did last: a checkpoint
+just loaded on the checkpoints page, else this session's current run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from lmcore.errors import CheckpointError, LMCoreError, TrainingError
+from ui import state
+
+JOB_PREFIX = "job:"
+CKPT_PREFIX = "ckpt:"
+
+# Session-state keys of the pages that pick models (persistent widget keys
+# start with state.KEEP so that a choice survives a page switch).
+ATTENTION_MODEL = state.KEEP + "attention.model"
+GENERATION_MODEL = state.KEEP + "generation.model"
+COMPARE_MODEL_A = state.KEEP + "generation.compare_a"
+COMPARE_MODEL_B = state.KEEP + "generation.compare_b"
+_SEEN_DEFAULTS = "models.seen_defaults"  # {widget key: (active job, loaded checkpoint) it last followed}
+
+# Prompts tried, in order, as the starting text for a plain-text model: the
+# first one its tokenizer can encode is used.
+_PROMPT_CANDIDATES = ("The ", "def ", "the ", "a", " ")
+
+
+def _jobs() -> list[Any]:
+    """Every run the server knows, or none while the jobs module is unavailable."""
+    try:
+        from lmcore.jobs import REGISTRY
+    except ImportError:  # the app can still show saved checkpoints
+        return []
+    return list(REGISTRY.list())
+
+
+def _job_step(job: Any) -> int:
+    events = job.events
+    return int(events[-1].step) if events else 0
+
+
+def _checkpoints() -> list[dict[str, Any]]:
+    from lmcore.checkpoint import list_checkpoints
+
+    return list_checkpoints(state.checkpoint_dir())
+
+
+def _fmt_loss(value: Any) -> str:
+    return f", val loss {float(value):.3f}" if isinstance(value, (int, float)) else ""
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, key) for every model a page can use: runs first, then saved files.
+
+    This session's current run comes first, then its other runs, then the other
+    runs saving into the checkpoint folder (another tab's, or this tab's before a
+    reload). Runs that failed are left out, and so are checkpoint files that
+    cannot be read (the checkpoints page lists those with their error).
+    """
+    active = st.session_state.get(state.ACTIVE_JOB)
+    mine = set(st.session_state.get(state.COMPARE_JOBS) or ()) | {active}
+    folder = state.checkpoint_dir().resolve()
+    # Runs of this app are those saving into its checkpoint folder (several folders can
+    # share one server process, as in tests); this session's own runs always count.
+    jobs = [
+        j
+        for j in _jobs()
+        if j.status != "failed"
+        and (j.id in mine or (j.checkpoint_path is not None and Path(j.checkpoint_path).resolve().parent == folder))
+    ]
+    jobs.sort(key=lambda j: (j.id != active, j.id not in mine))  # stable: the registry's order otherwise
+    choices = []
+    for job in jobs:
+        who = "Current run" if job.id == active else ("Your run" if job.id in mine else "Run")
+        choices.append((f"{who}: {job.name} ({job.status}, step {_job_step(job)})", JOB_PREFIX + job.id))
+    for info in _checkpoints():
+        if info.get("error"):
+            continue
+        arch = info.get("preset") or info.get("arch") or "?"
+        steps = info.get("steps")
+        detail = f"{arch}" + (f", {steps} steps" if steps is not None else "") + _fmt_loss(info.get("val_loss"))
+        choices.append((f"Saved: {info['name']} ({detail})", CKPT_PREFIX + str(info["path"])))
+    return choices
+
+
+def _default_key(keys: list[str]) -> str | None:
+    """The checkpoint loaded into the session, else the current run, else the first choice."""
+    loaded = st.session_state.get(state.LOADED_CHECKPOINT)
+    if loaded and CKPT_PREFIX + str(loaded) in keys:
+        return CKPT_PREFIX + str(loaded)
+    active = st.session_state.get(state.ACTIVE_JOB)
+    if active and JOB_PREFIX + str(active) in keys:
+        return JOB_PREFIX + str(active)
+    return keys[0] if keys else None
+
+
+def select_model(widget_key: str, label: str = "Model", container: Any = None, avoid: str | None = None) -> str | None:
+    """Draw a model picker and return the chosen key, or None when there is no model.
+
+    The picker keeps the user's choice across page switches, but moves to a
+    run the user has just started or a checkpoint just loaded into the session.
+    ``avoid``: a key the first choice should differ from when there are others
+    (the second of two pickers that compare models).
+    """
+    where = container if container is not None else st
+    choices = model_choices()
+    if not choices:
+        return None
+    labels = dict((key, text) for text, key in choices)
+    keys = list(labels)
+    seen = st.session_state.setdefault(_SEEN_DEFAULTS, {})
+    now = (st.session_state.get(state.ACTIVE_JOB), st.session_state.get(state.LOADED_CHECKPOINT))
+    before = seen.get(widget_key, now)
+    seen[widget_key] = now
+    wanted = None
+    if now[1] and now[1] != before[1]:
+        wanted = CKPT_PREFIX + str(now[1])  # a checkpoint was just loaded into the session
+    elif now[0] and now[0] != before[0]:
+        wanted = JOB_PREFIX + str(now[0])  # a new run was just started
+    if wanted in keys and wanted != avoid:
+        st.session_state[widget_key] = wanted
+    elif st.session_state.get(widget_key) not in keys:
+        default = _default_key(keys)
+        if default == avoid:
+            default = next((k for k in keys if k != avoid), default)
+        st.session_state[widget_key] = default
+    return where.selectbox(label, keys, format_func=lambda k: labels.get(k, k), key=widget_key)
+
+
+def load_choice(key: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, data_info) for a key from ``model_choices``.
+
+    The model is in eval mode on the CPU and must not be changed: cached
+    objects are shared by every session. Raises an LMCoreError subclass when
+    the run or file is gone or unreadable.
+    """
+    if key.startswith(CKPT_PREFIX):
+        path = Path(key[len(CKPT_PREFIX) :])
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            raise CheckpointError(f"the checkpoint {path.name} is gone; pick another model") from None
+        return _load_checkpoint(str(path), mtime)
+    if key.startswith(JOB_PREFIX):
+        from lmcore.jobs import REGISTRY
+
+        job = REGISTRY.get(key[len(JOB_PREFIX) :])
+        if job is None:
+            raise TrainingError("that training run is no longer known to the server; pick another model")
+        model, tokenizer = _load_job(job.id, (job.status, _job_step(job), len(job.events)))
+        return model, tokenizer, _job_data_info(job)
+    raise CheckpointError(f"unknown model choice {key!r}; pick a model from the list")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the checkpoint...")
+def _load_checkpoint(path: str, mtime_ns: int) -> tuple[Any, Any, dict[str, Any]]:
+    """One load per file version: the mtime in the key makes a rewritten file load again."""
+    from lmcore.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, device="cpu")
+    ckpt.model.eval()
+    return ckpt.model, ckpt.tokenizer, dict(ckpt.data_info or {})
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_job(job_id: str, version: tuple) -> tuple[Any, Any]:
+    """A CPU copy of a run's weights at one point of its training (``version``)."""
+    from lmcore.jobs import REGISTRY
+
+    job = REGISTRY.get(job_id)
+    if job is None:
+        raise TrainingError("that training run is no longer known to the server; pick another model")
+    return job.snapshot_model(), job.tokenizer
+
+
+def _job_data_info(job: Any) -> dict[str, Any]:
+    info = getattr(job, "data_info", None)
+    if info:
+        return dict(info)
+    # A run started in this session was trained on this session's corpus.
+    corpus = st.session_state.get(state.CORPUS)
+    if job.id == st.session_state.get(state.ACTIVE_JOB) and corpus is not None:
+        return {"documents": bool(getattr(corpus, "documents", False))}
+    return {"documents": False}
+
+
+def is_documents(data_info: dict[str, Any] | None) -> bool:
+    """Whether the model learnt separate documents (one per line, BOS between them)."""
+    return bool((data_info or {}).get("documents", False))
+
+
+def encode_prompt(tokenizer: Any, text: str, data_info: dict[str, Any] | None) -> list[int]:
+    """Prompt ids as the model saw text in training.
+
+    A documents-mode model saw BOS before every document, so a prompt (even an
+    empty one) starts with BOS; a plain-text model starts with the text itself.
+    TokenizerError for characters the tokenizer cannot encode.
+    """
+    ids = tokenizer.encode(text) if text else []
+    return [tokenizer.bos_id] + ids if is_documents(data_info) else ids
+
+
+def stop_ids(tokenizer: Any, data_info: dict[str, Any] | None) -> list[int] | None:
+    """Generation of a documents-mode model ends at the next BOS: one document."""
+    return [tokenizer.bos_id] if is_documents(data_info) else None
+
+
+def default_prompt(tokenizer: Any, data_info: dict[str, Any] | None, candidates: tuple[str, ...] = ()) -> str:
+    """A starting prompt this tokenizer can encode: the first of ``candidates`` that
+    encodes, else empty for documents mode (start at BOS), else a short common one."""
+    for text in candidates + (() if is_documents(data_info) else _PROMPT_CANDIDATES):
+        try:
+            tokenizer.encode(text)
+        except LMCoreError:  # characters it never saw: try the next one
+            continue
+        return text
+    return "" if is_documents(data_info) else tokenizer.decode([0])
+
+
+def no_model_yet(what: str) -> None:
+    """The page's answer when nothing is trained or saved yet: what to do, with links."""
+    st.info(f"There is no model to {what} yet. Train one on the training page, or load a saved one.")
+    cols = st.columns(2)
+    with cols[0]:
+        st.page_link("pages/training.py", label="Train a model", icon=":material/model_training:")
+    with cols[1]:
+        st.page_link("pages/checkpoints.py", label="Saved checkpoints", icon=":material/save:")

@@ -1,0 +1,37 @@
+"""The app's shell: page settings and the sidebar, drawn on every run.
+
+``app.py`` draws it around the page that ``st.navigation`` picked. A page that
+runs without app.py calls ``require_app()`` first (see there).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import state as S
+from ui.sidebar import render_sidebar
+
+PAGE_TITLE = "Small LM Playground"
+
+
+def begin_run() -> None:
+    """Page settings; the first thing every run does."""
+    st.set_page_config(page_title=PAGE_TITLE, page_icon=":material/neurology:", layout="wide")
+
+
+def require_app() -> None:
+    """Draw the shell around this page when app.py did not; call it first on every page.
+
+    Streamlit treats a project with a ``pages/`` folder as an old-style
+    multipage app until app.py has called ``st.navigation`` once in the server
+    process. So the first request after a restart that names a page's address
+    (a tab reconnecting, a bookmark) runs that page on its own, and Streamlit's
+    AppTest runs every page it switches to that way. Such a page draws the
+    page settings and the sidebar itself, so it looks and behaves the same
+    (only the page menu is Streamlit's own list of files until the start page
+    is opened once).
+    """
+    if st.session_state.get(S.IN_APP):
+        return
+    begin_run()
+    render_sidebar()
