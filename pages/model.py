@@ -164,14 +164,11 @@ with user_errors(stop=False):
 
 st.subheader("What it costs")
 c1, _ = st.columns([1, 3])
-batch = c1.number_input(
-    "Batch size (for the estimates)",
-    min_value=1,
-    max_value=1024,
-    step=1,
-    key=keep_default("keep.train.batch", 16),
-    help="Sequences per training step; the same setting as on the Training page.",
-)
+
+# The batch size is a Training-page setting (a widget key belongs to one page only);
+# the estimates use its current value.
+batch = int(st.session_state.get(S.KEPT, {}).get("keep.train.batch", 16))
+c1.caption(f"Estimates for a batch of {batch} sequences (set on the Training page).")
 mem = memory_estimate(cfg, facts["params"], int(batch))
 cols = st.columns(4)
 cols[0].metric("Parameters", f"{facts['params']:,}", help=f"{facts['params_non_embedding']:,} outside the embeddings.")

@@ -237,7 +237,7 @@ def test_switching_architecture_loads_its_preset_fields():
     at.radio(key="keep.model.arch").set_value("bigram").run()
     no_problems(at)
     assert at.session_state[S.MODEL_CONFIG].arch == "bigram"
-    assert [n.label for n in at.number_input] == ["Context length", "Batch size (for the estimates)"]
+    assert [n.label for n in at.number_input] == ["Context length"]
 
 
 def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
@@ -308,20 +308,23 @@ def test_a_second_run_is_overlaid_on_the_first_to_compare():
     assert at.session_state[S.COMPARE_JOBS] == []
 
 
-def test_a_corpus_from_an_address_and_a_bad_address(tmp_path, monkeypatch):
+def test_a_corpus_from_an_address_and_a_bad_address(tmp_path, monkeypatch, http_folder):
     monkeypatch.setenv("LMCORE_CACHE_DIR", str(tmp_path / "cache"))
-    text_file = tmp_path / "book.txt"
-    text_file.write_text("It was a dark and stormy night.\n" * 20, encoding="utf-8")
+    base, root, _ = http_folder
+    text = "It was a dark and stormy night.\n" * 20
+    (root / "book.txt").write_text(text, encoding="utf-8")
     at = session()
     at.radio[0].set_value("From a URL").run()
-    at.text_input(key="keep.data.url").set_value(text_file.as_uri())
+    at.text_input(key="keep.data.url").set_value(f"{base}/book.txt")
     at.button[0].click().run()
     no_problems(at)
-    assert at.session_state[S.CORPUS].text == text_file.read_text(encoding="utf-8")
-    at.text_input(key="keep.data.url").set_value((tmp_path / "missing.txt").as_uri())
-    at.button[0].click().run()
-    assert not at.exception and len(at.error) == 1
-    assert at.session_state[S.CORPUS].text == text_file.read_text(encoding="utf-8")
+    assert at.session_state[S.CORPUS].text == text
+    for bad in (f"{base}/missing.txt", (root / "book.txt").as_uri(), str(root / "book.txt")):
+        # A missing page, and local files: the address box never reads the server's own disk.
+        at.text_input(key="keep.data.url").set_value(bad)
+        at.button[0].click().run()
+        assert not at.exception and len(at.error) == 1, bad
+        assert at.session_state[S.CORPUS].text == text
 
 
 def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):

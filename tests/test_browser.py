@@ -207,9 +207,13 @@ def setup_run(page: Page, iterations: int, eval_every: int, name: str) -> None:
 
 def start(page: Page) -> None:
     wait_idle(page)
-    button = page.locator(".st-key-train_start button")
-    expect(button).to_be_enabled()
-    button.click()
+    button = page.locator(".st-key-train_start button:visible")
+    try:
+        expect(button).to_be_enabled()
+        button.click()
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed_start.png"), full_page=True)
+        raise
     expect(page.get_by_text(STEP).first).to_be_visible(timeout=60_000)
 
 
@@ -236,6 +240,9 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
 
     # 4. Training: long enough to look around while it runs; stopped by hand after a few dozen steps.
     go(page, "Training")
+    # Settings keep their defaults after visiting other pages (none was reset to its minimum).
+    wait_idle(page)
+    expect(page.get_by_label("Batch size", exact=True)).to_have_value("16")
     setup_run(page, iterations=5000, eval_every=25, name="journey")
     start(page)
     expect(page.get_by_text(re.compile(r"journey: running")).first).to_be_visible()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,36 +179,8 @@ def test_corpus_from_text_and_stats() -> None:
 
 
 # ----------------------------------------------------------------------- URLs
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, list[str]]]:
-    """A local HTTP server over a folder; yields (base URL, folder, paths requested)."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    root = tmp_path / "www"
-    root.mkdir()
-    requested: list[str] = []
-
-    class Handler(_QuietHandler):
-        def do_GET(self) -> None:
-            requested.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requested
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_url_downloads_once_into_the_cache(server: tuple[str, Path, list[str]], tmp_path: Path) -> None:
-    base, root, requested = server
+def test_url_downloads_once_into_the_cache(http_folder: tuple[str, Path, list[str]], tmp_path: Path) -> None:
+    base, root, requested = http_folder
     (root / "sonnets.txt").write_text("Shall I compare thee\nto a summer's day?\n", encoding="utf-8")
     cache = tmp_path / "cache"
     url = f"{base}/sonnets.txt"
@@ -230,8 +198,8 @@ def test_url_downloads_once_into_the_cache(server: tuple[str, Path, list[str]], 
     assert requested == ["/sonnets.txt", "/sonnets.txt"]
 
 
-def test_url_errors(server: tuple[str, Path, list[str]], tmp_path: Path) -> None:
-    base, root, _ = server
+def test_url_errors(http_folder: tuple[str, Path, list[str]], tmp_path: Path) -> None:
+    base, root, _ = http_folder
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="HTTP 404"):
         load_corpus(f"{base}/missing.txt", cache_dir=cache)
