@@ -1,0 +1,369 @@
+"""Equal compute: the baby-GPT recipe against other models trained for the same wall-clock time.
+
+Run: python3 bench/bench_equal_time.py [--budget-s S] [--quick] [--runs baseline,gpt2,llama,cpu-best]
+
+The baseline is nanoGPT's CPU "baby GPT" recipe (``recipe("baby-gpt")``: gpt2
+preset, 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0, lr 1e-3,
+warmup 100, cosine to 1e-4, 2000 iterations) on tiny Shakespeare with the
+character tokenizer and a 90/10 split, trained by ``lmcore.train.Trainer``
+exactly as a user would run it. Every other run gets the same training time:
+- ``gpt2``: the same gpt2 model and hyper-parameters, cosine over the time budget;
+- ``llama``: the llama preset (RMSNorm, RoPE, SwiGLU, no biases) of the same
+  shape and hyper-parameters, cosine over the time budget;
+- ``cpu-best``: the playground's best CPU recipe (``recipe("cpu-best")``),
+  cosine over the time budget.
+
+Fairness on a shared, noisy machine: all runs live in one process and take
+turns step by step. After each baseline step (a ``Trainer`` callback), the
+contenders step, always the one with the least training time first, until each
+has trained as long as the baseline so far. A busy neighbour therefore slows
+every run alike, and at the end every run has trained for the baseline's
+measured training time (``--budget-s`` fixes the budget instead). Only the time
+inside training steps counts: batch, forward, backward, clipping, the AdamW
+update; evaluations are excluded for every run. A step that takes more than
+``STALL_FACTOR`` times its run's recent median was stalled by the machine, not
+slowed by the model, and is charged at that cap (``wall_s`` and
+``stalled_steps`` in the report show the uncapped figures).
+
+Time-based schedule: the contenders cannot know how many steps fit in the
+budget, so their learning rate warms up linearly over the recipe's
+``warmup_iters`` steps and then follows a cosine from ``lr`` to ``min_lr`` over
+the fraction of the budget spent (the budget is the baseline's projected time
+while it is still running). The baseline keeps its 2000-iteration schedule.
+The step itself is the Trainer's (same batches from a generator seeded with the
+recipe's seed, AdamW with decay on matrices, clipping at 1, loss read back).
+
+Scoring: every model is scored on the same ``--eval-batches`` fixed validation
+windows (batches of 12 windows of 65 tokens, seeded 42, as bench_train.py
+draws them): each model predicts the same 64 target tokens per window from the
+same context of up to 64 tokens, whatever block size it was trained with.
+One JSON object on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lmcore.data import get_batch, split_ids  # noqa: E402
+from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
+from lmcore.recipes import recipe  # noqa: E402
+from lmcore.tokenizers import CharTokenizer  # noqa: E402
+from lmcore.train import TrainConfig, Trainer, make_optimizer  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the baseline's windows, as bench_train.py scores them
+REFERENCE_VAL_LOSS = 1.886  # nanoGPT's baby GPT after 2000 iterations on this machine
+TARGET_VAL_LOSS = 1.75
+RUNS = ("baseline", "gpt2", "llama", "cpu-best")
+STALL_FACTOR = 4.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Time keeping: every run's training-step time, with stalls capped.
+
+
+class StepClock:
+    """Sums a run's step times; a step slower than STALL_FACTOR x the run's recent median is charged at that cap.
+
+    On a shared machine a step is sometimes stalled for seconds by a neighbour
+    (or the whole machine): that time says nothing about the model, and
+    charging it to whichever run happened to be stepping would hand the others
+    free training time. ``wall_s`` keeps the uncapped sum for the report.
+    """
+
+    def __init__(self) -> None:
+        self.train_s = 0.0  # charged time, the budget is measured in it
+        self.wall_s = 0.0
+        self.capped_steps = 0
+        self.recent: deque[float] = deque(maxlen=64)
+
+    @property
+    def typical_step_s(self) -> float:
+        return statistics.median(self.recent) if self.recent else 0.0
+
+    def charge(self, dt: float) -> None:
+        cap = STALL_FACTOR * self.typical_step_s if len(self.recent) >= 16 else math.inf
+        if dt > cap:
+            self.capped_steps += 1
+        self.recent.append(dt)
+        self.train_s += min(dt, cap)
+        self.wall_s += dt
+
+
+# ----------------------------------------------------------------------------------------------
+# The contenders: the Trainer's step, with a cosine over the time budget.
+
+
+class TimedRun:
+    """Trains a model for a time budget with warmup (in steps) then a cosine over the budget's time."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, train_ids: torch.Tensor):
+        torch.manual_seed(0)
+        self.model = build_model(model_cfg).train()
+        self.cfg = train_cfg.validate()
+        self.block_size = model_cfg.block_size
+        self.train_ids = train_ids
+        self.optimizer = make_optimizer(self.model, train_cfg, torch.device("cpu"))
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.gen = torch.Generator().manual_seed(train_cfg.seed)  # as the Trainer draws its batches
+        self.clock = StepClock()
+        self.steps = 0
+        self.warmup_end_s: float | None = None if train_cfg.warmup_iters else 0.0
+        self.loss = math.nan
+
+    @property
+    def train_s(self) -> float:
+        return self.clock.train_s
+
+    def lr(self, budget_s: float) -> float:
+        cfg = self.cfg
+        if self.steps < cfg.warmup_iters:
+            return cfg.lr * (self.steps + 1) / cfg.warmup_iters
+        if self.warmup_end_s is None:
+            self.warmup_end_s = self.train_s
+        span = max(budget_s - self.warmup_end_s, 1e-9)
+        progress = min(1.0, (self.train_s - self.warmup_end_s) / span)  # 0 .. 1
+        return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
+
+    def wants_step(self, target_s: float) -> bool:
+        """Whether one more step brings this run closer to ``target_s`` than stopping (half-step rule)."""
+        return self.train_s + 0.5 * self.clock.typical_step_s < target_s
+
+    def step(self, budget_s: float) -> None:
+        lr = self.lr(budget_s)
+        t0 = time.perf_counter()
+        x, y = get_batch(self.train_ids, self.cfg.batch_size, self.block_size, generator=self.gen)
+        loss = lm_loss(self.model(x), y)  # logits (B, T, V)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+        self.loss, grad_norm = torch.stack([loss.detach(), norm]).tolist()
+        if not (math.isfinite(self.loss) and math.isfinite(grad_norm)):
+            raise RuntimeError(f"the loss diverged at step {self.steps + 1} (lr {lr:.3g})")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.clock.charge(time.perf_counter() - t0)
+        self.steps += 1
+
+
+class Pacer:
+    """Steps the contenders one step at a time, the one furthest behind first, up to a target time."""
+
+    def __init__(self, runs: dict[str, TimedRun]):
+        self.runs = runs
+        self.logged = time.perf_counter()
+
+    def catch_up(self, target_s: float, budget_s: float, status: str = "") -> None:
+        while True:
+            behind = [r for r in self.runs.values() if r.wants_step(target_s)]
+            if not behind:
+                return
+            min(behind, key=lambda r: r.train_s).step(budget_s)
+            if time.perf_counter() - self.logged > 10:
+                self.logged = time.perf_counter()
+                runs = ", ".join(f"{k} {r.steps} it {r.train_s:.1f}s" for k, r in self.runs.items())
+                log(f"  {status}{runs}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The baseline: the recipe through Trainer.fit; after each of its steps the contenders catch up.
+
+
+class BaselineRun:
+    """The recipe through ``Trainer.fit``; a callback times each step and lets the contenders catch up."""
+
+    def __init__(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, train_ids, val_ids, pacer: Pacer, budget_s: float | None
+    ):
+        torch.manual_seed(0)
+        self.model = build_model(model_cfg)
+        # One evaluation batch at the end (the Trainer evaluates when it finishes): the bench
+        # scores every model itself, on the same windows.
+        cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": train_cfg.max_iters, "eval_iters": 1, "device": "cpu"})
+        self.iters = cfg.max_iters
+        self.trainer = Trainer(self.model, train_ids, val_ids, cfg, callbacks=[self], device="cpu")
+        self.pacer, self.budget_s = pacer, budget_s
+        self.clock = StepClock()
+        self.loss = math.nan
+        self._resumed_at = 0.0
+
+    @property
+    def steps(self) -> int:
+        return self.trainer.step
+
+    @property
+    def train_s(self) -> float:
+        return self.clock.train_s
+
+    def projected_s(self) -> float:
+        """The training time the whole recipe will take, from the pace so far."""
+        return self.train_s / max(1, self.steps) * self.iters
+
+    # Trainer callbacks: the time from one callback's return to the next step's end is that step.
+    def on_start(self, trainer: Trainer) -> None:
+        self._resumed_at = time.perf_counter()
+
+    def on_step(self, event: Any) -> None:
+        self.clock.charge(time.perf_counter() - self._resumed_at)
+        self.loss = event.loss
+        budget = self.projected_s() if self.budget_s is None else self.budget_s
+        target = self.train_s if self.budget_s is None else min(self.train_s, self.budget_s)
+        self.pacer.catch_up(target, budget, status=f"baseline {self.steps} it {self.train_s:.1f}s, ")
+        self._resumed_at = time.perf_counter()
+
+    def fit(self) -> None:
+        self.trainer.fit()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, ids: torch.Tensor, starts: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy over fixed windows: starts (n_batches, B), EVAL_BLOCK targets each."""
+    was_training = model.training
+    model.eval()
+    offsets = torch.arange(EVAL_BLOCK + 1)
+    total, correct = 0.0, 0
+    for batch in starts:
+        w = ids[batch[:, None] + offsets]  # (B, T + 1)
+        logits = model(w[:, :-1])  # (B, T, V)
+        total += lm_loss(logits, w[:, 1:]).item()
+        correct += int((logits.argmax(-1) == w[:, 1:]).sum())
+    model.train(was_training)
+    return total / len(starts), correct / (starts.numel() * EVAL_BLOCK)
+
+
+def contender_configs(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
+    """The runs that train for the baseline's time: gpt2 and llama at the recipe's shape, and cpu-best."""
+    base_model, base_train = recipe("baby-gpt", vocab_size)
+    llama = ModelConfig.preset(
+        "llama",
+        vocab_size=vocab_size,
+        **{k: getattr(base_model, k) for k in ("block_size", "n_layer", "n_head", "n_embd", "dropout")},
+    )
+    return {"gpt2": (base_model, base_train), "llama": (llama, base_train), "cpu-best": recipe("cpu-best", vocab_size)}
+
+
+def run_equal_time(
+    contenders: dict[str, tuple[ModelConfig, TrainConfig]],
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    baseline: tuple[ModelConfig, TrainConfig] | None,
+    budget_s: float | None,
+) -> tuple[dict[str, Any], float]:
+    """Train the baseline (if given) and the contenders interleaved; returns (runs, budget in seconds)."""
+    assert baseline is not None or budget_s is not None
+    timed = {name: TimedRun(mc, tc, train_ids) for name, (mc, tc) in contenders.items()}
+    pacer = Pacer(timed)
+    runs: dict[str, Any] = {}
+    if baseline is not None:
+        base = BaselineRun(*baseline, train_ids, val_ids, pacer, budget_s)
+        runs["baseline"] = base
+        base.fit()
+        if budget_s is None:
+            budget_s = base.train_s
+    runs.update(timed)
+    pacer.catch_up(budget_s, budget_s)
+    return runs, budget_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the baseline's)")
+    ap.add_argument("--eval-batches", type=int, default=200, help="validation batches of 12 x 64 for the final loss")
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    ap.add_argument("--quick", action="store_true", help="a 200-iteration baseline and 20 eval batches: checks that it runs")
+    args = ap.parse_args()
+    if not CORPUS.exists():
+        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        sys.exit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    if "baseline" not in names and args.budget_s is None:
+        sys.exit("without the baseline run, give the time budget with --budget-s")
+    if args.budget_s is not None and not args.budget_s > 0:
+        sys.exit("--budget-s must be a positive number of seconds")
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+    text = CORPUS.read_text(encoding="utf-8")
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    train_ids, val_ids = split_ids(ids, 0.1)
+    V = tok.vocab_size
+
+    base_model, base_train = recipe("baby-gpt", V)
+    if args.quick:
+        base_train = TrainConfig(**{**base_train.to_dict(), "max_iters": 200})
+        args.eval_batches = 20
+    contenders = {k: v for k, v in contender_configs(V).items() if k in names}
+    baseline = (base_model, base_train) if "baseline" in names else None
+    log(f"training {', '.join(names)} interleaved; budget: {args.budget_s or 'the baseline time'}")
+    runs, budget = run_equal_time(contenders, train_ids, val_ids, baseline, args.budget_s)
+
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+    starts = torch.randint(len(val_ids) - EVAL_BLOCK, (args.eval_batches, EVAL_BATCH), generator=eval_gen)
+    out: dict[str, Any] = {}
+    for name, r in runs.items():
+        loss, acc = evaluate(r.model, val_ids, starts)
+        mc = r.model.config
+        tc = base_train if name == "baseline" else r.cfg
+        out[name] = {
+            "preset": mc.preset,
+            "params": r.model.num_params(),
+            "iters": r.steps,
+            "train_s": round(r.train_s, 2),
+            "wall_s": round(r.clock.wall_s, 2),
+            "stalled_steps": r.clock.capped_steps,
+            "ms_per_iter": round(r.train_s / max(1, r.steps) * 1e3, 2),
+            "tokens_seen": r.steps * tc.batch_size * mc.block_size,
+            "val_loss": round(loss, 4),
+            "val_acc": round(acc, 4),
+            "last_train_batch_loss": round(r.loss, 4),
+            "model": {k: v for k, v in mc.to_dict().items() if k not in ("preset", "vocab_size")},
+            "train": {k: tc.to_dict()[k] for k in ("batch_size", "lr", "min_lr", "warmup_iters", "weight_decay", "beta2")},
+            "schedule": "cosine over iterations" if name == "baseline" else "cosine over the time budget",
+        }
+        log(f"{name}: {out[name]['params']:,} params, {r.steps} iters in {r.train_s:.1f}s, val loss {loss:.4f}")
+    result: dict[str, Any] = {
+        "benchmark": "equal_time",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "data": {"corpus": "tinyshakespeare", "tokenizer": "char", "vocab_size": V, "train_tokens": len(train_ids),
+                 "val_tokens": len(val_ids)},  # fmt: skip
+        "budget_s": round(budget, 2),
+        "budget_from": "baseline" if args.budget_s is None else "--budget-s",
+        "baseline_iters": base_train.max_iters if baseline is not None else None,
+        "eval": {"batches": args.eval_batches, "batch_size": EVAL_BATCH, "block": EVAL_BLOCK, "seed": EVAL_SEED,
+                 "tokens": args.eval_batches * EVAL_BATCH * EVAL_BLOCK},  # fmt: skip
+        "reference_val_loss": REFERENCE_VAL_LOSS,
+        "target_val_loss": TARGET_VAL_LOSS,
+        "runs": out,
+    }
+    if "cpu-best" in out:
+        result["cpu_best_reaches_target"] = out["cpu-best"]["val_loss"] <= TARGET_VAL_LOSS
+        if "baseline" in out:
+            result["cpu_best_minus_baseline"] = round(out["cpu-best"]["val_loss"] - out["baseline"]["val_loss"], 4)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

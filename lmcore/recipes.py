@@ -1,0 +1,53 @@
+"""Named training recipes: a model preset with its overrides, and the training settings to go with it.
+
+``recipe(name, vocab_size)`` returns a validated ``(ModelConfig, TrainConfig)``
+pair, ready for ``build_model`` and ``Trainer``::
+
+    model_cfg, train_cfg = recipe("cpu-best", tok.vocab_size)
+    trainer = Trainer(build_model(model_cfg), train_ids, val_ids, train_cfg)
+
+- ``baby-gpt``: nanoGPT's CPU "baby GPT" on tiny Shakespeare (gpt2 preset,
+  4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0, lr 1e-3, warmup
+  100, cosine to 1e-4, 2000 iterations; 0.80M parameters at a vocabulary of 66).
+- ``cpu-best``: the best recipe found for the same wall-clock time on a 2-core
+  CPU (bench/bench_equal_time.py compares the two side by side). Its
+  ``max_iters`` is the number of steps that fit in the baby GPT's training time
+  on such a machine; elsewhere the ratio of step times, not the absolute time,
+  is what carries over.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from lmcore.errors import ConfigError
+from lmcore.models.config import ModelConfig
+from lmcore.train import TrainConfig
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "baby-gpt": {
+        "description": "nanoGPT's CPU baby GPT: gpt2, 4 layers x 128, block 64, batch 12, 2000 iterations",
+        "preset": "gpt2",
+        "model": dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        "train": dict(batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1,
+                      beta1=0.9, beta2=0.99, grad_clip=1.0),  # fmt: skip
+    },
+    "cpu-best": {
+        "description": "llama, 4 layers x 128: best at the baby GPT's wall-clock time on a 2-core CPU",
+        "preset": "llama",
+        "model": dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        "train": dict(batch_size=12, max_iters=2000, lr=3e-3, min_lr=3e-4, warmup_iters=100, weight_decay=0.1,
+                      beta1=0.9, beta2=0.99, grad_clip=1.0),  # fmt: skip
+    },
+}
+
+
+def recipe(name: str, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of recipe ``name`` for a vocabulary of ``vocab_size``, validated."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    spec = copy.deepcopy(RECIPES[name])
+    model_cfg = ModelConfig.preset(spec["preset"], vocab_size=vocab_size, **spec["model"]).validate()
+    train_cfg = TrainConfig(**spec["train"]).validate()
+    return model_cfg, train_cfg

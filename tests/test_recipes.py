@@ -1,0 +1,89 @@
+"""Named recipes: they validate, have the advertised size, and train."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmcore.data import split_ids
+from lmcore.errors import ConfigError
+from lmcore.models import ModelConfig, build_model
+from lmcore.recipes import RECIPES, recipe
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, Trainer
+
+SHAKESPEARE_VOCAB = 66  # the character vocabulary of tiny Shakespeare (65 characters and BOS)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_validates_and_is_between_0_7m_and_0_9m_parameters(name: str) -> None:
+    model_cfg, train_cfg = recipe(name, SHAKESPEARE_VOCAB)
+    assert isinstance(model_cfg, ModelConfig) and isinstance(train_cfg, TrainConfig)
+    assert model_cfg.vocab_size == SHAKESPEARE_VOCAB
+    assert model_cfg.preset == RECIPES[name]["preset"]
+    n = build_model(model_cfg).num_params()
+    assert 700_000 <= n <= 900_000, f"{name} has {n:,} parameters"
+
+
+def test_baby_gpt_is_nanogpts_cpu_recipe() -> None:
+    model_cfg, train_cfg = recipe("baby-gpt", SHAKESPEARE_VOCAB)
+    shape = (model_cfg.arch, model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.block_size)
+    assert shape == ("transformer", 4, 4, 128, 64)
+    assert (model_cfg.pos, model_cfg.norm, model_cfg.mlp, model_cfg.dropout) == ("learned", "layernorm", "gelu", 0.0)
+    assert (train_cfg.batch_size, train_cfg.max_iters, train_cfg.warmup_iters) == (12, 2000, 100)
+    assert (train_cfg.lr, train_cfg.final_lr) == (1e-3, 1e-4)
+    # 4 blocks of 12 D^2 + 13 D, the tied 66 x 128 embedding, 64 positions, the final LayerNorm.
+    assert build_model(model_cfg).num_params() == 809_984
+
+
+def test_recipe_returns_fresh_configs_each_call() -> None:
+    model_cfg, train_cfg = recipe("cpu-best", SHAKESPEARE_VOCAB)
+    model_cfg.n_layer += 5
+    train_cfg.lr = 1.0
+    again_model, again_train = recipe("cpu-best", SHAKESPEARE_VOCAB)
+    assert again_model.n_layer == RECIPES["cpu-best"]["model"]["n_layer"]
+    assert again_train.lr == RECIPES["cpu-best"]["train"]["lr"]
+
+
+def test_recipe_follows_the_vocabulary() -> None:
+    model_cfg, _ = recipe("cpu-best", 300)
+    assert model_cfg.vocab_size == 300
+    assert build_model(model_cfg).num_params() > build_model(recipe("cpu-best", SHAKESPEARE_VOCAB)[0]).num_params()
+
+
+def test_unknown_recipe_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="baby-gpt.*cpu-best"):
+        recipe("gpt-5", SHAKESPEARE_VOCAB)
+
+
+def test_bad_vocabulary_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        recipe("cpu-best", 1)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_trains_a_few_steps(name: str, small_text: str) -> None:
+    tok = CharTokenizer.train(small_text)
+    ids = torch.tensor(tok.encode(small_text), dtype=torch.long)
+    train_ids, val_ids = split_ids(ids, 0.1)
+    model_cfg, train_cfg = recipe(name, tok.vocab_size)
+    steps = 12
+    short = TrainConfig(
+        **{**train_cfg.to_dict(), "max_iters": steps, "warmup_iters": 2, "eval_interval": steps, "eval_iters": 2,
+           "device": "cpu"}  # fmt: skip
+    )
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    losses: list[float] = []
+
+    class Record:
+        def on_step(self, event) -> None:
+            losses.append(event.loss)
+
+    result = Trainer(model, train_ids, val_ids, short, callbacks=[Record()]).fit()
+    assert result["step"] == steps and len(losses) == steps
+    assert all(math.isfinite(x) for x in losses)
+    # From the uniform guess (log V) the recipe's learning rate must make clear progress in 12 steps.
+    assert result["val_loss"] < math.log(tok.vocab_size) - 0.3
