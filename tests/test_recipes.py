@@ -86,4 +86,4 @@ def test_recipe_trains_a_few_steps(name: str, small_text: str) -> None:
     assert result["step"] == steps and len(losses) == steps
     assert all(math.isfinite(x) for x in losses)
     # From the uniform guess (log V) the recipe's learning rate must make clear progress in 12 steps.
-    assert result["val_loss"] < math.log(tok.vocab_size) - 0.3
+    assert result["val_loss"] < math.log(tok.vocab_size) - 0.5
