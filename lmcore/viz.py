@@ -254,9 +254,10 @@ def memory_estimate(config: Any, n_params: int, batch_size: int, bytes_per_value
       (B = batch_size, T = block_size, D = n_embd, H = n_head, V = vocab_size):
       transformer ~ B T (34 D + 5 H T) values (Korthikanti et al. 2022, "Reducing
       Activation Recomputation in Large Transformer Models", counted in fp32 values,
-      attention scores included as if not fused); Mamba ~ B T E D (10 + 3 N) (its
-      scan keeps per-step states of width N); LSTM ~ B T 10 D; plus B T V for the
-      logits and their gradient (twice that) for every architecture.
+      attention scores included as if not fused); Mamba ~ B T E (10 + 3 N), with
+      E = expand x D (its scan keeps Ā and the state, N values each, per step and
+      channel); LSTM ~ B T 10 D; plus B T V for the logits and their gradient
+      (twice that) for every architecture.
     It ignores allocator slack, temporary buffers and fused kernels, so treat it
     as the right order of magnitude, not a promise.
     """

@@ -91,6 +91,27 @@ def test_fast_scan_without_initial_state_and_output_only_loss():
         torch.testing.assert_close(a, b)
 
 
+def test_fast_scan_backward_runs_twice_on_a_retained_graph():
+    # The backward reads the kept Ā and states without changing them.
+    inputs = scan_inputs(2, 19, 4, 3)
+    y, h = selective_scan(*inputs, chunk_size=8)
+    loss = y.square().sum() + h.sum()
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss, inputs)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fast_scan_without_gradients_matches_the_loop():
+    inputs = [t.detach() for t in scan_inputs(2, 23, 4, 3)]
+    with torch.no_grad():
+        y, h = selective_scan(*inputs, chunk_size=8)
+    y_ref, h_ref = selective_scan_ref(*inputs)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
 def test_empty_sequence_passes_the_state_through():
     u, delta, A, B, C, h0 = [t.detach() for t in scan_inputs(2, 0, 4, 3)]
     y, h = selective_scan(u, delta, A, B, C, h0)
