@@ -165,10 +165,17 @@ def wait_idle(page: Page, timeout_s: float = 60.0) -> None:
 
 
 def set_number(page: Page, label: str, value: int) -> None:
-    wait_idle(page)
     box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):
+        # A rerun that an earlier input started can land after this one is typed and
+        # redraw the box with the value it knew (far faster typing than a person's):
+        # wait for it, and type again if that happened.
+        wait_idle(page)
+        box.fill(str(value))
+        box.press("Enter")
+        wait_idle(page)
+        if box.input_value() == str(value):
+            break
     expect(box).to_have_value(str(value))
 
 
