@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from lmcore.models.mamba import (
     selective_scan_ref,
 )
 from lmcore.tokenizers import CharTokenizer
+from lmcore.train import Trainer, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -360,6 +362,24 @@ def test_short_training_run_beats_the_unigram_loss(small_text):
     unigram = unigram_entropy(ids[: int(len(ids) * 0.9)])
     assert math.isfinite(val_loss)
     assert val_loss < unigram - 0.1, (val_loss, unigram)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler on CPU")
+def test_trainer_with_torch_compile_matches_eager(small_text):
+    # The scan runs as it is between the compiled parts; the run must give what eager gives.
+    text = small_text[:6000]
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    n = int(len(ids) * 0.9)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.preset("mamba", vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_embd=16, d_state=4))
+        cfg = TrainConfig(batch_size=4, max_iters=5, eval_interval=5, eval_iters=2, warmup_iters=1, lr=3e-3, device="cpu", compile=compiled)
+        results.append(Trainer(model, ids[:n], ids[n:], cfg).fit())
+    eager, compiled = results
+    assert math.isfinite(compiled["val_loss"])
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
 
 
 def test_checkpoint_round_trip(tmp_path, small_text):

@@ -94,6 +94,10 @@ def selective_scan_ref(
     return torch.stack(ys, dim=1), h  # (B, T, E), (B, E, N)
 
 
+# Under torch.compile the scan runs as it is, between the compiled parts of the
+# model: tracing its loops would unroll every time step into the graph, which takes
+# minutes to compile and gains nothing over these few large operations per chunk.
+@torch.compiler.disable
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
