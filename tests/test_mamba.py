@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmcore.errors import ConfigError
-from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.models import ModelConfig, build_model
 from lmcore.models.mamba import (
     DT_MAX,
     DT_MIN,
@@ -26,7 +22,7 @@ from lmcore.models.mamba import (
 from lmcore.tokenizers import CharTokenizer
 from lmcore.train import Trainer, TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import cli_train_and_generate, short_training_run, unigram_entropy
 
 
 @pytest.fixture(autouse=True)
@@ -322,36 +318,6 @@ def test_explicit_dt_rank_is_used():
 # --------------------------------------------------------------------------- training and I/O
 
 
-def unigram_entropy(ids: torch.Tensor) -> float:
-    p = torch.bincount(ids).float()
-    p = p[p > 0] / p.sum()
-    return float(-(p * p.log()).sum())
-
-
-def short_training_run(model, ids: torch.Tensor, steps: int, lr: float, batch: int = 16) -> float:
-    """A few Adam steps on random windows; returns the mean loss on fixed held-out windows."""
-    n = int(len(ids) * 0.9)
-    train, val = ids[:n], ids[n:]
-    T = model.config.block_size
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(len(train) - T - 1, (batch,), generator=g)
-        x = torch.stack([train[s : s + T] for s in starts])
-        y = torch.stack([train[s + 1 : s + T + 1] for s in starts])
-        loss = lm_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    starts = range(0, len(val) - T - 1, T)
-    x = torch.stack([val[s : s + T] for s in starts])
-    y = torch.stack([val[s + 1 : s + T + 1] for s in starts])
-    with torch.no_grad():
-        return float(lm_loss(model(x), y))
-
-
 def test_short_training_run_beats_the_unigram_loss(small_text):
     text = small_text[:12000]
     tok = CharTokenizer.train(text)
@@ -409,20 +375,4 @@ def test_sampler_generates_past_block_size():
 
 @pytest.mark.slow
 def test_cli_trains_and_generates_with_the_mamba_preset(tmp_path, small_text):
-    if not (ROOT / "lmcore" / "cli.py").exists():
-        pytest.skip("the command line is not there")
-    data = tmp_path / "corpus.txt"
-    data.write_text(small_text[:6000], encoding="utf-8")
-    out = tmp_path / "mamba.safetensors"
-    train = [sys.executable, "-m", "lmcore", "train", "--data", str(data), "--preset", "mamba", "--n-layer", "1",
-             "--n-embd", "16", "--d-state", "4", "--block-size", "16", "--batch-size", "4", "--max-iters", "6",
-             "--eval-interval", "3", "--eval-iters", "1", "--device", "cpu", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr
-    assert out.exists()
-    gen = [sys.executable, "-m", "lmcore", "generate", "--checkpoint", str(out), "--prompt", "The ",
-           "--max-new-tokens", "40", "--device", "cpu"]
-    run = subprocess.run(gen, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("The ") and len(run.stdout) > len("The ")
+    cli_train_and_generate(tmp_path, small_text[:6000], "mamba", "--d-state", "4")

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from lmcore.errors import ConfigError
-from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.models import ModelConfig, build_model
 from lmcore.models.rnn import LSTM
 from lmcore.tokenizers import CharTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import cli_train_and_generate, short_training_run, unigram_entropy
 
 
 @pytest.fixture(autouse=True)
@@ -122,39 +118,14 @@ def test_validate_config_errors(field, value, message):
         ModelConfig.preset("lstm", **{field: value}).validate()
 
 
-def unigram_entropy(ids: torch.Tensor) -> float:
-    p = torch.bincount(ids).float()
-    p = p[p > 0] / p.sum()
-    return float(-(p * p.log()).sum())
-
-
 def test_short_training_run_beats_the_unigram_loss(small_text):
     text = small_text[:12000]
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text))
-    n = int(len(ids) * 0.9)
-    train, val = ids[:n], ids[n:]
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("lstm", vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_embd=64))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    T = 32
-    model.train()
-    for _ in range(150):
-        starts = torch.randint(len(train) - T - 1, (8,), generator=g)
-        x = torch.stack([train[s : s + T] for s in starts])
-        y = torch.stack([train[s + 1 : s + T + 1] for s in starts])
-        loss = lm_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    starts = range(0, len(val) - T - 1, T)
-    x = torch.stack([val[s : s + T] for s in starts])
-    y = torch.stack([val[s + 1 : s + T + 1] for s in starts])
-    with torch.no_grad():
-        val_loss = float(lm_loss(model(x), y))
-    unigram = unigram_entropy(train)
+    val_loss = short_training_run(model, ids, steps=150, lr=1e-2, batch=8)
+    unigram = unigram_entropy(ids[: int(len(ids) * 0.9)])
     assert math.isfinite(val_loss)
     assert val_loss < unigram - 0.1, (val_loss, unigram)
 
@@ -185,20 +156,4 @@ def test_sampler_generates_past_block_size():
 
 @pytest.mark.slow
 def test_cli_trains_and_generates_with_the_lstm_preset(tmp_path, small_text):
-    if not (ROOT / "lmcore" / "cli.py").exists():
-        pytest.skip("the command line is not there")
-    data = tmp_path / "corpus.txt"
-    data.write_text(small_text[:6000], encoding="utf-8")
-    out = tmp_path / "lstm.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, "-m", "lmcore", "train", "--data", str(data), "--preset", "lstm", "--n-layer", "1",
-             "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-iters", "6",
-             "--eval-interval", "3", "--eval-iters", "1", "--device", "cpu", "--out", str(out)]
-    run = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr
-    assert out.exists()
-    gen = [sys.executable, "-m", "lmcore", "generate", "--checkpoint", str(out), "--prompt", "The ",
-           "--max-new-tokens", "40", "--device", "cpu"]
-    run = subprocess.run(gen, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("The ") and len(run.stdout) > len("The ")
+    cli_train_and_generate(tmp_path, small_text[:6000], "lstm")
