@@ -62,3 +62,28 @@ def cli_train_and_generate(tmp_path: Path, text: str, preset: str, *model_args: 
     run = subprocess.run(gen, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("The ") and len(run.stdout) > len("The ")
+
+
+def assert_checkpoint_round_trip(path: Path, model, tok, model_class: type, prompt: str) -> None:
+    """Save ``model`` to one .safetensors file, load it back: the same keys, class, config and logits."""
+    from safetensors.torch import load_file
+
+    from lmcore.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(path, model, tok)
+    assert set(load_file(str(path))) == set(model.state_dict())
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded.model, model_class) and loaded.config == model.config
+    idx = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(idx), model(idx), rtol=0, atol=0)
+
+
+def assert_seeded_sampling_past_block_size(model, new_tokens: int, seed: int) -> None:
+    """Sampling runs past the model's block size, and the same seed draws the same tokens."""
+    from lmcore.sample import SamplingConfig, generate
+
+    cfg = SamplingConfig(temperature=1.0, seed=seed)
+    first = [e.token_id for e in generate(model, [1, 2, 3], max_new_tokens=new_tokens, sampling=cfg)]
+    again = [e.token_id for e in generate(model, [1, 2, 3], max_new_tokens=new_tokens, sampling=cfg)]
+    assert len(first) == new_tokens and first == again

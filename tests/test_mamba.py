@@ -22,7 +22,13 @@ from lmcore.models.mamba import (
 from lmcore.tokenizers import CharTokenizer
 from lmcore.train import Trainer, TrainConfig
 
-from helpers import cli_train_and_generate, short_training_run, unigram_entropy
+from helpers import (
+    assert_checkpoint_round_trip,
+    assert_seeded_sampling_past_block_size,
+    cli_train_and_generate,
+    short_training_run,
+    unigram_entropy,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -349,28 +355,14 @@ def test_trainer_with_torch_compile_matches_eager(small_text):
 
 
 def test_checkpoint_round_trip(tmp_path, small_text):
-    checkpoint = pytest.importorskip("lmcore.checkpoint")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
     tok = CharTokenizer.train(small_text)
     torch.manual_seed(0)
     model = build_model(tiny_config(vocab_size=tok.vocab_size, tie_weights=True)).eval()
-    path = checkpoint.save_checkpoint(tmp_path / "m.safetensors", model, tok)
-    keys = set(safetensors_torch.load_file(str(path)))
-    assert keys == set(model.state_dict())
-    loaded = checkpoint.load_checkpoint(path)
-    assert isinstance(loaded.model, Mamba) and loaded.config == model.config
-    idx = torch.tensor([tok.encode("def main():")])
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.model(idx), model(idx), rtol=0, atol=0)
+    assert_checkpoint_round_trip(tmp_path / "m.safetensors", model, tok, Mamba, "def main():")
 
 
 def test_sampler_generates_past_block_size():
-    sample = pytest.importorskip("lmcore.sample")
-    model = tiny_model(block_size=8)
-    cfg = sample.SamplingConfig(temperature=1.0, seed=7)
-    first = [e.token_id for e in sample.generate(model, [1, 2, 3], max_new_tokens=30, sampling=cfg)]
-    again = [e.token_id for e in sample.generate(model, [1, 2, 3], max_new_tokens=30, sampling=cfg)]
-    assert len(first) == 30 and first == again
+    assert_seeded_sampling_past_block_size(tiny_model(block_size=8), new_tokens=30, seed=7)
 
 
 @pytest.mark.slow

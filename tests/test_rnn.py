@@ -13,7 +13,13 @@ from lmcore.models import ModelConfig, build_model
 from lmcore.models.rnn import LSTM
 from lmcore.tokenizers import CharTokenizer
 
-from helpers import cli_train_and_generate, short_training_run, unigram_entropy
+from helpers import (
+    assert_checkpoint_round_trip,
+    assert_seeded_sampling_past_block_size,
+    cli_train_and_generate,
+    short_training_run,
+    unigram_entropy,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -132,26 +138,13 @@ def test_short_training_run_beats_the_unigram_loss(small_text):
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_checkpoint_round_trip(tmp_path, small_text, tie):
-    checkpoint = pytest.importorskip("lmcore.checkpoint")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
     tok = CharTokenizer.train(small_text)
     model = tiny_model(vocab_size=tok.vocab_size, tie_weights=tie)
-    path = checkpoint.save_checkpoint(tmp_path / "lstm.safetensors", model, tok)
-    assert set(safetensors_torch.load_file(str(path))) == set(model.state_dict())
-    loaded = checkpoint.load_checkpoint(path)
-    assert isinstance(loaded.model, LSTM) and loaded.config == model.config
-    idx = torch.tensor([tok.encode("class A:")])
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.model(idx), model(idx), rtol=0, atol=0)
+    assert_checkpoint_round_trip(tmp_path / "lstm.safetensors", model, tok, LSTM, "class A:")
 
 
 def test_sampler_generates_past_block_size():
-    sample = pytest.importorskip("lmcore.sample")
-    model = tiny_model(block_size=8)
-    cfg = sample.SamplingConfig(temperature=1.0, seed=3)
-    first = [e.token_id for e in sample.generate(model, [1, 2, 3], max_new_tokens=25, sampling=cfg)]
-    again = [e.token_id for e in sample.generate(model, [1, 2, 3], max_new_tokens=25, sampling=cfg)]
-    assert len(first) == 25 and first == again
+    assert_seeded_sampling_past_block_size(tiny_model(block_size=8), new_tokens=25, seed=3)
 
 
 @pytest.mark.slow
