@@ -4,7 +4,9 @@ Run: python3 bench/bench_mamba.py [--repeats 5] [--steps 15] [--sweep] [--qualit
 
 1. ``scan``: ``selective_scan`` (chunked, hand-written backward) against
    ``selective_scan_ref`` (the loop over time), forward + backward, batch 12,
-   d_model 128 (d_inner 256, d_state 16), T = 64, 256, 1024, fp32.
+   d_model 128 (d_inner 256, d_state 16), T = 64, 256, 1024, fp32; the fast
+   scan both as a CPU runs it (Ā and states kept for the backward) and with
+   them recomputed (as on a GPU).
    ``--sweep`` adds the chunk sizes tried (4, 8, 16, 32, 64) at T = 64 and 256.
 2. ``train_step``: ms per iteration (forward, backward, AdamW step) of the
    mamba preset (4 layers, d_model 128) beside the gpt2 preset (4 layers, 4
@@ -15,8 +17,8 @@ Run: python3 bench/bench_mamba.py [--repeats 5] [--steps 15] [--sweep] [--qualit
    (cache or state filled by a prefill first) for Mamba, the LSTM preset and
    the gpt2 transformer with its key/value cache (block 4096).
 4. ``memory``: peak resident memory (VmHWM) of one Mamba training step at
-   T = 1024 (batch 12), measured in a fresh subprocess, with the loop scan
-   beside it.
+   T = 1024 (batch 12), measured in a fresh subprocess for each scan: kept,
+   recomputed, the loop.
 5. ``quality`` (only with ``--quality-seconds S``): each of mamba, gpt2 and
    llama trains for S seconds of its own step time (interleaved, constant lr
    1e-3 after 100 warm-up steps, AdamW), then val loss on fixed windows.
@@ -118,13 +120,19 @@ def bench_scan(lengths: list[int], repeats: int, chunks: list[int] | None) -> di
             for x in xs:
                 x.grad = None
 
-        fns = {"fast": lambda: run(selective_scan), "loop": lambda: run(selective_scan_ref)}
+        fns = {
+            "fast": lambda: run(selective_scan),
+            "fast_recomputed": lambda: run(lambda *a: selective_scan(*a, keep_states=False)),
+            "loop": lambda: run(selective_scan_ref),
+        }
         for c in (chunks or []) if T <= 256 else []:
             fns[f"chunk{c}"] = lambda c=c: run(lambda *a: selective_scan(*a, chunk_size=c))
         reps = max(2, repeats // 2) if T >= 1024 else repeats
         log(f"scan T={T}: {len(fns)} variants x {reps} rounds")
         r = timed(fns, reps)
-        row = {"fast": r["fast"], "loop": r["loop"], "speedup": round(r["loop"]["median_ms"] / r["fast"]["median_ms"], 2)}
+        row = {k: r[k] for k in ("fast", "fast_recomputed", "loop")}
+        row["speedup"] = round(r["loop"]["median_ms"] / r["fast"]["median_ms"], 2)
+        row["speedup_recomputed"] = round(r["loop"]["median_ms"] / r["fast_recomputed"]["median_ms"], 2)
         if chunks and T <= 256:
             row["chunk_sizes"] = {k: v["median_ms"] for k, v in r.items() if k.startswith("chunk")}
         out["T"][str(T)] = row
@@ -217,9 +225,12 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-if {loop}:
+if {mode!r} == "loop":
     ref = mm.selective_scan_ref
     mm.selective_scan = lambda u, d, A, B, C, h0=None, chunk_size=None: ref(u, d, A, B, C, h0)
+elif {mode!r} == "recomputed":
+    fast = mm.selective_scan
+    mm.selective_scan = lambda *a, **k: fast(*a, keep_states=False, **k)
 torch.manual_seed(0)
 model = build_model(ModelConfig.preset("mamba", vocab_size=65, block_size=1024, n_layer=4, n_embd=128))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -232,10 +243,10 @@ print(base, hwm())
 
 def bench_memory(threads: int, loop_too: bool) -> dict:
     out = {"T": 1024, "batch": BATCH}
-    for name, loop in (("fast_scan", False), ("loop_scan", True)):
-        if loop and not loop_too:
+    for name, mode in (("fast_scan", "kept"), ("fast_scan_recomputed", "recomputed"), ("loop_scan", "loop")):
+        if mode == "loop" and not loop_too:
             continue
-        code = _RSS_CHILD.format(root=str(ROOT), threads=threads, loop=loop, batch=BATCH)
+        code = _RSS_CHILD.format(root=str(ROOT), threads=threads, mode=mode, batch=BATCH)
         log(f"memory: one training step at T=1024 with the {name.replace('_', ' ')} in a subprocess")
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
         if run.returncode != 0:

@@ -67,11 +67,12 @@ def scan_inputs(batch: int, T: int, E: int, N: int, dtype=torch.float64, seed: i
 # --------------------------------------------------------------------------- scans
 
 
+@pytest.mark.parametrize("keep_states", [True, False], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("T,chunk", [(1, 8), (2, 8), (9, 8), (13, 8), (13, 4), (37, 8), (40, 5), (16, 16)])
-def test_fast_scan_equals_loop_values_and_gradients(T, chunk):
+def test_fast_scan_equals_loop_values_and_gradients(T, chunk, keep_states):
     inputs = scan_inputs(2, T, 6, 5)
     y_ref, h_ref = selective_scan_ref(*inputs)
-    y, h = selective_scan(*inputs, chunk_size=chunk)
+    y, h = selective_scan(*inputs, chunk_size=chunk, keep_states=keep_states)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
     # one random cotangent on both outputs, gradients for all six inputs
@@ -95,10 +96,11 @@ def test_fast_scan_without_initial_state_and_output_only_loss():
         torch.testing.assert_close(a, b)
 
 
-def test_fast_scan_backward_runs_twice_on_a_retained_graph():
-    # The backward reads the kept Ā and states without changing them.
+@pytest.mark.parametrize("keep_states", [True, False], ids=["kept", "recomputed"])
+def test_fast_scan_backward_runs_twice_on_a_retained_graph(keep_states):
+    # The backward reads what the forward kept without changing it.
     inputs = scan_inputs(2, 19, 4, 3)
-    y, h = selective_scan(*inputs, chunk_size=8)
+    y, h = selective_scan(*inputs, chunk_size=8, keep_states=keep_states)
     loss = y.square().sum() + h.sum()
     first = torch.autograd.grad(loss, inputs, retain_graph=True)
     second = torch.autograd.grad(loss, inputs)

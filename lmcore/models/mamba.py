@@ -19,13 +19,14 @@ loop over time that anyone can check against the formula above, and
 ``selective_scan`` is the fast one used for training. The fast one processes
 time in short chunks so that each step's (B, N, E) block stays in the CPU
 cache, runs the recurrence in place, and has a hand-written backward pass (the
-adjoint recurrence run backwards in time). It keeps Ā and the states for the
-backward (computing the exponentials twice costs more than storing them, about
-2 x T x B x E x N values per layer while training), and nothing at all when no
-gradient is wanted. It never forms cumulative products of Ā, so nothing
-underflows and nothing is divided by a tiny number; it is exactly the loop's
-arithmetic, reordered for the machine.
-(A single time step, as in generation, takes the loop's one step directly.)
+adjoint recurrence run backwards in time). On a CPU it keeps Ā and the states
+for the backward (computing the exponentials twice costs more than storing them,
+about 2 x T x B x E x N values per layer while training); on a GPU, where memory
+is scarcer, the backward recomputes them from each chunk's first state. Nothing
+is kept when no gradient is wanted. It never forms cumulative products of Ā,
+so nothing underflows and nothing is divided by a tiny number; it is exactly
+the loop's arithmetic, reordered for the machine. (A single time step, as in
+generation, takes the loop's one step directly.)
 Tests check the two against each other in float64, values and gradients.
 
 Generation carries, per layer, the last K-1 conv inputs and the state h
@@ -106,12 +107,17 @@ def selective_scan(
     C: torch.Tensor,
     h0: torch.Tensor | None = None,
     chunk_size: int = SCAN_CHUNK,
+    keep_states: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fast selective scan; same arguments and results as ``selective_scan_ref``.
 
     Half-precision inputs are computed in float32 (a long recurrence in bf16 drifts)
     and the output is cast back to u's dtype. Gradients flow to every input,
-    h0 included.
+    h0 included. ``keep_states`` chooses how the backward gets Ā and the states:
+    kept from the forward (True: faster, about 2 x T x B x E x N more values held
+    until the backward) or recomputed from each chunk's first state (False: a
+    chunk-th of that). None keeps them on a CPU, where it measured 15-20% faster,
+    and recomputes them on a GPU, whose memory is the scarcer resource.
     """
     assert chunk_size >= 1
     dtype = u.dtype
@@ -125,8 +131,25 @@ def selective_scan(
     if u.shape[1] == 1:  # one token (generation): the loop's single step is the shortest path
         y, h = selective_scan_ref(*args)
     else:
-        y, h = _SelectiveScan.apply(*args, chunk_size)
+        keep = u.device.type == "cpu" if keep_states is None else keep_states
+        y, h = _SelectiveScan.apply(*args, chunk_size, keep)
     return y.to(dtype), h
+
+
+def _chunk_states(delta, du, A_t, B, h, out=None):
+    """Ā (n, B, N, E) and the states h_1..h_n (n, B, N, E) of one chunk, from the state h before it.
+
+    delta, du: (n, B, E); A_t: (N, E); B: (n, B, N); h: (B, N, E). ``out`` is a
+    pair of (L, B, N, E) buffers to fill (L >= n), or None for new tensors.
+    """
+    n = delta.shape[0]
+    a_out, h_out = (None, None) if out is None else (out[0][:n], out[1][:n])
+    a = torch.mul(delta.unsqueeze(2), A_t, out=a_out).exp_()  # Ā
+    hs = torch.mul(du.unsqueeze(2), B.unsqueeze(-1), out=h_out)  # B̄u
+    for i in range(n):
+        hs[i].addcmul_(a[i], h)  # h_t = Ā_t h_{t-1} + B̄_t u_t, in place
+        h = hs[i]
+    return a, hs
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -137,41 +160,46 @@ class _SelectiveScan(torch.autograd.Function):
     Forward, chunk by chunk: Ā = exp(Δ A) and B̄u for the chunk in one pass each,
     the recurrence h_t = Ā_t h_{t-1} + B̄_t u_t in place (one multiply-add per
     step), then y = C · h for the whole chunk as one batched product. When a
-    gradient is wanted, each chunk's Ā and states are kept: the exponentials are
-    the most expensive part, and computing them once is faster than a second time.
+    gradient is wanted, the forward keeps either each chunk's Ā and states (the
+    exponentials are the most expensive part: computing them once is faster) or
+    only each chunk's first state, from which the backward recomputes the rest.
     Backward, chunk by chunk from the end: the adjoint G_t = C_t gy_t + Ā_{t+1} G_{t+1}
     runs backwards, and every gradient is read off G: dL/d(B̄u) = G,
     dL/d(Δ A)_t = G_t Ā_t h_{t-1}, dL/dh0 = Ā_1 G_1.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk_size):  # type: ignore[override]
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size, keep_states):  # type: ignore[override]
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.transpose(0, 1).contiguous()  # (T, B, E)
             delta = delta.transpose(0, 1).contiguous()  # (T, B, E)
             B = B.transpose(0, 1).contiguous()  # (T, B, N)
             C = C.transpose(0, 1).contiguous()  # (T, B, N)
             A_t = A.t().contiguous()  # (N, E)
-            T = u.shape[0]
+            T, batch, width = u.shape
             L = min(chunk_size, T)
-            keep = any(ctx.needs_input_grad)
+            grad = any(ctx.needs_input_grad)
+            keep = grad and keep_states
             du = delta * u  # (T, B, E): Δu, so that B̄_t u_t = du_t B_t
             y = torch.empty_like(u)  # (T, B, E)
             h = h0.transpose(1, 2).contiguous()  # (B, N, E)
-            A_bars, states = [], []
+            A_bars, states, starts = [], [], []  # per chunk: Ā and states when kept, the state before it
+            # Kept, each chunk gets new tensors; otherwise one pair of buffers serves every chunk.
+            work = None if keep else tuple(u.new_empty(L, batch, A_t.shape[0], width) for _ in range(2))
             for t0 in range(0, T, L):
                 sl = slice(t0, min(T, t0 + L))
-                a = torch.mul(delta[sl].unsqueeze(2), A_t).exp_()  # (n, B, N, E): Ā
-                hs = torch.mul(du[sl].unsqueeze(2), B[sl].unsqueeze(-1))  # (n, B, N, E): B̄u
-                for i in range(hs.shape[0]):
-                    hs[i].addcmul_(a[i], h)  # h_t = Ā_t h_{t-1} + B̄_t u_t, in place
-                    h = hs[i]
+                if grad:
+                    starts.append(h)
+                a, hs = _chunk_states(delta[sl], du[sl], A_t, B[sl], h, work)  # (n, B, N, E) each
                 torch.matmul(C[sl].unsqueeze(2), hs, out=y[sl].unsqueeze(2))  # (n, B, 1, E): C_t · h_t
                 if keep:
                     A_bars.append(a)
                     states.append(hs)
-            if keep:
-                ctx.save_for_backward(u, delta, du, A_t, B, C, h0)
+                    h = hs[-1]
+                else:
+                    h = hs[-1].clone()  # the buffers are reused by the next chunk
+            if grad:
+                ctx.save_for_backward(u, delta, du, A_t, B, C, *starts)
                 ctx.A_bars, ctx.states, ctx.chunk = A_bars, states, L
             ctx.set_materialize_grads(False)
             return y.transpose(0, 1), h.transpose(1, 2).clone()  # (B, T, E), (B, E, N)
@@ -179,7 +207,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh):  # type: ignore[override]
-        u, delta, du, A_t, B, C, h0 = ctx.saved_tensors
+        u, delta, du, A_t, B, C, *starts = ctx.saved_tensors
         A_bars, states, L = ctx.A_bars, ctx.states, ctx.chunk  # read, never changed: a retained graph can run again
         with torch.autocast(device_type=u.device.type, enabled=False):
             T, batch, width = u.shape
@@ -190,14 +218,18 @@ class _SelectiveScan(torch.autograd.Function):
             gB = torch.empty_like(B)  # (T, B, N)
             gC = torch.empty_like(C)  # (T, B, N)
             gA_t = torch.zeros_like(A_t)  # (N, E)
-            q_buf = torch.empty_like(A_bars[0])  # (L, B, N, E)
+            q_buf = u.new_empty(L, batch, n_state, width)
+            work = None if A_bars else (torch.empty_like(q_buf), torch.empty_like(q_buf))
             # carry = Ā_{t+1} G_{t+1} for the step after the chunk being processed
             carry = u.new_zeros(batch, n_state, width) if gh is None else gh.transpose(1, 2).contiguous()
-            for c in reversed(range(len(A_bars))):
-                a, hs = A_bars[c], states[c]  # (n, B, N, E) each
+            for c in reversed(range(len(starts))):
+                sl = slice(c * L, min(T, c * L + L))
+                h_first = starts[c]  # h before the chunk, (B, N, E)
+                if A_bars:  # kept by the forward
+                    a, hs = A_bars[c], states[c]  # (n, B, N, E) each
+                else:  # recomputed from the state before the chunk
+                    a, hs = _chunk_states(delta[sl], du[sl], A_t, B[sl], h_first, work)
                 n = a.shape[0]
-                sl = slice(c * L, c * L + n)
-                h_first = h0.transpose(1, 2) if c == 0 else states[c - 1][-1]  # h before the chunk, (B, N, E)
                 torch.sum(hs * gy[sl].unsqueeze(2), dim=-1, out=gC[sl])  # Σ_e gy h
                 g = torch.mul(gy[sl].unsqueeze(2), C[sl].unsqueeze(-1))  # (n, B, N, E): C_t gy_t
                 g[-1].add_(carry)
@@ -220,6 +252,7 @@ class _SelectiveScan(torch.autograd.Function):
                 gB.transpose(0, 1),
                 gC.transpose(0, 1),
                 carry.transpose(1, 2),
+                None,
                 None,
             )
 
