@@ -38,7 +38,7 @@ import struct
 import tempfile
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -322,20 +322,24 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
             if size == 0:
                 raise CheckpointError(f"{shown} is empty; it is not a checkpoint")
-            if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            # A safetensors file: a little-endian header length, then the JSON header. Its
+            # first bytes can look like a pickle's (a 1408-byte header starts 80 05), so
+            # the signatures of other formats are only read where the framing fails.
+            framed = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8
+            if not framed and head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
                 raise CheckpointError(
                     f"{shown} is a Python pickle (torch.save), not safetensors; lmcore never unpickles files"
                 )
-            if head[:4] == b"PK\x03\x04":
+            if not framed and head[:4] == b"PK\x03\x04":
                 raise CheckpointError(
                     f"{shown} is a zip archive (torch.save's format), not safetensors; lmcore never unpickles files"
                 )
             if len(head) < 8:
                 raise CheckpointError(f"{shown} is too short to be a safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", head)
+            (n,) = struct.unpack("<Q", head[:8])
             if n > MAX_HEADER_BYTES:
                 raise CheckpointError(f"{shown} is not a valid safetensors file: it declares a {n}-byte header")
             if n > size - 8:
@@ -343,6 +347,7 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
                     f"{shown} is truncated or not a safetensors file: "
                     f"it declares a {n}-byte header in a {size}-byte file"
                 )
+            f.seek(8)
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
@@ -451,9 +456,9 @@ def load_checkpoint(
     # Check names, dtypes and shapes against a weightless ("meta") model first, so a
     # hostile config cannot make us allocate a huge model before the file is checked.
     tied: dict[str, str] = meta["tied"]
-    expected = _expected_tensors(config, where)
     in_file = set(header)
     provided = in_file | set(tied)
+    expected = _expected_tensors(config, where, len(provided))
     missing = sorted(set(expected) - provided)
     extra = sorted(provided - set(expected))
     if missing:
@@ -521,11 +526,27 @@ _SAFETENSORS_DTYPES = {
 _TORCH_DTYPES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
-def _expected_tensors(config: ModelConfig, where: str) -> dict[str, tuple[torch.dtype, list[int]]]:
-    """Name -> (dtype, shape) of every tensor the model of ``config`` saves, without allocating it."""
+def _expected_tensors(config: ModelConfig, where: str, available: int) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """Name -> (dtype, shape) of every tensor the model of ``config`` saves, without allocating it.
+
+    Even weightless, a model has one module object per layer: a config that claims
+    far more layers than the file's ``available`` tensors could fill would take
+    minutes and gigabytes to build, so the count is checked first, from models of
+    one and two layers.
+    """
     try:
         with torch.device("meta"):
+            if config.n_layer > 2:
+                one, two = (len(build_model(replace(config, n_layer=k)).state_dict()) for k in (1, 2))
+                need = one + (config.n_layer - 1) * (two - one)
+                if need > available:
+                    raise CheckpointError(
+                        f"{where} lacks tensors its config needs: {config.n_layer:,} layers take {need:,} "
+                        f"tensors but the file has {available:,}; the file is damaged"
+                    )
             model = build_model(config)
+    except CheckpointError:
+        raise
     except LMCoreError as e:
         raise CheckpointError(f"{where} holds a model that cannot be built: {e}") from None
     return {name: (t.dtype, list(t.shape)) for name, t in model.state_dict().items()}

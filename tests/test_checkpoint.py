@@ -203,6 +203,25 @@ def test_stale_resume_state_is_refused(tmp_path, tok):
     assert not optimizer_path(path).exists() and load_resume_state(path) is None
 
 
+def test_a_checkpoint_whose_header_length_starts_like_a_pickle_loads(tmp_path, tok):
+    # The first two bytes of a safetensors file are its header length: 80 05 is also
+    # how a pickle starts. A real checkpoint with such a header must still load.
+    model = tiny(tok)
+    path = tmp_path / "m.safetensors"
+    target = 0x0580 + 0x10000  # bytes 80 05 01 00 ...
+    pad = 0
+    for _ in range(50):
+        save_checkpoint(path, model, tok, data_info={"source": "x" * pad})
+        n = header_bytes(path) - 8
+        if n == target:
+            break
+        pad += target - n
+    assert path.read_bytes()[:2] == b"\x80\x05"
+    loaded = load_checkpoint(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(probe(tok)), model(probe(tok)), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- malformed files
 
 
@@ -311,6 +330,10 @@ def _case(name):
         if name == "wrong_shape":
             w["wpe.weight"] = torch.zeros(8, 32)
             return rewrite(good_path, p, tensors=w), "shape"
+        if name == "config_too_many_layers":  # must be refused before a million layers are built
+            return rewrite(good_path, p, meta_update={"config": cfg_json(n_layer=1_000_000)}), "1,000,000 layers"
+        if name == "config_one_layer_more":
+            return rewrite(good_path, p, meta_update={"config": cfg_json(n_layer=3)}), "lacks tensors"
         if name == "config_shape_mismatch":
             return rewrite(good_path, p, meta_update={"config": cfg_json(n_embd=64)}), "shape"
         if name == "nan_weights":
@@ -330,8 +353,8 @@ MALFORMED = [
     "huge_header", "header_not_json", "no_metadata", "no_format", "future_format", "other_format", "no_config",
     "config_not_json", "config_not_object", "config_invalid", "config_unknown_field", "config_unknown_arch",
     "train_not_json", "tokenizer_unknown", "tokenizer_damaged", "tokenizer_vocab_mismatch", "missing_tensor",
-    "extra_tensor", "wrong_dtype", "int_weights", "wrong_shape", "config_shape_mismatch", "nan_weights",
-    "tied_to_nothing", "tied_dropped",
+    "extra_tensor", "wrong_dtype", "int_weights", "wrong_shape", "config_too_many_layers", "config_one_layer_more",
+    "config_shape_mismatch", "nan_weights", "tied_to_nothing", "tied_dropped",
 ]  # fmt: skip
 
 
