@@ -5,8 +5,9 @@ Run: python3 bench/bench_mamba.py [--repeats 5] [--steps 15] [--sweep] [--qualit
 1. ``scan``: ``selective_scan`` (chunked, hand-written backward) against
    ``selective_scan_ref`` (the loop over time), forward + backward, batch 12,
    d_model 128 (d_inner 256, d_state 16), T = 64, 256, 1024, fp32; the fast
-   scan both as a CPU runs it (Ā and states kept for the backward) and with
-   them recomputed (as on a GPU).
+   scan both with Ā and the states kept for the backward (as a CPU runs it up
+   to ``KEEP_STATES_MAX_BYTES`` per layer) and with them recomputed (above
+   that, and on a GPU).
    ``--sweep`` adds the chunk sizes tried (4, 8, 16, 32, 64) at T = 64 and 256.
 2. ``train_step``: ms per iteration (forward, backward, AdamW step) of the
    mamba preset (4 layers, d_model 128) beside the gpt2 preset (4 layers, 4
@@ -121,7 +122,7 @@ def bench_scan(lengths: list[int], repeats: int, chunks: list[int] | None) -> di
                 x.grad = None
 
         fns = {
-            "fast": lambda: run(selective_scan),
+            "fast": lambda: run(lambda *a: selective_scan(*a, keep_states=True)),
             "fast_recomputed": lambda: run(lambda *a: selective_scan(*a, keep_states=False)),
             "loop": lambda: run(selective_scan_ref),
         }
@@ -228,9 +229,9 @@ def hwm():
 if {mode!r} == "loop":
     ref = mm.selective_scan_ref
     mm.selective_scan = lambda u, d, A, B, C, h0=None, chunk_size=None: ref(u, d, A, B, C, h0)
-elif {mode!r} == "recomputed":
+else:
     fast = mm.selective_scan
-    mm.selective_scan = lambda *a, **k: fast(*a, keep_states=False, **k)
+    mm.selective_scan = lambda *a, **k: fast(*a, keep_states={mode!r} == "kept", **k)
 torch.manual_seed(0)
 model = build_model(ModelConfig.preset("mamba", vocab_size=65, block_size=1024, n_layer=4, n_embd=128))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -21,9 +21,9 @@ time in short chunks so that each step's (B, N, E) block stays in the CPU
 cache, runs the recurrence in place, and has a hand-written backward pass (the
 adjoint recurrence run backwards in time). On a CPU it keeps Ā and the states
 for the backward (computing the exponentials twice costs more than storing them,
-about 2 x T x B x E x N values per layer while training); on a GPU, where memory
-is scarcer, the backward recomputes them from each chunk's first state. Nothing
-is kept when no gradient is wanted. It never forms cumulative products of Ā,
+about 2 x T x B x E x N values per layer while training) up to a size limit;
+past it, and on a GPU, where memory is scarcer, the backward recomputes them
+from each chunk's first state. Nothing is kept when no gradient is wanted. It never forms cumulative products of Ā,
 so nothing underflows and nothing is divided by a tiny number; it is exactly
 the loop's arithmetic, reordered for the machine. (A single time step, as in
 generation, takes the loop's one step directly.)
@@ -57,6 +57,11 @@ from lmcore.models.layers import RMSNorm
 # few large operations, short enough that a chunk's (chunk, B, N, E) blocks stay
 # near the cache; measured best among 4, 8, 16, 32 on a 2-core CPU.
 SCAN_CHUNK = 8
+
+# The most the fast scan keeps for its backward per call (one layer) on a CPU;
+# above it, the backward recomputes: a big model on a laptop must not run out of
+# memory for a gain of a few tens of percent.
+KEEP_STATES_MAX_BYTES = 256 * 2**20
 
 # Δ initialisation (Gu & Dao 2023, section 3.6): dt log-uniform in [DT_MIN, DT_MAX],
 # at least DT_FLOOR, stored in dt_proj.bias through the inverse of softplus.
@@ -116,8 +121,9 @@ def selective_scan(
     h0 included. ``keep_states`` chooses how the backward gets Ā and the states:
     kept from the forward (True: faster, about 2 x T x B x E x N more values held
     until the backward) or recomputed from each chunk's first state (False: a
-    chunk-th of that). None keeps them on a CPU, where it measured 15-20% faster,
-    and recomputes them on a GPU, whose memory is the scarcer resource.
+    chunk-th of that). None keeps them on a CPU, where it measured up to 30%
+    faster, as long as they take at most ``KEEP_STATES_MAX_BYTES`` per call, and
+    recomputes them on a GPU, whose memory is the scarcer resource.
     """
     assert chunk_size >= 1
     dtype = u.dtype
@@ -131,8 +137,10 @@ def selective_scan(
     if u.shape[1] == 1:  # one token (generation): the loop's single step is the shortest path
         y, h = selective_scan_ref(*args)
     else:
-        keep = u.device.type == "cpu" if keep_states is None else keep_states
-        y, h = _SelectiveScan.apply(*args, chunk_size, keep)
+        if keep_states is None:
+            kept_bytes = 2 * u.numel() * A.shape[1] * args[0].element_size()  # Ā and h: T x B x E x N each
+            keep_states = u.device.type == "cpu" and kept_bytes <= KEEP_STATES_MAX_BYTES
+        y, h = _SelectiveScan.apply(*args, chunk_size, keep_states)
     return y.to(dtype), h
 
 
