@@ -133,7 +133,7 @@ class TrainConfig:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long run keeps one per step
 class TrainEvent:
     """What a callback is told after a step (and, with val_loss set, after an eval)."""
 
