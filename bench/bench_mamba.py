@@ -244,7 +244,7 @@ print(base, hwm())
 
 def bench_memory(threads: int, loop_too: bool) -> dict:
     out = {"T": 1024, "batch": BATCH}
-    for name, mode in (("fast_scan", "kept"), ("fast_scan_recomputed", "recomputed"), ("loop_scan", "loop")):
+    for name, mode in (("fast_scan_kept", "kept"), ("fast_scan_recomputed", "recomputed"), ("loop_scan", "loop")):
         if mode == "loop" and not loop_too:
             continue
         code = _RSS_CHILD.format(root=str(ROOT), threads=threads, mode=mode, batch=BATCH)

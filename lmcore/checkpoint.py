@@ -534,21 +534,21 @@ def _expected_tensors(config: ModelConfig, where: str, available: int) -> dict[s
     minutes and gigabytes to build, so the count is checked first, from models of
     one and two layers.
     """
+    need = 0
     try:
         with torch.device("meta"):
             if config.n_layer > 2:
                 one, two = (len(build_model(replace(config, n_layer=k)).state_dict()) for k in (1, 2))
                 need = one + (config.n_layer - 1) * (two - one)
-                if need > available:
-                    raise CheckpointError(
-                        f"{where} lacks tensors its config needs: {config.n_layer:,} layers take {need:,} "
-                        f"tensors but the file has {available:,}; the file is damaged"
-                    )
-            model = build_model(config)
-    except CheckpointError:
-        raise
+            if need <= available:
+                model = build_model(config)
     except LMCoreError as e:
         raise CheckpointError(f"{where} holds a model that cannot be built: {e}") from None
+    if need > available:
+        raise CheckpointError(
+            f"{where} lacks tensors its config needs: {config.n_layer:,} layers take {need:,} "
+            f"tensors but the file has {available:,}; the file is damaged"
+        )
     return {name: (t.dtype, list(t.shape)) for name, t in model.state_dict().items()}
 
 

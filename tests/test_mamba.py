@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lmcore.models.mamba as mamba_module
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.models.mamba import (
@@ -106,6 +107,20 @@ def test_fast_scan_backward_runs_twice_on_a_retained_graph(keep_states):
     second = torch.autograd.grad(loss, inputs)
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fast_scan_keeps_states_on_a_cpu_only_up_to_the_limit(monkeypatch):
+    inputs = scan_inputs(2, 19, 4, 3)
+    y, _ = selective_scan(*inputs, chunk_size=8)
+    assert len(y.grad_fn.A_bars) == 3  # small: Ā and the states of its three chunks are kept
+    monkeypatch.setattr(mamba_module, "KEEP_STATES_MAX_BYTES", 0)
+    y, _ = selective_scan(*inputs, chunk_size=8)
+    assert y.grad_fn.A_bars == []  # past the limit the backward recomputes them
+    y_ref, _ = selective_scan_ref(*inputs)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), inputs)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
 
 
 def test_fast_scan_without_gradients_matches_the_loop():

@@ -23,10 +23,11 @@ adjoint recurrence run backwards in time). On a CPU it keeps Ā and the states
 for the backward (computing the exponentials twice costs more than storing them,
 about 2 x T x B x E x N values per layer while training) up to a size limit;
 past it, and on a GPU, where memory is scarcer, the backward recomputes them
-from each chunk's first state. Nothing is kept when no gradient is wanted. It never forms cumulative products of Ā,
-so nothing underflows and nothing is divided by a tiny number; it is exactly
-the loop's arithmetic, reordered for the machine. (A single time step, as in
-generation, takes the loop's one step directly.)
+from each chunk's first state. Nothing is kept when no gradient is wanted. It
+never forms cumulative products of Ā, so nothing underflows and nothing is
+divided by a tiny number; it is exactly the loop's arithmetic, reordered for the
+machine. (A single time step, as in generation, takes the loop's one step
+directly.)
 Tests check the two against each other in float64, values and gradients.
 
 Generation carries, per layer, the last K-1 conv inputs and the state h
