@@ -9,8 +9,15 @@ A corpus comes from one of three places, named by ``load_corpus(source)``:
   ``STDLIB_CORPUS_BYTES``) and ``python-names`` (public function and class names
   of the standard library, one per line: a documents-mode corpus).
 - a local file path;
-- an ``http(s)://`` (or ``file://``) URL, downloaded once into a cache
-  directory (``$LMCORE_CACHE_DIR``, else ``~/.cache/lmcore``).
+- an ``http(s)://`` URL, downloaded once into a cache directory
+  (``$LMCORE_CACHE_DIR``, else ``~/.cache/lmcore``), or a ``file://`` URL.
+
+Downloads reach public internet addresses only, unless the caller allows
+local ones: every hop's host name is resolved once, each address is checked
+(loopback, link-local, private, reserved, multicast and unspecified ones are
+refused) and the connection goes to that very address. Redirects are followed
+to http(s) only, at most ``MAX_REDIRECTS`` times, and a whole download ends
+after ``FETCH_DEADLINE_S``. No proxy is used: a proxy would resolve names itself.
 
 Every corpus is checked the same way and a ``DataError`` with a one-line fix is
 raised for: a missing file, a directory, empty or whitespace-only text, bytes
@@ -30,11 +37,17 @@ Shapes: B batch, T block size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
+import ipaddress
 import os
+import socket
+import ssl
 import sysconfig
 import tempfile
-import urllib.error
+import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -53,7 +66,10 @@ MAX_CORPUS_BYTES = 50 * 1000 * 1000  # 50 MB
 STDLIB_CORPUS_BYTES = 1_000_000  # about the size of tiny Shakespeare
 DEFAULT_CORPUS = "builtin:python-docs"
 DEFAULT_BPE_VOCAB = 512
-DOWNLOAD_TIMEOUT_S = 30.0
+DOWNLOAD_TIMEOUT_S = 30.0  # the longest a server may stay silent
+FETCH_DEADLINE_S = 60.0  # the longest a whole download may take, redirects included
+MAX_REDIRECTS = 5
+_REDIRECTS = {301, 302, 303, 307, 308}
 
 BUILTIN_CORPORA: dict[str, str] = {
     "python-docs": "Python's language reference and library topics (pydoc_data.topics), about 465 KB of English",
@@ -247,97 +263,247 @@ def default_cache_dir() -> Path:
     return Path(base) / "lmcore"
 
 
-def _cache_path(url: str, cache_dir: Path) -> Path:
+def _cache_path(url: str, cache_dir: Path, local: bool = False) -> Path:
+    """Where the download of ``url`` is kept; a copy fetched from a local address has its own name,
+    so a caller that may not reach local addresses never reads it."""
     tail = Path(urllib.parse.urlsplit(url).path).name
     stem = regex.sub(r"[^A-Za-z0-9._-]", "_", tail)[-60:].lstrip(".") or "download"
-    return cache_dir / f"{hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]}-{stem}"
+    key = ("local " if local else "") + url
+    return cache_dir / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}-{stem}"
 
 
-def _download(url: str, max_bytes: int) -> bytes:
-    """The body of ``url``, at most max_bytes; DataError for anything that goes wrong."""
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressCheck = Callable[[IPAddress], bool]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv6 addresses that carry an IPv4 one
+
+
+def _non_public_kind(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public internet address ("loopback", "private", ...), or None when it is."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else None
+        inner = ip.ipv4_mapped or ip.sixtofour or nat64
+        if inner is not None and (kind := _non_public_kind(inner)):
+            return kind
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
+        if getattr(ip, "is_" + kind):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "non-public"
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """True for a public internet address: not loopback, link-local, private, reserved, multicast or unspecified."""
+    return _non_public_kind(ip) is None
+
+
+def _any_address(ip: IPAddress) -> bool:
+    """Every address, for callers allowed to reach this machine and its network."""
+    return True
+
+
+def _printable(text: object, limit: int = 200) -> str:
+    """Text a server chose (an address, a reason) made safe for a one-line message."""
+    s = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to addresses already checked: no second DNS lookup, the Host header still names ``host``."""
+
+    def __init__(self, host: str, port: int, ips: list[IPAddress], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.ips = ips
+
+    def _open(self) -> socket.socket:
+        err: OSError | None = None
+        for ip in self.ips:
+            try:
+                return socket.create_connection((str(ip), self.port), self.timeout)
+            except OSError as e:
+                err = e
+        assert err is not None
+        raise err
+
+    def connect(self) -> None:
+        self.sock = self._open()
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """HTTPS to addresses already checked; the certificate must still be valid for ``host`` (SNI too)."""
+
+    default_port = http.client.HTTPS_PORT
+
+    def connect(self) -> None:
+        self.sock = ssl.create_default_context().wrap_socket(self._open(), server_hostname=self.host)
+
+
+def _cut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+    """End a fetch that ran past its deadline: the blocked read returns at once."""
+    fired.set()
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the raw socket, also under TLS
+
+
+def _resolve(url: str, host: str, port: int, address_ok: AddressCheck) -> list[IPAddress]:
+    """The addresses ``host`` resolves to, all of them allowed by ``address_ok``, else DataError."""
+    ips: list[IPAddress] = []
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(sockaddr[0])
+        if ip not in ips:
+            ips.append(ip)
+    for ip in ips:
+        if not address_ok(ip):
+            kind = _non_public_kind(ip) or "refused"
+            where = f"{ip} is" if host == str(ip) else f"{_printable(host)} is at {ip},"
+            raise DataError(
+                f"{_printable(url)} was refused: {where} {'an' if kind[0] in 'aeiou' else 'a'} {kind} address, "
+                "not a public one; only public addresses are fetched (allow local ones with --allow-local-urls "
+                "on the command line, or LMCORE_ALLOW_LOCAL_URLS=1 for the app)"
+            )
+    return ips
+
+
+def _get(
+    url: str, max_bytes: int, address_ok: AddressCheck, deadline: float
+) -> tuple[bytes | None, str | None, bool]:
+    """One request: (body, None, local) or, for a redirect, (None, next URL, local)."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").encode("idna").decode("ascii")
+    if not host:
+        raise DataError(f"{_printable(url)} names no server; give a full address like https://example.org/book.txt")
+    https = parts.scheme.lower() == "https"
+    port = parts.port or (http.client.HTTPS_PORT if https else http.client.HTTP_PORT)
+    ips = _resolve(url, host, port, address_ok)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    cls = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
+    conn = cls(host, port, ips, timeout=min(DOWNLOAD_TIMEOUT_S, left))
+    fired = threading.Event()
+    timer = threading.Timer(left, _cut, (conn, fired))
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            length = resp.headers.get("Content-Length") if resp.headers else None
-            if length and length.isdigit() and int(length) > max_bytes:
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        conn.request("GET", target, headers={"User-Agent": "lmcore", "Accept": "text/plain, */*"})
+        resp = conn.getresponse()
+        local = not all(map(is_public_address, ips))
+        if resp.status in _REDIRECTS:
+            location = resp.getheader("Location")
+            if not location:
                 raise DataError(
-                    f"{url} is {_size(int(length))}, over the {_size(max_bytes)} limit; use a smaller file"
+                    f"{_printable(url)} redirects without saying where (HTTP {resp.status}); check the address"
                 )
-            data = resp.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise DataError(f"downloading {url} failed with HTTP {e.code} {e.reason}; check the address") from None
-    except urllib.error.URLError as e:
+            return None, urllib.parse.urljoin(url, location), local
+        if resp.status != 200:
+            raise DataError(
+                f"downloading {_printable(url)} failed with HTTP {resp.status} {_printable(resp.reason, 80)}; "
+                "check the address"
+            )
+        length = resp.getheader("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise DataError(
+                f"{_printable(url)} is {_size(int(length))}, over the {_size(max_bytes)} limit; use a smaller file"
+            )
+        data = resp.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException):
+        if fired.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
+    if fired.is_set():  # a body read until the cut is cut short, not complete
+        raise TimeoutError
+    return data, None, local
+
+
+def _download(url: str, max_bytes: int, address_ok: AddressCheck = is_public_address) -> tuple[bytes, bool]:
+    """The body of the http(s) ``url``, at most max_bytes, and whether a local address served any of it.
+
+    Every hop's host is resolved once, each of its addresses must pass
+    ``address_ok``, and the connection goes to those very addresses.
+    Redirects are followed up to MAX_REDIRECTS times, to http(s) only; the
+    whole fetch ends after FETCH_DEADLINE_S. Whatever the server does, the
+    only error is a one-line DataError.
+    """
+    deadline = time.monotonic() + FETCH_DEADLINE_S
+    current, local = url, False
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            data, current_next, hop_local = _get(current, max_bytes, address_ok, deadline)
+            local = local or hop_local
+            if data is not None:
+                break
+            assert current_next is not None
+            if urllib.parse.urlsplit(current_next).scheme.lower() not in ("http", "https"):
+                raise DataError(
+                    f"{_printable(url)} redirects to {_printable(current_next)}, which is not an http(s) address; "
+                    "only web addresses are followed"
+                )
+            current = current_next
+        else:
+            raise DataError(f"{_printable(url)} redirects more than {MAX_REDIRECTS} times; check the address")
+    except ssl.SSLCertVerificationError as e:
         raise DataError(
-            f"cannot download {url} ({e.reason}); check the address and the network connection, "
-            "or download the file yourself and load it from disk"
+            f"cannot download {_printable(current)}: its certificate is not valid ({_printable(e.verify_message)}); "
+            "check the address"
         ) from None
-    except (TimeoutError, OSError) as e:
-        raise DataError(f"downloading {url} failed ({e}); check the network connection and try again") from None
-    except ValueError as e:
-        raise DataError(f"{url} is not a URL that can be downloaded ({e})") from None
+    except TimeoutError:
+        raise DataError(
+            f"downloading {_printable(url)} took longer than {FETCH_DEADLINE_S:g} s or stalled; "
+            "try again later, or download the file yourself and load it from disk"
+        ) from None
+    except http.client.HTTPException as e:
+        raise DataError(
+            f"the server at {_printable(current)} sent a response that is not valid HTTP "
+            f"({type(e).__name__}: {_printable(e, 80)}); check the address"
+        ) from None
+    except OSError as e:
+        reason = e.strerror or e  # socket.gaierror and ssl errors say it best
+        raise DataError(
+            f"cannot download {_printable(current)} ({_printable(reason, 120)}); check the address and the network "
+            "connection, or download the file yourself and load it from disk"
+        ) from None
+    except ValueError as e:  # a bad port, host name or URL
+        raise DataError(f"{_printable(current)} is not a URL that can be downloaded ({_printable(e, 120)})") from None
     if len(data) > max_bytes:
-        raise DataError(f"{url} is over the {_size(max_bytes)} limit; use a smaller file")
-    return data
+        raise DataError(f"{_printable(url)} is over the {_size(max_bytes)} limit; use a smaller file")
+    return data, local
 
 
 def _load_url(
-    url: str, documents: bool, max_bytes: int, cache_dir: str | os.PathLike | None, refresh: bool
+    url: str,
+    documents: bool,
+    max_bytes: int,
+    cache_dir: str | os.PathLike | None,
+    refresh: bool,
+    allow_local_urls: bool,
 ) -> Corpus:
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = _cache_path(url, cache_dir)
     name = Path(urllib.parse.urlsplit(url).path).name or urllib.parse.urlsplit(url).netloc or "download"
-    if path.is_file() and not refresh:
-        text = _text_from_bytes(path.read_bytes(), f"the cached copy of {url} ({path})", max_bytes)
-        return Corpus(name, text, documents, url)
-    data = _download(url, max_bytes)
+    if not refresh:
+        for local in (False, True) if allow_local_urls else (False,):
+            path = _cache_path(url, cache_dir, local)
+            if path.is_file():
+                text = _text_from_bytes(path.read_bytes(), f"the cached copy of {url} ({path})", max_bytes)
+                return Corpus(name, text, documents, url)
+    data, local = _download(url, max_bytes, _any_address if allow_local_urls else is_public_address)
     text = _text_from_bytes(data, url, max_bytes)
-    if urllib.parse.urlsplit(url).scheme.lower() == "file":
-        return Corpus(name, text, documents, url)  # a local file needs no second copy
     # Only a valid corpus is cached, so a fixed file on the server is fetched again.
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        os.replace(tmp, _cache_path(url, cache_dir, local))
     except OSError:
         pass  # an unwritable cache costs a download next time, nothing more
     return Corpus(name, text, documents, url)
 
 
 # --------------------------------------------------------------------- loading
-def load_corpus(
-    source: str,
-    documents: bool = False,
-    max_bytes: int = MAX_CORPUS_BYTES,
-    cache_dir: str | os.PathLike | None = None,
-    refresh: bool = False,
-    allow_local: bool = True,
-) -> Corpus:
-    """A validated corpus from ``builtin:NAME``, a local path, or an http(s)/file URL.
-
-    A URL is downloaded the first time and read from ``cache_dir`` after that;
-    ``refresh=True`` downloads it again. ``builtin:python-names`` is always in
-    documents mode. ``allow_local=False`` refuses paths and file:// URLs, for a
-    field where people who do not own the machine type a web address.
-    """
-    known = ", ".join("builtin:" + n for n in BUILTIN_CORPORA)
-    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
-        raise DataError(f"no corpus given; use a file path, a URL or one of {known}")
-    source = str(source).strip()
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name not in BUILTIN_CORPORA:
-            raise DataError(f"unknown built-in corpus {name!r}; choose one of {known}")
-        text = _check_text(_BUILTIN_TEXT[name](), f"the built-in corpus {name!r}", max_bytes)
-        return Corpus(name, text, documents or name in _DOCUMENT_CORPORA, source)
-    scheme = urllib.parse.urlsplit(source).scheme.lower()
-    if not allow_local and scheme not in ("http", "https"):
-        raise DataError(f"{source!r} is not a web address; give an http:// or https:// URL")
-    if scheme in ("http", "https", "file"):
-        return _load_url(source, documents, max_bytes, cache_dir, refresh)
-    if scheme and len(scheme) > 1 and "://" in source:
-        raise DataError(f"cannot load {source}: only http, https and file URLs are supported")
-    path = Path(source).expanduser()
+def _load_file(path: Path, documents: bool, max_bytes: int, source: str) -> Corpus:
     if not path.exists():
         raise DataError(f"no such file: {path}; check the path, or use builtin:python-docs")
     if path.is_dir():
@@ -351,7 +517,52 @@ def load_corpus(
         raise DataError(f"{path} cannot be read (permission denied); check its permissions") from None
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); check the file") from None
-    return Corpus(path.name, _text_from_bytes(data, str(path), max_bytes), documents, str(path))
+    return Corpus(path.name, _text_from_bytes(data, str(path), max_bytes), documents, source)
+
+
+def load_corpus(
+    source: str,
+    documents: bool = False,
+    max_bytes: int = MAX_CORPUS_BYTES,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    allow_local: bool = True,
+    allow_local_urls: bool = False,
+) -> Corpus:
+    """A validated corpus from ``builtin:NAME``, a local path, or an http(s)/file URL.
+
+    A URL is downloaded the first time and read from ``cache_dir`` after that;
+    ``refresh=True`` downloads it again. ``builtin:python-names`` is always in
+    documents mode. ``allow_local=False`` refuses paths and file:// URLs, for a
+    field where people who do not own the machine type a web address.
+    http(s) URLs reach public addresses only (see ``is_public_address``, checked
+    on every redirect); ``allow_local_urls=True`` also lets them reach this
+    machine and its local network.
+    """
+    known = ", ".join("builtin:" + n for n in BUILTIN_CORPORA)
+    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+        raise DataError(f"no corpus given; use a file path, a URL or one of {known}")
+    source = str(source).strip()
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTIN_CORPORA:
+            raise DataError(f"unknown built-in corpus {name!r}; choose one of {known}")
+        text = _check_text(_BUILTIN_TEXT[name](), f"the built-in corpus {name!r}", max_bytes)
+        return Corpus(name, text, documents or name in _DOCUMENT_CORPORA, source)
+    parts = urllib.parse.urlsplit(source)
+    scheme = parts.scheme.lower()
+    if not allow_local and scheme not in ("http", "https"):
+        raise DataError(f"{source!r} is not a web address; give an http:// or https:// URL")
+    if scheme in ("http", "https"):
+        return _load_url(source, documents, max_bytes, cache_dir, refresh, allow_local_urls)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise DataError(f"{source} names another machine; a file:// URL can only read this machine's files")
+        return _load_file(Path(urllib.request.url2pathname(parts.path)), documents, max_bytes, source)
+    if scheme and len(scheme) > 1 and "://" in source:
+        raise DataError(f"cannot load {source}: only http, https and file URLs are supported")
+    path = Path(source).expanduser()
+    return _load_file(path, documents, max_bytes, str(path))
 
 
 def corpus_stats(corpus: Corpus) -> dict[str, int]:

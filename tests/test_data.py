@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import urllib.request
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a built-in corpus tried to use the network")
 
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # ----------------------------------------------------------------------- built-in corpora
@@ -184,17 +185,17 @@ def test_url_downloads_once_into_the_cache(http_folder: tuple[str, Path, list[st
     (root / "sonnets.txt").write_text("Shall I compare thee\nto a summer's day?\n", encoding="utf-8")
     cache = tmp_path / "cache"
     url = f"{base}/sonnets.txt"
-    corpus = load_corpus(url, cache_dir=cache)
+    corpus = load_corpus(url, cache_dir=cache, allow_local_urls=True)
     assert corpus.text == "Shall I compare thee\nto a summer's day?\n"
     assert corpus.name == "sonnets.txt" and corpus.source == url
     assert len(list(cache.iterdir())) == 1
     (root / "sonnets.txt").unlink()  # the second load must come from the cache
-    again = load_corpus(url, cache_dir=cache, documents=True)
+    again = load_corpus(url, cache_dir=cache, documents=True, allow_local_urls=True)
     assert again.text == corpus.text and again.docs == ["Shall I compare thee", "to a summer's day?"]
     assert requested == ["/sonnets.txt"]
     (root / "sonnets.txt").write_text("Revised.\n", encoding="utf-8")
-    assert load_corpus(url, cache_dir=cache, refresh=True).text == "Revised.\n"
-    assert load_corpus(url, cache_dir=cache).text == "Revised.\n"
+    assert load_corpus(url, cache_dir=cache, refresh=True, allow_local_urls=True).text == "Revised.\n"
+    assert load_corpus(url, cache_dir=cache, allow_local_urls=True).text == "Revised.\n"
     assert requested == ["/sonnets.txt", "/sonnets.txt"]
 
 
@@ -202,13 +203,13 @@ def test_url_errors(http_folder: tuple[str, Path, list[str]], tmp_path: Path) ->
     base, root, _ = http_folder
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="HTTP 404"):
-        load_corpus(f"{base}/missing.txt", cache_dir=cache)
+        load_corpus(f"{base}/missing.txt", cache_dir=cache, allow_local_urls=True)
     (root / "bin.txt").write_bytes(b"\x00\x01\x02")
     with pytest.raises(DataError, match="NUL bytes"):
-        load_corpus(f"{base}/bin.txt", cache_dir=cache)
+        load_corpus(f"{base}/bin.txt", cache_dir=cache, allow_local_urls=True)
     (root / "big.txt").write_text("x" * 5000, encoding="utf-8")
     with pytest.raises(DataError, match="over the"):
-        load_corpus(f"{base}/big.txt", cache_dir=cache, max_bytes=1000)
+        load_corpus(f"{base}/big.txt", cache_dir=cache, max_bytes=1000, allow_local_urls=True)
     assert not cache.exists() or not list(cache.iterdir())  # nothing bad is cached
 
 
@@ -221,7 +222,7 @@ def test_url_when_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(DataError, match="cannot download .*network connection") as err:
-        load_corpus(f"http://127.0.0.1:{port}/corpus.txt", cache_dir=tmp_path)
+        load_corpus(f"http://127.0.0.1:{port}/corpus.txt", cache_dir=tmp_path, allow_local_urls=True)
     assert "\n" not in str(err.value)
 
 
@@ -239,8 +240,9 @@ def test_file_url(tmp_path: Path) -> None:
     path.write_text("alice\nbob\n", encoding="utf-8")
     corpus = load_corpus(path.as_uri(), documents=True, cache_dir=tmp_path / "cache")
     assert corpus.docs == ["alice", "bob"]
-    with pytest.raises(DataError, match="cannot download"):
+    with pytest.raises(DataError, match="no such file"):
         load_corpus((tmp_path / "gone.txt").as_uri(), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # a local file needs no second copy
 
 
 # ----------------------------------------------------------------------- tokenizing corpora
