@@ -1,11 +1,14 @@
 PYTHON ?= python3
 PORT ?= 8501
+# Only this machine can open the playground. HOST=0.0.0.0 serves it to the network:
+# see "Serving on a network" in README.md first.
+HOST ?= 127.0.0.1
 
 .PHONY: run test setup setup-dev chromium bench
 
 # Set up and open the playground in the browser (built-in corpus, no download).
 run: setup
-	$(PYTHON) -m streamlit run app.py --server.port $(PORT)
+	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 # Set up and run every test: unit, CLI, app and browser tests.
 test: setup-dev chromium

@@ -45,6 +45,7 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--expand", "expand", int, "Mamba: inner width factor"),
 ]
 _MODEL_SWITCHES = [("bias", "biases in linear layers and norms"), ("tie_weights", "share embedding and output head")]
+_LOCAL_URLS_HELP = "let an http(s) --data URL reach this machine or its local network (refused by default)"
 
 
 def _non_finite_to_none(value: Any) -> Any:
@@ -178,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         documents = ckpt.documents
         val_fraction = args.val_fraction if args.val_fraction is not None else ckpt.data_info.get("val_fraction", 0.1)
         out = Path(args.out or args.resume)
-        corpus = load_corpus(source, documents=documents)
+        corpus = load_corpus(source, documents=documents, allow_local_urls=args.allow_local_urls)
     else:
         if not args.data:
             raise ConfigError("no data given; pass --data FILE or --data builtin:python-docs")
@@ -191,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tc.validate()
         val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
         out = Path(args.out)
-        corpus = load_corpus(args.data, documents=args.documents)
+        corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
         documents = corpus.documents
         kind = args.tokenizer or "char"
         progress = None
@@ -321,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    corpus = load_corpus(args.data, documents=ckpt.documents)
+    corpus = load_corpus(args.data, documents=ckpt.documents, allow_local_urls=args.allow_local_urls)
     ids = encode_corpus(ckpt.tokenizer, corpus)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -369,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, help="share of tokens kept for validation (default 0.1)")
     data.add_argument("--tokenizer", choices=["char", "bpe"], help="vocabulary kind (default char)")
     data.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 512)")
+    data.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default="gpt2", help="starting architecture (default gpt2)")
     for flag, field, kind, text in _MODEL_FLAGS:
@@ -414,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="loss, perplexity and accuracy of a checkpoint on a text")
     e.add_argument("--checkpoint", required=True, metavar="FILE")
     e.add_argument("--data", required=True, help="a text file, an http(s) URL, or builtin:NAME")
+    e.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
     e.add_argument("--device", choices=DEVICE_CHOICES, default="auto")

@@ -280,8 +280,10 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv6 addresses that carry an IP
 def _non_public_kind(ip: IPAddress) -> str | None:
     """Why ``ip`` is not a public internet address ("loopback", "private", ...), or None when it is."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 address itself
+            return _non_public_kind(ip.ipv4_mapped)
         nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else None
-        inner = ip.ipv4_mapped or ip.sixtofour or nat64
+        inner = ip.sixtofour or nat64
         if inner is not None and (kind := _non_public_kind(inner)):
             return kind
     for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
@@ -312,6 +314,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
     def __init__(self, host: str, port: int, ips: list[IPAddress], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
         self.ips = ips
+        self.opened: socket.socket | None = None  # kept after http.client lets go of it, for the deadline
 
     def _open(self) -> socket.socket:
         err: OSError | None = None
@@ -324,7 +327,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         raise err
 
     def connect(self) -> None:
-        self.sock = self._open()
+        self.sock = self.opened = self._open()
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
@@ -333,15 +336,15 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     default_port = http.client.HTTPS_PORT
 
     def connect(self) -> None:
-        self.sock = ssl.create_default_context().wrap_socket(self._open(), server_hostname=self.host)
+        self.sock = self.opened = ssl.create_default_context().wrap_socket(self._open(), server_hostname=self.host)
 
 
-def _cut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+def _cut(conn: _PinnedHTTPConnection, fired: threading.Event) -> None:
     """End a fetch that ran past its deadline: the blocked read returns at once."""
     fired.set()
-    if conn.sock is not None:
+    if conn.opened is not None:
         with contextlib.suppress(OSError):
-            socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the raw socket, also under TLS
+            socket.socket.shutdown(conn.opened, socket.SHUT_RDWR)  # the plain socket's call, also under TLS
 
 
 def _resolve(url: str, host: str, port: int, address_ok: AddressCheck) -> list[IPAddress]:
@@ -394,7 +397,19 @@ def _get(
                 raise DataError(
                     f"{_printable(url)} redirects without saying where (HTTP {resp.status}); check the address"
                 )
-            return None, urllib.parse.urljoin(url, location), local
+            try:
+                target = urllib.parse.urljoin(url, location)
+                scheme = urllib.parse.urlsplit(target).scheme.lower()
+            except ValueError:
+                raise DataError(
+                    f"{_printable(url)} redirects to {_printable(location)}, which is not a valid address"
+                ) from None
+            if scheme not in ("http", "https"):
+                raise DataError(
+                    f"{_printable(url)} redirects to {_printable(target)}, which is not an http(s) address; "
+                    "only web addresses are followed"
+                )
+            return None, target, local
         if resp.status != 200:
             raise DataError(
                 f"downloading {_printable(url)} failed with HTTP {resp.status} {_printable(resp.reason, 80)}; "
@@ -406,6 +421,10 @@ def _get(
                 f"{_printable(url)} is {_size(int(length))}, over the {_size(max_bytes)} limit; use a smaller file"
             )
         data = resp.read(max_bytes + 1)
+        if length and length.isdigit() and len(data) < int(length) and not fired.is_set():
+            raise DataError(
+                f"{_printable(url)} ended after {len(data):,} of its {int(length):,} bytes; try again later"
+            )
     except (OSError, http.client.HTTPException):
         if fired.is_set():
             raise TimeoutError from None
@@ -436,11 +455,6 @@ def _download(url: str, max_bytes: int, address_ok: AddressCheck = is_public_add
             if data is not None:
                 break
             assert current_next is not None
-            if urllib.parse.urlsplit(current_next).scheme.lower() not in ("http", "https"):
-                raise DataError(
-                    f"{_printable(url)} redirects to {_printable(current_next)}, which is not an http(s) address; "
-                    "only web addresses are followed"
-                )
             current = current_next
         else:
             raise DataError(f"{_printable(url)} redirects more than {MAX_REDIRECTS} times; check the address")
@@ -456,7 +470,7 @@ def _download(url: str, max_bytes: int, address_ok: AddressCheck = is_public_add
         ) from None
     except http.client.HTTPException as e:
         raise DataError(
-            f"the server at {_printable(current)} sent a response that is not valid HTTP "
+            f"the server at {_printable(current)} sent a broken HTTP response "
             f"({type(e).__name__}: {_printable(e, 80)}); check the address"
         ) from None
     except OSError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import streamlit as st
 
@@ -10,6 +11,7 @@ from lmcore.data import BUILTIN_CORPORA, MAX_CORPUS_BYTES, Corpus, corpus_from_t
 from ui import state as S
 from ui.boundary import user_errors
 from ui.flow import PAGE_VOCABULARY, describe_corpus, load_builtin, require_corpus, set_corpus
+from ui.render import md
 from ui.shell import require_app
 from ui.state import keep_default
 
@@ -19,6 +21,9 @@ PREVIEW_CHARS = 3000
 PREVIEW_DOCS = 40
 UPLOAD_ID = "data_upload_id"  # the file_id of the upload already turned into the corpus
 MAX_MB = MAX_CORPUS_BYTES / 1e6
+# The address box reaches public addresses only: a browser user must not reach what only
+# this server can (its own services, its local network). The server's operator may allow it.
+ALLOW_LOCAL_URLS = os.environ.get("LMCORE_ALLOW_LOCAL_URLS") == "1"
 
 require_app()
 
@@ -79,10 +84,18 @@ elif source == "Paste text":
 
 else:
     url = st.text_input("Address of a plain-text file", key=keep_default("keep.data.url", ""), placeholder="https://example.org/book.txt")
-    st.caption(f"Downloaded once and kept in a local cache; up to {MAX_MB:.0f} MB of UTF-8 text.")
+    st.caption(
+        f"Downloaded once and kept in a local cache; up to {MAX_MB:.0f} MB of UTF-8 text"
+        + ("." if ALLOW_LOCAL_URLS else " from a public web address.")
+    )
     if st.button("Fetch", type="primary"):
         with st.spinner("Downloading…"), user_errors(stop=False):
-            new = load_corpus(url or "", documents=st.session_state["keep.data.documents"], allow_local=False)
+            new = load_corpus(
+                url or "",
+                documents=st.session_state["keep.data.documents"],
+                allow_local=False,
+                allow_local_urls=ALLOW_LOCAL_URLS,
+            )
 
 documents = st.toggle(
     "Documents mode: one document per line",
@@ -92,7 +105,7 @@ documents = st.toggle(
 )
 
 if new is not None and set_corpus(new):
-    st.toast(f"Corpus set: {new.name}", icon=":material/check:")
+    st.toast(f"Corpus set: {md(new.name)}", icon=":material/check:")
 corpus = st.session_state[S.CORPUS]
 if corpus.documents != documents:
     corpus = dataclasses.replace(corpus, documents=documents)

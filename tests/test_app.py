@@ -310,6 +310,7 @@ def test_a_second_run_is_overlaid_on_the_first_to_compare():
 
 def test_a_corpus_from_an_address_and_a_bad_address(tmp_path, monkeypatch, http_folder):
     monkeypatch.setenv("LMCORE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LMCORE_ALLOW_LOCAL_URLS", "1")  # the operator's choice: the test server is local
     base, root, _ = http_folder
     text = "It was a dark and stormy night.\n" * 20
     (root / "book.txt").write_text(text, encoding="utf-8")
