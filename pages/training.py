@@ -127,7 +127,7 @@ def _resume(path, name: str) -> bool:
     done = int(meta["train"].get("steps") or 0)
     tc = _train_config()
     if tc.max_iters <= done:
-        st.error(f"'{name}' has already trained {done:,} steps; set Iterations above {done:,} to continue it.")
+        st.error(f"'{md(name)}' has already trained {done:,} steps; set Iterations above {done:,} to continue it.")
         return False
     _, train_ids, val_ids = encoded_split(tok)
     check_length(val_ids, cfg.block_size, "validation split")
@@ -209,7 +209,7 @@ try:
         "(a number is added if the name is taken)"
     )
 except LMCoreError as e:
-    st.error(str(e))
+    st.error(md(str(e)))
 
 # ------------------------------------------------------------------ buttons
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
@@ -315,7 +315,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     st.progress(p["fraction"], text=f"step {p['step']:,} of {p['max_iters']:,} · {_duration(p['elapsed_s'])} elapsed{eta}")
 
     if job.status == FAILED:
-        st.error(job.error or "the run failed")
+        st.error(md(job.error or "the run failed"))
         if job.saved:
             st.caption(f"The last good checkpoint (step {job.saved_step:,}) is kept in `{job.checkpoint_path.name}`.")
     elif job.status in (FINISHED, STOPPED) and job.saved:

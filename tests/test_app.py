@@ -151,7 +151,7 @@ def test_a_bad_upload_shows_an_error_and_keeps_the_corpus(content, message):
     at.radio[0].set_value("Upload a file").run()
     at.file_uploader[0].set_value(("junk.txt", content, "text/plain")).run()
     assert not at.exception
-    assert len(at.error) == 1 and message.lower() in at.error[0].value.lower()
+    assert len(at.error) == 1 and md(message).lower() in at.error[0].value.lower()
     assert at.session_state[S.CORPUS_ID] == before
 
 
@@ -339,7 +339,7 @@ def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
     at.run()
     assert not at.exception
     assert job.status == "failed"
-    assert [e.value for e in at.error] == [job.error]
+    assert [e.value for e in at.error] == [md(job.error)]
     assert "learning rate" in job.error
     if job.saved:
         assert any(f"step {job.saved_step}" in c.value for c in at.caption)

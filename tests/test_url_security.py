@@ -176,10 +176,12 @@ def test_the_app_address_box_refuses_a_local_server(http_folder, tmp_path, monke
     at.run()
     before = at.session_state[S.CORPUS_ID]
     at.radio[0].set_value("From a URL").run()
-    at.text_input(key="keep.data.url").set_value(f"{base}/secret.txt")
+    url = f"{base}/secret.txt?**x**[a](javascript:alert(1))<b>"
+    at.text_input(key="keep.data.url").set_value(url)
     at.button[0].click().run()
     assert not at.exception
     assert len(at.error) == 1 and "loopback" in at.error[0].value
+    assert url in literal_text(at.error[0].value)  # the address as typed, not as markup
     assert requested == []
     assert at.session_state[S.CORPUS_ID] == before
     assert not any("INTERNAL-ONLY" in c.value for c in at.code)
@@ -402,10 +404,13 @@ def literal_text(markdown: str) -> str:
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
-def test_a_corpus_name_shows_literally_in_the_toast():
+def test_a_corpus_name_shows_literally_in_the_toast_and_in_errors():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     at.radio[0].set_value("Upload a file").run()
+    at.file_uploader[0].set_value((HOSTILE_NAME, b"", "text/plain")).run()
+    assert not at.exception and len(at.error) == 1
+    assert HOSTILE_NAME in literal_text(at.error[0].value)
     at.file_uploader[0].set_value((HOSTILE_NAME, b"hello world\n" * 50, "text/plain")).run()
     assert not at.exception and not at.error
     assert at.session_state[S.CORPUS].name == HOSTILE_NAME

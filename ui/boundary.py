@@ -1,4 +1,8 @@
-"""The error boundary: an LMCoreError becomes one inline st.error, never a traceback."""
+"""The error boundary: an LMCoreError becomes one inline st.error, never a traceback.
+
+Messages name files, URLs and runs that users chose, so they are shown as
+literal text (``md``), exactly as the command line prints them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from lmcore.errors import LMCoreError
+from ui.render import md
 
 
 @contextmanager
@@ -19,6 +24,6 @@ def user_errors(stop: bool = True) -> Iterator[None]:
     try:
         yield
     except LMCoreError as e:
-        st.error(str(e))
+        st.error(md(str(e)))
         if stop:
             st.stop()

@@ -46,7 +46,10 @@ _MARKDOWN_SPECIALS = set("\\`*_{}[]()<>#+-.!|~$&")
 def md(text: str) -> str:
     """Text for st.markdown shown literally: markdown punctuation backslash-escaped.
 
-    For names that come from users (a file name, a run name) inside markdown.
+    The one escaper for names and messages that come from users (a file name,
+    a run name, a URL, an error that quotes them) wherever Streamlit reads
+    markdown: st.markdown, captions, toasts, st.error, widget labels and radio
+    options. Selectbox and multiselect options are plain text: leave them as they are.
     Example: md("*bold*") -> "\\\\*bold\\\\*"
     """
     return "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in str(text)).replace("\n", " ")
