@@ -316,6 +316,7 @@ def test_whatever_a_server_sends_is_one_line(handler, message, monkeypatch, tmp_
 
 
 # ----------------------------------------------------------------------- the command line
+@pytest.mark.slow
 def test_the_command_line_reaches_local_addresses_only_with_a_flag(http_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LMCORE_CACHE_DIR", str(tmp_path / "cache"))
     base, root, requested = http_folder
@@ -373,6 +374,8 @@ def _make_run_command(port: int) -> list[str]:
 def test_the_playground_listens_on_this_machine_only(how):
     port = _free_port()
     if how == "make run":
+        if shutil.which("make") is None:
+            pytest.skip("needs make")
         command = _make_run_command(port)
     else:
         command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
