@@ -202,7 +202,7 @@ def save_checkpoint(
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent)
+        _remove_stale_temporaries(path.parent)
         opath = optimizer_path(path)
         if optimizer is None:
             _atomic_save(tensors, metadata, path)
@@ -288,7 +288,7 @@ def _in_use(name: str) -> bool:
     return True
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> None:
+def _remove_stale_temporaries(directory: str | os.PathLike) -> None:
     """Remove the temporary files that killed saves left in ``directory``; complete their committed pairs.
 
     A temporary file is stale when its writer (the process id in its name) is
@@ -929,7 +929,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    remove_stale_temporaries(directory)
+    _remove_stale_temporaries(directory)
     rows = []
     for path in directory.glob("*" + SUFFIX):
         if path.name.endswith(OPTIM_SUFFIX) or path.name.startswith(".") or not path.is_file():
@@ -989,7 +989,7 @@ def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> P
     with _temporary(directory / (stem + SUFFIX)) as tmp:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(directory)
+            _remove_stale_temporaries(directory)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
