@@ -24,24 +24,39 @@ live beside the checkpoint in ``NAME.optim.safetensors``: tensors in the file,
 the nesting (param groups, steps) as JSON in its metadata, and the same
 ``checkpoint_id`` so a stale pair is caught.
 
-Writes are atomic: a temporary file in the same directory, then ``os.replace``.
+Saving never leaves a pair that cannot be resumed: the optimizer state is
+written first to a temporary file named after the new ``checkpoint_id``, then
+the weights replace the old ones (the commit: they name that id), and only then
+does the optimizer file take its place. A process killed at any instant leaves
+the old pair or the new one; a new pair whose optimizer file is still under its
+temporary name is completed by the next read. Temporary files of killed saves
+(they carry the writer's process id) are removed at the next save or listing.
+
+Reading costs at most a small multiple of the file's size: the header is
+refused before it is parsed when it holds more tensor entries than any model
+can need, JSON is refused when nested more than ``MAX_JSON_DEPTH`` deep or
+holding numbers longer than ``MAX_NUMBER_CHARS``, and tokenizers are checked
+against their limits from their declared sizes before they are built.
 Every malformed file raises ``CheckpointError`` with a one-line reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import stat
 import struct
-import tempfile
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -57,6 +72,17 @@ OPTIM_FORMAT = "lmcore-optim/1"
 SUFFIX = ".safetensors"
 OPTIM_SUFFIX = ".optim.safetensors"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger declared header is hostile or broken
+# Tensor entries in a checkpoint's header: over 1,300 transformer layers. Checking the
+# names and shapes of a model takes about a millisecond per tensor, so this bounds it.
+MAX_TENSORS = 16_384
+# Per layer, and outside the layers, no architecture saves more than this many tensors.
+_MAX_TENSORS_PER_LAYER = 32
+# An optimizer-state file holds a few tensors per parameter (Adam: step, two moments).
+MAX_OPTIM_TENSORS = 4 * MAX_TENSORS
+MAX_JSON_DEPTH = 32  # lmcore writes at most 5 levels
+MAX_NUMBER_CHARS = 40  # a seed, a token count or a float's repr is far shorter
+# A temporary file whose writer is still alive is only removed once it is this old.
+_STALE_TEMP_S = 24 * 3600
 MAX_NAME_CHARS = 100
 # Device names Windows reserves whatever the extension; avoided so files can be copied there.
 _RESERVED_NAMES = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
@@ -176,34 +202,152 @@ def save_checkpoint(
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if optimizer is not None:
-            state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
-            packed: dict[str, torch.Tensor] = {}
-            skeleton = _pack(state, "state", packed)
-            meta = {"format": OPTIM_FORMAT, "checkpoint_id": checkpoint_id, "state": _dumps(skeleton)}
-            _atomic_save(packed, meta, optimizer_path(path))
-        else:
-            # A stale resume state must not be paired with new weights.
-            optimizer_path(path).unlink(missing_ok=True)
-        _atomic_save(tensors, metadata, path)
+        _remove_stale_temporaries(path.parent)
+        opath = optimizer_path(path)
+        if optimizer is None:
+            _atomic_save(tensors, metadata, path)
+            # Only now: a stale resume state must not be paired with the new weights.
+            opath.unlink(missing_ok=True)
+            return path
+        state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+        packed: dict[str, torch.Tensor] = {}
+        skeleton = _pack(state, "state", packed)
+        meta = {"format": OPTIM_FORMAT, "checkpoint_id": checkpoint_id, "state": _dumps(skeleton)}
+        # The optimizer state goes first, under a temporary name that carries the new id;
+        # the weights' rename is the commit, and the optimizer file follows it.
+        with _temporary(opath, checkpoint_id) as pending:
+            try:
+                _write_synced(packed, meta, pending)
+                _atomic_save(tensors, metadata, path)
+            except BaseException:
+                pending.unlink(missing_ok=True)
+                raise
+            os.replace(pending, opath)
     except OSError as e:
         raise CheckpointError(f"cannot write the checkpoint {path}: {e.strerror or e}") from None
     return path
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """save_file into a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+# Names of the temporary files this process is writing now (for other processes: see _in_use).
+_WRITING: set[str] = set()
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, tag: str | None = None) -> Iterator[Path]:
+    """A temporary name ``.NAME.PID-TAG.tmp`` beside ``path``, marked as being written while in use.
+
+    The name says which process writes it, so a killed writer's leftovers can be told apart.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{tag or uuid.uuid4().hex}.tmp")
+    _WRITING.add(tmp.name)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+    finally:
+        _WRITING.discard(tmp.name)
+
+
+def _write_synced(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tmp: Path) -> None:
+    """save_file into the new file ``tmp``, flushed to disk, with an ordinary new file's permissions."""
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    with _temporary(path) as tmp:
+        try:
+            _write_synced(tensors, metadata, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d{1,10})-(?P<tag>[0-9a-f]{32})\.tmp", re.DOTALL)
+
+
+def _in_use(name: str) -> bool:
+    """Whether the writer of the temporary file ``name`` may still be writing it.
+
+    On Windows, where signal 0 would end a process, another process's file is assumed in use.
+    """
+    pid = int(_TEMP_NAME.fullmatch(name)["pid"])
+    if pid == os.getpid():
+        return name in _WRITING
+    if os.name == "nt" or pid <= 0:
+        return os.name == "nt"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_stale_temporaries(directory: str | os.PathLike) -> None:
+    """Remove the temporary files that killed saves left in ``directory``; complete their committed pairs.
+
+    A temporary file is stale when its writer (the process id in its name) is
+    gone, or after a day. An optimizer state whose weights already name it (a
+    save killed between its two renames) is moved into place instead.
+    Best effort: a file that cannot be removed is left alone.
+    """
+    directory = Path(directory)
+    try:
+        with os.scandir(directory) as found:
+            entries = [e for e in found if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            if m is None:
+                # Temporaries of older versions carry no process id: only old ones are surely stale.
+                if SUFFIX in entry.name and age > 3600:
+                    os.unlink(entry.path)
+                continue
+            if _in_use(entry.name) and age < _STALE_TEMP_S:
+                continue
+            target = directory / m["target"]
+            if target.name.endswith(OPTIM_SUFFIX) and _checkpoint_id(_weights_path(target)) == m["tag"]:
+                os.replace(entry.path, target)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+
+
+def _pending_optimizer(opath: Path, checkpoint_id: str) -> Path | None:
+    """The optimizer state for ``checkpoint_id`` still under its temporary name beside ``opath``, if any."""
+    try:
+        with os.scandir(opath.parent) as entries:
+            for entry in entries:
+                m = _TEMP_NAME.fullmatch(entry.name)
+                if m and m["target"] == opath.name and m["tag"] == checkpoint_id:
+                    return Path(entry.path)
+    except OSError:
+        pass
+    return None
+
+
+def _weights_path(opath: Path) -> Path:
+    """The checkpoint that optimizer-state file ``opath`` belongs to."""
+    return opath.with_name(opath.name[: -len(OPTIM_SUFFIX)] + SUFFIX)
+
+
+def _checkpoint_id(path: Path) -> str | None:
+    """The ``checkpoint_id`` in the metadata of ``path``, or None if it has none or cannot be read."""
+    try:
+        _, raw = _read_header(path)
+    except CheckpointError:
+        return None
+    return raw.get("checkpoint_id")
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -307,21 +451,129 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # --------------------------------------------------------------------------- reading
 
 
+class _JSONRefused(ValueError):
+    """JSON that is invalid, or that would cost far more to use than its size."""
+
+
+def _parse_number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _JSONRefused(f"a {len(text):,}-character number")
+        return kind(text)
+
+    return parse
+
+
+_PARSE_INT, _PARSE_FLOAT = _parse_number(int), _parse_number(float)
+
+
+def _loads(data: str) -> Any:
+    """Parse JSON read from a file; _JSONRefused when invalid, too deep or with absurd numbers."""
+    try:
+        value = json.loads(data, parse_int=_PARSE_INT, parse_float=_PARSE_FLOAT)
+    except RecursionError:
+        raise _JSONRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except json.JSONDecodeError:
+        raise _JSONRefused("invalid JSON") from None
+    # The parser itself stops near the interpreter's recursion limit; the code that walks
+    # these values later (to print or store them) must never get near it.
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise _JSONRefused(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+            if isinstance(child, (dict, list))
+        ]
+    return value
+
+
+_METADATA_KEY = re.compile(rb'\s*\{\s*"__metadata__"\s*:\s*')
+
+
+def _leading_metadata(raw: bytes) -> tuple[Any, int] | None:
+    """The header's leading ``__metadata__`` value (safetensors writes it first) and the byte offset after it.
+
+    Parsed from growing prefixes, so the cost is that of the metadata, not of the
+    tensor entries after it. None when the header does not start with it.
+    """
+    m = _METADATA_KEY.match(raw)
+    if m is None:
+        return None
+    start, size = m.end(), 1 << 20
+    while True:
+        text = raw[start : start + size].decode("utf-8", "surrogateescape")
+        try:
+            value, end = json.JSONDecoder().raw_decode(text)
+        except json.JSONDecodeError:
+            if start + size >= len(raw):
+                return None
+            size *= 4
+            continue
+        except (RecursionError, ValueError):  # refused with its reason by the full parse
+            return None
+        return value, start + len(text[:end].encode("utf-8", "surrogateescape"))
+
+
+def _entry_limit(metadata: Any) -> int:
+    """The most tensor entries a header with this leading metadata can need.
+
+    Bounded by the config's layer count where the metadata names one, else by
+    what any checkpoint (or optimizer-state file) can hold.
+    """
+    if not isinstance(metadata, dict):
+        return MAX_TENSORS
+    if metadata.get("format") == OPTIM_FORMAT:
+        return MAX_OPTIM_TENSORS
+    try:
+        n_layer = _loads(metadata["config"])["n_layer"]
+    except (_JSONRefused, KeyError, TypeError):
+        return MAX_TENSORS
+    if not isinstance(n_layer, int) or n_layer < 1:
+        return MAX_TENSORS
+    return min(MAX_TENSORS, _MAX_TENSORS_PER_LAYER * (n_layer + 1))
+
+
+def _open_regular(path: Path, shown: str) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; never blocks on a pipe or device."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {shown}; check the path") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; pass the .safetensors file inside it")
+    not_regular = f"{shown} is not a regular file (a pipe, device or socket); pass a .safetensors file"
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(not_regular)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the first look
+        f.close()
+        raise CheckpointError(not_regular)
+    return f
+
+
 def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Check the file's framing by hand and parse its JSON header: (tensor entries, metadata).
 
     Gives one-line reasons for the common ways a file is not a safetensors
-    file at all, before the safetensors parser sees it.
+    file at all, before the safetensors parser sees it. The work is bounded by
+    the header's size, and a header with more tensor entries than its config
+    can need is refused before they are parsed.
     """
     path = Path(path)
     shown = display_name or path.name
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {display_name or path}; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file; pass the .safetensors file inside it")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+    with _open_regular(path, display_name or str(path)) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(9)
             if size == 0:
                 raise CheckpointError(f"{shown} is empty; it is not a checkpoint")
@@ -349,19 +601,43 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
                 )
             f.seek(8)
             raw = f.read(n)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    # Every key in JSON is followed by a colon, so the colons after the metadata bound the
+    # tensor entries (a real entry has four keys): counted in C, before any parsing.
+    lead = _leading_metadata(raw)
+    limit = _entry_limit(lead[0] if lead else None)
+    if raw.count(b":", lead[1] if lead else 0) > 4 * limit + 4:
+        raise CheckpointError(
+            f"{shown} is not a usable checkpoint: its header holds more tensor entries than "
+            f"its config can need (at most {limit:,}); the file is damaged or hostile"
+        )
+    body = raw
+    if lead is not None:
+        # The metadata is parsed already: the entries after it are parsed as an object of their own.
+        rest = raw[lead[1] :].lstrip()
+        body = b"{" + (rest[1:] if rest[:1] == b"," else rest)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = _loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
         raise CheckpointError(f"{shown} is not a valid safetensors file: its header is not JSON") from None
+    except _JSONRefused as e:
+        what = "is not JSON" if str(e) == "invalid JSON" else f"holds {e}"
+        raise CheckpointError(f"{shown} is not a valid safetensors file: its header {what}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{shown} is not a valid safetensors file: its header is not a JSON object")
     metadata = header.pop("__metadata__", None)
+    if lead is not None:
+        metadata = lead[0] if metadata is None else []  # a second __metadata__ is malformed
     if metadata is not None and not (
         isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
     ):
         raise CheckpointError(f"{shown} has malformed metadata (safetensors metadata must map names to text)")
+    if len(header) > limit:
+        raise CheckpointError(
+            f"{shown} is not a usable checkpoint: its header holds {len(header):,} tensor entries, "
+            f"more than its config can need (at most {limit:,}); the file is damaged or hostile"
+        )
     data_len = size - 8 - n
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
@@ -375,8 +651,12 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
     return header, metadata or {}
 
 
-def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
-    """Check the lmcore keys and parse the JSON ones; CheckpointError naming the problem."""
+def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) -> dict[str, Any]:
+    """Check the lmcore keys and parse the JSON ones; CheckpointError naming the problem.
+
+    ``stored``: how many tensors the file holds; the ``tied`` aliases of them must not
+    outnumber them (counted before they are parsed).
+    """
     if not raw or "format" not in raw:
         raise CheckpointError(f"{where} has no lmcore metadata; it was not saved by lmcore (or was stripped)")
     fmt = raw["format"]
@@ -387,15 +667,18 @@ def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{where} lacks the metadata {', '.join(missing)}; the file is damaged")
+    # Each alias is one "name": "stored name" pair, so it has one colon.
+    if stored is not None and raw.get("tied", "").count(":") > stored:
+        raise CheckpointError(f"{where} ties more names than its {stored:,} stored tensors; the file is damaged")
     meta: dict[str, Any] = dict(raw)
     for key, kind in (("config", dict), ("tokenizer", dict), ("train", dict), ("data", dict), ("tied", dict)):
         if key not in raw:
             meta[key] = {}
             continue
         try:
-            value = json.loads(raw[key])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{where} has invalid JSON in its {key!r} metadata; the file is damaged") from None
+            value = _loads(raw[key])
+        except _JSONRefused as e:
+            raise CheckpointError(f"{where} has {e} in its {key!r} metadata; the file is damaged") from None
         if not isinstance(value, kind):
             raise CheckpointError(f"{where} has a {key!r} metadata that is not a JSON object; the file is damaged")
         meta[key] = value
@@ -412,7 +695,7 @@ def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
         raise CheckpointError(
             f"{where} uses an unknown tokenizer type {tok_type!r}; this version knows {', '.join(TOKENIZERS)}"
         )
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta["tied"].items()):
+    if not all(type(k) is str and type(v) is str for k, v in meta["tied"].items()):
         raise CheckpointError(f"{where} has a malformed 'tied' metadata; the file is damaged")
     data = meta["data"]
     data["documents"] = bool(data.get("documents", False))
@@ -440,7 +723,7 @@ def load_checkpoint(
     path = Path(path)
     where = display_name or path.name
     header, raw = _read_header(path, display_name)
-    meta = _parse_metadata(raw, where)
+    meta = _parse_metadata(raw, where, stored=len(header))
     config: ModelConfig = meta.pop("config_obj")
     try:
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
@@ -457,6 +740,8 @@ def load_checkpoint(
     # hostile config cannot make us allocate a huge model before the file is checked.
     tied: dict[str, str] = meta["tied"]
     in_file = set(header)
+    # Aliases, counted apart from the stored tensors (at most one each), cannot make the
+    # layer-count check below build more than twice what the file really holds.
     provided = in_file | set(tied)
     expected = _expected_tensors(config, where, len(provided))
     missing = sorted(set(expected) - provided)
@@ -593,31 +878,41 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any] | None:
     """The resume state saved beside checkpoint ``path`` (``NAME.optim.safetensors``), or None.
 
     CheckpointError when the file exists but is damaged or belongs to other weights.
+    A state still under its temporary name (a save killed after its weights were
+    committed) is moved into place first.
     """
     path = Path(path)
     opath = optimizer_path(path)
+    main_id = _checkpoint_id(path)
+    if main_id is not None:
+        pending = _pending_optimizer(opath, main_id)
+        if pending is not None:
+            # The weights name this state: a save was stopped between its two renames.
+            if _in_use(pending.name):
+                opath = pending  # its writer is about to move it: read it where it is
+            else:
+                with contextlib.suppress(OSError):
+                    os.replace(pending, opath)
+                if not opath.exists():
+                    opath = pending
     if not opath.exists():
         return None
     header, raw = _read_header(opath)
-    where = opath.name
+    where = optimizer_path(path).name
     if raw.get("format") != OPTIM_FORMAT or "state" not in raw:
         raise CheckpointError(
             f"{where} is not an lmcore optimizer-state file; delete it to train from the weights only"
         )
-    try:
-        _, main_raw = _read_header(path)
-    except CheckpointError:
-        main_raw = {}
-    if main_raw.get("checkpoint_id") != raw.get("checkpoint_id"):
+    if main_id != raw.get("checkpoint_id"):
         raise CheckpointError(
             f"{where} belongs to other weights than {path.name}; delete it to train from the weights only"
         )
     try:
-        skeleton = json.loads(raw["state"])
+        skeleton = _loads(raw["state"])
         with safe_open(str(opath), framework="pt", device="cpu") as f:
             tensors = {name: f.get_tensor(name) for name in header}
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{where} has invalid JSON in its state; it is damaged") from None
+    except _JSONRefused as e:
+        raise CheckpointError(f"{where} has {e} in its state; it is damaged") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where} is not a valid safetensors file ({_one_line(e)})") from None
     state = _unpack(skeleton, tensors)
@@ -634,6 +929,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    _remove_stale_temporaries(directory)
     rows = []
     for path in directory.glob("*" + SUFFIX):
         if path.name.endswith(OPTIM_SUFFIX) or path.name.startswith(".") or not path.is_file():
@@ -669,7 +965,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
                 created=meta.get("created") or row["created"],
                 arch=cfg.get("arch"),
                 preset=cfg.get("preset") or None,
-                params=int(params) if params.isdigit() else None,
+                params=int(params) if params.isdigit() and len(params) <= MAX_NUMBER_CHARS else None,
                 tokenizer=meta["tokenizer"].get("type"),
                 vocab_size=cfg.get("vocab_size"),
                 steps=train.get("steps"),
@@ -690,32 +986,34 @@ def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> P
     """
     directory = Path(directory)
     stem = sanitize_name(name)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise CheckpointError(f"cannot store the checkpoint in {directory}: {e.strerror or e}") from None
-    try:
-        load_checkpoint(tmp, display_name="the uploaded file")
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        for n in range(1, 10_000):
-            target = checkpoint_path(directory, stem if n == 1 else f"{stem}-{n}")
-            try:
-                os.link(tmp, target)  # fails if the name is taken: no silent overwrite, even in a race
-            except FileExistsError:
-                continue
-            except OSError:  # file systems without hard links
-                if target.exists():
+    with _temporary(directory / (stem + SUFFIX)) as tmp:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise CheckpointError(f"cannot store the checkpoint in {directory}: {e.strerror or e}") from None
+        try:
+            load_checkpoint(tmp, display_name="the uploaded file")
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            for n in range(1, 10_000):
+                target = checkpoint_path(directory, stem if n == 1 else f"{stem}-{n}")
+                try:
+                    os.link(tmp, target)  # fails if the name is taken: no silent overwrite, even in a race
+                except FileExistsError:
                     continue
-                os.replace(tmp, target)
-            return target
-        raise CheckpointError(f"too many checkpoints named {stem!r}; choose another name")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+                except OSError:  # file systems without hard links
+                    if target.exists():
+                        continue
+                    os.replace(tmp, target)
+                return target
+            raise CheckpointError(f"too many checkpoints named {stem!r}; choose another name")
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def delete_checkpoint(path: str | os.PathLike) -> None:

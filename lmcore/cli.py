@@ -147,6 +147,26 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _out_path(out: str, name: str) -> Path:
+    """Where ``--out`` writes: the file itself, or inside a folder (``DIR/`` or an existing one).
+
+    In a folder the file is ``name``, or ``NAME-2``, ``NAME-3``... if taken, so nothing saved is replaced.
+    """
+    from lmcore.checkpoint import SUFFIX, checkpoint_path
+
+    path = Path(out)
+    if not (out.endswith(("/", os.sep)) or path.is_dir()):
+        return path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} names a folder but {path} is a file; pass FILE.safetensors or a folder")
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    for n in range(1, 10_000):
+        target = checkpoint_path(path, stem if n == 1 else f"{stem}-{n}")
+        if not target.exists():
+            return target
+    raise ConfigError(f"the folder {out} already holds {stem}-2 to {stem}-9999; pass --out FILE.safetensors")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -178,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("the checkpoint does not say which data it was trained on; pass --data")
         documents = ckpt.documents
         val_fraction = args.val_fraction if args.val_fraction is not None else ckpt.data_info.get("val_fraction", 0.1)
-        out = Path(args.out or args.resume)
+        out = _out_path(args.out, Path(args.resume).name) if args.out else Path(args.resume)
         corpus = load_corpus(source, documents=documents, allow_local_urls=args.allow_local_urls)
     else:
         if not args.data:
@@ -191,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tc = TrainConfig(**overrides)
         tc.validate()
         val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
-        out = Path(args.out)
+        out = _out_path(args.out, f"{args.preset}.safetensors")
         corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
         documents = corpus.documents
         kind = args.tokenizer or "char"
@@ -395,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     train.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds")
     output = t.add_argument_group("output")
-    output.add_argument("--out", help="the checkpoint file to write (FILE.safetensors)")
+    output.add_argument(
+        "--out", help="the checkpoint file to write (FILE.safetensors), or a folder (DIR/) to write it in"
+    )
     output.add_argument(
         "--keep", choices=["best", "last"], default="best", help="keep the best val loss (default) or the last eval"
     )

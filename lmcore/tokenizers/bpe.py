@@ -63,6 +63,12 @@ PATTERNS: dict[str, str] = {
 DEFAULT_PATTERN = "gpt4"
 DEFAULT_VOCAB_SIZE = 512
 FORMAT_VERSION = 1
+# Limits on a tokenizer's size, checked from its declared sizes before anything is
+# built: a merge may join a token with itself, so 40 merges could ask for 2^41 bytes.
+MAX_MERGES = 1 << 18  # 262,144: more than twice the largest GPT vocabularies
+MAX_TOKEN_BYTES = 1 << 26  # the bytes of all tokens together (64 MiB)
+MAX_SPECIAL_TOKENS = 1024
+MAX_SPECIAL_CHARS = 256  # in one special token
 
 # Past this many distinct chunks the encode cache starts again, which bounds
 # its memory on very large or very varied texts.
@@ -212,6 +218,52 @@ def learn_merges(
     return merges
 
 
+def _check_counts(n_merges: int, specials: Sequence[Any]) -> None:
+    """TokenizerError when there are more merges or special tokens than the limits allow."""
+    if n_merges > MAX_MERGES:
+        raise TokenizerError(
+            f"a BPE tokenizer with {n_merges:,} merges is over the limit of {MAX_MERGES:,}; "
+            "the tokenizer data is damaged or hostile"
+        )
+    if len(specials) > MAX_SPECIAL_TOKENS or any(isinstance(s, str) and len(s) > MAX_SPECIAL_CHARS for s in specials):
+        raise TokenizerError(
+            f"a BPE tokenizer has at most {MAX_SPECIAL_TOKENS:,} special tokens of up to {MAX_SPECIAL_CHARS} "
+            f"characters each, this one {len(specials):,}; the tokenizer data is damaged or hostile"
+        )
+
+
+def _checked_merges(merges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The merges as int pairs; TokenizerError unless each is valid and all tokens fit MAX_TOKEN_BYTES.
+
+    The byte length of every token is computed from the merges (a merged
+    token is as long as its two parts) without building any token.
+    """
+    merges = list(merges)
+    _check_counts(len(merges), ())
+    out: list[tuple[int, int]] = []
+    lengths = [1] * 256
+    total = 256
+    seen: set[tuple[int, int]] = set()
+    for a, b in merges:
+        a, b = int(a), int(b)
+        new_id = len(lengths)
+        if not (0 <= a < new_id and 0 <= b < new_id) or (a, b) in seen:
+            raise TokenizerError(
+                f"BPE merge {new_id - 256} ({a}, {b}) is invalid or repeated; the tokenizer data is damaged"
+            )
+        seen.add((a, b))
+        length = lengths[a] + lengths[b]
+        total += length
+        if total > MAX_TOKEN_BYTES:
+            raise TokenizerError(
+                f"the BPE merges up to merge {new_id - 256:,} already make tokens of over {MAX_TOKEN_BYTES:,} "
+                "bytes in all; the tokenizer data is damaged or hostile"
+            )
+        lengths.append(length)
+        out.append((a, b))
+    return out
+
+
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: 256 byte tokens, then the learned merges, then special tokens."""
 
@@ -226,24 +278,18 @@ class BPETokenizer(Tokenizer):
         if pattern not in PATTERNS:
             raise TokenizerError(f"unknown pre-split pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
         specials = list(special_tokens)
+        _check_counts(0, specials)
+        merges = _checked_merges(merges)
         if BOS_TOKEN not in specials:
             specials.insert(0, BOS_TOKEN)
         if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
             raise TokenizerError("special tokens must be distinct, non-empty strings")
         self.pattern = pattern
         self._split = regex.compile(PATTERNS[pattern])
-        self.merges: list[tuple[int, int]] = []
-        self._ranks: dict[tuple[int, int], int] = {}  # pair -> the id it merges into
+        self.merges: list[tuple[int, int]] = merges
+        self._ranks: dict[tuple[int, int], int] = {pair: 256 + k for k, pair in enumerate(merges)}
         vocab = [bytes([b]) for b in range(256)]
         for a, b in merges:
-            a, b = int(a), int(b)
-            new_id = 256 + len(self.merges)
-            if not (0 <= a < new_id and 0 <= b < new_id) or (a, b) in self._ranks:
-                raise TokenizerError(
-                    f"BPE merge {len(self.merges)} ({a}, {b}) is invalid or repeated; the tokenizer data is damaged"
-                )
-            self.merges.append((a, b))
-            self._ranks[(a, b)] = new_id
             vocab.append(vocab[a] + vocab[b])
         self.special_tokens = specials
         first_special = len(vocab)
@@ -450,7 +496,8 @@ class BPETokenizer(Tokenizer):
         damaged = "; the tokenizer data is damaged or from a newer version of lmcore"
         if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
             raise TokenizerError(f"BPE tokenizer data has version {d.get('version')!r}, expected {FORMAT_VERSION}")
-        merges = d.get("merges")
+        merges, specials = d.get("merges"), d.get("special_tokens", [BOS_TOKEN])
+        _check_counts(len(merges) if isinstance(merges, list) else 0, specials if isinstance(specials, list) else ())
         if not isinstance(merges, list) or not all(
             isinstance(m, (list, tuple))
             and len(m) == 2
@@ -458,7 +505,6 @@ class BPETokenizer(Tokenizer):
             for m in merges
         ):
             raise TokenizerError("BPE tokenizer data has no list of [int, int] merges" + damaged)
-        specials = d.get("special_tokens", [BOS_TOKEN])
         if not isinstance(specials, list) or not all(isinstance(s, str) for s in specials):
             raise TokenizerError("BPE tokenizer data has a bad special_tokens list" + damaged)
         pattern = d.get("pattern", DEFAULT_PATTERN)
