@@ -38,9 +38,6 @@ from lmcore.errors import ConfigError, LMCoreError
 MAX_NEW_TOKENS = 100_000
 MAX_SEED = 2**32 - 1
 _MAX_COUNT = 2**31 - 1  # steps, batch sizes, token counts: far past any run, far below an overflow
-# A file name is at most 255 bytes; the optimizer file adds ".optim.safetensors"
-# and a save's temporary file ".<random>.tmp" to the stem.
-_MAX_STEM_BYTES = 200
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -92,7 +89,7 @@ def _finite(text: str) -> float:
     return value
 
 
-_SIZE = _whole(1)  # model sizes: ModelConfig.validate caps them, and the memory check the whole
+_SIZE = _whole(1)  # model sizes: ModelConfig.validate caps each, the memory check the whole model
 _COUNT = _whole(1, _MAX_COUNT)
 _SEED = _whole(0, MAX_SEED)
 
@@ -330,14 +327,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_out_name(out: Path) -> None:
-    """Refuse an output name the file system would refuse only at the first save, after training."""
+    """Refuse an output name the file system would refuse only at the first save, after training.
+
+    A file name holds at most 255 bytes; the optimizer file adds ".optim.safetensors"
+    and a save's temporary file ".<random>.tmp" to the stem: the stem gets the
+    run names' budget.
+    """
+    from lmcore.checkpoint import MAX_NAME_BYTES
+
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
     size = len(stem.encode("utf-8", errors="surrogateescape"))
-    if size > _MAX_STEM_BYTES:
+    if size > MAX_NAME_BYTES:
         raise ConfigError(
             f"the output name is {size} bytes long and file names hold at most 255 bytes with the "
-            f"'.optim.safetensors' file beside it; give --out a name of at most {_MAX_STEM_BYTES} bytes "
-            f"(about {_MAX_STEM_BYTES // 3} characters of a non-Latin script)"
+            f"'.optim.safetensors' file beside it; give --out a name of at most {MAX_NAME_BYTES} bytes "
+            f"(about {MAX_NAME_BYTES // 3} characters of a non-Latin script)"
         )
 
 
