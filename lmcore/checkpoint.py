@@ -115,12 +115,21 @@ class Checkpoint:
 # --------------------------------------------------------------------------- names
 
 
-def sanitize_name(name: str) -> str:
+# File systems cap a name at 255 bytes (UTF-8 as Linux and macOS count them).
+# A stem of at most this many leaves room for ".optim.safetensors", a temporary
+# file's ".<random>.tmp" around it, and a "-2" that tells two runs apart.
+MAX_NAME_BYTES = 200
+
+
+def sanitize_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     """A safe file stem from any text: no separators, no dots, no control characters.
 
     Letters and digits of any script are kept; everything else becomes ``_``.
-    A trailing ``.safetensors`` is dropped. Examples: "../../x" -> "x",
-    "/etc/passwd" -> "etc_passwd", "con" -> "con_", "my model" -> "my_model".
+    A trailing ``.safetensors`` is dropped. The stem is cut to 100 characters
+    and to ``max_bytes`` bytes of UTF-8 (never inside a character), so that
+    every file named after it fits the file system's 255-byte limit. Examples:
+    "../../x" -> "x", "/etc/passwd" -> "etc_passwd", "con" -> "con_",
+    "my model" -> "my_model".
     """
     if not isinstance(name, str):
         raise CheckpointError("a checkpoint name must be text")
@@ -131,7 +140,8 @@ def sanitize_name(name: str) -> str:
         name = name[: -len(SUFFIX)]
     # Dots go too: no "..", no hidden files, no ".optim" look-alikes.
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-    stem = re.sub(r"_+", "_", stem).strip("_-")[:MAX_NAME_CHARS].strip("_-")
+    stem = re.sub(r"_+", "_", stem).strip("_-")[:MAX_NAME_CHARS]
+    stem = stem.encode("utf-8", errors="replace")[:max_bytes].decode("utf-8", errors="ignore").strip("_-")
     if not stem:
         raise CheckpointError(f"the name {name!r} has no usable characters; use letters, digits, '-' or '_'")
     if stem.lower() in _RESERVED_NAMES:

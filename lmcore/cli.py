@@ -11,7 +11,10 @@
 
 Progress goes to stderr. A user's mistake (bad file, bad flag value, bad
 checkpoint, Ctrl-C during training) prints one line, ``error: ...``, on stderr
-and exits with status 2; no traceback.
+and exits with status 2; no traceback. That holds for argparse's own errors
+too (an unknown flag, a bad choice, a number out of range): one line naming
+the flag and, where there are choices, the valid ones. ``train`` refuses a
+model too big for the machine's free memory before reading any data.
 """
 
 from __future__ import annotations
@@ -20,29 +23,91 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from lmcore.errors import ConfigError, LMCoreError
 
+# The longest text one `generate` writes: past it, a typo (an extra zero or
+# three) would run for hours. Refused with a message naming the cap.
+MAX_NEW_TOKENS = 100_000
+MAX_SEED = 2**32 - 1
+_MAX_COUNT = 2**31 - 1  # steps, batch sizes, token counts: far past any run, far below an overflow
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (and exit status 2).
+
+    ``error: --preset: invalid choice 'gpt9' (choose from gpt2, llama, ...); see
+    python -m lmcore train --help`` instead of argparse's usage dump. Subparsers
+    are built with the parser's own class, so they inherit this.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {_argparse_message(message)}; see {self.prog} --help\n")
+
+
+def _argparse_message(message: str) -> str:
+    """argparse's message, shorter: "argument --x: ..." -> "--x: ...", choices unquoted, one line."""
+    message = re.sub(r"^argument ([^:]+): ", r"\1: ", " ".join(message.split()))
+    choice = re.search(r"invalid choice: (.+?) \(choose from (.*)\)$", message)
+    if choice:
+        choices = ", ".join(c.strip().strip("'\"") for c in choice[2].split(","))
+        message = f"{message[: choice.start()]}invalid choice {choice[1]} (choose from {choices})"
+    return message
+
+
+def _whole(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` (to ``hi``), with a one-line reason when not."""
+    span = f"from {lo:,} to {hi:,}" if hi is not None else f"of at least {lo:,}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+_SIZE = _whole(1)  # model sizes: ModelConfig.validate caps each, the memory check the whole model
+_COUNT = _whole(1, _MAX_COUNT)
+_SEED = _whole(0, MAX_SEED)
+
 # Model flags: (flag, ModelConfig field, type, help)
 _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--n-layer", "n_layer", int, "number of blocks"),
-    ("--n-head", "n_head", int, "attention heads"),
-    ("--n-kv-head", "n_kv_head", int, "key/value heads (1 = multi-query; default: one per head)"),
-    ("--n-embd", "n_embd", int, "width of the residual stream"),
-    ("--block-size", "block_size", int, "context length in tokens"),
-    ("--dropout", "dropout", float, "dropout probability"),
+    ("--n-layer", "n_layer", _SIZE, "number of blocks"),
+    ("--n-head", "n_head", _SIZE, "attention heads"),
+    ("--n-kv-head", "n_kv_head", _SIZE, "key/value heads (1 = multi-query; default: one per head)"),
+    ("--n-embd", "n_embd", _SIZE, "width of the residual stream"),
+    ("--block-size", "block_size", _SIZE, "context length in tokens"),
+    ("--dropout", "dropout", _finite, "dropout probability"),
     ("--norm", "norm", str, "layernorm or rmsnorm"),
     ("--pos", "pos", str, "learned or rope"),
     ("--mlp", "mlp", str, "gelu or swiglu"),
-    ("--mlp-ratio", "mlp_ratio", float, "MLP hidden width / n_embd"),
-    ("--d-state", "d_state", int, "Mamba: state size per channel"),
-    ("--d-conv", "d_conv", int, "Mamba: causal convolution width"),
-    ("--expand", "expand", int, "Mamba: inner width factor"),
+    ("--mlp-ratio", "mlp_ratio", _finite, "MLP hidden width / n_embd"),
+    ("--d-state", "d_state", _SIZE, "Mamba: state size per channel"),
+    ("--d-conv", "d_conv", _SIZE, "Mamba: causal convolution width"),
+    ("--expand", "expand", _SIZE, "Mamba: inner width factor"),
 ]
 _MODEL_SWITCHES = [("bias", "biases in linear layers and norms"), ("tie_weights", "share embedding and output head")]
 _LOCAL_URLS_HELP = "let an http(s) --data URL reach this machine or its local network (refused by default)"
@@ -174,11 +239,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device, resolve_device
     from lmcore.models import ModelConfig, build_model
+    from lmcore.models.estimate import check_fits
     from lmcore.train import CheckpointCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = resolve_device(overrides.get("device", "auto"))
     state = None
+    if args.out:
+        _check_out_name(Path(args.out))
     if args.resume:
         if _model_overrides(args) or args.tokenizer or args.vocab_size or args.documents:
             raise ConfigError("--resume continues a saved model: drop the model, tokenizer and --documents flags")
@@ -198,6 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("the checkpoint does not say which data it was trained on; pass --data")
         documents = ckpt.documents
         val_fraction = args.val_fraction if args.val_fraction is not None else ckpt.data_info.get("val_fraction", 0.1)
+        keep = args.keep or ckpt.data_info.get("keep") or "best"  # the run's own choice unless overridden
         out = _out_path(args.out, Path(args.resume).name) if args.out else Path(args.resume)
         corpus = load_corpus(source, documents=documents, allow_local_urls=args.allow_local_urls)
     else:
@@ -208,26 +277,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "warmup_iters" not in overrides and "max_iters" in overrides:
             # The default warmup suits the default length; keep it to a tenth of a shorter run.
             overrides["warmup_iters"] = min(TrainConfig.warmup_iters, overrides["max_iters"] // 10)
+        kind = args.tokenizer or "char"
+        if kind == "char" and args.vocab_size is not None:
+            raise ConfigError(
+                "--vocab-size sets the size of a BPE vocabulary; a char vocabulary is the corpus's own characters: "
+                "drop --vocab-size or add --tokenizer bpe"
+            )
         tc = TrainConfig(**overrides)
         tc.validate()
+        # Refuse a model too big for this machine before reading any data: the
+        # smallest vocabulary gives a lower bound; the real one is checked below.
+        check_fits(ModelConfig.preset(args.preset, vocab_size=2, **_model_overrides(args)), tc.batch_size, device)
         val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
+        keep = args.keep or "best"
         out = _out_path(args.out, f"{args.preset}.safetensors")
         corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
         documents = corpus.documents
-        kind = args.tokenizer or "char"
         progress = None
         if kind == "bpe":  # the slow one: say what is going on
             _say(f"building a BPE vocabulary from {corpus.name} ({len(corpus.text):,} characters)")
             progress = _bpe_progress()
         tokenizer = build_tokenizer(kind, corpus.text, vocab_size=args.vocab_size, progress=progress)
         config = ModelConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, **_model_overrides(args))
-        config.validate()
+        check_fits(config, tc.batch_size, device)  # validates, and counts without building
         torch.manual_seed(tc.seed)  # the same seed builds the same initial weights
         model = build_model(config)
     ids = encode_corpus(tokenizer, corpus)
     train_ids, val_ids = split_ids(ids, val_fraction)
-    data_info = {"documents": documents, "source": corpus.source, "name": corpus.name, "val_fraction": val_fraction}
-    saver = CheckpointCallback(out, tokenizer, keep=args.keep, data_info=data_info)
+    data_info = {
+        "documents": documents,
+        "source": corpus.source,
+        "name": corpus.name,
+        "val_fraction": val_fraction,
+        "keep": keep,  # how `--resume` goes on saving
+    }
+    saver = CheckpointCallback(out, tokenizer, keep=keep, data_info=data_info)
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=[ProgressBar(sys.stderr), saver], device=device)
     if state is not None:
         trainer.load_state_dict(state)
@@ -261,6 +345,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"{end} at step {result['step']}: val loss {result['val_loss']:.4f}; {where}")
     print(_json_line({**result, "checkpoint": str(saved) if saved else None}), flush=True)
     return 0
+
+
+def _check_out_name(out: Path) -> None:
+    """Refuse an output name the file system would refuse only at the first save, after training.
+
+    A file name holds at most 255 bytes; the optimizer file adds ".optim.safetensors"
+    and a save's temporary file ".<random>.tmp" to the stem: the stem gets the
+    run names' budget.
+    """
+    from lmcore.checkpoint import MAX_NAME_BYTES
+
+    stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    size = len(stem.encode("utf-8", errors="surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"the output name is {size} bytes long and file names hold at most 255 bytes with the "
+            f"'.optim.safetensors' file beside it; give --out a name of at most {MAX_NAME_BYTES} bytes "
+            f"(about {MAX_NAME_BYTES // 3} characters of a non-Latin script)"
+        )
 
 
 def _bpe_progress() -> Any:
@@ -304,8 +407,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     sampling.validate()
-    if args.max_new_tokens < 0:
-        raise ConfigError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     tok = ckpt.tokenizer
     prompt = args.prompt or ""
@@ -344,8 +445,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device=device)
     corpus = load_corpus(args.data, documents=ckpt.documents, allow_local_urls=args.allow_local_urls)
     ids = encode_corpus(ckpt.tokenizer, corpus)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     result = evaluate_ids(ckpt.model, ids, batch_size=args.batch_size, device=device, max_tokens=args.max_tokens)
     print(_json_line(result), flush=True)
     return 0
@@ -378,18 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     from lmcore.device import DEVICE_CHOICES
     from lmcore.models import PRESETS
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m lmcore", description="Train, sample and inspect small language models."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text corpus and save it")
     data = t.add_argument_group("data")
     data.add_argument("--data", help="a text file, an http(s) URL, or builtin:NAME (e.g. builtin:python-docs)")
     data.add_argument("--documents", action="store_true", default=None, help="one document per line, BOS between them")
-    data.add_argument("--val-fraction", type=float, help="share of tokens kept for validation (default 0.1)")
+    data.add_argument("--val-fraction", type=_finite, help="share of tokens kept for validation (default 0.1)")
     data.add_argument("--tokenizer", choices=["char", "bpe"], help="vocabulary kind (default char)")
-    data.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 512)")
+    data.add_argument("--vocab-size", type=_SIZE, help="BPE vocabulary size (default 512; bpe only)")
     data.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default="gpt2", help="starting architecture (default gpt2)")
@@ -398,28 +497,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in _MODEL_SWITCHES:
         model.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, help=text)
     train = t.add_argument_group("training")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--max-iters", type=int, help="total optimizer steps (when resuming: of the whole run)")
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--min-lr", type=float, help="where the cosine ends (default lr / 10)")
-    train.add_argument("--warmup-iters", type=int)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (0 = off)")
-    train.add_argument("--eval-interval", type=int)
-    train.add_argument("--eval-iters", type=int, help="batches per evaluation")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--batch-size", type=_COUNT)
+    train.add_argument("--max-iters", type=_COUNT, help="total optimizer steps (when resuming: of the whole run)")
+    train.add_argument("--lr", type=_finite, help="peak learning rate")
+    train.add_argument("--min-lr", type=_finite, help="where the cosine ends (default lr / 10)")
+    train.add_argument("--warmup-iters", type=_whole(0, _MAX_COUNT))
+    train.add_argument("--weight-decay", type=_finite)
+    train.add_argument("--grad-clip", type=_finite, help="clip the gradient norm to this (0 = off)")
+    train.add_argument("--eval-interval", type=_COUNT)
+    train.add_argument("--eval-iters", type=_COUNT, help="batches per evaluation")
+    train.add_argument("--seed", type=_SEED, help=f"0 to {MAX_SEED:,}")
     train.add_argument("--device", choices=DEVICE_CHOICES)
     train.add_argument(
         "--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, fp32 elsewhere"
     )
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    train.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds")
+    train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
     output = t.add_argument_group("output")
     output.add_argument(
         "--out", help="the checkpoint file to write (FILE.safetensors), or a folder (DIR/) to write it in"
     )
     output.add_argument(
-        "--keep", choices=["best", "last"], default="best", help="keep the best val loss (default) or the last eval"
+        "--keep", choices=["best", "last"],
+        help="keep the best val loss (default) or the last eval; a resumed run keeps its choice",
     )
     output.add_argument("--resume", metavar="FILE", help="continue a run saved with its optimizer state")
     t.set_defaults(func=cmd_train)
@@ -427,11 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="print a prompt and its continuation")
     g.add_argument("--checkpoint", required=True, metavar="FILE")
     g.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--max-new-tokens", type=_whole(0, MAX_NEW_TOKENS), default=200, help=f"at most {MAX_NEW_TOKENS:,} (default 200)"
+    )
+    g.add_argument("--temperature", type=_finite, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=_COUNT)
+    g.add_argument("--top-p", type=_finite)
+    g.add_argument("--seed", type=_SEED, default=0, help=f"0 to {MAX_SEED:,}")
     g.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     g.set_defaults(func=cmd_generate)
 
@@ -439,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE")
     e.add_argument("--data", required=True, help="a text file, an http(s) URL, or builtin:NAME")
     e.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    e.add_argument("--batch-size", type=_COUNT, default=16)
+    e.add_argument("--max-tokens", type=_COUNT, help="evaluate only the first N tokens")
     e.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     e.set_defaults(func=cmd_eval)
 
@@ -452,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 a user error)."""
-    args = build_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
+    args = build_parser().parse_args(argv)  # bad flags: one line on stderr, exit 2 (OneLineParser)
     try:
         return args.func(args)
     except LMCoreError as e:

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 
 from lmcore.checkpoint import (
+    MAX_NAME_BYTES,
+    MAX_NAME_CHARS,
     checkpoint_path,
     load_checkpoint,
     load_resume_state,
@@ -50,6 +52,7 @@ from lmcore.checkpoint import (
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
+from lmcore.models.estimate import check_fits
 from lmcore.tokenizers import Tokenizer
 from lmcore.train import CheckpointCallback, Trainer, TrainConfig, TrainEvent
 
@@ -361,18 +364,19 @@ class JobRegistry:
         """Start a run in a background thread and return its job.
 
         Settings that can be checked at once raise here (ConfigError for the
-        model or device, CheckpointError for the name, TrainingError when
+        model or device, or a model whose training would not fit in the
+        device's free memory; CheckpointError for the name, TrainingError when
         ``max_concurrent`` runs are already training); anything found while
         training ends the job as "failed". The checkpoint goes to
         ``checkpoint_dir/<sanitized name>.safetensors``, with a numeric suffix
         when that file exists or another run writes it, unless it is the file
-        being resumed.
+        being resumed. Names are cut to fit the file system (see ``sanitize_name``).
         """
         train_config.validate()
         device = resolve_device(train_config.device)
         resume = Path(resume_from).resolve() if resume_from is not None else None
         if resume is None:
-            model_config.validate()
+            check_fits(model_config, train_config.batch_size, device)  # validates; refuses before building
         elif not resume.exists():
             raise TrainingError(f"cannot resume: {resume.name} is no longer in the checkpoint folder")
         base = sanitize_name(name)
@@ -389,7 +393,9 @@ class JobRegistry:
             path, k = checkpoint_path(directory, base), 1
             while path in taken or (path.exists() and path != resume):
                 k += 1
-                path = checkpoint_path(directory, f"{base}-{k}")
+                suffix = f"-{k}"  # the base is cut, never the suffix, so every k names a new file
+                cut = sanitize_name(base[: MAX_NAME_CHARS - len(suffix)], MAX_NAME_BYTES - len(suffix))
+                path = checkpoint_path(directory, cut + suffix)
             job = TrainingJob(
                 path.stem,
                 model_config,

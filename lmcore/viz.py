@@ -246,42 +246,17 @@ def metric_figure(
 
 
 def memory_estimate(config: Any, n_params: int, batch_size: int, bytes_per_value: int = 4) -> dict[str, int]:
-    """A rough training-memory budget in bytes: weights, gradients, AdamW state, activations.
+    """A rough training-memory budget in bytes: weights, gradients, AdamW state, activations, total.
 
-    - weights and gradients: one value each per parameter;
-    - AdamW: two more values per parameter (first and second moments);
-    - activations kept for the backward pass, per layer, for B sequences of T tokens
-      (B = batch_size, T = block_size, D = n_embd, H = n_head, V = vocab_size):
-      transformer ~ B T (34 D + 5 H T) values (Korthikanti et al. 2022, "Reducing
-      Activation Recomputation in Large Transformer Models", counted in fp32 values,
-      attention scores included as if not fused); Mamba ~ B T E (10 + 3 N), with
-      E = expand x D (its scan keeps Ā and the state, N values each, per step and
-      channel); LSTM ~ B T 10 D; plus B T V for the logits and their gradient
-      (twice that) for every architecture.
-    It ignores allocator slack, temporary buffers and fused kernels, so treat it
-    as the right order of magnitude, not a promise.
+    The rule of thumb is ``lmcore.models.estimate.training_memory``'s (the one
+    the app and the CLI refuse oversized configs with): weights and gradients
+    one value per parameter, AdamW two more, and the activations kept for the
+    backward pass per architecture plus the logits. The right order of
+    magnitude, not a promise.
     """
-    b, t, v = int(batch_size), int(config.block_size), int(config.vocab_size)
-    d, n_layer = int(config.n_embd), int(config.n_layer)
-    arch = config.arch
-    if arch == "transformer":
-        per_layer = b * t * (34 * d + 5 * int(config.n_head) * t)
-    elif arch == "mamba":
-        per_layer = b * t * int(config.expand) * d * (10 + 3 * int(config.d_state))
-    elif arch == "lstm":
-        per_layer = b * t * 10 * d
-    else:  # bigram: nothing but the table lookup
-        per_layer, n_layer = 0, 0
-    activations = (n_layer * per_layer + 2 * b * t * v) * bytes_per_value
-    weights = int(n_params) * bytes_per_value
-    out = {
-        "weights": weights,
-        "gradients": weights,
-        "optimizer": 2 * weights,
-        "activations": activations,
-    }
-    out["total"] = sum(out.values())
-    return out
+    from lmcore.models.estimate import training_memory
+
+    return training_memory(config, n_params, batch_size, bytes_per_value)
 
 
 def _dot(s: str) -> str:

@@ -6,8 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from lmcore.data import check_length
+from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
+from lmcore.models.estimate import check_fits
 from lmcore.viz import memory_estimate, model_diagram
 from ui import state as S
 from ui.boundary import user_errors
@@ -148,8 +150,14 @@ if others:
 if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
     values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
 
+# The batch size and device are Training-page settings (a widget key belongs to one
+# page only); the estimates and the memory check use their current values.
+kept = st.session_state.get(S.KEPT, {})
+batch = int(kept.get("keep.train.batch", 16))
 try:
     cfg = ModelConfig.preset(arch, vocab_size=tok.vocab_size, **values).validate()
+    # Refused before anything is built when training it would not fit in free memory.
+    check_fits(cfg, batch, resolve_device(kept.get("keep.train.device", "auto")))
     facts = model_facts(cfg.to_json())
 except ConfigError as e:
     st.error(str(e), icon=":material/error:")
@@ -164,10 +172,6 @@ with user_errors(stop=False):
 
 st.subheader("What it costs")
 c1, _ = st.columns([1, 3])
-
-# The batch size is a Training-page setting (a widget key belongs to one page only);
-# the estimates use its current value.
-batch = int(st.session_state.get(S.KEPT, {}).get("keep.train.batch", 16))
 c1.caption(f"Estimates for a batch of {batch} sequences (set on the Training page).")
 mem = memory_estimate(cfg, facts["params"], int(batch))
 cols = st.columns(4)

@@ -226,6 +226,29 @@ def test_an_impossible_model_setting_is_reported_next_to_the_fields():
     assert at.session_state[S.MODEL_CONFIG].n_head == 4
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory now (VmRSS in /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+def test_a_model_past_the_machines_memory_is_refused_without_building_it():
+    at = session("pages/model.py")
+    good = at.session_state[S.MODEL_CONFIG]
+    at.number_input(key="keep.model.n_layer").set_value(48)
+    at.number_input(key="keep.model.n_embd").set_value(4096)
+    before = _rss_bytes()
+    at.run()  # 9.7 billion parameters: 155 GB of training state if it were built
+    grown = _rss_bytes() - before
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1 and "to train" in at.error[0].value and "\n" not in at.error[0].value
+    assert grown < 100 * 2**20, f"the page grew the process by {grown / 2**20:.0f} MiB"
+    assert at.session_state[S.MODEL_CONFIG] == good  # training keeps the last valid model
+
+
 def test_switching_architecture_loads_its_preset_fields():
     at = session("pages/model.py")
     at.radio(key="keep.model.arch").set_value("llama").run()

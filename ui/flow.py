@@ -21,7 +21,8 @@ import streamlit as st
 import torch
 
 from lmcore.data import Corpus, build_tokenizer, encode_corpus, load_corpus, split_ids
-from lmcore.models import ModelConfig, build_model
+from lmcore.models import ModelConfig
+from lmcore.models.estimate import model_counts
 from lmcore.tokenizers import Tokenizer
 from ui import state as S
 from ui.boundary import user_errors
@@ -228,20 +229,14 @@ def token_counts(ids: torch.Tensor, vocab_size: int) -> list[int]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def model_facts(config_json: str) -> dict[str, int]:
-    """Parameter count and training FLOPs per token of a config (built once on the CPU).
+    """Parameter count and training FLOPs per token of a config, counted without building it.
 
-    Raises ConfigError for an invalid config; cached per config.
+    The count runs on the meta device (shapes only), so a config far past the
+    machine's memory costs nothing here. Raises ConfigError for an invalid
+    config; cached per config.
     """
-    cfg = ModelConfig.from_json(config_json)
-    with torch.device("cpu"):
-        model = build_model(cfg)
-    facts = {
-        "params": model.num_params(),
-        "params_non_embedding": model.num_params(non_embedding=True),
-        "flops_per_token": int(model.flops_per_token(cfg.block_size)),
-    }
-    del model
-    return facts
+    cfg = ModelConfig.from_json(config_json).validate()
+    return model_counts(cfg)
 
 
 def describe_corpus(corpus: Corpus) -> str:

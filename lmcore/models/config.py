@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmcore.errors import ConfigError
 
 ARCHS = ("transformer", "mamba", "lstm", "bigram")
+# No size field may exceed this: far past any model that fits in memory, and low
+# enough that shapes multiplied together stay within 64-bit integers. Whether a
+# config fits the machine is ``lmcore.models.estimate.check_fits``'s question.
+MAX_FIELD = 1 << 20
+MAX_MLP_RATIO = 1024.0
 
 
 @dataclass
@@ -108,6 +114,8 @@ class ModelConfig:
         _positive(self, "vocab_size", "block_size", "n_layer", "n_embd")
         if self.vocab_size < 2:
             raise ConfigError("vocab_size must be at least 2; build a vocabulary from a corpus first")
+        if not 0.0 < self.mlp_ratio <= MAX_MLP_RATIO:
+            raise ConfigError(f"mlp_ratio must be more than 0 and at most {MAX_MLP_RATIO:g}, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         from lmcore.models import model_class  # the registry; imported here to avoid a cycle
@@ -122,10 +130,16 @@ def _check_types(cfg: ModelConfig) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if value is None and "None" in kind:
             continue
-        if kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
-        if kind.startswith("float") and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise ConfigError(f"{f.name} must be a number, got {value!r}")
+        if kind.startswith("int"):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
+            if value > MAX_FIELD:
+                raise ConfigError(f"{f.name} must be at most {MAX_FIELD:,}, got {value:,}")
+        if kind.startswith("float"):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         if kind == "bool" and not isinstance(value, bool):
             raise ConfigError(f"{f.name} must be true or false, got {value!r}")
         if kind == "str" and not isinstance(value, str):
