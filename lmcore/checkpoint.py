@@ -117,8 +117,9 @@ class Checkpoint:
 
 # File systems cap a name at 255 bytes (UTF-8 as Linux and macOS count them).
 # A stem of at most this many leaves room for ".optim.safetensors", a temporary
-# file's ".<random>.tmp" around it, and a "-2" that tells two runs apart.
-MAX_NAME_BYTES = 200
+# file's ".<pid>-<32 hex>.tmp" around it (61 bytes in all), and a "-2" that
+# tells two runs apart.
+MAX_NAME_BYTES = 180
 
 
 def sanitize_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
