@@ -760,9 +760,39 @@ def export_model(
     return out
 
 
+def export_refusal(checkpoint: str | os.PathLike) -> str | None:
+    """Why a checkpoint cannot be exported (one line), or None when it can; reads only its metadata."""
+    from lmcore.checkpoint import read_metadata
+    from lmcore.errors import LMCoreError
+    from lmcore.tokenizers import tokenizer_from_dict
+
+    try:
+        meta = read_metadata(checkpoint)
+        export_family(ModelConfig.from_dict(meta["config"]))
+        tokenizer_json(tokenizer_from_dict(meta["tokenizer"]))
+    except LMCoreError as e:
+        return str(e)
+    return None
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Export an lmcore checkpoint file to a transformers folder."""
     from lmcore.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     return export_model(ckpt.model, ckpt.tokenizer, out, ckpt.train_state, ckpt.data_info)
+
+
+def export_zip(checkpoint: str | os.PathLike) -> bytes:
+    """The export of a checkpoint as the bytes of a zip archive (one folder named after the checkpoint)."""
+    import zipfile
+    from io import BytesIO
+
+    name = Path(checkpoint).name.removesuffix(".safetensors")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_checkpoint(checkpoint, Path(tmp) / name)
+        buf = BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.iterdir()):
+                zf.write(path, f"{name}/{path.name}")
+    return buf.getvalue()

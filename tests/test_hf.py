@@ -307,3 +307,39 @@ def test_saved_checkpoints_without_the_new_fields_load_as_before(tmp_path: Path)
     del cfg["norm_eps"], cfg["gelu_approximate"]
     assert ModelConfig.from_dict(cfg) == model.config  # the defaults are the old behaviour
     assert load_checkpoint(path).config == model.config
+
+
+def test_the_app_opens_an_imported_model_and_shows_its_attention(
+    saved: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/checkpoints.py").run()
+    at.text_input(key="checkpoints.hf.source").set_value(str(saved["llama-gqa-untied"])).run()
+    assert not at.exception and not at.error
+    shown = {m.label: m.value for m in at.metric}
+    tok_and_model = import_model(str(saved["llama-gqa-untied"]))
+    assert shown["Model"] == "Llama" and shown["Parameters"] == f"{tok_and_model.model.num_params():,}"  # before loading
+    at.text_input(key="checkpoints.hf.name").set_value("tiny-llama").run()
+    at.button(key="checkpoints.hf.open").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert (folder / "tiny-llama.safetensors").exists()
+    assert not at.get("download_button")[-1].proto.disabled  # "Export for transformers" is offered
+
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    prompt = at.text_input(key="keep.attention.prompt").value
+    one, grid, _ = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    tok = tok_and_model.tokenizer
+    assert one["layout"]["xaxis"]["ticktext"] == [tok.token_str(i) for i in tok.encode(prompt)]
+    assert len(grid["data"]) == 2 * 4  # every layer and head
+
+    at.switch_page("pages/checkpoints.py").run()
+    at.text_input(key="checkpoints.hf.source").set_value(str(tmp_path / "nowhere")).run()
+    assert not at.exception and len(at.error) == 1 and "hub id" in at.error[0].value
