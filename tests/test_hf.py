@@ -343,3 +343,23 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
     at.switch_page("pages/checkpoints.py").run()
     at.text_input(key="checkpoints.hf.source").set_value(str(tmp_path / "nowhere")).run()
     assert not at.exception and len(at.error) == 1 and "hub id" in at.error[0].value
+
+
+def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_path: Path) -> None:
+    from lmcore.jobs import FINISHED, JobRegistry
+    from lmcore.train import TrainConfig
+
+    path, imported = import_checkpoint(str(saved["gpt2"]), tmp_path / "gpt2.safetensors")
+    before = {k: v.clone() for k, v in imported.model.state_dict().items()}
+    ids = torch.tensor(imported.tokenizer.encode("\n".join(CORPUS)))
+    split = int(len(ids) * 0.8)
+    tc = TrainConfig(max_iters=6, batch_size=2, eval_interval=3, eval_iters=1, warmup_iters=1, lr=1e-3, device="cpu")
+    reg = JobRegistry(max_concurrent=1)
+    job = reg.start("gpt2", imported.model.config, imported.tokenizer, ids[:split], ids[split:], tc, tmp_path,
+                    init_from=path)  # fmt: skip
+    assert job.wait(120) and job.status == FINISHED, job.error
+    assert job.checkpoint_path != path.resolve()  # a new file; the imported checkpoint stays as it was
+    tuned = load_checkpoint(job.checkpoint_path)
+    assert tuned.train_state["steps"] == 6 and isinstance(tuned.tokenizer, HFTokenizer)
+    assert not torch.equal(tuned.model.state_dict()["wte.weight"], before["wte.weight"])
+    assert all(torch.equal(v, before[k]) for k, v in load_checkpoint(path).model.state_dict().items())
