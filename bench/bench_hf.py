@@ -166,7 +166,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
-            "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
             "exactness": exactness(Path(tmp)),
             "gpt2_small": gpt2_small(Path(tmp), args.prompt_tokens, args.new_tokens, args.repeats),
         }

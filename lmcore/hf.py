@@ -82,7 +82,7 @@ class Imported:
 
     @property
     def data_info(self) -> dict[str, Any]:
-        return {"documents": False, "source": f"hf:{self.source}", "name": self.source}
+        return {"documents": False, "name": f"imported from {self.source}"}
 
 
 # --------------------------------------------------------------------------- sources
@@ -119,7 +119,9 @@ def resolve_source(source: str, download_weights: bool = True) -> Path:
             "connect to the internet, or pass a folder saved with save_pretrained"
         ) from None
     except GatedRepoError:
-        raise ConfigError(f"{source!r} is gated on the hub; accept its licence there and log in (hf auth login)") from None
+        raise ConfigError(
+            f"{source!r} is gated on the hub; accept its licence there and log in (hf auth login)"
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise ConfigError(f"there is no model {source!r} on the Hugging Face hub; check the id") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
@@ -131,7 +133,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path.name} ({getattr(e, 'msg', None) or e}); the file is damaged") from None
+        reason = getattr(e, "msg", None) or e
+        raise CheckpointError(f"cannot read {path.name} ({reason}); the file is damaged") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path.name} is not a JSON object; the file is damaged")
     return value
@@ -184,7 +187,9 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
         forms = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
         _require(cfg, "activation_function", tuple(forms), "is not a GELU lmcore has (gelu, gelu_new)")
         _require(cfg, "scale_attn_weights", (True,), "(unscaled attention) has no lmcore equivalent")
-        _require(cfg, "scale_attn_by_inverse_layer_idx", (False,), "(per-layer attention scaling) has no lmcore equivalent")
+        _require(
+            cfg, "scale_attn_by_inverse_layer_idx", (False,), "(per-layer attention scaling) has no lmcore equivalent"
+        )
         _require(cfg, "add_cross_attention", (False,), "(cross-attention) has no lmcore equivalent")
         hidden = cfg.n_inner if cfg.n_inner is not None else 4 * cfg.n_embd
         ours = ModelConfig.preset(
@@ -202,7 +207,8 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
     elif family == "llama":
         _require(cfg, "hidden_act", ("silu",), "is not SwiGLU's SiLU, the only gate lmcore's Llama has")
         if bool(cfg.attention_bias) != bool(cfg.mlp_bias):
-            raise _refuse("attention_bias", cfg.attention_bias, f"differs from mlp_bias={cfg.mlp_bias}; lmcore has one bias switch")
+            why = f"differs from mlp_bias={cfg.mlp_bias}; lmcore has one bias switch"
+            raise _refuse("attention_bias", cfg.attention_bias, why)
         scaling = cfg.rope_scaling
         if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
             raise _refuse("rope_scaling", scaling, "(scaled rotary positions) has no lmcore equivalent")
@@ -212,7 +218,8 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
             raise _refuse("head_dim", head_dim, f"is not hidden_size / num_attention_heads ({width}/{heads})")
         ratio = 1.5 * cfg.intermediate_size / width
         if swiglu_hidden(width, ratio) != cfg.intermediate_size:
-            raise _refuse("intermediate_size", cfg.intermediate_size, "is not a multiple of 8, as lmcore's SwiGLU needs")
+            why = "is not a multiple of 8, as lmcore's SwiGLU needs"
+            raise _refuse("intermediate_size", cfg.intermediate_size, why)
         block = cfg.max_position_embeddings
         if block > MAX_IMPORT_CONTEXT:
             notes.append(f"context capped at {MAX_IMPORT_CONTEXT} of its {block} positions")
@@ -238,7 +245,8 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
         _require(cfg, "use_conv_bias", (True,), "(a convolution without bias) has no lmcore equivalent")
         expand = cfg.intermediate_size / cfg.hidden_size
         if expand != int(expand):
-            raise _refuse("intermediate_size", cfg.intermediate_size, f"is not a whole multiple of hidden_size ({cfg.hidden_size})")
+            why = f"is not a whole multiple of hidden_size ({cfg.hidden_size})"
+            raise _refuse("intermediate_size", cfg.intermediate_size, why)
         ours = ModelConfig.preset(
             "mamba",
             vocab_size=cfg.vocab_size,
@@ -268,7 +276,9 @@ def export_family(config: ModelConfig) -> str:
         if not config.bias:
             raise ConfigError("transformers' GPT-2 always has biases; train the gpt2 preset with biases on to export")
         if config.kv_heads != config.n_head:
-            raise ConfigError("transformers' GPT-2 has no grouped-query attention; leave n_kv_head empty, or use the llama preset")
+            raise ConfigError(
+                "transformers' GPT-2 has no grouped-query attention; leave n_kv_head empty, or use the llama preset"
+            )
         return "gpt2"
     if layout == ("rope", "rmsnorm", "swiglu"):
         return "llama"
@@ -391,7 +401,8 @@ def state_from_hf(family: str, config: ModelConfig, theirs: dict[str, torch.Tens
     """Our state dict from transformers' tensors (float32); CheckpointError on missing or unknown tensors."""
     theirs = dict(theirs)
     if family == "gpt2":  # the hub's original files have no "transformer." prefix and keep mask buffers
-        theirs = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in theirs.items()}
+        prefixed = ("transformer.", "lm_head.")
+        theirs = {(k if k.startswith(prefixed) else "transformer." + k): v for k, v in theirs.items()}
         theirs = {k: v for k, v in theirs.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     theirs = {k: v for k, v in theirs.items() if not k.endswith("rotary_emb.inv_freq")}
     used: set[str] = set()
@@ -414,7 +425,8 @@ def state_from_hf(family: str, config: ModelConfig, theirs: dict[str, torch.Tens
                 q = _rope_rows_from_hf(take(f"{attn}q_proj.{kind}"), H)
                 k = _rope_rows_from_hf(take(f"{attn}k_proj.{kind}"), KV)
                 ours[f"h.{i}.attn.c_attn.{kind}"] = torch.cat([q, k, take(f"{attn}v_proj.{kind}")])
-                ours[f"h.{i}.mlp.c_fc.{kind}"] = torch.cat([take(f"{mlp}gate_proj.{kind}"), take(f"{mlp}up_proj.{kind}")])
+                gate, up = take(f"{mlp}gate_proj.{kind}"), take(f"{mlp}up_proj.{kind}")
+                ours[f"h.{i}.mlp.c_fc.{kind}"] = torch.cat([gate, up])
     extra = sorted(set(theirs) - used)
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
@@ -473,7 +485,8 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 for name in f.keys():
                     state[name] = f.get_tensor(name)
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{path.name} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path.name} is not a readable safetensors file ({reason})") from None
     return state
 
 
@@ -538,7 +551,8 @@ def tokenizer_json(tok: Tokenizer) -> str:
         specials = [BOS_TOKEN] + ([UNK_TOKEN] if tok.unk_id is not None else [])
     elif isinstance(tok, BPETokenizer):
         alphabet = byte_encoder()
-        strings = ["".join(alphabet[b] for b in tok.token_bytes(i)) for i in range(len(tok._vocab) - len(tok.special_tokens))]
+        n_plain = tok.vocab_size - len(tok.special_tokens)
+        strings = ["".join(alphabet[b] for b in tok.token_bytes(i)) for i in range(n_plain)]
         seen: dict[str, int] = {}
         for i, s in enumerate(strings):
             if s in seen:
@@ -637,7 +651,9 @@ def import_checkpoint(source: str, out: str | os.PathLike) -> tuple[Path, Import
 
     imported = import_model(source)
     train_state = {"steps": 0, "imported_from": imported.source, "notes": imported.notes}
-    path = save_checkpoint(out, imported.model, imported.tokenizer, train_state=train_state, data_info=imported.data_info)
+    path = save_checkpoint(
+        out, imported.model, imported.tokenizer, train_state=train_state, data_info=imported.data_info
+    )
     return path, imported
 
 

@@ -204,10 +204,12 @@ if source:
         cols[1].metric("Parameters", f"{params / 1e6:,.1f} M" if params >= 1e6 else f"{params:,}")
         on_disk = info["disk_bytes"]
         cols[2].metric("Download / on disk", f"{on_disk / 1e6:,.0f} MB" if on_disk else "not yet known")
-        cols[3].metric("Memory to load", f"{info['memory_bytes'] / 1e9:,.2f} GB", help="float32 weights, held twice while converting")
+        memory = f"{info['memory_bytes'] / 1e9:,.2f} GB"
+        cols[3].metric("Memory to load", memory, help="float32 weights, held twice while converting")
         st.caption(f"{shape} · vocabulary {cfg.vocab_size:,} · context {cfg.block_size:,}"
                    + "".join(f" · {md(n)}" for n in info["notes"]))  # fmt: skip
-        hf_name = st.text_input("Save as", value=sanitize_name(source.rstrip("/").split("/")[-1]), key="checkpoints.hf.name")
+        suggested = sanitize_name(source.rstrip("/").split("/")[-1])
+        hf_name = st.text_input("Save as", value=suggested, key="checkpoints.hf.name")
         if st.button("Open this model", key="checkpoints.hf.open", type="primary"):
             target = checkpoint_path(directory, hf_name)
             if target.exists():
@@ -219,7 +221,8 @@ if source:
                     saved, _ = import_hf(source, target)
                 st.session_state[state.LOADED_CHECKPOINT] = str(saved)
                 st.session_state[SELECT_NEXT] = saved.stem
-                st.session_state[FLASH] = ("success", f"{md(source)} is open as {md(saved.stem)}: every page can use it now.")
+                opened = f"{md(source)} is open as {md(saved.stem)}: every page can use it now."
+                st.session_state[FLASH] = ("success", opened)
                 st.rerun()
 
 st.subheader("Upload a checkpoint")

@@ -135,7 +135,7 @@ def test_greedy_generation_equals_transformers(saved: dict[str, Path], name: str
 def test_imported_tokenizer_travels_in_checkpoints(saved: dict[str, Path], tmp_path: Path) -> None:
     path, imported = import_checkpoint(str(saved["mamba"]), tmp_path / "m.safetensors")
     tok = imported.tokenizer
-    assert isinstance(tok, HFTokenizer) and tok.vocab_size == imported.model.config.vocab_size  # padded past the tokenizer
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == imported.model.config.vocab_size  # padded
     again = tokenizer_from_dict(tok.to_dict())
     assert again.encode(PROMPT) == tok.encode(PROMPT) and again.decode(tok.encode(PROMPT)) == PROMPT
     assert tok.token_str(tok.bos_id) == "<|endoftext|>" and tok.decode([tok.vocab_size - 1]) == ""
@@ -157,7 +157,9 @@ def _train_ours(tok, preset: str, **overrides) -> torch.nn.Module:
 
 
 EXPORTS = {
-    "char-unk-gpt2-tanh": (lambda: CharTokenizer.train("\n".join(CORPUS), unk=True), "gpt2", {"gelu_approximate": "tanh"}),
+    "char-unk-gpt2-tanh": (
+        lambda: CharTokenizer.train("\n".join(CORPUS), unk=True), "gpt2", {"gelu_approximate": "tanh"}
+    ),
     "bpe-llama-gqa": (lambda: BPETokenizer.train("\n".join(CORPUS), vocab_size=300), "llama", {"n_kv_head": 2}),
     "bpe-llama-untied-bias": (lambda: BPETokenizer.train("\n".join(CORPUS), vocab_size=300), "llama",
                               {"tie_weights": False, "bias": True, "norm_eps": 1e-6}),  # fmt: skip
@@ -325,7 +327,8 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
     assert not at.exception and not at.error
     shown = {m.label: m.value for m in at.metric}
     tok_and_model = import_model(str(saved["llama-gqa-untied"]))
-    assert shown["Model"] == "Llama" and shown["Parameters"] == f"{tok_and_model.model.num_params():,}"  # before loading
+    assert shown["Model"] == "Llama"  # known before loading
+    assert shown["Parameters"] == f"{tok_and_model.model.num_params():,}"
     at.text_input(key="checkpoints.hf.name").set_value("tiny-llama").run()
     at.button(key="checkpoints.hf.open").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
