@@ -599,11 +599,24 @@ def _weights_summary(folder: Path) -> tuple[int, str]:
     return total, "/".join(sorted(dtypes)) or "?"
 
 
+def _hub_weights_bytes(repo: str) -> int:
+    """Total size of a hub model's safetensors files, or 0 when the hub cannot say."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo, files_metadata=True)
+    except Exception:  # offline, gated, rate-limited...: the size is only shown, never needed
+        return 0
+    return sum(f.size or 0 for f in info.siblings or [] if f.rfilename.endswith(".safetensors"))
+
+
 def describe_source(source: str) -> dict[str, Any]:
     """What importing ``source`` would give, without loading weights: family, sizes, memory.
 
-    For a hub id only the config and tokenizer are fetched. ``memory_bytes``
-    is the float32 weights, held twice for a moment while they are mapped.
+    For a hub id only the config and tokenizer are fetched, and the size of
+    the weights is asked of the hub (None when it cannot be reached).
+    ``memory_bytes`` is the float32 model; converting holds up to three
+    copies for a moment (the file's tensors, the mapped ones, the model).
     """
     folder = resolve_source(source, download_weights=False)
     cfg = hf_config(folder)
@@ -611,14 +624,15 @@ def describe_source(source: str) -> dict[str, Any]:
     with torch.device("meta"):
         params = build_model(config).num_params()
     disk, dtype = _weights_summary(folder)
+    if not disk and not Path(source).expanduser().is_dir():
+        disk = _hub_weights_bytes(source)
     return {
         "source": source,
         "family": cfg.model_type,
         "class": FAMILIES[cfg.model_type],
         "config": config,
         "params": params,
-        "float32_bytes": params * 4,
-        "memory_bytes": params * 4 * 2,
+        "memory_bytes": params * 4,
         "disk_bytes": disk or None,
         "stored_dtype": dtype if disk else None,
         "notes": notes,
@@ -639,9 +653,7 @@ def import_model(source: str) -> Imported:
     for name, t in state.items():
         if tuple(t.shape) != expected[name]:
             raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)} but the config needs {expected[name]}")
-    model.load_state_dict(state, strict=True)
-    if config.tie_weights and family != "mamba":
-        model.lm_head.weight = model.wte.weight  # load_state_dict copies; keep the one shared Parameter
+    model.load_state_dict(state, strict=True)  # copies into the model's own (tied) parameters
     return Imported(model.eval(), tokenizer, str(source), family, notes)
 
 

@@ -205,7 +205,7 @@ if source:
         on_disk = info["disk_bytes"]
         cols[2].metric("Download / on disk", f"{on_disk / 1e6:,.0f} MB" if on_disk else "not yet known")
         memory = f"{info['memory_bytes'] / 1e9:,.2f} GB"
-        cols[3].metric("Memory to load", memory, help="float32 weights, held twice while converting")
+        cols[3].metric("Memory", memory, help="float32 weights; up to three times this for a moment while converting")
         st.caption(f"{shape} · vocabulary {cfg.vocab_size:,} · context {cfg.block_size:,}"
                    + "".join(f" · {md(n)}" for n in info["notes"]))  # fmt: skip
         suggested = sanitize_name(source.rstrip("/").split("/")[-1])
