@@ -431,10 +431,8 @@ def state_from_hf(family: str, config: ModelConfig, theirs: dict[str, torch.Tens
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise CheckpointError(f"the model's weights hold tensors lmcore's {family} has no place for: {shown}")
-    if config.tie_weights:
-        tied = "embedding.weight" if family == "mamba" else "wte.weight"
-        if family != "mamba":
-            ours["lm_head.weight"] = ours[tied]
+    if config.tie_weights and family != "mamba":  # the transformer's head is the embedding under a second name
+        ours["lm_head.weight"] = ours["wte.weight"]
     return ours
 
 
@@ -698,7 +696,7 @@ def model_card(model: LanguageModel, tokenizer: Tokenizer, family: str, train_st
     ]
     how = ", ".join(f"{k}={tc[k]}" for k in ("batch_size", "max_iters", "lr", "optimizer", "seed") if k in tc)
     if how:
-        rows.append(("Training", f"AdamW-style run of lmcore's Trainer: {how}" if "optimizer" not in tc else how))
+        rows.append(("Training settings", f"lmcore's Trainer: {how}"))
     if train_state.get("imported_from"):
         rows.append(("Imported from", str(train_state["imported_from"])))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
