@@ -1,4 +1,4 @@
-"""The command line: ``python -m lmcore train | generate | eval | info``.
+"""The command line: ``python -m lmcore train | generate | eval | info | import | export``.
 
 - ``train`` builds a vocabulary and a model from a corpus, trains it and saves
   the best checkpoint (by validation loss) to ``--out``, with its optimizer
@@ -8,6 +8,9 @@
   starts a new document at BOS and stops at the next BOS.
 - ``eval`` prints one JSON line: loss, perplexity, accuracy, tokens.
 - ``info`` prints one JSON line: config, tokenizer summary, train state, params.
+- ``import`` turns a transformers GPT-2, Llama or Mamba (a save_pretrained
+  folder or a hub id) into a checkpoint; ``export`` writes a checkpoint as a
+  folder transformers loads. Both print one JSON line.
 
 Progress goes to stderr. A user's mistake (bad file, bad flag value, bad
 checkpoint, Ctrl-C during training) prints one line, ``error: ...``, on stderr
@@ -470,6 +473,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from lmcore.hf import import_checkpoint
+
+    _say(f"importing {args.source} ...")
+    path, imported = import_checkpoint(args.source, args.out)
+    info = {"path": str(path), "family": imported.family, "params": imported.model.num_params(), "notes": imported.notes}
+    print(_json_line(info), flush=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmcore.hf import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(_json_line({"path": str(out), "files": sorted(p.name for p in out.iterdir())}), flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -549,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what a checkpoint holds, as one JSON line")
     i.add_argument("--checkpoint", required=True, metavar="FILE")
     i.set_defaults(func=cmd_info)
+
+    im = sub.add_parser("import", help="a transformers GPT-2, Llama or Mamba as a checkpoint")
+    im.add_argument("source", help="a folder saved with save_pretrained, or a hub id such as gpt2")
+    im.add_argument("--out", required=True, metavar="FILE", help="the checkpoint file to write (FILE.safetensors)")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="a checkpoint as a folder transformers' Auto classes load")
+    ex.add_argument("--checkpoint", required=True, metavar="FILE")
+    ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

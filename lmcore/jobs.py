@@ -89,6 +89,7 @@ class TrainingJob:
         resume_from: Path | None = None,
         data_info: dict[str, Any] | None = None,
         sample_tokens: int = SAMPLE_TOKENS,
+        init_from: Path | None = None,
     ):
         self.id = uuid.uuid4().hex[:12]
         self.name = name
@@ -98,6 +99,7 @@ class TrainingJob:
         self.data_info = {"documents": False, **(data_info or {})}
         self.checkpoint_path: Path | None = checkpoint_path
         self.resumed_from = resume_from
+        self.init_from = init_from  # fine-tuning: start from this checkpoint's weights, with a new optimizer
         self.device = device
         self.device_name = describe_device(device)
         self.sample_tokens = sample_tokens
@@ -251,6 +253,15 @@ class TrainingJob:
 
     def _build(self) -> tuple[LanguageModel, dict[str, Any] | None]:
         """The model to train, and the resume state when continuing a checkpoint."""
+        if self.init_from is not None:
+            ckpt = load_checkpoint(self.init_from, device="cpu")
+            if ckpt.tokenizer.to_dict() != self.tokenizer.to_dict():
+                raise TrainingError(
+                    f"{Path(self.init_from).name} has another vocabulary than the one that encoded this data; "
+                    "encode the data with the checkpoint's tokenizer"
+                )
+            self.model_config = ckpt.config
+            return ckpt.model, None
         if self.resumed_from is None:
             # Initial weights come from torch's global generator: seed it, in a
             # fork that leaves the global state as it was, and one build at a
@@ -360,6 +371,7 @@ class JobRegistry:
         resume_from: str | Path | None = None,
         data_info: dict[str, Any] | None = None,
         sample_tokens: int = SAMPLE_TOKENS,
+        init_from: str | Path | None = None,
     ) -> TrainingJob:
         """Start a run in a background thread and return its job.
 
@@ -371,14 +383,20 @@ class JobRegistry:
         ``checkpoint_dir/<sanitized name>.safetensors``, with a numeric suffix
         when that file exists or another run writes it, unless it is the file
         being resumed. Names are cut to fit the file system (see ``sanitize_name``).
+        ``init_from`` fine-tunes: the run starts from that
+        checkpoint's weights (an imported model, say) with a new optimizer and
+        schedule, and saves under its own name.
         """
         train_config.validate()
         device = resolve_device(train_config.device)
         resume = Path(resume_from).resolve() if resume_from is not None else None
+        init = Path(init_from).resolve() if init_from is not None else None
         if resume is None:
             check_fits(model_config, train_config.batch_size, device)  # validates; refuses before building
         elif not resume.exists():
             raise TrainingError(f"cannot resume: {resume.name} is no longer in the checkpoint folder")
+        if init is not None and not init.exists():
+            raise TrainingError(f"cannot fine-tune: {init.name} is no longer in the checkpoint folder")
         base = sanitize_name(name)
         directory = Path(checkpoint_dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -408,6 +426,7 @@ class JobRegistry:
                 resume_from=resume,
                 data_info=data_info,
                 sample_tokens=sample_tokens,
+                init_from=init,
             )
             self._jobs[job.id] = job
             self._forget_old()

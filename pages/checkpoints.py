@@ -9,7 +9,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from lmcore.checkpoint import delete_checkpoint, import_checkpoint, list_checkpoints, sanitize_name
+from lmcore.checkpoint import (
+    checkpoint_path,
+    delete_checkpoint,
+    import_checkpoint,
+    list_checkpoints,
+    sanitize_name,
+)
 from ui import state
 from ui.boundary import user_errors
 from ui.shell import require_app
@@ -83,6 +89,27 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+@st.cache_data(max_entries=16, show_spinner="Reading the model's config...")
+def _describe(source: str) -> dict[str, Any]:
+    from lmcore.hf import describe_source
+
+    return describe_source(source)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _export_refusal(path: str, mtime_ns: int) -> str | None:
+    from lmcore.hf import export_refusal
+
+    return export_refusal(path)
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def _export_zip(path: str, mtime_ns: int) -> bytes:
+    from lmcore.hf import export_zip
+
+    return export_zip(path)
+
+
 rows = list_checkpoints(directory)
 if not rows:
     st.info("No saved models yet. Train one (it is saved here when it finishes or is stopped), or upload a file below.")
@@ -136,6 +163,67 @@ else:
                 st.session_state.pop(state.LOADED_CHECKPOINT, None)
             st.session_state[FLASH] = ("success", f"Deleted {md(name)}.")
             st.rerun()
+
+    # Export: only the families transformers has classes for; say why not otherwise.
+    refusal = row.get("error") or _export_refusal(str(path), path.stat().st_mtime_ns)
+    st.download_button(
+        "Export for transformers (.zip)",
+        data=lambda: _export_zip(str(path), path.stat().st_mtime_ns),  # built only when clicked
+        file_name=f"{name}-transformers.zip",
+        mime="application/zip",
+        on_click="ignore",
+        disabled=bool(refusal),
+        key="checkpoints.export",
+        icon=":material/output:",
+        help="A folder that transformers' AutoModelForCausalLM and AutoTokenizer load: config.json, "
+        "model.safetensors, tokenizer.json, generation_config.json and a README.md model card.",
+    )
+    if refusal and not row.get("error"):
+        st.caption(f"Export is not available: {md(refusal)}")
+
+st.subheader("Open a Hugging Face model")
+st.write(
+    "A GPT-2, Llama or Mamba model from transformers: a hub id such as `gpt2` (downloaded into the "
+    "Hugging Face cache) or a folder on this server saved with `save_pretrained`. It is converted "
+    "exactly (the same logits) and saved here as a checkpoint, with its own tokenizer; settings "
+    "lmcore cannot reproduce are refused, never approximated."
+)
+source = st.text_input("Hub id or folder", key="checkpoints.hf.source", placeholder="gpt2  or  /path/to/folder").strip()
+if source:
+    with user_errors(stop=False):
+        info = _describe(source)
+        cfg = info["config"]
+        shape = (
+            f"{cfg.n_layer} layers x {cfg.n_head} heads, width {cfg.n_embd}"
+            if info["family"] != "mamba"
+            else f"{cfg.n_layer} layers, width {cfg.n_embd}, state {cfg.d_state}"
+        )
+        cols = st.columns(4)
+        cols[0].metric("Model", info["class"].removesuffix("ForCausalLM").removesuffix("LMHeadModel"), help=shape)
+        params = info["params"]
+        cols[1].metric("Parameters", f"{params / 1e6:,.1f} M" if params >= 1e6 else f"{params:,}")
+        on_disk = info["disk_bytes"]
+        cols[2].metric("Download / on disk", f"{on_disk / 1e6:,.0f} MB" if on_disk else "not yet known")
+        memory = f"{info['memory_bytes'] / 1e9:,.2f} GB"
+        cols[3].metric("Memory", memory, help="float32 weights; up to three times this for a moment while converting")
+        st.caption(f"{shape} · vocabulary {cfg.vocab_size:,} · context {cfg.block_size:,}"
+                   + "".join(f" · {md(n)}" for n in info["notes"]))  # fmt: skip
+        suggested = sanitize_name(source.rstrip("/").split("/")[-1])
+        hf_name = st.text_input("Save as", value=suggested, key="checkpoints.hf.name")
+        if st.button("Open this model", key="checkpoints.hf.open", type="primary"):
+            target = checkpoint_path(directory, hf_name)
+            if target.exists():
+                st.error(f"A checkpoint named {md(target.stem)} exists already; choose another name.")
+            else:
+                from lmcore.hf import import_checkpoint as import_hf
+
+                with st.spinner(f"Converting {md(source)}..."):
+                    saved, _ = import_hf(source, target)
+                st.session_state[state.LOADED_CHECKPOINT] = str(saved)
+                st.session_state[SELECT_NEXT] = saved.stem
+                opened = f"{md(source)} is open as {md(saved.stem)}: every page can use it now."
+                st.session_state[FLASH] = ("success", opened)
+                st.rerun()
 
 st.subheader("Upload a checkpoint")
 st.write(

@@ -137,6 +137,21 @@ def _resume(path, name: str) -> bool:
     return True
 
 
+def _finetune(path, name: str) -> bool:
+    """Start a new run from the weights of the checkpoint at ``path``, on the current corpus."""
+    meta = read_metadata(path)
+    cfg = ModelConfig.from_dict(meta["config"])
+    tok = tokenizer_from_dict(meta["tokenizer"])
+    _, train_ids, val_ids = encoded_split(tok)
+    check_length(val_ids, cfg.block_size, "validation split")
+    tc = _train_config()
+    job = REGISTRY.start(f"{name}-finetuned", cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), init_from=path,
+                         data_info=_data_info())  # fmt: skip
+    _follow(job)
+    st.session_state[S.TRAIN_CONFIG] = tc
+    return True
+
+
 def _show_picked() -> None:
     if st.session_state.get("train_show"):
         st.session_state[S.ACTIVE_JOB] = st.session_state["train_show"]
@@ -280,6 +295,27 @@ with st.expander("Continue a saved checkpoint"):
         if st.button("Resume this checkpoint", key="train_resume_saved"):
             with user_errors(stop=False):
                 if _resume(pick["path"], pick["name"]):
+                    st.rerun()
+
+# Fine-tune: any readable checkpoint (an opened Hugging Face model, say) trained further on this corpus.
+with st.expander("Fine-tune a checkpoint"):
+    usable = [r for r in list_checkpoints(checkpoint_dir()) if r["error"] is None]
+    if not usable:
+        st.caption("No checkpoint yet: train one, or open a Hugging Face model on the Checkpoints page.")
+    else:
+        base = st.selectbox(
+            "Checkpoint to start from",
+            usable,
+            format_func=lambda r: f"{r['name']} · {r.get('preset') or r['arch']} · {r['params']:,} parameters",
+            key="train_finetune_pick",
+        )
+        st.caption(
+            "A new run starts from its weights, with its own vocabulary and model, on the current corpus, using "
+            "the iterations and learning rate set above; it is saved under a new name, the checkpoint stays as it is."
+        )
+        if st.button("Fine-tune on the current corpus", key="train_finetune_start"):
+            with user_errors(stop=False):
+                if _finetune(base["path"], base["name"]):
                     st.rerun()
 
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))

@@ -44,6 +44,8 @@ class ModelConfig:
     bias: bool = True  # biases in linear layers and norms
     tie_weights: bool = True  # the output head shares the token embedding matrix
     rope_theta: float = 10000.0
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm (LLaMA checkpoints often use 1e-6)
+    gelu_approximate: str = "none"  # the GELU MLP's form: "none" (exact, erf) or "tanh" (GPT-2's original)
     # mamba (Gu & Dao 2023)
     d_state: int = 16  # N, the SSM state size per channel
     d_conv: int = 4  # width of the causal depthwise convolution

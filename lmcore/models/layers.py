@@ -50,15 +50,17 @@ def swiglu_hidden(n_embd: int, mlp_ratio: float, multiple_of: int = 8) -> int:
 class GeluMLP(nn.Module):
     """GPT-2's MLP: Linear(D, h) -> GELU -> Linear(h, D), named ``c_fc`` and ``c_proj``."""
 
-    def __init__(self, n_embd: int, hidden: int, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, n_embd: int, hidden: int, bias: bool = True, dropout: float = 0.0, approximate: str = "none"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
         self.dropout = dropout
+        self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        # Exact (erf) GELU: on CPU it is several times faster than the tanh form.
-        x = self.c_proj(F.gelu(self.c_fc(x)))  # (B, T, D)
+        # Exact (erf) GELU by default: on CPU it is several times faster than the
+        # tanh form, which only models imported from GPT-2 checkpoints use.
+        x = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))  # (B, T, D)
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
         return x

@@ -375,7 +375,7 @@ class MambaBlock(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.norm = RMSNorm(config.n_embd)
+        self.norm = RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mixer = MambaMixer(config)
 
     def forward(
@@ -403,7 +403,7 @@ class Mamba(LanguageModel):
         super().__init__(config)
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
-        self.norm_f = RMSNorm(config.n_embd)
+        self.norm_f = RMSNorm(config.n_embd, eps=config.norm_eps)
         # Tied: the logits use the embedding matrix itself, so no second name holds it.
         self.head = None if config.tie_weights else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -418,6 +418,8 @@ class Mamba(LanguageModel):
         for name in ("d_state", "d_conv", "expand"):
             if getattr(config, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 for a Mamba model, got {getattr(config, name)}")
+        if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
+            raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
         if config.dt_rank is not None and config.dt_rank < 1:
             raise ConfigError(f"dt_rank must be at least 1 (or unset for ceil(n_embd / 16)), got {config.dt_rank}")
 

@@ -50,6 +50,7 @@ from lmcore.models.layers import GeluMLP, SwiGLU, apply_rope, apply_rope_referen
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "swiglu")
+GELU_FORMS = ("none", "tanh")  # torch's F.gelu(approximate=...)
 # The key/value cache is preallocated at block_size, and learned positions need
 # a table of that many rows: past this, memory rather than quality is the limit.
 MAX_BLOCK_SIZE = 65536
@@ -173,13 +174,14 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = make_norm(config.norm, config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = make_norm(config.norm, config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
         if config.mlp == "swiglu":
             self.mlp = SwiGLU(config.n_embd, swiglu_hidden(config.n_embd, config.mlp_ratio), config.bias, config.dropout)
         else:
-            self.mlp = GeluMLP(config.n_embd, int(config.mlp_ratio * config.n_embd), config.bias, config.dropout)
+            hidden = int(config.mlp_ratio * config.n_embd)
+            self.mlp = GeluMLP(config.n_embd, hidden, config.bias, config.dropout, config.gelu_approximate)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         x = x + self.attn(self.ln_1(x), rope)
@@ -209,7 +211,7 @@ class Transformer(LanguageModel):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config.norm, config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # One Parameter in two places (Press & Wolf 2017). wte is registered
@@ -251,6 +253,10 @@ class Transformer(LanguageModel):
             raise ConfigError(f"unknown MLP {config.mlp!r}; choose one of {', '.join(MLPS)}")
         if not config.mlp_ratio > 0 or not math.isfinite(config.mlp_ratio):
             raise ConfigError(f"mlp_ratio must be a positive number, got {config.mlp_ratio}")
+        if config.gelu_approximate not in GELU_FORMS:
+            raise ConfigError(f"unknown GELU form {config.gelu_approximate!r}; choose one of {', '.join(GELU_FORMS)}")
+        if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
+            raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
         if config.mlp == "gelu" and int(config.mlp_ratio * config.n_embd) < 1:
             raise ConfigError(f"mlp_ratio {config.mlp_ratio} gives an MLP with no hidden units; use at least 1")
         if config.pos == "rope":

@@ -1,4 +1,4 @@
-"""Tokenizers: character-level and byte-level BPE, with a JSON round trip."""
+"""Tokenizers: character-level, byte-level BPE and Hugging Face's, with a JSON round trip."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from lmcore.errors import TokenizerError
 from lmcore.tokenizers.base import BOS_TOKEN, UNK_TOKEN, Tokenizer, printable
 from lmcore.tokenizers.bpe import BPETokenizer
 from lmcore.tokenizers.char import CharTokenizer
+from lmcore.tokenizers.hf import HFTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
+# "hf" wraps a Hugging Face tokenizer.json: it comes with imported models and is never trained here.
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "hf": HFTokenizer}
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
@@ -24,6 +26,7 @@ __all__ = [
     "BOS_TOKEN",
     "BPETokenizer",
     "CharTokenizer",
+    "HFTokenizer",
     "TOKENIZERS",
     "Tokenizer",
     "UNK_TOKEN",
