@@ -314,7 +314,9 @@ def model_diagram(config: Any) -> str:
         kind = "multi-head" if kv == c.n_head else ("multi-query" if kv == 1 else "grouped-query")
         rope = ", RoPE" if c.pos == "rope" else ""
         mlp = "SwiGLU" if c.mlp == "swiglu" else "GELU"
-        hidden = int(c.mlp_ratio * c.n_embd * (2 / 3 if c.mlp == "swiglu" else 1))
+        from lmcore.models.layers import swiglu_hidden  # the widths the model really builds
+
+        hidden = swiglu_hidden(c.n_embd, c.mlp_ratio) if c.mlp == "swiglu" else int(c.mlp_ratio * c.n_embd)
         block += [
             ("n1", norm, blk),
             ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.n_embd // c.n_head} wide", blk),

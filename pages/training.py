@@ -38,7 +38,6 @@ from ui.state import checkpoint_dir, keep_default
 REFRESH_S = 1.0
 START_TOKEN = "train.start_token"  # int: starts made by this session (see _press_start)
 START_ERROR = "train.start_error"  # a start's error message, shown once
-NAME_FOR = "train.name_for"  # the model config (JSON) the run name was typed for
 
 
 def _duration(seconds: float | None) -> str:
@@ -119,7 +118,7 @@ def _press_start(token: int) -> None:
 
 def _name_typed() -> None:
     cfg = st.session_state.get(S.MODEL_CONFIG)
-    st.session_state[NAME_FOR] = cfg.to_json() if cfg is not None else None
+    st.session_state[S.NAME_FOR] = cfg.to_json() if cfg is not None else None
 
 
 def _value(key: str):
@@ -234,10 +233,10 @@ if st.session_state.get("keep.train.device") not in devices:
     st.session_state["keep.train.device"] = "auto"
 device_name = c[0].selectbox("Device", devices, key=keep_default("keep.train.device", "auto"))
 auto_name = default_run_name(cfg)
-if st.session_state.get(NAME_FOR) not in (None, cfg.to_json()) and _value("keep.train.name"):
+if st.session_state.get(S.NAME_FOR) not in (None, cfg.to_json()) and _value("keep.train.name"):
     # The name was typed for another model: a new model gets its own name.
     st.session_state["keep.train.name"] = st.session_state.setdefault(S.KEPT, {})["keep.train.name"] = ""
-    st.session_state[NAME_FOR] = None
+    st.session_state[S.NAME_FOR] = None
     st.toast("The run name was typed for another model; this one gets its own.")
 run_name = c[1].text_input(
     "Run name (the checkpoint's file name)",

@@ -215,6 +215,8 @@ def restore() -> None:
                 _set(key, _parse(params[name], kind))
             except ValueError:
                 skipped.append(f"the setting {name}")
+    if params.get("name") and S.MODEL_CONFIG in st.session_state:
+        st.session_state[S.NAME_FOR] = st.session_state[S.MODEL_CONFIG].to_json()  # the name belongs to this model
     from lmcore.jobs import REGISTRY
 
     run = params.get("run")
