@@ -387,7 +387,8 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     m = st.columns(4)
     m[0].metric("Training loss (batch)", "–" if not series["loss"] else f"{series['loss'][-1]:.3f}")
     if evals:
-        delta = None if len(evals) < 2 else f"{evals[-1].val_loss - evals[-2].val_loss:+.3f}"
+        change = 0.0 if len(evals) < 2 else evals[-1].val_loss - evals[-2].val_loss
+        delta = f"{change:+.3f}" if round(change, 3) != 0 else None  # no red "+0.000"
         m[1].metric("Validation loss", f"{evals[-1].val_loss:.3f}", delta=delta, delta_color="inverse",
                     help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}.")  # fmt: skip
     else:

@@ -82,11 +82,13 @@ def model_choices() -> list[tuple[str, str]]:
     ]
     jobs.sort(key=lambda j: (j.id != active, j.id not in mine))  # stable: the registry's order otherwise
     choices = []
+    # A run and the file it saves are one model: the run stands for both.
+    run_files = {Path(j.checkpoint_path).resolve() for j in jobs if j.checkpoint_path is not None}
     for job in jobs:
         who = "Current run" if job.id == active else ("Your run" if job.id in mine else "Run")
         choices.append((f"{who}: {job.name} ({job.status}, step {_job_step(job)})", JOB_PREFIX + job.id))
     for info in _checkpoints():
-        if info.get("error"):
+        if info.get("error") or Path(info["path"]).resolve() in run_files:
             continue
         arch = info.get("preset") or info.get("arch") or "?"
         steps = info.get("steps")
@@ -227,6 +229,42 @@ def default_prompt(tokenizer: Any, data_info: dict[str, Any] | None, candidates:
             continue
         return text
     return "" if is_documents(data_info) else tokenizer.decode([0])
+
+
+PROMPT_DEFAULTS = "models.prompt_defaults"  # {widget key: the default prompt it was given last}
+PROMPT_CHARS = 40  # a corpus line used as a prompt is cut at a space near this length
+
+
+def corpus_line() -> str | None:
+    """The first line of the session's corpus with some text, cut short at a word: a prompt in its style."""
+    corpus = st.session_state.get(state.CORPUS)
+    if corpus is None:
+        return None
+    for line in corpus.text[:20_000].splitlines():
+        line = line.strip()
+        if len(line) >= 3:
+            if len(line) > PROMPT_CHARS:
+                cut = line.rfind(" ", 0, PROMPT_CHARS)
+                line = line[: cut if cut > 0 else PROMPT_CHARS]
+            return line
+    return None
+
+
+def prompt_default(widget_key: str, tokenizer: Any, data_info: dict[str, Any] | None, candidates: tuple[str, ...] = ()) -> str:
+    """Key for a prompt box whose default is a line of the corpus in use (else ``candidates``).
+
+    The box follows a new default (another corpus or model) until the user edits it.
+    """
+    line = corpus_line()
+    first = (line,) if line and not is_documents(data_info) else ()
+    default = default_prompt(tokenizer, data_info, first + candidates)
+    given = st.session_state.setdefault(PROMPT_DEFAULTS, {})
+    before = given.get(widget_key)
+    given[widget_key] = default
+    current = st.session_state.get(widget_key, st.session_state.get(state.KEPT, {}).get(widget_key))
+    if before is not None and current == before and default != before:
+        st.session_state[widget_key] = st.session_state.setdefault(state.KEPT, {})[widget_key] = default
+    return state.keep_default(widget_key, default)
 
 
 def no_model_yet(what: str) -> None:
