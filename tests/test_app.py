@@ -441,7 +441,10 @@ def test_run_names_come_from_the_model_and_a_typed_name_stays_with_its_model(che
     wait_for(mamba)
     at.run()
     assert "mamba-tiny-2.safetensors" in " ".join(c.value for c in at.caption)  # a taken name gets a number, shown
-    assert any("Run:** mamba\\-tiny (Mamba" in m.value for m in at.sidebar.markdown)
+    assert any("Run:** mamba\\-tiny · Mamba" in m.value for m in at.sidebar.markdown)
+    at.switch_page("pages/attention.py").run()
+    options = at.selectbox(key="keep.attention.model").options
+    assert len(options) == 2 and all("Saved:" not in o for o in options), options  # a run and its file: one entry
 
 
 def test_the_log_scale_ticks_read_as_plain_numbers():

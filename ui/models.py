@@ -97,11 +97,20 @@ def model_choices() -> list[tuple[str, str]]:
     return choices
 
 
+def _key_of_file(path: str, keys: list[str]) -> str:
+    """The choice for a checkpoint file: the run that saves it when that run is listed (it stands for the file)."""
+    target = Path(path).resolve()
+    for job in _jobs():
+        if JOB_PREFIX + job.id in keys and job.checkpoint_path is not None and Path(job.checkpoint_path).resolve() == target:
+            return JOB_PREFIX + job.id
+    return CKPT_PREFIX + str(path)
+
+
 def _default_key(keys: list[str]) -> str | None:
     """The checkpoint loaded into the session, else the current run, else the first choice."""
     loaded = st.session_state.get(state.LOADED_CHECKPOINT)
-    if loaded and CKPT_PREFIX + str(loaded) in keys:
-        return CKPT_PREFIX + str(loaded)
+    if loaded and _key_of_file(str(loaded), keys) in keys:
+        return _key_of_file(str(loaded), keys)
     active = st.session_state.get(state.ACTIVE_JOB)
     if active and JOB_PREFIX + str(active) in keys:
         return JOB_PREFIX + str(active)
@@ -128,7 +137,7 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
     seen[widget_key] = now
     wanted = None
     if now[1] and now[1] != before[1]:
-        wanted = CKPT_PREFIX + str(now[1])  # a checkpoint was just loaded into the session
+        wanted = _key_of_file(str(now[1]), keys)  # a checkpoint was just loaded into the session
     elif now[0] and now[0] != before[0]:
         wanted = JOB_PREFIX + str(now[0])  # a new run was just started
     if wanted in keys and wanted != avoid:

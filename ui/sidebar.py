@@ -47,7 +47,7 @@ def _job_panel(job_id: str, was_alive: bool) -> None:
         return
     p = job.progress()
     cfg = job.model_config
-    st.markdown(f"**Run:** {md(job.name)} ({ARCH_LABELS.get(cfg.preset, cfg.arch)})")
+    st.markdown(f"**Run:** {md(job.name)} · {ARCH_LABELS.get(cfg.preset, cfg.arch)}")
     st.progress(p["fraction"], text=job_line(job))
     if job.status == "failed" and job.error:
         st.caption(f"failed: {md(job.error)}")
