@@ -38,6 +38,9 @@ from ui.state import checkpoint_dir, keep_default
 REFRESH_S = 1.0
 START_TOKEN = "train.start_token"  # int: starts made by this session (see _press_start)
 START_ERROR = "train.start_error"  # a start's error message, shown once
+START_TIME = "train.start_time"  # time.monotonic() of this session's last start
+START_NOTE = "train.start_note"  # True once a press was ignored because a start was in flight
+START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 
 
 def _duration(seconds: float | None) -> str:
@@ -100,15 +103,21 @@ def _start(name: str, cfg: ModelConfig) -> None:
 
 
 def _press_start(token: int) -> None:
-    """Start's callback: one run per drawn button, so a second quick press starts nothing.
+    """Start's callback: while a start is in flight, another press starts nothing.
 
-    ``token`` is the count of starts when the pressed button was drawn; a press
-    of a button drawn before the last start (pressed again while the page had
-    not yet redrawn it) is ignored.
+    ``token`` is the count of starts when the pressed button was drawn: a press
+    of a button drawn before the last start (the page had not yet redrawn it)
+    is ignored, and so is a press within ``START_GUARD_S`` of the last start
+    while that run is still going (the redrawn button hit by the same double press).
     """
-    if token != st.session_state.get(START_TOKEN, 0):
+    last = st.session_state.get(START_TIME)
+    recent = last is not None and time.monotonic() - last < START_GUARD_S
+    shown = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+    if token != st.session_state.get(START_TOKEN, 0) or (recent and shown is not None and shown.is_alive):
+        st.session_state[START_NOTE] = True
         return
     st.session_state[START_TOKEN] = token + 1
+    st.session_state[START_TIME] = time.monotonic()
     cfg = st.session_state[S.MODEL_CONFIG]
     try:
         _start(str(_value("keep.train.name") or "").strip() or default_run_name(cfg), cfg)
@@ -272,14 +281,14 @@ except LMCoreError as e:
 # ------------------------------------------------------------------ buttons
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
 alive = job is not None and job.is_alive
-starting = alive and not job.events  # this session's latest run is still being built
 b = st.columns([1, 1, 1, 3])
-b[0].button("Starting…" if starting else "Start", type="primary", key="train_start", disabled=starting,
-            on_click=_press_start, args=(st.session_state.get(START_TOKEN, 0),),
+b[0].button("Start", type="primary", key="train_start", on_click=_press_start, args=(st.session_state.get(START_TOKEN, 0),),
             help="Start a new run with these settings; a run already going keeps going (up to the limit).")  # fmt: skip
 error = st.session_state.pop(START_ERROR, None)
 if error:
     st.error(error)
+if st.session_state.pop(START_NOTE, None):
+    st.toast("Start was pressed again while a run was starting: one run was started.")
 if b[1].button("Stop", disabled=not (alive and job.status == RUNNING), key="train_stop"):
     job.stop()
     st.rerun()
