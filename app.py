@@ -18,6 +18,7 @@ import streamlit as st  # noqa: E402
 
 from ui import state as S  # noqa: E402
 from ui.shell import begin_run  # noqa: E402
+from ui.urlstate import save as save_to_address  # noqa: E402
 from ui.sidebar import render_sidebar  # noqa: E402
 
 begin_run()
@@ -39,3 +40,4 @@ try:
     page.run()
 finally:
     st.session_state[S.IN_APP] = False
+    save_to_address()  # a reload restores what this run set up

@@ -75,6 +75,8 @@ def frequency_figure(
         title="token",
     )
     fig.update_yaxes(title="count (log scale)" if log_y else "count", type="log" if log_y else "linear")
+    if log_y:
+        fig.update_yaxes(**log_ticks(values))
     fig.update_layout(
         title=_text(title) or None, height=380, margin=dict(l=10, r=10, t=40 if title else 10, b=10), bargap=0.15
     )
@@ -173,6 +175,25 @@ def _finite(xs: _Seq[float], ys: _Seq[float | None]) -> tuple[_np.ndarray, _np.n
     return x[keep], y[keep]
 
 
+def log_ticks(values: Iterable[float]) -> dict[str, Any]:
+    """Tick settings for a log axis over ``values`` that read as plain numbers.
+
+    Plotly's own log ticks label the digits between powers of ten ("2, 5, 100, 2, 5"
+    or "2, 3, ... 9, 1"); these are 1, 10, 100 ... when the values span two decades
+    or more, else 1, 2, 5, 10, 20 ..., each written out in full (0.5, 1, 2, 1e+04).
+    """
+    v = _np.asarray([x for x in values if x is not None and x > 0 and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return {}
+    lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
+    span = math.log10(v.max() / v.min())
+    if span < 0.4:  # within a factor of 2.5 there is no room for 1-2-5: plain numbers from plotly
+        return dict(tickformat=".3~g")
+    steps = (1.0,) if span >= 2 else (1.0, 2.0, 5.0)
+    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps]  # plotly shows those in range
+    return dict(tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+
+
 def _axis_title(x: str) -> str:
     return "tokens seen" if x == "tokens" else "step"
 
@@ -232,6 +253,8 @@ def metric_figure(
         )  # fmt: skip
     fig.update_xaxes(title=_axis_title(x))
     fig.update_yaxes(title=_text(y_title), type="log" if log_y else "linear")
+    if log_y:
+        fig.update_yaxes(**log_ticks(y for trace in fig.data for y in trace.y))
     fig.update_layout(
         height=260,
         margin=dict(l=10, r=10, t=10, b=10),
@@ -289,7 +312,9 @@ def model_diagram(config: Any) -> str:
         kind = "multi-head" if kv == c.n_head else ("multi-query" if kv == 1 else "grouped-query")
         rope = ", RoPE" if c.pos == "rope" else ""
         mlp = "SwiGLU" if c.mlp == "swiglu" else "GELU"
-        hidden = int(c.mlp_ratio * c.n_embd * (2 / 3 if c.mlp == "swiglu" else 1))
+        from lmcore.models.layers import swiglu_hidden  # the widths the model really builds
+
+        hidden = swiglu_hidden(c.n_embd, c.mlp_ratio) if c.mlp == "swiglu" else int(c.mlp_ratio * c.n_embd)
         block += [
             ("n1", norm, blk),
             ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.n_embd // c.n_head} wide", blk),
@@ -555,6 +580,7 @@ def candidates_figure(
             orientation="h",
             name="the model's probability",
             marker_color=colors,
+            showlegend=False,  # a legend swatch takes the first bar's colour, which changes with the drawn token
             text=[f"{p:.1%}" for p in probs],
             textposition="inside",
             insidetextanchor="start",  # at the bar's root, clear of the markers near its end

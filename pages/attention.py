@@ -45,7 +45,7 @@ if not model.has_attention:
 unit = model.attention_unit
 prompt = st.text_input(
     "Prompt",
-    key=state.keep_default(PROMPT, models.default_prompt(tokenizer, data_info, ATTENTION_PROMPTS)),
+    key=models.prompt_default(PROMPT, tokenizer, data_info, ATTENTION_PROMPTS),
     help="Characters the tokenizer never saw in training are reported, not guessed.",
 )
 
@@ -65,7 +65,7 @@ tokens = [tokenizer.token_str(i) for i in ids]
 with user_errors():
     maps = model.attention_maps_for(ids)  # (L, H, T, T)
 n_layer, n_head = maps.shape[0], maps.shape[1]
-st.caption(f"{len(ids)} tokens, {n_layer} layers × {n_head} {unit}s.")
+st.caption(f"{len(ids)} token{'' if len(ids) == 1 else 's'}, {n_layer} layers × {n_head} {unit}s.")
 if unit != "head":
     signed = (
         " They are not probabilities: negative values mean a contribution of the opposite sign."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from lmcore.checkpoint import (
     delete_checkpoint,
     import_checkpoint,
     list_checkpoints,
+    load_checkpoint,
     sanitize_name,
 )
+from lmcore.errors import LMCoreError
 from ui import state
 from ui.boundary import user_errors
 from ui.shell import require_app
@@ -24,6 +27,22 @@ from ui.render import md
 FLASH = "checkpoints.flash"  # (kind, message) shown once after an action that reruns the page
 SELECTED = state.KEEP + "checkpoints.selected"
 SELECT_NEXT = "checkpoints.select_next"  # a name to select on the next run (set after an upload)
+CHECKED = "checkpoints.checked"  # {upload file_id: None if it is a valid checkpoint, else the reason}
+
+
+def check_upload(data: bytes) -> str | None:
+    """Check uploaded bytes as a checkpoint, in a temporary file outside the checkpoint folder:
+    None when they load, else the reason (one line)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload.safetensors"
+        try:
+            path.write_bytes(data)
+            load_checkpoint(path, display_name="the uploaded file")
+        except LMCoreError as e:
+            return str(e)
+        except OSError as e:
+            return f"it could not be read ({e.strerror or e})"
+    return None
 
 require_app()
 st.title("Checkpoints")
@@ -232,14 +251,28 @@ st.write(
 )
 uploaded = st.file_uploader("Checkpoint file", type=["safetensors"], key="checkpoints.upload")
 if uploaded is not None:
-    stem = uploaded.name[: -len(".safetensors")] if uploaded.name.endswith(".safetensors") else uploaded.name
-    wanted = st.text_input("Save as", value=stem, key=f"checkpoints.name.{uploaded.file_id}")
-    with user_errors(stop=False):
-        safe = sanitize_name(wanted)
-        if safe != wanted:
-            st.caption(f"It will be saved as {md(safe)}.safetensors: a plain file name inside the checkpoints folder.")
-        if st.button("Save to checkpoints", key="checkpoints.import"):
-            saved = import_checkpoint(uploaded.getvalue(), safe, directory)
-            st.session_state[SELECT_NEXT] = saved.stem
-            st.session_state[FLASH] = ("success", f"Saved as {md(saved.name)}.")
-            st.rerun()
+    checked = st.session_state.setdefault(CHECKED, {})
+    if uploaded.file_id not in checked:
+        with st.spinner("Checking the file…"):
+            checked[uploaded.file_id] = check_upload(uploaded.getvalue())
+    problem = checked[uploaded.file_id]
+    if problem is not None:
+        st.error(
+            f"**{md(uploaded.name)} is not a checkpoint this playground can use**, so nothing was saved. "
+            "Upload a `.safetensors` file written by this app or by `python -m lmcore train`.",
+            icon=":material/block:",
+        )
+        st.caption(f"What is wrong with it: {md(problem)}")
+    else:
+        stem = uploaded.name[: -len(".safetensors")] if uploaded.name.endswith(".safetensors") else uploaded.name
+        st.success(f"{md(uploaded.name)} is a valid checkpoint. Choose a name and save it.", icon=":material/check:")
+        wanted = st.text_input("Save as", value=stem, key=f"checkpoints.name.{uploaded.file_id}")
+        with user_errors(stop=False):
+            safe = sanitize_name(wanted)
+            if safe != wanted:
+                st.caption(f"It will be saved as {md(safe)}.safetensors: a plain file name inside the checkpoints folder.")
+            if st.button("Save to checkpoints", key="checkpoints.import"):
+                saved = import_checkpoint(uploaded.getvalue(), safe, directory)
+                st.session_state[SELECT_NEXT] = saved.stem
+                st.session_state[FLASH] = ("success", f"Saved as {md(saved.name)}.")
+                st.rerun()

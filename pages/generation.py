@@ -49,7 +49,7 @@ documents = models.is_documents(data_info)
 
 prompt = st.text_area(
     "Prompt",
-    key=state.keep_default(PROMPT, models.default_prompt(tokenizer, data_info)),
+    key=models.prompt_default(PROMPT, tokenizer, data_info),
     height=90,
     help="The text the model continues. Characters its tokenizer never saw are reported, not guessed.",
 )
@@ -61,7 +61,7 @@ if documents:
 
 c1, c2, c3, c4, c5 = st.columns(5)
 temperature = c1.slider(
-    "Temperature", 0.0, 2.0, step=0.05, key=state.keep_default(TEMPERATURE, 0.8),
+    "Sampling temperature", 0.0, 2.0, step=0.05, key=state.keep_default(TEMPERATURE, 0.8),
     help="0 = greedy: always the most likely token. 1 = the model's own odds. Above 1: flatter, more surprising.",
 )
 top_k = c2.number_input(  # no vocabulary-sized maximum: the value outlives a switch to a smaller model
@@ -144,6 +144,7 @@ with tab_gen:
                         show_text(out, prompt, text)
                         last = time.monotonic()
             st.session_state[RESULT] = dict(
+                key=choice,
                 model=labels.get(choice, choice),
                 tokenizer=tokenizer,
                 prompt=prompt,
@@ -153,13 +154,15 @@ with tab_gen:
                 ended=documents and len(ids) < int(max_new),  # stopped at the next BOS
             )
     result = st.session_state.get(RESULT)
+    if result is not None and result["key"] != choice:
+        result = st.session_state[RESULT] = None  # written by the model picked before: not this one's text
     if result is None:
         out.caption("Press Generate to write text with the settings above.")
     else:
         show_text(out, result["prompt"], result["text"])
         n = len(result["ids"])
         ended = " (the document ended)" if result["ended"] else ""
-        st.caption(f"{n} new tokens{ended} from {md(result['model'])}.")
+        st.caption(f"{n} new token{'' if n == 1 else 's'}{ended} from {md(result['model'])}.")
         if n:
             st.subheader("What else could have come?")
             st.write(
@@ -202,7 +205,8 @@ with tab_temp:
             if not prompt_ids:
                 st.info("Type a prompt above to see what the model expects next.")
                 return
-            t = st.slider("Temperature", 0.0, 2.0, step=0.05, key=state.keep_default(EXPLORER_T, 1.0))
+            t = st.slider("Temperature to explore", 0.0, 2.0, step=0.05, key=state.keep_default(EXPLORER_T, 1.0),
+                          help="Only for this chart: Generate uses the temperature above.")  # fmt: skip
             probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
             vocab = [tokenizer.token_str(i) for i in range(len(reference))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 
@@ -67,6 +69,11 @@ LABELS = {
     "expand": ("Expansion (E)", "Inner width = E × width."),
 }
 CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+LIMITS = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd": (8, 4096), "block_size": (2, 4096),
+          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8)}  # fmt: skip
+# Fields an architecture switch keeps within one family (the context length is kept across families).
+SHARED_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "tie_weights")
+FAMILY_DRAWN = "model.family_drawn"  # the family whose fields the page drew last
 
 
 def _field_values(cfg: ModelConfig) -> dict:
@@ -82,10 +89,54 @@ def _set_fields(cfg: ModelConfig) -> None:
 
 
 def _apply_preset() -> None:
-    """Arch or size changed: reset every field to that preset."""
+    """Size changed: every field goes to that preset."""
     arch = st.session_state["keep.model.arch"]
     size = st.session_state["keep.model.size"]
     _set_fields(preset_config(arch, size, st.session_state[S.TOKENIZER].vocab_size))
+
+
+def _switch_arch() -> None:
+    """Architecture changed: its preset, keeping the fields the two share (context length, and
+    layers, width, heads and dropout within one family) where the new one accepts them."""
+    arch = st.session_state["keep.model.arch"]
+    cfg = preset_config(arch, st.session_state["keep.model.size"], st.session_state[S.TOKENIZER].vocab_size)
+    kept = st.session_state.get(S.KEPT, {})
+    shared = SHARED_FIELDS if cfg.arch == st.session_state.get(FAMILY_DRAWN) else ("block_size",)
+    carried = {f: kept[f"keep.model.{f}"] for f in shared if f in FAMILY_FIELDS[cfg.arch] and f"keep.model.{f}" in kept}
+    if carried.get("n_kv_head") == carried.get("n_head", cfg.n_head):
+        carried["n_kv_head"] = None
+    try:
+        cfg = cfg.replace(**carried).validate()
+    except ConfigError:
+        cfg = cfg.replace(block_size=carried.get("block_size", cfg.block_size))
+    _set_fields(cfg)
+
+
+def explain(error: ConfigError, arch: str, values: dict, vocab_size: int, ints: list[str]) -> str:
+    """The config error in the words on screen, with one change that makes the whole model valid.
+
+    Internal names become the field labels; the suggestion is the nearest value of one
+    field (those the message names first) for which the whole config validates.
+    """
+    message = str(error).split("; ")[0]
+    named = [f for f in ints if re.search(rf"\b{f}\b", message)]
+    for f in sorted(LABELS, key=len, reverse=True):
+        message = re.sub(rf"\b{f}\b", LABELS[f][0], message)
+    for f in named + [f for f in ints if f not in named]:
+        lo, hi = LIMITS[f]
+        for delta in range(1, 257):
+            for v in (values[f] - delta, values[f] + delta) if f in named else (values[f] + delta, values[f] - delta):
+                if not lo <= v <= hi:
+                    continue
+                trial = {**values, f: v}
+                if trial.get("n_kv_head") == trial.get("n_head"):
+                    trial["n_kv_head"] = None
+                try:
+                    ModelConfig.preset(arch, vocab_size=vocab_size, **trial).validate()
+                except ConfigError:
+                    continue
+                return f"{message[0].upper()}{message[1:]}. Try {LABELS[f][0]} = {v}."
+    return f"{message[0].upper()}{message[1:]}."
 
 
 require_app()
@@ -113,7 +164,7 @@ arch = c1.radio(
     ARCH_CHOICES,
     format_func=ARCH_LABELS.get,
     key=keep_default("keep.model.arch", DEFAULT_ARCH),
-    on_change=_apply_preset,
+    on_change=_switch_arch,
 )
 size = c2.radio(
     "Size preset",
@@ -125,15 +176,14 @@ size = c2.radio(
 st.info(ARCH_NOTES[arch], icon=":material/lightbulb:")
 
 family = ModelConfig.preset(arch).arch
+st.session_state[FAMILY_DRAWN] = family
 fields = FAMILY_FIELDS[family]
 values: dict = {}
 ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights")]
 cols = st.columns(4)
-limits = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd": (8, 4096), "block_size": (2, 4096),
-          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8)}  # fmt: skip
 for k, f in enumerate(ints):
     label, help_text = LABELS[f]
-    lo, hi = limits[f]
+    lo, hi = LIMITS[f]
     values[f] = int(cols[k % 4].number_input(label, min_value=lo, max_value=hi, step=1, key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text))
 others = [f for f in fields if f not in ints]
 if others:
@@ -160,7 +210,7 @@ try:
     check_fits(cfg, batch, resolve_device(kept.get("keep.train.device", "auto")))
     facts = model_facts(cfg.to_json())
 except ConfigError as e:
-    st.error(str(e), icon=":material/error:")
+    st.error(explain(e, arch, values, tok.vocab_size, ints), icon=":material/error:")
     if saved is not None:
         st.caption("Until this is fixed, training uses the last valid model.")
     st.stop()

@@ -7,11 +7,11 @@ import time
 import pandas as pd
 import streamlit as st
 
-from lmcore.checkpoint import list_checkpoints, optimizer_path, read_metadata, sanitize_name
+from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, read_metadata, sanitize_name
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, STOPPING, TrainingJob
+from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
 from lmcore.models import ModelConfig
 from lmcore.tokenizers import tokenizer_from_dict
 from lmcore.train import TrainConfig
@@ -24,8 +24,10 @@ from ui.flow import (
     PAGE_CHECKPOINTS,
     PAGE_GENERATION,
     PAGE_MODEL,
+    SIZES,
     encoded_split,
     model_facts,
+    preset_config,
     require_corpus,
     require_model_config,
 )
@@ -33,14 +35,12 @@ from ui.render import md
 from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
-STATUS_ICONS = {
-    RUNNING: ":material/play_circle:",
-    STOPPING: ":material/pause_circle:",
-    FINISHED: ":material/check_circle:",
-    STOPPED: ":material/stop_circle:",
-    FAILED: ":material/error:",
-}
 REFRESH_S = 1.0
+START_TOKEN = "train.start_token"  # int: starts made by this session (see _press_start)
+START_ERROR = "train.start_error"  # a start's error message, shown once
+START_TIME = "train.start_time"  # time.monotonic() of this session's last start
+START_NOTE = "train.start_note"  # True once a press was ignored because a start was in flight
+START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 
 
 def _duration(seconds: float | None) -> str:
@@ -100,6 +100,61 @@ def _start(name: str, cfg: ModelConfig) -> None:
     job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=_data_info())
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
+
+
+def _press_start(token: int) -> None:
+    """Start's callback: while a start is in flight, another press starts nothing.
+
+    ``token`` is the count of starts when the pressed button was drawn: a press
+    of a button drawn before the last start (the page had not yet redrawn it)
+    is ignored, and so is a press within ``START_GUARD_S`` of the last start
+    while that run is still going (the redrawn button hit by the same double press).
+    """
+    last = st.session_state.get(START_TIME)
+    recent = last is not None and time.monotonic() - last < START_GUARD_S
+    shown = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+    if token != st.session_state.get(START_TOKEN, 0) or (recent and shown is not None and shown.is_alive):
+        st.session_state[START_NOTE] = True
+        return
+    st.session_state[START_TOKEN] = token + 1
+    st.session_state[START_TIME] = time.monotonic()
+    cfg = st.session_state[S.MODEL_CONFIG]
+    try:
+        _start(str(_value("keep.train.name") or "").strip() or default_run_name(cfg), cfg)
+    except LMCoreError as e:
+        st.session_state[START_ERROR] = str(e)
+
+
+def _name_typed() -> None:
+    cfg = st.session_state.get(S.MODEL_CONFIG)
+    st.session_state[S.NAME_FOR] = cfg.to_json() if cfg is not None else None
+
+
+def _value(key: str):
+    return st.session_state.get(key, st.session_state.get(S.KEPT, {}).get(key))
+
+
+def default_run_name(cfg: ModelConfig) -> str:
+    """A run name from the model: its family and size preset ("mamba-tiny"), else its shape ("llama-2x64-gqa")."""
+    arch = cfg.preset or cfg.arch
+    for size in SIZES:
+        if cfg.preset and preset_config(cfg.preset, size, cfg.vocab_size) == cfg:
+            return f"{arch}-{size.lower()}"
+    shape = f"{cfg.n_layer}x{cfg.n_embd}" if cfg.arch != "bigram" else f"ctx{cfg.block_size}"
+    kv = cfg.kv_heads if cfg.arch == "transformer" else None
+    attention = "" if kv is None or kv == cfg.n_head else ("-mqa" if kv == 1 else "-gqa")
+    return f"{arch}-{shape}{attention}"
+
+
+def free_name(base: str) -> str:
+    """The name a run called ``base`` gets: -2, -3 … added while a running run or a saved file has it."""
+    folder = checkpoint_dir()
+    taken = {j.checkpoint_path for j in REGISTRY.running()}
+    name, k = base, 1
+    while checkpoint_path(folder, name) in taken or checkpoint_path(folder, name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
 
 
 def _follow(job: TrainingJob) -> None:
@@ -201,9 +256,19 @@ devices = _devices()
 if st.session_state.get("keep.train.device") not in devices:
     st.session_state["keep.train.device"] = "auto"
 device_name = c[0].selectbox("Device", devices, key=keep_default("keep.train.device", "auto"))
-auto_name = f"{cfg.preset or cfg.arch}-{tok.kind}{tok.vocab_size}-{cfg.n_layer}x{cfg.n_embd}"
+auto_name = default_run_name(cfg)
+if st.session_state.get(S.NAME_FOR) not in (None, cfg.to_json()) and _value("keep.train.name"):
+    # The name was typed for another model: a new model gets its own name.
+    st.session_state["keep.train.name"] = st.session_state.setdefault(S.KEPT, {})["keep.train.name"] = ""
+    st.session_state[S.NAME_FOR] = None
+    st.toast("The run name was typed for another model; this one gets its own.")
 run_name = c[1].text_input(
-    "Run name (the checkpoint's file name)", key=keep_default("keep.train.name", ""), placeholder=auto_name, max_chars=100
+    "Run name (the checkpoint's file name)",
+    key=keep_default("keep.train.name", ""),
+    placeholder=auto_name,
+    max_chars=100,
+    on_change=_name_typed,
+    help=f"Empty: named after the model ({auto_name}). A name already taken by a run or a saved file gets -2, -3 …",
 )
 # A server-wide setting: the widget shows the registry's value and changes it only when edited.
 st.session_state["train_max_concurrent"] = REGISTRY.max_concurrent
@@ -218,10 +283,12 @@ c[2].number_input(
 )
 name = run_name.strip() or auto_name
 try:
-    file_name = sanitize_name(name) + ".safetensors"
+    base = sanitize_name(name)
+    free = free_name(base)
+    taken = f" ({base} is taken by another run or file)" if free != base else ""
     st.caption(
-        f"Device: {describe_device(resolve_device(device_name))} · saved as `{file_name}` in `{checkpoint_dir()}` "
-        "(a number is added if the name is taken)"
+        f"Device: {describe_device(resolve_device(device_name))} · saved as `{free}.safetensors`{taken} "
+        f"in `{checkpoint_dir()}`"
     )
 except LMCoreError as e:
     st.error(md(str(e)))
@@ -230,16 +297,18 @@ except LMCoreError as e:
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
 alive = job is not None and job.is_alive
 b = st.columns([1, 1, 1, 3])
-if b[0].button("Start", type="primary", icon=":material/play_arrow:", key="train_start",
-               help="Start a new run with these settings; a run already going keeps going (up to the limit)."):  # fmt: skip
-    with user_errors(stop=False):
-        _start(name, cfg)
-        st.rerun()
-if b[1].button("Stop", icon=":material/stop:", disabled=not (alive and job.status == RUNNING), key="train_stop"):
+b[0].button("Start", type="primary", key="train_start", on_click=_press_start, args=(st.session_state.get(START_TOKEN, 0),),
+            help="Start a new run with these settings; a run already going keeps going (up to the limit).")  # fmt: skip
+error = st.session_state.pop(START_ERROR, None)
+if error:
+    st.error(error)
+if st.session_state.pop(START_NOTE, None):
+    st.toast("Start was pressed again while a run was starting: one run was started.")
+if b[1].button("Stop", disabled=not (alive and job.status == RUNNING), key="train_stop"):
     job.stop()
     st.rerun()
 can_resume = job is not None and not alive and job.saved and job.checkpoint_path is not None and optimizer_path(job.checkpoint_path).exists()
-if b[2].button("Resume", icon=":material/resume:", disabled=not can_resume, key="train_resume",
+if b[2].button("Resume", disabled=not can_resume, key="train_resume",
                help="Continue the shown run from its last checkpoint, optimizer state included, up to the iterations set."):  # fmt: skip
     with user_errors(stop=False):
         if _resume(job.checkpoint_path, job.name):
@@ -345,7 +414,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         st.warning("This run is no longer kept on the server.")
         return
     p = job.progress()
-    head = f"{STATUS_ICONS.get(job.status, '')} **{md(job.name)}**: {job.status} · {md(job.device_name)}"
+    head = f"**{md(job.name)}**: {job.status} · {md(job.device_name)}"
     st.markdown(head)
     eta = f" · about {_duration(p['eta_s'])} left" if job.is_alive and p["eta_s"] is not None else ""
     st.progress(p["fraction"], text=f"step {p['step']:,} of {p['max_iters']:,} · {_duration(p['elapsed_s'])} elapsed{eta}")
@@ -363,7 +432,8 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     m = st.columns(4)
     m[0].metric("Training loss (batch)", "–" if not series["loss"] else f"{series['loss'][-1]:.3f}")
     if evals:
-        delta = None if len(evals) < 2 else f"{evals[-1].val_loss - evals[-2].val_loss:+.3f}"
+        change = 0.0 if len(evals) < 2 else evals[-1].val_loss - evals[-2].val_loss
+        delta = f"{change:+.3f}" if round(change, 3) != 0 else None  # no red "+0.000"
         m[1].metric("Validation loss", f"{evals[-1].val_loss:.3f}", delta=delta, delta_color="inverse",
                     help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}.")  # fmt: skip
     else:

@@ -27,7 +27,6 @@ from ui.state import keep_default
 KINDS = {"char": "Characters", "bpe": "Byte-level BPE"}
 BPE_SIZES = (260, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 PROBE_CHARS = 240
-BPE_ASKED = "vocab_bpe_asked"  # the vocabulary size the session's BPE was trained for
 
 require_app()
 
@@ -72,7 +71,7 @@ else:
         tok is not None
         and tok.kind == "bpe"
         and tokenizer_is_current()
-        and st.session_state.get(BPE_ASKED) == size
+        and st.session_state.get(S.BPE_ASKED) == size
     )
     label = "Train BPE again" if current_bpe else "Train BPE"
     if st.button(label, type="primary" if not current_bpe else "secondary"):
@@ -85,7 +84,7 @@ else:
             tok = build_tokenizer("bpe", corpus.text, vocab_size=int(size), progress=_progress)
         bar.empty()
         set_tokenizer(tok)
-        st.session_state[BPE_ASKED] = size
+        st.session_state[S.BPE_ASKED] = size
         current_bpe = True
     if not current_bpe:
         st.info(

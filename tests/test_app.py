@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from lmcore.checkpoint import load_checkpoint
 from lmcore.data import encode_corpus, split_ids
 from lmcore.jobs import FINISHED, REGISTRY, RUNNING, STOPPED
+from lmcore.models import build_model
 from lmcore.train import TrainConfig
 from ui import state as S
 from ui.render import md
@@ -219,7 +221,7 @@ def test_an_impossible_model_setting_is_reported_next_to_the_fields():
     good = at.session_state[S.MODEL_CONFIG]
     at.number_input(key="keep.model.n_head").set_value(3).run()  # 64 is not divisible by 3
     assert not at.exception
-    assert len(at.error) == 1 and "n_head" in at.error[0].value
+    assert len(at.error) == 1 and "Attention heads" in at.error[0].value
     assert at.session_state[S.MODEL_CONFIG] == good  # training keeps the last valid model
     at.number_input(key="keep.model.n_head").set_value(4).run()
     no_problems(at)
@@ -366,3 +368,113 @@ def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
     assert "learning rate" in job.error
     if job.saved:
         assert any(f"step {job.saved_step}" in c.value for c in at.caption)
+
+
+# ---------------------------------------------------------------- what a newcomer trips on
+PASTED = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 5} times." for i in range(40))
+
+
+def test_a_reload_restores_corpus_vocabulary_model_and_settings_from_the_address():
+    at = session()
+    at.radio[0].set_value("Paste text").run()
+    at.text_area(key="keep.data.paste").set_value(PASTED)
+    at.button[0].click().run()
+    at.switch_page("pages/vocabulary.py").run()
+    at.radio(key="keep.vocab.kind").set_value("bpe").run()
+    at.select_slider(key="keep.vocab.size").set_value(320).run()
+    at.button[0].click().run()
+    at.switch_page("pages/model.py").run()
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    at.number_input(key="keep.model.n_kv_head").set_value(1).run()
+    at.switch_page("pages/training.py").run()
+    at.number_input(key="keep.train.iters").set_value(123).run()
+    no_problems(at)
+    address = dict(at.query_params)
+    assert address["corpus"].startswith("text:") and PASTED not in address.values()  # the text stays on the server
+
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)  # the same address, a new session
+    again.query_params.update(address)
+    again.run()
+    no_problems(again)
+    assert again.session_state[S.CORPUS].text == PASTED
+    tok = again.session_state[S.TOKENIZER]
+    assert tok.to_dict() == at.session_state[S.TOKENIZER].to_dict()
+    assert again.session_state[S.MODEL_CONFIG] == at.session_state[S.MODEL_CONFIG]
+    assert again.session_state[S.MODEL_CONFIG].n_kv_head == 1
+    again.switch_page("pages/training.py").run()
+    no_problems(again)
+    assert again.number_input(key="keep.train.iters").value == 123
+    again.switch_page("pages/vocabulary.py").run()
+    assert again.radio(key="keep.vocab.kind").value == "bpe" and not again.info  # no "press Train BPE"
+
+
+def test_model_errors_name_the_fields_on_screen_and_the_suggestion_works():
+    at = session("pages/model.py")
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    for key, value in (("keep.model.n_embd", 63), ("keep.model.n_head", 3), ("keep.model.n_kv_head", 3)):
+        at.number_input(key=key).set_value(value).run()
+        (error,) = at.error
+        assert not re.search(r"n_embd|n_head|n_kv_head", error.value), error.value
+        m = re.search(r"Try (.+) = (\d+)\.", error.value)
+        assert m, error.value
+        field = next(n for n in at.number_input if n.label == m.group(1))
+        field.set_value(int(m.group(2))).run()
+        no_problems(at)  # following the suggestion gives a valid model
+
+
+def test_switching_architecture_keeps_the_context_length():
+    at = session("pages/model.py")
+    at.number_input(key="keep.model.block_size").set_value(48).run()
+    at.radio(key="keep.model.arch").set_value("mamba").run()
+    no_problems(at)
+    assert at.session_state[S.MODEL_CONFIG].block_size == 48
+
+
+def test_the_swiglu_diagram_shows_the_width_the_model_builds():
+    at = session("pages/model.py")
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    cfg = at.session_state[S.MODEL_CONFIG]
+    hidden = build_model(cfg).h[0].mlp.c_proj.in_features  # 168 for a width of 64, not 2/3 × 256 = 170
+    spec = at.get("graphviz_chart")[0].proto.spec
+    assert f"{cfg.n_embd} → {hidden} → {cfg.n_embd}" in spec
+
+
+def test_run_names_come_from_the_model_and_a_typed_name_stays_with_its_model(checkpoints):
+    at = session("pages/training.py")
+    for key, value in (("keep.train.iters", 8), ("keep.train.eval", 4), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.switch_page("pages/model.py").run()
+    at.radio(key="keep.model.arch").set_value("llama").run()
+    at.switch_page("pages/training.py").run()
+    at.text_input(key="keep.train.name").input("llama-gqa").run()
+    at.button(key="train_start").click().run()
+    no_problems(at)
+    llama = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert llama.name == "llama-gqa"
+    wait_for(llama)
+    at.switch_page("pages/model.py").run()
+    at.radio(key="keep.model.arch").set_value("mamba").run()
+    at.switch_page("pages/training.py").run()
+    assert at.text_input(key="keep.train.name").value == ""  # the name belonged to the llama
+    assert "mamba-tiny.safetensors" in " ".join(c.value for c in at.caption)
+    at.button(key="train_start").click().run()
+    no_problems(at)
+    mamba = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert mamba.id != llama.id and mamba.name == "mamba-tiny"
+    wait_for(mamba)
+    at.run()
+    assert "mamba-tiny-2.safetensors" in " ".join(c.value for c in at.caption)  # a taken name gets a number, shown
+    assert any("Run:** mamba\\-tiny · Mamba" in m.value for m in at.sidebar.markdown)
+    at.switch_page("pages/attention.py").run()
+    options = at.selectbox(key="keep.attention.model").options
+    assert len(options) == 2 and all("Saved:" not in o for o in options), options  # a run and its file: one entry
+
+
+def test_the_log_scale_ticks_read_as_plain_numbers():
+    at = session("pages/vocabulary.py")
+    at.toggle(key="keep.vocab.log").set_value(True).run()
+    (freq,) = chart_specs(at)
+    axis = freq["layout"]["yaxis"]
+    assert axis["ticktext"] == [f"{v:g}" for v in axis["tickvals"]]  # whole numbers, not "5, 2, 100, 5, 2"
+    assert {t[0] for t in axis["ticktext"]} <= {"1", "2", "5"} and axis["tickvals"] == sorted(axis["tickvals"])

@@ -322,15 +322,24 @@ def test_checkpoints_are_listed(ckpt_dir: Path) -> None:
     assert at.error and at.button(key="checkpoints.load").disabled
 
 
-def test_junk_upload_is_refused_and_nothing_written(ckpt_dir: Path) -> None:
+def test_junk_upload_is_refused_on_arrival_in_plain_words_and_nothing_written(ckpt_dir: Path) -> None:
     before = sorted(p.name for p in ckpt_dir.iterdir())
     at = open_page(CHECKPOINTS)
-    at.file_uploader(key="checkpoints.upload").set_value(("junk.safetensors", b"not a checkpoint" * 50, "application/octet-stream"))
+    junk = b"\x90" * 8 + b"not a checkpoint" * 50  # its first 8 bytes declare an absurd header length
+    at.file_uploader(key="checkpoints.upload").set_value(("junk.safetensors", junk, "application/octet-stream"))
     at.run()
-    at.button(key="checkpoints.import").click().run()
     assert not at.exception
-    assert at.error
+    # Checked the moment it arrives: the plain message first, the technical reason after it, no Save.
+    (error,) = at.error
+    assert error.value.replace("\\", "").startswith("**junk.safetensors is not a checkpoint")
+    assert any("What is wrong with it" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "checkpoints.import"]
     assert sorted(p.name for p in ckpt_dir.iterdir()) == before
+
+    good = (ckpt_dir / "tiny.safetensors").read_bytes()
+    at.file_uploader(key="checkpoints.upload").set_value(("tiny.safetensors", good, "application/octet-stream"))
+    at.run()
+    assert not at.error and any("is a valid checkpoint" in s.value for s in at.success)
 
 
 def test_upload_names_are_sanitised(ckpt_dir: Path) -> None:
@@ -406,3 +415,30 @@ def test_the_current_run_is_the_default_model(empty_dir: Path) -> None:
     assert len(charts(at)) == 3
     open_page(GENERATION, at)
     assert generate(at, max_new=10)
+
+
+# ---------------------------------------------------------------- wording and state a newcomer meets
+
+
+def test_generation_wording_labels_and_a_switch_of_model(ckpt_dir: Path) -> None:
+    at = open_page(GENERATION)
+    generate(at, max_new=1)
+    assert "1 new token from" in texts(at.caption)  # not "1 tokens"
+    sliders = [s.label for s in at.slider]
+    assert len(sliders) == len(set(sliders)), sliders  # the two temperatures are told apart
+    at.selectbox(key=ui_models.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors")).run()
+    assert not at.exception
+    assert "new token" not in texts(at.caption) and "generation.result" not in at.session_state or (
+        at.session_state["generation.result"] is None
+    )  # another model's text is not shown as this one's
+
+
+def test_prompts_start_from_a_line_of_the_corpus_in_use(ckpt_dir: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.radio[0].set_value("Paste text").run()
+    at.text_area(key="keep.data.paste").set_value("the cat sat on the mat\nand then it ran off\n" * 20)
+    at.button[0].click().run()
+    open_page(ATTENTION, at)
+    assert at.text_input(key="keep.attention.prompt").value == "the cat sat on the mat"
+    open_page(GENERATION, at)
+    assert at.text_area(key="keep.generation.prompt").value == "the cat sat on the mat"

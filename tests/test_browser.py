@@ -206,7 +206,7 @@ def setup_run(page: Page, iterations: int, eval_every: int, name: str) -> None:
     set_number(page, "Evaluation batches", 2)
     set_number(page, "Warm-up steps", 5)
     wait_idle(page)
-    box = page.get_by_label("Run name (the checkpoint's file name)")
+    box = page.get_by_label("Run name (the checkpoint's file name)", exact=True)
     box.fill(name)
     box.press("Enter")
     expect(page.get_by_text(f"{name}.safetensors").first).to_be_visible()
@@ -363,3 +363,92 @@ def test_two_sessions_train_at_the_same_time(server: tuple[str, Path], browser: 
     for page in pages:
         page.context.close()
 
+
+
+CORPUS_4KB = "\n".join(
+    f"Line {i}: the quick brown fox jumps over the lazy dog, and the cat watches it {i % 7} times."
+    for i in range(48)
+)
+
+
+def sidebar_text(page: Page) -> str:
+    return page.locator('[data-testid="stSidebar"]').inner_text()
+
+
+def test_a_reload_restores_the_session_and_runs_keep_their_own_names(server: tuple[str, Path], browser: Browser) -> None:
+    """A learner's notebook replayed: a pasted corpus, BPE, a LLaMA with one key/value head, a
+    double press of Start, a reload mid-training, then a Mamba run."""
+    url, folder = server
+    page = new_page(browser, url)
+
+    # A pasted corpus, a BPE vocabulary, LLaMA with multi-query attention.
+    page.get_by_text("Paste text", exact=True).click()
+    wait_idle(page)
+    page.get_by_label("Paste or type text").fill(CORPUS_4KB)
+    page.get_by_role("button", name="Use this text").click()
+    wait_idle(page)
+    expect(page.get_by_text(re.compile(r"pasted text \([\d,]+ characters")).first).to_be_visible()
+    go(page, "Vocabulary")
+    page.get_by_text("Byte-level BPE", exact=True).click()
+    wait_idle(page)
+    page.get_by_role("button", name="Train BPE").click()
+    wait_idle(page)
+    expect(page.get_by_text(re.compile(r"Byte-level BPE: [\d,]+ tokens")).first).to_be_visible()
+    go(page, "Model")
+    page.get_by_text("LLaMA (transformer)", exact=True).click()
+    wait_idle(page)
+    set_number(page, "Key/value heads", 1)
+
+    # Two quick presses of Start: one run.
+    go(page, "Training")
+    setup_run(page, iterations=5000, eval_every=10, name="llama-gqa")
+    wait_idle(page)
+    box = page.locator(".st-key-train_start button:visible").first.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.click(x, y)
+    page.wait_for_timeout(400)  # the first press is being handled: its run is starting
+    page.mouse.click(x, y)
+    expect(page.get_by_text(STEP).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"llama-gqa: running")).first).to_be_visible()
+    deadline = time.monotonic() + 120
+    while progress(page)[0] < 30 and time.monotonic() < deadline:  # past a few saves: a twin would have saved too
+        time.sleep(0.5)
+    saved = sorted(p.name for p in folder.glob("llama-gqa*.safetensors") if ".optim." not in p.name)
+    assert saved == ["llama-gqa.safetensors"]
+    assert "other run" not in sidebar_text(page)
+    screenshot(page, "9_training_before_reload")
+
+    # A reload mid-training: corpus, vocabulary, model and the live run come back.
+    step_before = progress(page)[0]
+    assert "run=" in page.url
+    page.reload()
+    expect(title(page, "Training")).to_be_visible(timeout=90_000)
+    expect(page.get_by_text(re.compile(r"llama-gqa: running")).first).to_be_visible(timeout=60_000)
+    assert progress(page)[0] >= step_before
+    side = sidebar_text(page)
+    assert "pasted text" in side and "bpe" in side and "LLaMA" in side, side
+    expect(page.get_by_label("Run name (the checkpoint's file name)", exact=True)).to_have_value("llama-gqa")
+    screenshot(page, "10_training_after_reload")
+    go(page, "Model")
+    expect(page.get_by_label("Key/value heads", exact=True)).to_have_value("1")
+    go(page, "Data")
+    expect(page.get_by_label("Paste or type text")).to_have_value(CORPUS_4KB)
+
+    # A Mamba run started after the llama run gets its own name.
+    go(page, "Model")
+    page.get_by_text("Mamba (state space)", exact=True).click()
+    wait_idle(page)
+    go(page, "Training")
+    wait_idle(page)
+    page.locator(".st-key-train_stop button").click()
+    wait_saved(page, 60)
+    wait_idle(page)
+    expect(page.locator(".st-key-train_resume button:visible").first).to_be_enabled()  # redrawn for the ended run
+    wait_idle(page)
+    page.locator(".st-key-train_start button:visible").click()
+    expect(page.get_by_text(re.compile(r"mamba-tiny: running")).first).to_be_visible(timeout=60_000)
+    assert re.search(r"Run: mamba-tiny · Mamba", sidebar_text(page)), sidebar_text(page)
+    page.locator(".st-key-train_stop button").click()
+    wait_saved(page, 60)
+    page.context.close()

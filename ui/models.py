@@ -82,11 +82,13 @@ def model_choices() -> list[tuple[str, str]]:
     ]
     jobs.sort(key=lambda j: (j.id != active, j.id not in mine))  # stable: the registry's order otherwise
     choices = []
+    # A run and the file it saves are one model: the run stands for both.
+    run_files = {Path(j.checkpoint_path).resolve() for j in jobs if j.checkpoint_path is not None}
     for job in jobs:
         who = "Current run" if job.id == active else ("Your run" if job.id in mine else "Run")
         choices.append((f"{who}: {job.name} ({job.status}, step {_job_step(job)})", JOB_PREFIX + job.id))
     for info in _checkpoints():
-        if info.get("error"):
+        if info.get("error") or Path(info["path"]).resolve() in run_files:
             continue
         arch = info.get("preset") or info.get("arch") or "?"
         steps = info.get("steps")
@@ -95,11 +97,20 @@ def model_choices() -> list[tuple[str, str]]:
     return choices
 
 
+def _key_of_file(path: str, keys: list[str]) -> str:
+    """The choice for a checkpoint file: the run that saves it when that run is listed (it stands for the file)."""
+    target = Path(path).resolve()
+    for job in _jobs():
+        if JOB_PREFIX + job.id in keys and job.checkpoint_path is not None and Path(job.checkpoint_path).resolve() == target:
+            return JOB_PREFIX + job.id
+    return CKPT_PREFIX + str(path)
+
+
 def _default_key(keys: list[str]) -> str | None:
     """The checkpoint loaded into the session, else the current run, else the first choice."""
     loaded = st.session_state.get(state.LOADED_CHECKPOINT)
-    if loaded and CKPT_PREFIX + str(loaded) in keys:
-        return CKPT_PREFIX + str(loaded)
+    if loaded and _key_of_file(str(loaded), keys) in keys:
+        return _key_of_file(str(loaded), keys)
     active = st.session_state.get(state.ACTIVE_JOB)
     if active and JOB_PREFIX + str(active) in keys:
         return JOB_PREFIX + str(active)
@@ -126,7 +137,7 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
     seen[widget_key] = now
     wanted = None
     if now[1] and now[1] != before[1]:
-        wanted = CKPT_PREFIX + str(now[1])  # a checkpoint was just loaded into the session
+        wanted = _key_of_file(str(now[1]), keys)  # a checkpoint was just loaded into the session
     elif now[0] and now[0] != before[0]:
         wanted = JOB_PREFIX + str(now[0])  # a new run was just started
     if wanted in keys and wanted != avoid:
@@ -227,6 +238,42 @@ def default_prompt(tokenizer: Any, data_info: dict[str, Any] | None, candidates:
             continue
         return text
     return "" if is_documents(data_info) else tokenizer.decode([0])
+
+
+PROMPT_DEFAULTS = "models.prompt_defaults"  # {widget key: the default prompt it was given last}
+PROMPT_CHARS = 40  # a corpus line used as a prompt is cut at a space near this length
+
+
+def corpus_line() -> str | None:
+    """The first line of the session's corpus with some text, cut short at a word: a prompt in its style."""
+    corpus = st.session_state.get(state.CORPUS)
+    if corpus is None:
+        return None
+    for line in corpus.text[:20_000].splitlines():
+        line = line.strip()
+        if len(line) >= 3:
+            if len(line) > PROMPT_CHARS:
+                cut = line.rfind(" ", 0, PROMPT_CHARS)
+                line = line[: cut if cut > 0 else PROMPT_CHARS]
+            return line
+    return None
+
+
+def prompt_default(widget_key: str, tokenizer: Any, data_info: dict[str, Any] | None, candidates: tuple[str, ...] = ()) -> str:
+    """Key for a prompt box whose default is a line of the corpus in use (else ``candidates``).
+
+    The box follows a new default (another corpus or model) until the user edits it.
+    """
+    line = corpus_line()
+    first = (line,) if line and not is_documents(data_info) else ()
+    default = default_prompt(tokenizer, data_info, first + candidates)
+    given = st.session_state.setdefault(PROMPT_DEFAULTS, {})
+    before = given.get(widget_key)
+    given[widget_key] = default
+    current = st.session_state.get(widget_key, st.session_state.get(state.KEPT, {}).get(widget_key))
+    if before is not None and current == before and default != before:
+        st.session_state[widget_key] = st.session_state.setdefault(state.KEPT, {})[widget_key] = default
+    return state.keep_default(widget_key, default)
 
 
 def no_model_yet(what: str) -> None:

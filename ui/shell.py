@@ -9,14 +9,17 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import state as S
+from ui import urlstate
 from ui.sidebar import render_sidebar
 
 PAGE_TITLE = "Small LM Playground"
 
 
 def begin_run() -> None:
-    """Page settings; the first thing every run does."""
+    """Page settings, and a new browser session's settings from the address; the first thing every run does."""
     st.set_page_config(page_title=PAGE_TITLE, page_icon=":material/neurology:", layout="wide")
+    urlstate.restore()
+    urlstate.save()
 
 
 def require_app() -> None:

@@ -13,6 +13,8 @@ from lmcore.jobs import REGISTRY, TrainingJob
 from ui import state as S
 from ui.flow import ARCH_LABELS, describe_corpus, model_facts, tokenizer_is_current
 from ui.render import md
+from ui.urlstate import NOTE
+from ui.urlstate import save as save_to_address
 
 
 # The sidebar slot of the run in progress, per script thread (and checked per session).
@@ -44,7 +46,8 @@ def _job_panel(job_id: str, was_alive: bool) -> None:
     if job is None:
         return
     p = job.progress()
-    st.markdown(f"**Run:** {md(job.name)}")
+    cfg = job.model_config
+    st.markdown(f"**Run:** {md(job.name)} · {ARCH_LABELS.get(cfg.preset, cfg.arch)}")
     st.progress(p["fraction"], text=job_line(job))
     if job.status == "failed" and job.error:
         st.caption(f"failed: {md(job.error)}")
@@ -56,6 +59,9 @@ def render_sidebar() -> None:
     """Draw the device, the active run, and what is set up so far."""
     with st.sidebar:
         st.caption(f":material/memory: Device: {_device_text()}")
+        note = st.session_state.pop(NOTE, None)
+        if note:
+            st.warning(note)
 
         job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB) or "")
         if job is not None:
@@ -75,6 +81,7 @@ def refresh_setup() -> None:
     changes the corpus, vocabulary or model, so it is right even when the page
     stops early (st.stop) afterwards.
     """
+    save_to_address()
     session, slot = getattr(_this_run, "slot", (None, None))
     if slot is None or session != _session_id():
         return

@@ -27,6 +27,8 @@ CORPUS_ID = "corpus_id"  # str: a fingerprint of the corpus in CORPUS (see ui.fl
 TOKENIZER_CORPUS_ID = "tokenizer_corpus_id"  # str: CORPUS_ID of the corpus TOKENIZER was built from
 ENCODED = "encoded"  # (key, train_ids, val_ids): the corpus encoded with TOKENIZER, split
 TRAIN_CONFIG = "train_config"  # lmcore.train.TrainConfig last used to start a run
+NAME_FOR = "train.name_for"  # str: the model config (JSON) the typed run name belongs to
+BPE_ASKED = "vocab_bpe_asked"  # int: the vocabulary size the session's BPE was trained for
 
 KEEP = "keep."  # prefix of widget keys whose values survive page switches
 IN_APP = "_in_app"  # True while app.py runs a page (see ui.flow.require_app)

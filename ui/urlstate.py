@@ -1,0 +1,305 @@
+"""The session's settings in the page address, so a reload (or a bookmark) restores them.
+
+After every run ``save()`` writes what the user set up into ``st.query_params``:
+the corpus (a built-in name, a web address, or the content hash of a pasted or
+uploaded text kept by ``store_text``), documents mode and split, the tokenizer
+kind and size, the architecture, size and fields of the model, the training
+settings, and the id of the run this browser follows. On the first run of a
+new browser session ``restore()`` reads them back before the page draws,
+rebuilding the corpus, vocabulary and model and re-attaching to the run while
+the server still knows it. Anything that no longer fits (a text that was
+evicted, a field out of range) is skipped with a note, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from lmcore.data import BUILTIN_CORPORA, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
+from lmcore.errors import LMCoreError
+from lmcore.models import ModelConfig
+from ui import state as S
+
+RESTORED = "_url_restored"  # set once the address was read for this browser session
+STORED = "_url_stored"  # (corpus id, hash) of the session's corpus once kept in the store
+NOTE = "_url_note"  # a line saying what could not be restored, shown once by the sidebar
+STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
+
+# Model fields that the model page shows, with their widget keys "keep.model.<field>".
+MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias",
+                "tie_weights", "d_state", "d_conv", "expand")  # fmt: skip
+# Training settings: address key -> (widget key, type).
+TRAIN_FIELDS: dict[str, tuple[str, type]] = {
+    "iters": ("keep.train.iters", int),
+    "batch": ("keep.train.batch", int),
+    "lr": ("keep.train.lr", float),
+    "warmup": ("keep.train.warmup", int),
+    "eval": ("keep.train.eval", int),
+    "eval_iters": ("keep.train.eval_iters", int),
+    "seed": ("keep.train.seed", int),
+    "budget": ("keep.train.budget", int),
+    "device": ("keep.train.device", str),
+    "name": ("keep.train.name", str),
+}
+
+
+# ------------------------------------------------------------------ the text store
+def store_dir() -> Path:
+    """Where pasted and uploaded corpora are kept: ``corpora/`` in lmcore's cache folder."""
+    return default_cache_dir() / "corpora"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+
+
+def store_text(text: str) -> str | None:
+    """Keep ``text`` on the server under its content hash; returns the hash (None if it cannot be written).
+
+    The folder holds at most ``STORE_CAP_BYTES``: the texts used longest ago go first.
+    """
+    key = text_hash(text)
+    folder = store_dir()
+    path = folder / f"{key}.txt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            os.utime(path)  # used now: evicted last
+            return key
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8", errors="surrogatepass")
+        os.replace(tmp, path)
+        files = sorted(folder.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        total = 0
+        for p in files:
+            total += p.stat().st_size
+            if total > STORE_CAP_BYTES and p != path:
+                p.unlink(missing_ok=True)
+    except OSError:
+        return None  # an unwritable cache costs the restore after a reload, nothing more
+    return key
+
+
+def stored_text(key: str) -> str | None:
+    if not key.isalnum():
+        return None
+    try:
+        return (store_dir() / f"{key}.txt").read_text(encoding="utf-8", errors="surrogatepass")
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------ reading the session
+def _value(key: str) -> Any:
+    """A persistent widget's value: live, else the last one drawn."""
+    if key in st.session_state:
+        return st.session_state[key]
+    return st.session_state.get(S.KEPT, {}).get(key)
+
+
+def _set(key: str, value: Any) -> None:
+    """Give persistent widget ``key`` this value before it is drawn."""
+    st.session_state[key] = value
+    st.session_state.setdefault(S.KEPT, {})[key] = value
+
+
+def corpus_ref(corpus: Corpus) -> dict[str, str]:
+    """How the address names a corpus: built-in, web address, or stored text."""
+    if corpus.source.startswith("builtin:") and corpus.name in BUILTIN_CORPORA:
+        return {"corpus": corpus.source}
+    if corpus.source.startswith(("http://", "https://")):
+        return {"corpus": "url:" + corpus.source}
+    cid = st.session_state.get(S.CORPUS_ID)
+    stored = st.session_state.get(STORED)
+    if stored is None or stored[0] != cid:  # hash and write each text once per session
+        stored = st.session_state[STORED] = (cid, store_text(corpus.text))
+    if stored[1] is None:
+        return {}
+    return {"corpus": "text:" + stored[1], "cname": corpus.name}
+
+
+def current_params() -> dict[str, str]:
+    """The session's settings as address parameters (strings)."""
+    out: dict[str, str] = {}
+    corpus = st.session_state.get(S.CORPUS)
+    if corpus is not None:
+        out.update(corpus_ref(corpus))
+        if corpus.documents:
+            out["docs"] = "1"
+    if S.VAL_FRACTION in st.session_state:
+        out["val"] = f"{float(st.session_state[S.VAL_FRACTION]):g}"
+    tok = st.session_state.get(S.TOKENIZER)
+    if tok is not None:
+        out["tok"] = tok.kind
+        if tok.kind == "bpe" and st.session_state.get(S.BPE_ASKED):
+            out["vocab"] = str(int(st.session_state[S.BPE_ASKED]))
+    cfg = st.session_state.get(S.MODEL_CONFIG)
+    if cfg is not None and cfg.preset:
+        out["arch"] = cfg.preset
+        size = _value("keep.model.size")
+        if size:
+            out["size"] = str(size)
+        values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
+        values["n_kv_head"] = cfg.kv_heads
+        out.update({f: _text(v) for f, v in values.items()})
+    for name, (key, _) in TRAIN_FIELDS.items():
+        v = _value(key)
+        if v is not None and v != "":
+            out[name] = _text(v)
+    run = st.session_state.get(S.ACTIVE_JOB)
+    if run:
+        out["run"] = str(run)
+    return out
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def save() -> None:
+    """Write the session's settings into the address (only when they changed).
+
+    Called at the start and end of every run and whenever the corpus, vocabulary,
+    model or run changes (a page run on its own has no end to hook into).
+    """
+    if not st.session_state.get(RESTORED):
+        return
+    wanted = current_params()
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+
+
+# ------------------------------------------------------------------ restoring
+def _parse(text: str, kind: type) -> Any:
+    if kind is bool:
+        return text == "1"
+    return kind(text)
+
+
+def restore() -> None:
+    """On a new browser session, set up what the address names; once per session."""
+    if st.session_state.get(RESTORED):
+        return
+    st.session_state[RESTORED] = True
+    params = st.query_params.to_dict()
+    if not params:
+        return
+    skipped: list[str] = []
+    with st.spinner("Restoring your session…"):
+        try:
+            _restore_corpus(params)
+        except (LMCoreError, ValueError):
+            skipped.append("the corpus")
+        if S.CORPUS in st.session_state:
+            try:
+                _restore_tokenizer(params)
+            except (LMCoreError, ValueError):
+                skipped.append("the vocabulary")
+        if S.TOKENIZER in st.session_state:
+            try:
+                _restore_model(params)
+            except (LMCoreError, ValueError, TypeError):
+                skipped.append("the model")
+    for name, (key, kind) in TRAIN_FIELDS.items():
+        if name in params:
+            try:
+                _set(key, _parse(params[name], kind))
+            except ValueError:
+                skipped.append(f"the setting {name}")
+    if params.get("name") and S.MODEL_CONFIG in st.session_state:
+        st.session_state[S.NAME_FOR] = st.session_state[S.MODEL_CONFIG].to_json()  # the name belongs to this model
+    from lmcore.jobs import REGISTRY
+
+    run = params.get("run")
+    if run and REGISTRY.get(run) is not None:
+        st.session_state[S.ACTIVE_JOB] = run
+    elif run:
+        skipped.append("the run (the server no longer knows it)")
+    if skipped:
+        st.session_state[NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
+
+
+def _restore_corpus(params: dict[str, str]) -> None:
+    from ui.flow import load_builtin, set_corpus
+
+    ref = params.get("corpus", "")
+    documents = params.get("docs") == "1"
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        set_corpus(load_builtin(name, documents))
+        _set("keep.data.source", "Built-in")
+        _set("keep.data.builtin", name)
+    elif ref.startswith("url:"):
+        address = ref.removeprefix("url:")
+        set_corpus(load_corpus(address, documents=documents, allow_local=False))  # read from the download cache
+        _set("keep.data.source", "From a URL")
+        _set("keep.data.url", address)
+    elif ref.startswith("text:"):
+        text = stored_text(ref.removeprefix("text:"))
+        if text is None:
+            raise ValueError("the stored text is gone")
+        name = params.get("cname") or "pasted text"
+        set_corpus(corpus_from_text(text, name=name, documents=documents))
+        if name == "pasted text":
+            _set("keep.data.source", "Paste text")
+            _set("keep.data.paste", text)
+        else:
+            _set("keep.data.source", "Upload a file")
+    elif ref:
+        raise ValueError(f"unknown corpus {ref!r}")
+    _set("keep.data.documents", st.session_state[S.CORPUS].documents if S.CORPUS in st.session_state else documents)
+    if "val" in params:
+        fraction = float(params["val"])
+        if 0.05 <= fraction <= 0.5:
+            st.session_state[S.VAL_FRACTION] = fraction
+            _set("keep.data.val", fraction)
+
+
+def _restore_tokenizer(params: dict[str, str]) -> None:
+    from ui.flow import set_tokenizer
+
+    kind = params.get("tok")
+    if kind not in ("char", "bpe"):
+        return
+    text = st.session_state[S.CORPUS].text
+    if kind == "bpe":
+        size = int(params.get("vocab", "0"))
+        set_tokenizer(build_tokenizer("bpe", text, vocab_size=size))
+        st.session_state[S.BPE_ASKED] = size
+        _set("keep.vocab.size", size)
+    else:
+        set_tokenizer(build_tokenizer("char", text))
+    _set("keep.vocab.kind", kind)
+
+
+def _restore_model(params: dict[str, str]) -> None:
+    from ui.flow import ARCH_CHOICES, SIZES, set_model_config
+
+    arch = params.get("arch")
+    if arch not in ARCH_CHOICES:
+        return
+    base = ModelConfig.preset(arch)
+    fields = {}
+    for f in MODEL_FIELDS:
+        if f in params:
+            default = getattr(base, f)
+            fields[f] = _parse(params[f], type(default) if default is not None else int)
+    if fields.get("n_kv_head") == fields.get("n_head", base.n_head):
+        fields["n_kv_head"] = None
+    vocab = st.session_state[S.TOKENIZER].vocab_size
+    cfg = ModelConfig.preset(arch, vocab_size=vocab, **fields).validate()
+    set_model_config(cfg)
+    _set("keep.model.arch", arch)
+    if params.get("size") in SIZES:
+        _set("keep.model.size", params["size"])
+    for f in MODEL_FIELDS:
+        _set(f"keep.model.{f}", cfg.kv_heads if f == "n_kv_head" else getattr(cfg, f))
