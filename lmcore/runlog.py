@@ -66,13 +66,15 @@ def _clean(value: Any) -> Any:
 class RunLogger:
     """A trainer callback that appends the run's log; rank 0 alone writes one.
 
-    ``sample`` events: a job that generates text at evals passes its own event
-    (with ``sample`` set) to ``on_eval``; the logger writes whatever it is given.
+    ``info`` goes into the start line (e.g. the data source). With
+    ``own_evals=True`` the trainer's eval events are not written: the owner
+    writes its own through ``log_eval`` (a job adds a text sample to them first).
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, info: dict[str, Any] | None = None):
+    def __init__(self, checkpoint: str | os.PathLike, info: dict[str, Any] | None = None, own_evals: bool = False):
         self.path = log_path(checkpoint)
         self.info = dict(info or {})
+        self.own_evals = own_evals
         self._file: IO[str] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
@@ -135,6 +137,10 @@ class RunLogger:
         )
 
     def on_eval(self, e: Any) -> None:
+        if not self.own_evals:
+            self.log_eval(e)
+
+    def log_eval(self, e: Any) -> None:
         record = {
             "kind": "eval",
             "step": e.step,
