@@ -16,6 +16,9 @@ began, across resumes), ``train_loss`` and ``lr``:
 - ``"eval"``: after each evaluation; ``train_loss`` is the mean over the fixed
   evaluation windows; adds ``val_loss``, ``val_ppl``, ``val_acc``,
   ``grad_norm``, ``tokens_per_s`` and ``sample`` when there is one.
+- ``"end"``: the run (or this part of it) ended; ``time`` includes the final
+  evaluation; adds ``val_loss``, ``stopped_early`` and ``early_stopped``. A run
+  that crashed has none.
 
 Reading never fails on a torn last line (a crash mid-write): it is ignored,
 and ``LogFollower`` reads only whole lines, from where it stopped.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -76,6 +80,7 @@ class RunLogger:
         self.info = dict(info or {})
         self.own_evals = own_evals
         self._file: IO[str] | None = None
+        self._last_lr: float | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
@@ -123,6 +128,7 @@ class RunLogger:
         )
 
     def on_step(self, e: Any) -> None:
+        self._last_lr = e.lr
         self.write(
             {
                 "kind": "step",
@@ -159,6 +165,19 @@ class RunLogger:
         self.write(record)
 
     def on_end(self, result: dict[str, Any]) -> None:
+        self.write(
+            {
+                "kind": "end",
+                "step": result["step"],
+                "tokens": result["tokens_seen"],
+                "time": round(result["elapsed_s"], 4),
+                "train_loss": result.get("train_loss"),
+                "lr": self._last_lr,
+                "val_loss": result.get("val_loss"),
+                "stopped_early": result.get("stopped_early"),
+                "early_stopped": result.get("early_stopped"),
+            }
+        )
         self.close()
 
 
@@ -238,6 +257,21 @@ class LogFollower:
         self.offset += used
         self.records = resolve(self.records + new) if any(r.get("kind") == "start" for r in new) else self.records + new
         return new
+
+
+def is_running(log: str | os.PathLike, within_s: float = 120.0) -> bool:
+    """Whether a run is still writing its log: written to in the last ``within_s`` seconds, and not ended."""
+    path = Path(log)
+    try:
+        stat = path.stat()
+        if time.time() - stat.st_mtime > within_s:
+            return False
+        with open(path, "rb") as f:
+            f.seek(max(0, stat.st_size - (1 << 16)))
+            records, _ = parse_lines(f.read())
+    except OSError:
+        return False
+    return not records or records[-1].get("kind") != "end"
 
 
 # --------------------------------------------------------------------------- views of a run
