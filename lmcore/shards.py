@@ -123,14 +123,15 @@ def _parts(source: str, workdir: Path) -> tuple[list[_Part], str]:
 def _read_text(parts: list[_Part]) -> Iterator[tuple[str, int]]:
     """The corpus as (text, bytes read) pieces of about CHUNK_BYTES, decoded strictly as UTF-8.
 
-    A part that does not end with a newline gets one, so files never run into each other.
+    A newline goes between two parts when the first does not end with one, so files never run into each other.
     """
-    for part in parts:
+    for k, part in enumerate(parts):
+        more = k < len(parts) - 1
         if part.text is not None:
             for i in range(0, len(part.text), CHUNK_BYTES):
                 piece = part.text[i : i + CHUNK_BYTES]
                 yield piece, len(piece.encode("utf-8"))
-            if not part.text.endswith("\n"):
+            if more and not part.text.endswith("\n"):
                 yield "\n", 0
             continue
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -157,7 +158,7 @@ def _read_text(parts: list[_Part]) -> Iterator[tuple[str, int]]:
             raise DataError(f"{part.path} ends inside a UTF-8 character; the file is cut short") from None
         except OSError as e:
             raise DataError(f"{part.path} cannot be read ({e.strerror or e}); check the file") from None
-        if last and last != "\n":
+        if more and last and last != "\n":
             yield "\n", 0
 
 
