@@ -38,6 +38,7 @@ from lmcore.data import get_batch  # noqa: E402
 from lmcore.shards import load_prepared  # noqa: E402
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+BPE_SAMPLE_MB = 1  # the vocabulary's training sample (pure Python: minutes for a few MB)
 MODEL = ["--preset", "gpt2", "--n-layer", "2", "--n-head", "4", "--n-embd", "128", "--block-size", "128", "--device", "cpu"]
 
 
@@ -74,7 +75,7 @@ def build_corpus(path: Path, mb: int) -> int:
 def prepare(src: Path, out: Path, kind: str) -> dict:
     cmd = [sys.executable, "-m", "lmcore", "prepare", "--data", str(src), "--tokenizer", kind, "--out", str(out)]
     if kind == "bpe":
-        cmd += ["--vocab-size", "512"]
+        cmd += ["--vocab-size", "512", "--bpe-sample-mb", str(BPE_SAMPLE_MB)]
     wall, rss = peak_rss(cmd)
     size = src.stat().st_size
     meta = json.loads((out / "meta.json").read_text())
@@ -126,7 +127,7 @@ def main() -> None:
     ap.add_argument("--ddp-steps", type=int, default=40)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmcore-bench-shards-"))
-    result: dict = {"cpu_count": os.cpu_count(), "torch": torch.__version__}
+    result: dict = _Loud(cpu_count=os.cpu_count(), torch=torch.__version__)
     try:
         big = work / "big.txt"
         say(f"building a {args.corpus_mb} MB corpus in {work}")
@@ -164,6 +165,14 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
+
+
+class _Loud(dict):
+    """A result dict that also prints each figure to stderr as soon as it is measured."""
+
+    def __setitem__(self, key: str, value: object) -> None:
+        say(f"  {key}: {json.dumps(value)}")
+        super().__setitem__(key, value)
 
 
 if __name__ == "__main__":

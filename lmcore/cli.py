@@ -302,15 +302,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bpe-sample-mb must be positive, got {args.bpe_sample_mb}")
     last = [0.0]
     started = time.monotonic()
+    tty = sys.stderr.isatty()
 
     def progress(stage: str, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] >= 0.5 or done >= total:
+        # A terminal gets a bar redrawn twice a second; a log file one line per stage.
+        if (tty and now - last[0] >= 0.5) or done >= total:
             last[0] = now
             mb_s = done / 1e6 / max(now - started, 1e-9)
             frac = done / max(total, 1)
             bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
-            sys.stderr.write(f"\r\x1b[K{stage:9s} [{bar}] {done / 1e6:,.1f}/{total / 1e6:,.1f} MB {mb_s:.1f} MB/s")
+            sys.stderr.write(("\r\x1b[K" if tty else "") + f"{stage:9s} [{bar}] {done / 1e6:,.1f}/{total / 1e6:,.1f} MB {mb_s:.1f} MB/s")
             if done >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()

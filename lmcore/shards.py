@@ -201,14 +201,14 @@ class _CharEncoder:
 
 
 def _char_vocabulary(parts: list[_Part], total: int, progress: Progress | None) -> CharTokenizer:
-    seen = np.zeros(0, dtype=np.uint32)
+    seen: set[str] = set()
     done = 0
     for text, n in _read_text(parts):
-        seen = np.union1d(seen, np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        seen.update(text)
         done += n
         if progress is not None:
             progress("reading", done, total)
-    return CharTokenizer("".join(map(chr, seen.tolist())))
+    return CharTokenizer("".join(sorted(seen)))
 
 
 def _cut(text: str) -> int:

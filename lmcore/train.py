@@ -288,14 +288,14 @@ class Trainer:
         self.is_main = self.rank == 0
         self.tokens_per_step = config.batch_size * self.block_size * config.grad_accum * self.world_size
         self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
-        train_module: torch.nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            train_module = self._ddp
         # Evaluation runs the bare model (rank 0 alone); training goes through DDP.
-        self._train_forward = torch.compile(train_module) if config.compile else train_module
         self._forward = torch.compile(self.model) if config.compile else self.model
+        self._train_forward = self._forward
+        if self._ddp is not None:
+            self._train_forward = torch.compile(self._ddp) if config.compile else self._ddp
 
         # Training state: everything state_dict() saves.
         self.step = 0
