@@ -1028,16 +1028,19 @@ def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> P
 
 
 def delete_checkpoint(path: str | os.PathLike) -> None:
-    """Remove a checkpoint and its optimizer-state file."""
+    """Remove a checkpoint, its optimizer-state file and its run log (``NAME.metrics.jsonl``)."""
+    from lmcore.runlog import log_path  # runlog reads checkpoints: import it late
+
     path = Path(path)
     if not path.name.endswith(SUFFIX) or path.name.endswith(OPTIM_SUFFIX):
         raise CheckpointError(f"{path.name} is not a checkpoint file name (NAME.safetensors)")
-    opath = optimizer_path(path)
-    if not path.exists() and not opath.exists():
+    opath, lpath = optimizer_path(path), log_path(path)
+    if not path.exists() and not opath.exists() and not lpath.exists():
         raise CheckpointError(f"no checkpoint at {path}; it may already be deleted")
     try:
         path.unlink(missing_ok=True)
         opath.unlink(missing_ok=True)
+        lpath.unlink(missing_ok=True)
     except OSError as e:
         raise CheckpointError(f"cannot delete {path}: {e.strerror or e}") from None
 

@@ -1,8 +1,15 @@
-"""The command line: ``python -m lmcore train | generate | eval | info | import | export``.
+"""The command line: ``python -m lmcore prepare | train | generate | eval | info | import | export``.
+
+- ``prepare`` tokenizes a corpus of any size into a folder of token shards
+  (``lmcore.shards``) that ``train --data DIR`` reads through numpy.memmap.
+
 
 - ``train`` builds a vocabulary and a model from a corpus, trains it and saves
   the best checkpoint (by validation loss) to ``--out``, with its optimizer
-  state beside it so ``--resume`` continues the run exactly.
+  state beside it so ``--resume`` continues the run exactly, and appends to
+  the run's log ``NAME.metrics.jsonl``. Under ``torchrun`` every process
+  trains one share of each step (DistributedDataParallel); rank 0 alone
+  prints, logs and saves.
 - ``generate`` prints the prompt and then the generated text on stdout, token by
   token, and nothing else. In documents mode (recorded in the checkpoint) it
   starts a new document at BOS and stops at the next BOS.
@@ -209,7 +216,7 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip",
-             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile"]
+             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile", "grad_accum", "patience"]
     values = {name: getattr(args, name) for name in names}
     values["time_budget_s"] = args.time_budget
     return {k: v for k, v in values.items() if v is not None}
@@ -235,18 +242,47 @@ def _out_path(out: str, name: str) -> Path:
     raise ConfigError(f"the folder {out} already holds {stem}-2 to {stem}-9999; pass --out FILE.safetensors")
 
 
+def _load_data(
+    source: str, documents: bool, tokenizer: Any, val_fraction: float, allow_local_urls: bool = False
+) -> tuple[Any, Any, Any, str]:
+    """(train, val, corpus name, source) of a prepared folder (memmapped) or a text corpus (in memory)."""
+    from lmcore.data import encode_corpus, load_corpus, split_ids
+    from lmcore.shards import is_prepared, load_prepared
+
+    if is_prepared(source):
+        prepared = load_prepared(source)
+        if prepared.tokenizer.to_dict() != tokenizer.to_dict():
+            raise ConfigError(f"{source} was prepared with another vocabulary than the checkpoint's; prepare it again")
+        return prepared.train, prepared.val, Path(source).name, str(source)
+    corpus = load_corpus(source, documents=documents, allow_local_urls=allow_local_urls)
+    train_ids, val_ids = split_ids(encode_corpus(tokenizer, corpus), val_fraction)
+    return train_ids, val_ids, corpus.name, corpus.source
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from lmcore import distributed
+
+    try:
+        return _train(args, distributed.init_from_env(args.device or "auto"))
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, dist: Any) -> int:
     import torch
 
     from lmcore.checkpoint import load_checkpoint, load_resume_state
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
-    from lmcore.device import describe_device, resolve_device
+    from lmcore.device import describe_device
     from lmcore.models import ModelConfig, build_model
     from lmcore.models.estimate import check_fits
+    from lmcore.runlog import RunLogger
+    from lmcore.shards import is_prepared, load_prepared
     from lmcore.train import CheckpointCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
-    device = resolve_device(overrides.get("device", "auto"))
+    device = dist.device
+    say = _say if dist.is_main else (lambda msg: None)  # rank 0 alone prints
     state = None
     if args.out:
         _check_out_name(Path(args.out))
@@ -271,7 +307,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction = args.val_fraction if args.val_fraction is not None else ckpt.data_info.get("val_fraction", 0.1)
         keep = args.keep or ckpt.data_info.get("keep") or "best"  # the run's own choice unless overridden
         out = _out_path(args.out, Path(args.resume).name) if args.out else Path(args.resume)
-        corpus = load_corpus(source, documents=documents, allow_local_urls=args.allow_local_urls)
+        train_ids, val_ids, data_name, source = _load_data(
+            source, documents, tokenizer, val_fraction, args.allow_local_urls
+        )
     else:
         if not args.data:
             raise ConfigError("no data given; pass --data FILE or --data builtin:python-docs")
@@ -294,35 +332,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
         keep = args.keep or "best"
         out = _out_path(args.out, f"{args.preset}.safetensors")
-        corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
-        documents = corpus.documents
-        progress = None
-        if kind == "bpe":  # the slow one: say what is going on
-            _say(f"building a BPE vocabulary from {corpus.name} ({len(corpus.text):,} characters)")
-            progress = _bpe_progress()
-        tokenizer = build_tokenizer(kind, corpus.text, vocab_size=args.vocab_size, progress=progress)
+        if is_prepared(args.data):
+            if args.tokenizer or args.vocab_size or args.documents:
+                raise ConfigError(
+                    f"{args.data} is prepared data with its own vocabulary: drop --tokenizer, --vocab-size and --documents"
+                )
+            prepared = load_prepared(args.data)
+            tokenizer, documents = prepared.tokenizer, False
+            train_ids, val_ids, data_name, source = prepared.train, prepared.val, Path(args.data).name, str(args.data)
+            val_fraction = prepared.meta.get("val_fraction", val_fraction)
+        else:
+            corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
+            documents = corpus.documents
+            progress = None
+            if kind == "bpe":  # the slow one: say what is going on
+                say(f"building a BPE vocabulary from {corpus.name} ({len(corpus.text):,} characters)")
+                progress = _bpe_progress() if dist.is_main else None
+            tokenizer = build_tokenizer(kind, corpus.text, vocab_size=args.vocab_size, progress=progress)
+            train_ids, val_ids = split_ids(encode_corpus(tokenizer, corpus), val_fraction)
+            data_name, source = corpus.name, corpus.source
         config = ModelConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, **_model_overrides(args))
         check_fits(config, tc.batch_size, device)  # validates, and counts without building
         torch.manual_seed(tc.seed)  # the same seed builds the same initial weights
         model = build_model(config)
-    ids = encode_corpus(tokenizer, corpus)
-    train_ids, val_ids = split_ids(ids, val_fraction)
     data_info = {
         "documents": documents,
-        "source": corpus.source,
-        "name": corpus.name,
+        "source": source,
+        "name": data_name,
         "val_fraction": val_fraction,
         "keep": keep,  # how `--resume` goes on saving
     }
     saver = CheckpointCallback(out, tokenizer, keep=keep, data_info=data_info)
-    trainer = Trainer(model, train_ids, val_ids, tc, callbacks=[ProgressBar(sys.stderr), saver], device=device)
+    callbacks: list[Any] = []
+    if dist.is_main:  # rank 0 alone prints, logs and saves
+        callbacks = [ProgressBar(sys.stderr), saver, RunLogger(out, {"source": source})]
+    trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)
     cfg = model.config
-    _say(
-        f"training {cfg.preset or cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {describe_device(device)}: "
+    where = describe_device(device) + (f" x {dist.world_size} processes" if dist.world_size > 1 else "")
+    say(
+        f"training {cfg.preset or cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {where}: "
         f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}"
         + (f", from step {trainer.step}" if state is not None else "")
+    )
+    say(
+        f"effective batch: {tc.batch_size} windows x {cfg.block_size} tokens x {tc.grad_accum} accumulation "
+        f"x {dist.world_size} processes = {trainer.tokens_per_step:,} tokens per step"
     )
 
     interrupted = []
@@ -332,13 +388,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         interrupted.append(signum)
         trainer.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _say("\nstopping after this step (press Ctrl-C again to quit without saving)")
+        say("\nstopping after this step (press Ctrl-C again to quit without saving)")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         result = trainer.fit()
     finally:
         signal.signal(signal.SIGINT, previous)
+    if not dist.is_main:
+        return 0
     saved = saver.saved_path
     where = f"saved {saved} (step {saver.saved_step})" if saved else f"nothing saved to {out}"
     if interrupted:
@@ -367,6 +425,51 @@ def _check_out_name(out: Path) -> None:
             f"'.optim.safetensors' file beside it; give --out a name of at most {MAX_NAME_BYTES} bytes "
             f"(about {MAX_NAME_BYTES // 3} characters of a non-Latin script)"
         )
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lmcore.shards import prepare
+
+    if args.bpe_sample_mb <= 0:
+        raise ConfigError(f"--bpe-sample-mb must be positive, got {args.bpe_sample_mb}")
+    last = [0.0]
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        # A terminal gets a bar redrawn twice a second; a log file one line per stage.
+        if (tty and now - last[0] >= 0.5) or done >= total:
+            last[0] = now
+            mb_s = done / 1e6 / max(now - started, 1e-9)
+            frac = done / max(total, 1)
+            bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
+            sys.stderr.write(("\r\x1b[K" if tty else "") + f"{stage:9s} [{bar}] {done / 1e6:,.1f}/{total / 1e6:,.1f} MB {mb_s:.1f} MB/s")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    if args.tokenizer == "bpe":
+        _say(f"training the BPE vocabulary on a sample of at most {args.bpe_sample_mb:g} MB of the corpus")
+    meta = prepare(
+        args.data,
+        args.out,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        bpe_sample_bytes=int(args.bpe_sample_mb * 1e6),
+        progress=progress,
+        bpe_progress=_bpe_progress() if args.tokenizer == "bpe" else None,
+    )
+    if args.tokenizer == "bpe":
+        _say(meta["vocabulary"])
+    _say(
+        f"prepared {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens "
+        f"({meta['dtype']}, vocabulary {meta['vocab_size']}) in {args.out}"
+    )
+    summary = {k: v for k, v in meta.items() if k != "tokenizer"}
+    print(_json_line({**summary, "out": str(args.out)}), flush=True)
+    return 0
 
 
 def _bpe_progress() -> Any:
@@ -503,9 +606,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    pr = sub.add_parser("prepare", help="tokenize a corpus of any size into token shards for train --data DIR")
+    pr.add_argument("--data", required=True, help="a text file, a folder of .txt files, an http(s) URL, or builtin:NAME")
+    pr.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="vocabulary kind (default char)")
+    pr.add_argument("--vocab-size", type=_SIZE, help="BPE vocabulary size (default 512)")
+    pr.add_argument("--val-fraction", type=_finite, default=0.1, help="share of the text kept for validation (default 0.1)")
+    pr.add_argument("--bpe-sample-mb", type=_finite, default=4.0, help="BPE is trained on this many MB of the corpus (default 4)")
+    pr.add_argument("--out", required=True, metavar="DIR", help="folder for train.bin, val.bin and meta.json")
+    pr.set_defaults(func=cmd_prepare)
+
     t = sub.add_parser("train", help="train a model on a text corpus and save it")
     data = t.add_argument_group("data")
-    data.add_argument("--data", help="a text file, an http(s) URL, or builtin:NAME (e.g. builtin:python-docs)")
+    data.add_argument(
+        "--data", help="a text file, an http(s) URL, builtin:NAME (e.g. builtin:python-docs), or a folder from prepare"
+    )
     data.add_argument("--documents", action="store_true", default=None, help="one document per line, BOS between them")
     data.add_argument("--val-fraction", type=_finite, help="share of tokens kept for validation (default 0.1)")
     data.add_argument("--tokenizer", choices=["char", "bpe"], help="vocabulary kind (default char)")
@@ -534,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
+    train.add_argument(
+        "--grad-accum", type=_COUNT, metavar="K", help="micro-batches per process in each step (default 1)"
+    )
+    train.add_argument(
+        "--patience", type=_COUNT, metavar="N", help="stop after N evaluations without a better val loss (default: never)"
+    )
     output = t.add_argument_group("output")
     output.add_argument(
         "--out", help="the checkpoint file to write (FILE.safetensors), or a folder (DIR/) to write it in"

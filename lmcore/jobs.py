@@ -53,6 +53,7 @@ from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import check_fits
+from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
 from lmcore.train import CheckpointCallback, Trainer, TrainConfig, TrainEvent
 
@@ -90,8 +91,11 @@ class TrainingJob:
         data_info: dict[str, Any] | None = None,
         sample_tokens: int = SAMPLE_TOKENS,
         init_from: Path | None = None,
+        keep: str = "best",
     ):
         self.id = uuid.uuid4().hex[:12]
+        self.keep = keep  # "best": the checkpoint holds the best-validation weights; "last": the latest
+        self._runlog = RunLogger(checkpoint_path)
         self.name = name
         self.model_config = model_config
         self.train_config = train_config
@@ -218,6 +222,7 @@ class TrainingJob:
     def on_eval(self, event: TrainEvent) -> None:
         if event.sample is None and self.sample_tokens > 0:
             event = dataclasses.replace(event, sample=self._sample())
+        self._runlog.log_eval(event)  # the log gets the sample too
         with self._lock:
             if self._first_step is None:
                 self._first_step = event.step
@@ -289,16 +294,17 @@ class TrainingJob:
         try:
             model, resume_state = self._build()
             model.train()
-            # Saves weights, tokenizer and resume state at every eval, and the
-            # trainer always evaluates at the end (finished or stopped), so the
-            # file holds the last state; a run that fails keeps its last good eval.
-            checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep="last", data_info=self.data_info)
+            # Saves weights, tokenizer and resume state at the evals that improve
+            # on the best validation loss (keep="last": at every eval), so the
+            # file holds the best (or last) model; a run that fails keeps its last good save.
+            checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep, data_info=self.data_info)
+            self._runlog = RunLogger(self.checkpoint_path, {"source": self.data_info.get("source")}, own_evals=True)
             trainer = Trainer(
                 model,
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[self, checkpointer],
+                callbacks=[self, checkpointer, self._runlog],
                 device=self.device,
             )
             if resume_state is not None:
@@ -323,6 +329,7 @@ class TrainingJob:
                 # Free what only training needed; keep the model for snapshots.
                 self._train_ids = self._val_ids = None
                 self._trainer = None
+            self._runlog.close()
 
     @property
     def saved(self) -> bool:
@@ -372,6 +379,7 @@ class JobRegistry:
         data_info: dict[str, Any] | None = None,
         sample_tokens: int = SAMPLE_TOKENS,
         init_from: str | Path | None = None,
+        keep: str = "best",
     ) -> TrainingJob:
         """Start a run in a background thread and return its job.
 
@@ -427,6 +435,7 @@ class JobRegistry:
                 data_info=data_info,
                 sample_tokens=sample_tokens,
                 init_from=init,
+                keep=keep,
             )
             self._jobs[job.id] = job
             self._forget_old()

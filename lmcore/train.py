@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from lmcore.data import check_length, get_batch
+from lmcore.data import TokenSource, as_source, batch_from_starts, check_length
 from lmcore.device import DEVICE_CHOICES, resolve_device
+from lmcore.distributed import world
 from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, TrainingError
 from lmcore.models.base import lm_loss
 
@@ -61,6 +62,8 @@ class TrainConfig:
     compile: bool = False
     dtype: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     eval_seed: int = 0  # the fixed evaluation windows; shared by runs with different seeds
+    grad_accum: int = 1  # micro-batches of batch_size per process in each optimizer step
+    patience: int | None = None  # stop after this many evaluations without a better val loss; None = never
 
     @property
     def final_lr(self) -> float:
@@ -118,6 +121,12 @@ class TrainConfig:
             raise ConfigError(f"eval_interval must be at least 1, got {self.eval_interval}")
         if self.eval_iters < 1:
             raise ConfigError(f"eval_iters must be at least 1, got {self.eval_iters}")
+        if not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool) or self.grad_accum < 1:
+            raise ConfigError(f"grad_accum must be a whole number of at least 1, got {self.grad_accum!r}")
+        if self.patience is not None and (
+            not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1
+        ):
+            raise ConfigError(f"patience must be a whole number of evaluations (1 or more) or none, got {self.patience!r}")
         if self.time_budget_s is not None:
             t = self.time_budget_s
             if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
@@ -211,6 +220,13 @@ def _as_ids(ids: Any, what: str) -> torch.Tensor:
     return ids.cpu()
 
 
+def _as_source(ids: Any, what: str) -> TokenSource:
+    """A tensor (or list) of ids as a TokenSource; a TokenSource as it is."""
+    if hasattr(ids, "windows") and hasattr(ids, "id_range"):
+        return ids
+    return as_source(_as_ids(ids, what))
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
@@ -219,7 +235,12 @@ class Trainer:
     """Trains ``model`` on token ids; see the module docstring.
 
     ``train_ids`` and ``val_ids`` are 1-D long tensors (on any device; batches
-    are cut on the CPU). A callback is any object with some of ``on_start(trainer)``,
+    are cut on the CPU) or ``TokenSource``s (e.g. memmapped shards from
+    ``lmcore.shards``). Under torchrun (a process group of several ranks) the
+    model is wrapped in DistributedDataParallel; each step draws one global
+    batch of world_size x grad_accum micro-batches from the seeded generator,
+    and each rank trains on its own share, so the steps do not depend on how
+    the work is spread. Rank 0 alone evaluates and calls ``on_eval``. A callback is any object with some of ``on_start(trainer)``,
     ``on_step(event)``, ``on_eval(event)``, ``on_end(result)``. ``stop()`` may be
     called from any thread; the run ends after the current step, evaluates and
     returns. Another thread that reads the weights while training goes on
@@ -229,8 +250,8 @@ class Trainer:
     def __init__(
         self,
         model: torch.nn.Module,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
+        train_ids: torch.Tensor | TokenSource,
+        val_ids: torch.Tensor | TokenSource,
         config: TrainConfig,
         callbacks: Any = (),
         device: torch.device | str | None = None,
@@ -239,13 +260,14 @@ class Trainer:
         self.device = device if isinstance(device, torch.device) else resolve_device(device or config.device)
         self.model = model.to(self.device)
         self.block_size: int = model.config.block_size
-        self.train_ids = _as_ids(train_ids, "training split")
-        self.val_ids = _as_ids(val_ids, "validation split")
+        self.train_ids = _as_source(train_ids, "training split")
+        self.val_ids = _as_source(val_ids, "validation split")
         check_length(self.train_ids, self.block_size, "training split")
         check_length(self.val_ids, self.block_size, "validation split")
         vocab = model.config.vocab_size
         for ids, what in ((self.train_ids, "training split"), (self.val_ids, "validation split")):
-            if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            low, high = ids.id_range()
+            if low < 0 or high >= vocab:
                 raise DataError(
                     f"the {what} holds token ids outside the model's vocabulary of {vocab}; "
                     "build the model with the tokenizer that encoded the data"
@@ -262,7 +284,18 @@ class Trainer:
 
         self.optimizer = make_optimizer(self.model, config, self.device)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.rank, self.world_size = world()
+        self.is_main = self.rank == 0
+        self.tokens_per_step = config.batch_size * self.block_size * config.grad_accum * self.world_size
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # Evaluation runs the bare model (rank 0 alone); training goes through DDP.
         self._forward = torch.compile(self.model) if config.compile else self.model
+        self._train_forward = self._forward
+        if self._ddp is not None:
+            self._train_forward = torch.compile(self._ddp) if config.compile else self._ddp
 
         # Training state: everything state_dict() saves.
         self.step = 0
@@ -273,6 +306,8 @@ class Trainer:
         self.last: dict[str, Any] = {}  # the latest evaluation's numbers
         self._batch_gen = torch.Generator().manual_seed(config.seed)
         self._resumed = False
+        self._evals_since_best = 0
+        self._early_stop = False  # patience ran out
 
         # Fixed evaluation windows: start offsets (eval_iters, B) per split, drawn once.
         eval_gen = torch.Generator().manual_seed(config.eval_seed)
@@ -365,14 +400,13 @@ class Trainer:
         """Mean loss and next-token accuracy over the fixed evaluation windows of both splits."""
         was_training = self.model.training
         self.model.eval()
-        offsets = torch.arange(self.block_size + 1)
         sums = []
         try:
             for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
                 loss_sum = torch.zeros((), device=self.device)
                 correct = torch.zeros((), device=self.device, dtype=torch.long)
                 for starts in self._eval_starts[split]:
-                    windows = ids[starts[:, None] + offsets].to(self.device)  # (B, T + 1)
+                    windows = ids.windows(starts, self.block_size + 1).to(self.device)  # (B, T + 1)
                     x, y = windows[:, :-1], windows[:, 1:]
                     with self._autocast():
                         logits = self._forward(x)  # (B, T, V)
@@ -398,27 +432,27 @@ class Trainer:
         """Train until max_iters, stop() or the time budget; evaluate at each interval and at the end.
 
         Returns: step, train_loss, val_loss, val_ppl, val_acc, tokens_seen,
-        elapsed_s, stopped_early, best_val_loss.
+        elapsed_s, stopped_early, early_stopped (patience ran out), best_val_loss.
+        Under DDP the ranks other than 0 return None for the evaluation numbers.
         """
         cfg = self.config
         if self.step == 0 and not self._resumed:
-            # Dropout draws from the global generator: seed it so runs repeat.
-            torch.manual_seed(cfg.seed)
+            # Dropout draws from the global generator: seed it so runs repeat
+            # (each rank its own masks, as its micro-batches differ).
+            torch.manual_seed(cfg.seed + self.rank)
         started = time.perf_counter()
         elapsed_before = self.elapsed_s
         stopped_early = False
         last_event: TrainEvent | None = None
         evaluated_at = -1
-        tokens_per_step = cfg.batch_size * self.block_size
+        tokens_per_step = self.tokens_per_step
         tok_s = 0.0
         self._emit("on_start", self)
         self.model.train()
         try:
             while self.step < cfg.max_iters:
-                if self._stop.is_set():
-                    stopped_early = True
-                    break
-                if cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s:
+                over_budget = cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s
+                if self._should_stop(self._stop.is_set() or over_budget or self._early_stop):
                     stopped_early = True
                     break
                 t0 = time.perf_counter()
@@ -443,9 +477,10 @@ class Trainer:
                 )
                 self._emit("on_step", last_event)
                 if self.step % cfg.eval_interval == 0:
-                    self._eval_and_emit(last_event)
+                    if self.is_main:
+                        self._eval_and_emit(last_event)
                     evaluated_at = self.step
-            if evaluated_at != self.step:
+            if evaluated_at != self.step and self.is_main:
                 if last_event is None:  # nothing trained in this call: report the state as it is
                     last_event = TrainEvent(
                         step=self.step,
@@ -463,31 +498,59 @@ class Trainer:
         self.elapsed_s = elapsed_before + (time.perf_counter() - started)
         result = {
             "step": self.step,
-            "train_loss": self.last["train_loss"],
-            "val_loss": self.last["val_loss"],
-            "val_ppl": self.last["val_ppl"],
-            "val_acc": self.last["val_acc"],
+            "train_loss": self.last.get("train_loss"),
+            "val_loss": self.last.get("val_loss"),
+            "val_ppl": self.last.get("val_ppl"),
+            "val_acc": self.last.get("val_acc"),
             "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed_s,
             "stopped_early": stopped_early,
+            "early_stopped": self._early_stop,
             "best_val_loss": self.best_val_loss,
         }
         self._emit("on_end", result)
         return result
 
+    def _should_stop(self, local: bool) -> bool:
+        """Whether to end the run now: any rank's reason stops every rank (they must step together)."""
+        if self.world_size == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _micro_batches(self) -> torch.Tensor:
+        """This rank's start offsets for one step: (grad_accum, B) of the global (world x grad_accum, B) draw."""
+        cfg = self.config
+        k, n = cfg.grad_accum, cfg.grad_accum * self.world_size
+        starts = torch.randint(len(self.train_ids) - self.block_size, (n * cfg.batch_size,), generator=self._batch_gen)
+        return starts.view(n, cfg.batch_size)[self.rank * k : (self.rank + 1) * k]
+
     def _train_step(self, lr: float) -> tuple[float, float]:
         """One optimizer step at learning rate ``lr``; returns (loss, grad norm) as floats.
 
+        The loss is the mean over the step's micro-batches (of every rank).
         Loss and gradient norm are read back together, once, before the update,
         so a NaN or inf never reaches the weights.
         """
         cfg = self.config
-        x, y = get_batch(self.train_ids, cfg.batch_size, self.block_size, generator=self._batch_gen, device=self.device)
+        micro = self._micro_batches()
+        loss_sum = torch.zeros((), device=self.device)
         try:
-            with self._autocast():
-                logits = self._forward(x)  # (B, T, V)
-            loss = lm_loss(logits, y)
-            loss.backward()
+            for k, starts in enumerate(micro):
+                x, y = batch_from_starts(self.train_ids, starts, self.block_size, device=self.device)
+                last = k == len(micro) - 1
+                # DDP averages gradients across ranks on the last micro-batch's backward only.
+                sync = contextlib.nullcontext() if self._ddp is None or last else self._ddp.no_sync()
+                with sync:
+                    with self._autocast():
+                        logits = self._train_forward(x)  # (B, T, V)
+                    loss = lm_loss(logits, y) / len(micro)
+                    loss.backward()
+                loss_sum += loss.detach().float()
+            if self.world_size > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= self.world_size
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(
@@ -503,7 +566,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip, foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None], foreach=True)
-        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        loss_value, grad_norm = torch.stack([loss_sum, norm.float()]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -530,6 +593,11 @@ class Trainer:
         self.last = metrics
         if self.best_val_loss is None or metrics["val_loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val_loss"]
+            self._evals_since_best = 0
+        else:
+            self._evals_since_best += 1
+            if self.config.patience is not None and self._evals_since_best >= self.config.patience:
+                self._early_stop = True
         point = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed_s, 3)}
         self.history.append({**point, **{k: round(v, 6) for k, v in metrics.items()}})
         eval_event = dataclasses.replace(

@@ -32,6 +32,7 @@ from ui.flow import (
     require_model_config,
 )
 from ui.render import md
+from ui.runs import saved_runs_section
 from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
@@ -386,6 +387,9 @@ with st.expander("Fine-tune a checkpoint"):
             with user_errors(stop=False):
                 if _finetune(base["path"], base["name"]):
                     st.rerun()
+
+# Runs as files: every run's log in the checkpoint folder, from any process.
+saved_runs_section(checkpoint_dir())
 
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
 if job is None:
