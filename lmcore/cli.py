@@ -38,13 +38,17 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dropout", "dropout", float, "dropout probability"),
     ("--norm", "norm", str, "layernorm or rmsnorm"),
     ("--pos", "pos", str, "learned or rope"),
-    ("--mlp", "mlp", str, "gelu or swiglu"),
+    ("--mlp", "mlp", str, "gelu, swiglu or relu2 (ReLU squared)"),
     ("--mlp-ratio", "mlp_ratio", float, "MLP hidden width / n_embd"),
     ("--d-state", "d_state", int, "Mamba: state size per channel"),
     ("--d-conv", "d_conv", int, "Mamba: causal convolution width"),
     ("--expand", "expand", int, "Mamba: inner width factor"),
 ]
-_MODEL_SWITCHES = [("bias", "biases in linear layers and norms"), ("tie_weights", "share embedding and output head")]
+_MODEL_SWITCHES = [
+    ("bias", "biases in linear layers and norms"),
+    ("tie_weights", "share embedding and output head"),
+    ("qk_norm", "transformer: RMSNorm on each head's queries and keys"),
+]
 
 
 def _non_finite_to_none(value: Any) -> Any:
@@ -140,7 +144,7 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip",
-             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile"]
+             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile", "optimizer", "muon_lr"]
     values = {name: getattr(args, name) for name in names}
     values["time_budget_s"] = args.time_budget
     return {k: v for k, v in values.items() if v is not None}
@@ -379,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-iters", type=int, help="total optimizer steps (when resuming: of the whole run)")
     train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument(
+        "--optimizer", choices=["adamw", "muon", "sgd"], help="adamw (default); muon: Muon on the hidden matrices, "
+        "AdamW on the rest; sgd: SGD with momentum"
+    )
+    train.add_argument("--muon-lr", type=float, help="Muon's peak learning rate (default 0.02)")
     train.add_argument("--min-lr", type=float, help="where the cosine ends (default lr / 10)")
     train.add_argument("--warmup-iters", type=int)
     train.add_argument("--weight-decay", type=float)

@@ -83,6 +83,8 @@ def _train_config() -> TrainConfig:
         seed=int(st.session_state["keep.train.seed"]),
         time_budget_s=budget if budget > 0 else None,
         device=st.session_state["keep.train.device"],
+        optimizer=st.session_state["keep.train.optimizer"],
+        muon_lr=float(st.session_state["keep.train.muon_lr"]),
     )
 
 
@@ -181,6 +183,18 @@ c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default("keep.
 c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default("keep.train.seed", 1337),
                   help="Same seed, same settings: the same run.")  # fmt: skip
 c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default("keep.train.budget", 0))
+OPTIMIZER_HELP = {
+    "adamw": "AdamW: each weight takes a step scaled by its own running gradient statistics; the dependable default.",
+    "muon": "Muon: the hidden layers' matrices step along their momentum made orthogonal (every direction moves "
+    "alike), at the Muon rate; embeddings, head, norms and biases use AdamW.",
+    "sgd": "SGD: every weight steps against its gradient with momentum; simple but slow for transformers "
+    "(needs a rate near 0.5-1).",
+}
+c = st.columns([1, 1, 2])
+optimizer = c[0].selectbox("Optimizer", list(OPTIMIZER_HELP), key=keep_default("keep.train.optimizer", "adamw"))
+c[1].number_input("Muon learning rate", 1e-5, 10.0, step=0.005, format="%.4f", key=keep_default("keep.train.muon_lr", 0.02),
+                  disabled=optimizer != "muon", help="Peak rate of Muon's matrices; the same warm-up and cosine.")  # fmt: skip
+c[2].caption(OPTIMIZER_HELP[optimizer])
 c = st.columns([1, 2, 1])
 devices = _devices()
 if st.session_state.get("keep.train.device") not in devices:
