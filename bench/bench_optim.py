@@ -13,8 +13,8 @@ and the mean ms per training step (evaluations excluded).
 The run below is Muon against AdamW on the baby GPT (nanoGPT's CPU recipe:
 gpt2 preset, 4 layers, 4 heads, 128 wide, block 64, batch 12, warmup 100,
 cosine to a tenth, 2000 iterations) on tiny Shakespeare: AdamW at lr 1e-3
-(the recipe), and Muon at ``muon_lr`` 0.02 and 0.05 for the hidden matrices
-with AdamW at 1e-3 for the rest. One JSON object on stdout; progress on stderr.
+(the recipe), and Muon at ``--muon-lr`` (default 0.02 and 0.05) for the
+hidden matrices with AdamW at 1e-3 for the rest. One JSON object on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--at", default="500,1000,2000", help="steps at which to score every run")
     ap.add_argument("--eval-batches", type=int, default=200)
+    ap.add_argument("--muon-lr", default="0.02,0.05", help="comma-separated Muon learning rates to run beside AdamW")
     ap.add_argument("--quick", action="store_true", help="200 iterations, 20 eval batches: a smoke test")
     args = ap.parse_args()
     if not CORPUS.exists():
@@ -157,11 +158,9 @@ def main() -> None:
     train_ids, val_ids = split_ids(torch.tensor(tok.encode(text), dtype=torch.long), 0.1)
     model_cfg, base = recipe("baby-gpt", tok.vocab_size)
     base = TrainConfig(**{**base.to_dict(), "max_iters": args.iters})
-    configs = {
-        "adamw": base,
-        "muon 0.02": TrainConfig(**{**base.to_dict(), "optimizer": "muon", "muon_lr": 0.02}),
-        "muon 0.05": TrainConfig(**{**base.to_dict(), "optimizer": "muon", "muon_lr": 0.05}),
-    }
+    configs = {"adamw": base}
+    for lr in args.muon_lr.split(","):
+        configs[f"muon {lr}"] = TrainConfig(**{**base.to_dict(), "optimizer": "muon", "muon_lr": float(lr)})
     log(f"baby GPT, {args.iters} iterations: {', '.join(configs)} on the same batches")
     runs = compare_optimizers(model_cfg, configs, train_ids, val_ids, eval_at, args.eval_batches)
     adamw_ms = runs["adamw"]["median_ms_per_step"]
