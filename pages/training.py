@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -93,8 +94,8 @@ def _data_info() -> dict:
     return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name}
 
 
-def _start(name: str, cfg: ModelConfig) -> None:
-    tc = _train_config()
+def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
+    tc = tc or _train_config()
     tok = st.session_state[S.TOKENIZER]
     _, train_ids, val_ids = encoded_split(tok)
     check_length(train_ids, cfg.block_size, "training split")
@@ -102,6 +103,17 @@ def _start(name: str, cfg: ModelConfig) -> None:
     job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=_data_info())
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
+
+
+def _start_lab(name: str, cfg: ModelConfig) -> bool:
+    """AdamW vs Muon: the same model, seed and batches trained with each, as two runs on one chart."""
+    tc = _train_config()
+    if REGISTRY.max_concurrent - sum(r.is_alive for r in REGISTRY.list()) < 2:
+        st.error("The comparison trains two runs at once: stop a run or raise **Runs at once** first.")
+        return False
+    for optimizer in ("adamw", "muon"):
+        _start(f"{name}-{optimizer}", cfg, dataclasses.replace(tc, optimizer=optimizer))
+    return True
 
 
 def _follow(job: TrainingJob) -> None:
@@ -242,6 +254,12 @@ if b[2].button("Resume", icon=":material/resume:", disabled=not can_resume, key=
                help="Continue the shown run from its last checkpoint, optimizer state included, up to the iterations set."):  # fmt: skip
     with user_errors(stop=False):
         if _resume(job.checkpoint_path, job.name):
+            st.rerun()
+if b[3].button("AdamW vs Muon", icon=":material/compare_arrows:", key="train_lab",
+               help="Start two runs of this model with the same seed and batches, one with each optimizer, "
+               "overlaid on one chart."):  # fmt: skip
+    with user_errors(stop=False):
+        if _start_lab(name, cfg):
             st.rerun()
 
 # ------------------------------------------------------------------ runs on this server

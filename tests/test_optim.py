@@ -315,3 +315,29 @@ def test_float32_muon_makes_torchs_muon_update():
         assert float((a.detach() - b.detach()).norm()) < 0.05 * moved  # measured: 1.5%
     # The same state: torch's Muon resumes from ours.
     opt_theirs.load_state_dict(opt_ours.state_dict())
+
+
+def test_training_page_starts_adamw_vs_muon_as_two_overlaid_runs(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from lmcore.jobs import REGISTRY
+    from ui import state as S
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/training.py").run()
+    at.number_input(key="keep.train.iters").set_value(20).run()
+    before = {job.id for job in REGISTRY.list()}
+    at.button(key="train_lab").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    jobs = [job for job in REGISTRY.list() if job.id not in before]
+    try:
+        assert sorted(job.train_config.optimizer for job in jobs) == ["adamw", "muon"]
+        assert len({job.train_config.seed for job in jobs}) == 1
+        shown, overlaid = at.session_state[S.ACTIVE_JOB], at.session_state[S.COMPARE_JOBS]
+        assert {shown, *overlaid} >= {job.id for job in jobs}
+    finally:
+        for job in jobs:
+            job.stop()
+            job.wait(120)
