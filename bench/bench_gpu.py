@@ -2,7 +2,8 @@
 
 Run: python3 bench/bench_gpu.py [--runs nanogpt,best,mamba] [--max-iters N] [--eval-interval N] [--quick]
 
-Needs a CUDA GPU; without one it prints one line on stderr and exits with status 2.
+Needs a CUDA GPU; without one it prints one line on stderr ("skipped") and exits with
+status 0, so that ``make bench`` goes on to the CPU benchmarks.
 
 - ``nanogpt``: nanoGPT's ``config/train_shakespeare_char.py``: character
   tokenizer, 90/10 split, 6 layers, 6 heads, 384 wide, block 256, batch 64,
@@ -196,8 +197,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200 iterations, 20 eval batches: a smoke test")
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        log(f"bench_gpu.py needs a CUDA GPU and torch {torch.__version__} sees none here; run it on a machine with one")
-        return 2
+        # Status 0: `make bench` runs every script and goes on to the CPU benchmarks.
+        log(f"bench_gpu.py skipped: it needs a CUDA GPU and torch {torch.__version__} sees none on this machine")
+        return 0
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:

@@ -234,9 +234,9 @@ def test_unknown_mlp_names_the_choices():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no CUDA")
 def test_bench_gpu_without_cuda_exits_with_one_clear_line():
     run = subprocess.run([sys.executable, "bench/bench_gpu.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2
+    assert run.returncode == 0  # `make bench` goes on to the CPU benchmarks
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CUDA" in lines[0] and "Traceback" not in run.stderr
+    assert len(lines) == 1 and "skipped" in lines[0] and "CUDA" in lines[0] and "Traceback" not in run.stderr
     assert run.stdout == ""
 
 
