@@ -11,7 +11,11 @@ exactly as a user would run it. Every other run gets the same training time:
 - ``llama``: the llama preset (RMSNorm, RoPE, SwiGLU, no biases) of the same
   shape and hyper-parameters, cosine over the time budget;
 - ``cpu-best``: the playground's best CPU recipe (``recipe("cpu-best")``),
-  cosine over the time budget.
+  cosine over the time budget;
+- ``mamba-muon``: the cpu-best Mamba trained with Muon (muon_lr 0.02) on its
+  hidden matrices and AdamW on the rest;
+- ``llama-muon``: the llama of the baby GPT's shape with a ReLU squared MLP
+  and QK-norm, Muon (muon_lr 0.05) and AdamW at lr 3e-3.
 
 Fairness on a shared, noisy machine: all runs live in one process and take
 turns step by step. After each baseline step (a ``Trainer`` callback), the
@@ -73,7 +77,7 @@ CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the baseline's windows, as bench_train.py scores them
 REFERENCE_VAL_LOSS = 1.886  # nanoGPT's baby GPT after 2000 iterations on this machine
 TARGET_VAL_LOSS = 1.75
-RUNS = ("baseline", "gpt2", "llama", "cpu-best")
+RUNS = ("baseline", "gpt2", "llama", "cpu-best", "mamba-muon", "llama-muon")
 STALL_FACTOR = 4.0
 
 
@@ -163,7 +167,7 @@ class TimedRun:
         if not (math.isfinite(self.loss) and math.isfinite(grad_norm)):
             raise RuntimeError(f"the loss diverged at step {self.steps + 1} (lr {lr:.3g})")
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]  # Muon's group runs at muon_lr / lr times the schedule
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.clock.charge(time.perf_counter() - t0)
@@ -264,7 +268,19 @@ def contender_configs(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConf
         vocab_size=vocab_size,
         **{k: getattr(base_model, k) for k in ("block_size", "n_layer", "n_head", "n_embd", "dropout")},
     )
-    return {"gpt2": (base_model, base_train), "llama": (llama, base_train), "cpu-best": recipe("cpu-best", vocab_size)}
+    best_model, best_train = recipe("cpu-best", vocab_size)
+    # The recipe search's candidates: Muon on the cpu-best Mamba, and a llama with the newer switches and Muon.
+    mamba_muon = TrainConfig(**{**best_train.to_dict(), "optimizer": "muon", "muon_lr": 0.02})
+    llama_muon = llama.replace(mlp="relu2", qk_norm=True)
+    llama_muon_train = TrainConfig(**{**base_train.to_dict(), "lr": 3e-3, "min_lr": 3e-4, "optimizer": "muon",
+                                      "muon_lr": 0.05})  # fmt: skip
+    return {
+        "gpt2": (base_model, base_train),
+        "llama": (llama, base_train),
+        "cpu-best": (best_model, best_train),
+        "mamba-muon": (best_model, mamba_muon),
+        "llama-muon": (llama_muon.validate(), llama_muon_train),
+    }
 
 
 def run_equal_time(
@@ -294,7 +310,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the baseline's)")
     ap.add_argument("--eval-batches", type=int, default=200, help="validation batches of 12 x 64 for the final loss")
-    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    ap.add_argument("--runs", default=",".join(RUNS[:4]), help=f"comma-separated subset of {', '.join(RUNS)}")
     ap.add_argument("--quick", action="store_true", help="200 baseline iterations, 20 eval batches: a smoke test")
     args = ap.parse_args()
     if not CORPUS.exists():
@@ -307,7 +323,7 @@ def main() -> None:
         sys.exit("without the baseline run, give the time budget with --budget-s")
     if args.budget_s is not None and not args.budget_s > 0:
         sys.exit("--budget-s must be a positive number of seconds")
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # one thread per run: tiny models run fastest so, and the machine is shared
 
     text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
@@ -344,7 +360,8 @@ def main() -> None:
             "val_acc": round(acc, 4),
             "last_train_batch_loss": round(r.loss, 4),
             "model": {k: v for k, v in mc.to_dict().items() if k not in ("preset", "vocab_size")},
-            "train": {k: getattr(tc, k) for k in ("batch_size", "lr", "min_lr", "warmup_iters", "weight_decay")},
+            "train": {k: getattr(tc, k) for k in ("batch_size", "lr", "min_lr", "warmup_iters", "weight_decay",
+                                                  "optimizer", "muon_lr")},  # fmt: skip
             "schedule": "cosine over iterations" if name == "baseline" else "cosine over the time budget",
         }
         log(f"{name}: {out[name]['params']:,} params, {r.steps} iters in {r.train_s:.1f}s, val loss {loss:.4f}")

@@ -113,13 +113,17 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dropout", "dropout", _finite, "dropout probability"),
     ("--norm", "norm", str, "layernorm or rmsnorm"),
     ("--pos", "pos", str, "learned or rope"),
-    ("--mlp", "mlp", str, "gelu or swiglu"),
+    ("--mlp", "mlp", str, "gelu, swiglu or relu2 (ReLU squared)"),
     ("--mlp-ratio", "mlp_ratio", _finite, "MLP hidden width / n_embd"),
     ("--d-state", "d_state", _SIZE, "Mamba: state size per channel"),
     ("--d-conv", "d_conv", _SIZE, "Mamba: causal convolution width"),
     ("--expand", "expand", _SIZE, "Mamba: inner width factor"),
 ]
-_MODEL_SWITCHES = [("bias", "biases in linear layers and norms"), ("tie_weights", "share embedding and output head")]
+_MODEL_SWITCHES = [
+    ("bias", "biases in linear layers and norms"),
+    ("tie_weights", "share embedding and output head"),
+    ("qk_norm", "transformer: RMSNorm on each head's queries and keys"),
+]
 _LOCAL_URLS_HELP = "let an http(s) --data URL reach this machine or its local network (refused by default)"
 
 
@@ -216,7 +220,8 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip",
-             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile", "grad_accum", "patience"]
+             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile", "grad_accum", "patience",
+             "optimizer", "muon_lr"]
     values = {name: getattr(args, name) for name in names}
     values["time_budget_s"] = args.time_budget
     return {k: v for k, v in values.items() if v is not None}
@@ -635,6 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_COUNT)
     train.add_argument("--max-iters", type=_COUNT, help="total optimizer steps (when resuming: of the whole run)")
     train.add_argument("--lr", type=_finite, help="peak learning rate")
+    train.add_argument(
+        "--optimizer", choices=["adamw", "muon", "sgd"], help="adamw (default); muon: Muon on the hidden matrices, "
+        "AdamW on the rest; sgd: SGD with momentum"
+    )
+    train.add_argument("--muon-lr", type=_finite, help="Muon's peak learning rate (default 0.02)")
     train.add_argument("--min-lr", type=_finite, help="where the cosine ends (default lr / 10)")
     train.add_argument("--warmup-iters", type=_whole(0, _MAX_COUNT))
     train.add_argument("--weight-decay", type=_finite)

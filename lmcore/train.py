@@ -40,6 +40,7 @@ from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, 
 from lmcore.models.base import lm_loss
 
 DTYPES = ("auto", "float32", "bfloat16")
+OPTIMIZERS = ("adamw", "muon", "sgd")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -64,6 +65,10 @@ class TrainConfig:
     eval_seed: int = 0  # the fixed evaluation windows; shared by runs with different seeds
     grad_accum: int = 1  # micro-batches of batch_size per process in each optimizer step
     patience: int | None = None  # stop after this many evaluations without a better val loss; None = never
+    # adamw: AdamW on everything. muon: Muon (orthogonalised momentum) on the hidden
+    # matrices at muon_lr, AdamW at lr on the rest. sgd: SGD with Nesterov momentum beta1.
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales lr
 
     @property
     def final_lr(self) -> float:
@@ -90,7 +95,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
@@ -100,6 +105,10 @@ class TrainConfig:
             raise ConfigError(f"max_iters must be at least 1, got {self.max_iters}")
         if self.lr <= 0:
             raise ConfigError(f"the learning rate must be positive, got {self.lr}; try 1e-3")
+        if self.muon_lr <= 0:
+            raise ConfigError(f"the Muon learning rate must be positive, got {self.muon_lr}; try 0.02")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.min_lr is not None:
             m = self.min_lr
             if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m):
@@ -182,29 +191,157 @@ def lr_schedule(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of 2 or more dimensions only (matrices, embeddings).
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of the model's hidden linear layers: what Muon orthogonalises.
 
-    Decaying biases and norm gains pulls them towards 0 for no benefit, hence the
-    split (as in nanoGPT). A model can also opt a matrix out by setting
-    ``p._no_weight_decay = True`` (Mamba's A_log: decay would pull every A towards -1).
-    The fused kernel is used on CUDA, foreach elsewhere.
+    Every ``nn.Linear`` weight except the output head's (``lm_head`` or
+    ``head``) and the embeddings' (a tied head is the embedding). Embeddings,
+    norms, biases, convolutions and free parameters such as Mamba's ``A_log``
+    and ``D`` are not among them, nor is anything that is not 2-D.
     """
-    decay, no_decay = [], []
+    heads = {getattr(model, name, None) for name in ("lm_head", "head")}
+    exclude = {id(m.weight) for m in model.modules() if m in heads or isinstance(m, torch.nn.Embedding)}
+    out: dict[int, torch.nn.Parameter] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m not in heads:
+            w = m.weight
+            if w.requires_grad and w.dim() == 2 and id(w) not in exclude:
+                out.setdefault(id(w), w)
+    return list(out.values())
+
+
+class Float32Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` with its Newton-Schulz iterations in float32 instead of bf16: the CPU's Muon.
+
+    torch's Muon orthogonalises in bf16, which a GPU's tensor cores run fast;
+    a CPU without bf16 matrix units runs it several times slower than float32
+    (one iteration on a 128 x 512 matrix: 184 ms against 31 ms on the 2-core
+    test machine), which made a Muon step of the baby GPT cost seconds. The
+    update is torch's (momentum, Nesterov, the quintic iteration with the
+    group's coefficients, decoupled weight decay, the step scaled by
+    sqrt(max(1, rows / cols))), and so are the state (``momentum_buffer``) and
+    the groups: a state saved by either loads into the other.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            a, b, c = group["ns_coefficients"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                x = update.float()  # (rows, cols); iterate on the wide orientation
+                tall = x.size(0) > x.size(1)
+                if tall:
+                    x = x.T
+                x = x / x.norm().clamp(min=group["eps"])  # spectral norm at most 1
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.T
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                if tall:
+                    x = x.T
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(x.to(p.dtype), alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
+        return loss
+
+
+class Optimizers:
+    """Several torch optimizers stepped as one: Muon on the hidden matrices, AdamW on the rest.
+
+    It offers what the Trainer uses of an optimizer: ``param_groups`` (the live
+    groups of all of them, in order), ``step``, ``zero_grad``, ``state_dict``
+    and ``load_state_dict``.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        states = state["optimizers"]
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"the state holds {len(states)} optimizers, this run has {len(self.optimizers)}")
+        for opt, s in zip(self.optimizers, states):
+            opt.load_state_dict(s)
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer | Optimizers:
+    """The optimizer ``cfg.optimizer`` names, over every trainable parameter (shared ones once).
+
+    Weight decay applies to tensors of 2 or more dimensions only (matrices,
+    embeddings): decaying biases and norm gains pulls them towards 0 for no
+    benefit, hence the split (as in nanoGPT). A model can also opt a matrix out
+    by setting ``p._no_weight_decay = True`` (Mamba's A_log: decay would pull
+    every A towards -1).
+
+    - ``adamw``: AdamW (betas beta1, beta2); fused on CUDA, foreach elsewhere.
+    - ``muon``: ``torch.optim.Muon`` (momentum 0.95, Nesterov, 5 Newton-Schulz
+      steps; ``Float32Muon`` off CUDA) at ``muon_lr`` on
+      ``hidden_matrices(model)``, AdamW at ``lr`` on the rest (embeddings,
+      head, norms, biases, Mamba's A_log, D and conv); returned as one
+      ``Optimizers``.
+    - ``sgd``: SGD with Nesterov momentum ``beta1``.
+
+    Each group carries ``lr_scale``, its peak learning rate over ``lr``: the
+    Trainer sets a group's rate to the schedule's value times it, so the
+    warmup and cosine apply to every group.
+    """
+    hidden = {id(p) for p in hidden_matrices(model)} if cfg.optimizer == "muon" else set()
+    decay, no_decay, muon = [], [], []
     for p in model.parameters():  # shared (tied) parameters are listed once
-        if p.requires_grad:
-            exempt = p.dim() < 2 or getattr(p, "_no_weight_decay", False)
-            (no_decay if exempt else decay).append(p)
+        if not p.requires_grad:
+            continue
+        if id(p) in hidden:
+            muon.append(p)
+        elif p.dim() < 2 or getattr(p, "_no_weight_decay", False):
+            no_decay.append(p)
+        else:
+            decay.append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
+    if cfg.optimizer == "sgd":
+        kwargs: dict[str, Any] = {"lr": cfg.lr, "momentum": cfg.beta1, "nesterov": cfg.beta1 > 0}
+    else:
+        kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
     if device.type == "cuda":
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    rest = (torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.AdamW)(groups, **kwargs)
+    if not muon:
+        return rest
+    muon_class = torch.optim.Muon if device.type == "cuda" else Float32Muon
+    groups = [{"params": muon, "lr_scale": cfg.muon_lr / cfg.lr}]
+    return Optimizers(muon_class(groups, lr=cfg.muon_lr, weight_decay=cfg.weight_decay), rest)
 
 
 def _as_ids(ids: Any, what: str) -> torch.Tensor:
@@ -347,6 +484,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()``; CheckpointError if it does not fit this model."""
+        saved_opt = dict(state.get("config") or {}).get("optimizer", "adamw")  # older states: AdamW
+        if saved_opt != self.config.optimizer:
+            raise CheckpointError(
+                f"the run was trained with {saved_opt}, not {self.config.optimizer}; "
+                f"resume it with optimizer {saved_opt} or train from the weights only"
+            )
+        # Loading replaces the groups' hyper-parameters with the saved ones; the current config wins.
+        current = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             if state.get("version") != 1:
                 raise CheckpointError("the resume state has an unknown version; train from the weights only")
@@ -365,10 +510,8 @@ class Trainer:
             raise CheckpointError(
                 f"the saved optimizer state does not fit this model ({type(e).__name__}); train from the weights only"
             ) from None
-        # The current config wins over the saved hyper-parameters (lr is set every step).
-        for group, wd in zip(self.optimizer.param_groups, (self.config.weight_decay, 0.0)):
-            group["weight_decay"] = wd
-            group["betas"] = (self.config.beta1, self.config.beta2)
+        for group, values in zip(self.optimizer.param_groups, current):
+            group.update(values)
         self._resumed = True
 
     def train_state(self) -> dict[str, Any]:
@@ -576,7 +719,7 @@ class Trainer:
                 "or raise warmup/grad clipping; the last good checkpoint is kept"
             )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with self.lock:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

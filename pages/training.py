@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -84,6 +85,8 @@ def _train_config() -> TrainConfig:
         seed=int(st.session_state["keep.train.seed"]),
         time_budget_s=budget if budget > 0 else None,
         device=st.session_state["keep.train.device"],
+        optimizer=st.session_state["keep.train.optimizer"],
+        muon_lr=float(st.session_state["keep.train.muon_lr"]),
     )
 
 
@@ -92,8 +95,8 @@ def _data_info() -> dict:
     return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name}
 
 
-def _start(name: str, cfg: ModelConfig) -> None:
-    tc = _train_config()
+def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
+    tc = tc or _train_config()
     tok = st.session_state[S.TOKENIZER]
     _, train_ids, val_ids = encoded_split(tok)
     check_length(train_ids, cfg.block_size, "training split")
@@ -156,6 +159,17 @@ def free_name(base: str) -> str:
         k += 1
         name = f"{base}-{k}"
     return name
+
+
+def _start_lab(name: str, cfg: ModelConfig) -> bool:
+    """AdamW vs Muon: the same model, seed and batches trained with each, as two runs on one chart."""
+    tc = _train_config()
+    if REGISTRY.max_concurrent - sum(r.is_alive for r in REGISTRY.list()) < 2:
+        st.error("The comparison trains two runs at once: stop a run or raise **Runs at once** first.")
+        return False
+    for optimizer in ("adamw", "muon"):
+        _start(f"{name}-{optimizer}", cfg, dataclasses.replace(tc, optimizer=optimizer))
+    return True
 
 
 def _follow(job: TrainingJob) -> None:
@@ -252,6 +266,18 @@ c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default("keep.
 c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default("keep.train.seed", 1337),
                   help="Same seed, same settings: the same run.")  # fmt: skip
 c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default("keep.train.budget", 0))
+OPTIMIZER_HELP = {
+    "adamw": "AdamW: each weight takes a step scaled by its own running gradient statistics; the dependable default.",
+    "muon": "Muon: the hidden layers' matrices step along their momentum made orthogonal (every direction moves "
+    "alike), at the Muon rate; embeddings, head, norms and biases use AdamW.",
+    "sgd": "SGD: every weight steps against its gradient with momentum; simple but slow for transformers "
+    "(needs a rate near 0.5-1).",
+}
+c = st.columns([1, 1, 2])
+optimizer = c[0].selectbox("Optimizer", list(OPTIMIZER_HELP), key=keep_default("keep.train.optimizer", "adamw"))
+c[1].number_input("Muon learning rate", 1e-5, 10.0, step=0.005, format="%.4f", key=keep_default("keep.train.muon_lr", 0.02),
+                  disabled=optimizer != "muon", help="Peak rate of Muon's matrices; the same warm-up and cosine.")  # fmt: skip
+c[2].caption(OPTIMIZER_HELP[optimizer])
 c = st.columns([1, 2, 1])
 devices = _devices()
 if st.session_state.get("keep.train.device") not in devices:
@@ -313,6 +339,12 @@ if b[2].button("Resume", disabled=not can_resume, key="train_resume",
                help="Continue the shown run from its last checkpoint, optimizer state included, up to the iterations set."):  # fmt: skip
     with user_errors(stop=False):
         if _resume(job.checkpoint_path, job.name):
+            st.rerun()
+if b[3].button("AdamW vs Muon", icon=":material/compare_arrows:", key="train_lab",
+               help="Start two runs of this model with the same seed and batches, one with each optimizer, "
+               "overlaid on one chart."):  # fmt: skip
+    with user_errors(stop=False):
+        if _start_lab(name, cfg):
             st.rerun()
 
 # ------------------------------------------------------------------ runs on this server

@@ -39,13 +39,16 @@ class ModelConfig:
     dropout: float = 0.0
     norm: str = "layernorm"  # layernorm | rmsnorm
     pos: str = "learned"  # learned | rope
-    mlp: str = "gelu"  # gelu | swiglu
+    mlp: str = "gelu"  # gelu | swiglu | relu2 (ReLU squared: c_proj(relu(c_fc(x))^2), as wide as gelu)
     mlp_ratio: float = 4.0  # MLP hidden width / n_embd (SwiGLU uses 2/3 of it, so parameters match)
     bias: bool = True  # biases in linear layers and norms
     tie_weights: bool = True  # the output head shares the token embedding matrix
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm (LLaMA checkpoints often use 1e-6)
     gelu_approximate: str = "none"  # the GELU MLP's form: "none" (exact, erf) or "tanh" (GPT-2's original)
+    # RMSNorm on each head's queries and keys before attention (and before RoPE), with
+    # a learned gain of size head_dim per projection (checkpoint keys attn.q_norm, attn.k_norm).
+    qk_norm: bool = False
     # mamba (Gu & Dao 2023)
     d_state: int = 16  # N, the SSM state size per channel
     d_conv: int = 4  # width of the causal depthwise convolution

@@ -7,8 +7,12 @@ What the config chooses (see ``ModelConfig``):
 - positions: learned absolute embeddings (``wpe``, GPT-2) or rotary embeddings
   applied to queries and keys (RoPE, Su et al. 2021, LLaMA);
 - norm: LayerNorm (GPT-2) or RMSNorm (LLaMA), pre-norm in every block;
-- MLP: GELU (GPT-2) or SwiGLU (LLaMA; hidden width 2/3 of ``mlp_ratio * D``
-  so that both hold about the same number of weights);
+- MLP: GELU (GPT-2), SwiGLU (LLaMA; hidden width 2/3 of ``mlp_ratio * D``
+  so that both hold about the same number of weights) or ReLU squared
+  (``relu2``, So et al. 2021, as in the modded-nanoGPT speedruns; GELU's width);
+- QK-norm (``qk_norm``): RMSNorm over each head's queries and keys before
+  RoPE and the dot product, which bounds the attention logits (Dehghani et al.
+  2023; OLMo 2, Qwen3);
 - attention: multi-head (``n_kv_head`` = H), grouped-query (1 < KV < H) or
   multi-query (KV = 1) through ``n_kv_head``; query head h reads key/value head
   h // (H / KV);
@@ -17,7 +21,8 @@ What the config chooses (see ``ModelConfig``):
 
 Parameter names follow GPT-2 checkpoints (``wte``, ``wpe``, ``h.N.ln_1``,
 ``h.N.attn.c_attn``, ``h.N.attn.c_proj``, ``h.N.ln_2``, ``h.N.mlp.c_fc``,
-``h.N.mlp.c_proj``, ``ln_f``, ``lm_head``): they are the checkpoint keys, so
+``h.N.mlp.c_proj``, ``ln_f``, ``lm_head``; with QK-norm ``h.N.attn.q_norm`` and
+``h.N.attn.k_norm``): they are the checkpoint keys, so
 renaming one breaks saved files. ``c_attn`` packs the projections as rows
 [queries (H hd) | keys (KV hd) | values (KV hd)]. Weights are ``nn.Linear``
 (out, in), not GPT-2's transposed Conv1D.
@@ -45,11 +50,20 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
-from lmcore.models.layers import GeluMLP, SwiGLU, apply_rope, apply_rope_reference, make_norm, rope_table, swiglu_hidden
+from lmcore.models.layers import (
+    GeluMLP,
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    apply_rope_reference,
+    make_norm,
+    rope_table,
+    swiglu_hidden,
+)
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "relu2")
 GELU_FORMS = ("none", "tanh")  # torch's F.gelu(approximate=...)
 # The key/value cache is preallocated at block_size, and learned positions need
 # a table of that many rows: past this, memory rather than quality is the limit.
@@ -61,6 +75,16 @@ def _rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return apply_rope_reference(x, table)
     return apply_rope(x, table)
+
+
+class Relu2MLP(GeluMLP):
+    """GELU's MLP with ReLU squared for the activation: c_proj(relu(c_fc(x))^2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = self.c_proj(F.relu(self.c_fc(x)).square())  # (B, T, D)
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True)
+        return x
 
 
 @dataclass
@@ -95,6 +119,8 @@ class CausalSelfAttention(nn.Module):
         # One fused projection for queries, keys and values: one matmul, not three.
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if config.qk_norm else None
 
     def _qkv(self, x: torch.Tensor, rope: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, T, D) to q (B, H, T, hd), k and v (B, KV, T, hd), rotated if rope is given."""
@@ -103,7 +129,12 @@ class CausalSelfAttention(nn.Module):
         heads = self.c_attn(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2 KV, hd), a view
         # split(), not slicing: its backward is one cat, where each slice's
         # backward would fill a zero tensor of the full width (measured ~3x slower).
-        if rope is not None:
+        if self.q_norm is not None:
+            q, k, v = heads.split((H, KV, KV), dim=2)  # (B, T, H, hd), (B, T, KV, hd) x 2
+            q, k = self.q_norm(q), self.k_norm(k)  # each head normalised over its hd channels
+            if rope is not None:
+                q, k = _rope(torch.cat([q, k], dim=2), rope).split((H, KV), dim=2)  # rotated in one call
+        elif rope is not None:
             qk, v = heads.split((H + KV, KV), dim=2)  # (B, T, H + KV, hd), (B, T, KV, hd)
             q, k = _rope(qk, rope).split((H, KV), dim=2)  # queries and keys rotated in one call
         else:
@@ -179,6 +210,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config.norm, config.n_embd, bias=config.bias, eps=config.norm_eps)
         if config.mlp == "swiglu":
             self.mlp = SwiGLU(config.n_embd, swiglu_hidden(config.n_embd, config.mlp_ratio), config.bias, config.dropout)
+        elif config.mlp == "relu2":
+            self.mlp = Relu2MLP(config.n_embd, int(config.mlp_ratio * config.n_embd), config.bias, config.dropout)
         else:
             hidden = int(config.mlp_ratio * config.n_embd)
             self.mlp = GeluMLP(config.n_embd, hidden, config.bias, config.dropout, config.gelu_approximate)
@@ -257,7 +290,7 @@ class Transformer(LanguageModel):
             raise ConfigError(f"unknown GELU form {config.gelu_approximate!r}; choose one of {', '.join(GELU_FORMS)}")
         if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
             raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
-        if config.mlp == "gelu" and int(config.mlp_ratio * config.n_embd) < 1:
+        if config.mlp in ("gelu", "relu2") and int(config.mlp_ratio * config.n_embd) < 1:
             raise ConfigError(f"mlp_ratio {config.mlp_ratio} gives an MLP with no hidden units; use at least 1")
         if config.pos == "rope":
             if config.head_dim % 2:
