@@ -61,6 +61,21 @@ class LanguageModel(nn.Module):
             f"the {self.config.arch} architecture has no attention maps; pick a transformer or Mamba model to see them"
         )
 
+    def residual_blocks(self) -> nn.ModuleList:
+        """The blocks that update the residual stream, in order; each takes the stream as its first input.
+
+        With ``readout`` this is what the logit lens reads: models without a
+        residual stream raise ConfigError.
+        """
+        raise ConfigError(
+            f"the {self.config.arch} architecture has no residual stream to read layer by layer; "
+            "pick a transformer or Mamba model"
+        )
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        """The final norm and output head applied to a residual stream x."""
+        raise ConfigError(f"the {self.config.arch} architecture has no residual stream to read out")
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (shared tensors counted once)."""
         seen: set[int] = set()
