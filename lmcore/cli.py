@@ -43,6 +43,8 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--d-state", "d_state", int, "Mamba: state size per channel"),
     ("--d-conv", "d_conv", int, "Mamba: causal convolution width"),
     ("--expand", "expand", int, "Mamba: inner width factor"),
+    ("--ngram-n", "ngram_n", int, "n-gram: predict from the previous n - 1 tokens (1-5)"),
+    ("--add-k", "add_k", float, "n-gram: add-k smoothing constant"),
 ]
 _MODEL_SWITCHES = [("bias", "biases in linear layers and norms"), ("tie_weights", "share embedding and output head")]
 

@@ -38,6 +38,8 @@ class LanguageModel(nn.Module):
     max_context: int | None = None
     # Whether step() takes a whole prompt (B, t) in one call (a prefill); the sampler reads it.
     step_accepts_sequence: ClassVar[bool | None] = None
+    # Whether tensor sizes come from the training data (n-gram counts) rather than the config.
+    sized_by_data: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
