@@ -208,6 +208,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 def _storage_key(t: torch.Tensor) -> tuple:
     """Identifies tensors that are the very same view of the same memory."""
+    if t.numel() == 0:  # empty tensors hold no memory to share (an unfitted n-gram's tables)
+        return ("empty", id(t))
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
