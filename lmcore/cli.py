@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device, resolve_device
     from lmcore.models import ModelConfig, build_model
-    from lmcore.train import CheckpointCallback, TrainConfig, Trainer
+    from lmcore.train import CheckpointCallback, HeadScoresCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = resolve_device(overrides.get("device", "auto"))
@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_ids, val_ids = split_ids(ids, val_fraction)
     data_info = {"documents": documents, "source": corpus.source, "name": corpus.name, "val_fraction": val_fraction}
     saver = CheckpointCallback(out, tokenizer, keep=args.keep, data_info=data_info)
-    trainer = Trainer(model, train_ids, val_ids, tc, callbacks=[ProgressBar(sys.stderr), saver], device=device)
+    trainer = Trainer(model, train_ids, val_ids, tc, callbacks=[ProgressBar(sys.stderr), HeadScoresCallback(), saver], device=device)
     if state is not None:
         trainer.load_state_dict(state)
     cfg = model.config

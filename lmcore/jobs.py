@@ -51,7 +51,7 @@ from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import CheckpointCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import CheckpointCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class TrainingJob:
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[self, checkpointer],
+                callbacks=[HeadScoresCallback(), self, checkpointer],
                 device=self.device,
             )
             if resume_state is not None:
