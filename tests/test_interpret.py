@@ -170,3 +170,32 @@ def test_embedding_map_pca_and_neighbours() -> None:
         emap.neighbours(99)
     with pytest.raises(ConfigError):
         embedding_map(model, k=4)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "lstm"])
+def test_head_scores_callback_adds_scores_to_every_evaluation(preset: str) -> None:
+    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
+
+    model = tiny(preset)
+    ids = random_ids(400)
+    events = []
+
+    class Record:
+        def on_eval(self, e) -> None:
+            events.append(e)
+
+    measure = HeadScoresCallback()
+    cfg = TrainConfig(batch_size=4, max_iters=6, warmup_iters=1, eval_interval=3, eval_iters=1, device="cpu")
+    trainer = Trainer(model, ids[:300], ids[300:], cfg, callbacks=[measure, Record()])
+    trainer.fit()
+    assert [e.step for e in events] == [3, 6]
+    if preset == "lstm":  # nothing to score: the events and history stay as they were
+        assert all(e.head_scores is None for e in events) and "head_scores" not in trainer.history[-1]
+        return
+    final = head_scores(model)
+    for e in events:
+        assert set(e.head_scores) == {"previous_token", "first_token", "induction"}
+        assert torch.tensor(e.head_scores["induction"]).shape == (2, 2)
+    assert torch.allclose(torch.tensor(events[-1].head_scores["induction"]), final["induction"], atol=1e-4)
+    assert trainer.history[-1]["head_scores"] == events[-1].head_scores  # saved with the checkpoint's history
+    assert measure.seconds > 0

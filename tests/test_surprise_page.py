@@ -12,7 +12,7 @@ from lmcore.checkpoint import save_checkpoint
 from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
 from lmcore.models import ModelConfig, build_model
 from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
-from tests.test_app_views import charts, open_page, texts, train_and_save
+from tests.test_app_views import charts, open_page, texts
 
 SURPRISE, ATTENTION = "pages/surprise.py", "pages/attention.py"
 
