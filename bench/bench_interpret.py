@@ -6,7 +6,7 @@ Run: python3 bench/bench_interpret.py [--skip-induction] [--induction-steps N]
    (gpt2 and mamba presets, 2 layers, 2 heads, 64 wide, block 256) with a
    256-token text: median seconds over 5 runs.
 2. Head scores at every evaluation: a baby-GPT-shaped run (4 x 128, block 64,
-   batch 12) of 300 steps evaluating every 50 (six times the default rate),
+   batch 12) of 200 steps evaluating every 50 (five times the default rate),
    with ``HeadScoresCallback``; its time as a share of the run.
 3. The induction recipe (``recipes.recipe("induction")``) with 2 layers and
    with 1, on ``recipes.induction_data``: the best induction score of any
@@ -72,11 +72,11 @@ def head_score_overhead() -> dict[str, float]:
     ids = torch.randint(65, (60_000,), generator=torch.Generator().manual_seed(1))
     model = build_model(ModelConfig.preset("gpt2", vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
     measure = HeadScoresCallback()
-    cfg = TrainConfig(batch_size=12, max_iters=300, warmup_iters=30, eval_interval=50, eval_iters=20, device="cpu")
+    cfg = TrainConfig(batch_size=12, max_iters=200, warmup_iters=20, eval_interval=50, eval_iters=20, device="cpu")
     t0 = time.perf_counter()
     Trainer(model, ids[:54_000], ids[54_000:], cfg, callbacks=[measure]).fit()
     total = time.perf_counter() - t0
-    evals = 300 // 50
+    evals = 200 // 50
     return {
         "run_s": round(total, 2),
         "evals": evals,
@@ -130,9 +130,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     out: dict = {"views_s": {p: views(p) for p in ("gpt2", "mamba")}}
-    print("views done", file=sys.stderr)
+    print(json.dumps(out), file=sys.stderr)
     out["head_score_overhead"] = head_score_overhead()
-    print("overhead done", file=sys.stderr)
+    print(json.dumps(out["head_score_overhead"]), file=sys.stderr)
     if not args.skip_induction:
         out["induction"] = [induction(n, args.induction_steps) for n in (2, 1)]
     print(json.dumps(out, indent=1))
