@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/grid_on:"),
     st.Page("pages/generation.py", title="Generation", icon=":material/edit_note:"),
+    st.Page("pages/surprise.py", title="Surprise", icon=":material/psychology:"),
     st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/save:"),
 ]
 

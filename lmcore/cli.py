@@ -118,6 +118,8 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--d-state", "d_state", _SIZE, "Mamba: state size per channel"),
     ("--d-conv", "d_conv", _SIZE, "Mamba: causal convolution width"),
     ("--expand", "expand", _SIZE, "Mamba: inner width factor"),
+    ("--ngram-n", "ngram_n", _SIZE, "n-gram: predict from the previous n - 1 tokens (1-5)"),
+    ("--add-k", "add_k", _finite, "n-gram: add-k smoothing constant"),
 ]
 _MODEL_SWITCHES = [
     ("bias", "biases in linear layers and norms"),
@@ -283,7 +285,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     from lmcore.models.estimate import check_fits
     from lmcore.runlog import RunLogger
     from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import CheckpointCallback, TrainConfig, Trainer
+    from lmcore.train import CheckpointCallback, HeadScoresCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = dist.device
@@ -370,7 +372,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     saver = CheckpointCallback(out, tokenizer, keep=keep, data_info=data_info)
     callbacks: list[Any] = []
     if dist.is_main:  # rank 0 alone prints, logs and saves
-        callbacks = [ProgressBar(sys.stderr), saver, RunLogger(out, {"source": source})]
+        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), saver, RunLogger(out, {"source": source})]
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)

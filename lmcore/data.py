@@ -734,3 +734,29 @@ def batch_from_starts(
     if device is not None and torch.device(device).type != "cpu":
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y
+
+
+def repeated_random_tokens(
+    n_tokens: int, vocab_size: int, min_len: int = 6, max_len: int = 20, seed: int = 0
+) -> torch.Tensor:
+    """A synthetic stream for watching induction heads form: ``SEP a b c ... a b c SEP d e ... d e ...``.
+
+    Token 0 separates sequences; each sequence is a segment of random tokens
+    from 1..vocab_size-1 (its length drawn uniformly from ``min_len..max_len``)
+    repeated twice. The first half cannot be predicted; the second half can, by
+    copying what followed the current token's earlier occurrence. Segment
+    lengths vary so that no fixed look-back distance does the job. Returns a
+    1-D long tensor of ``n_tokens`` ids, reproducible from ``seed``.
+    """
+    if vocab_size < 3:
+        raise DataError(f"the repeated-token stream needs a vocabulary of at least 3, got {vocab_size}")
+    if not 1 <= min_len <= max_len:
+        raise DataError(f"segment lengths need 1 <= min_len <= max_len, got {min_len}..{max_len}")
+    gen = torch.Generator().manual_seed(seed)
+    parts, total = [], 0
+    while total < n_tokens:
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+        segment = torch.randint(1, vocab_size, (length,), generator=gen)
+        parts.append(torch.cat([torch.zeros(1, dtype=torch.long), segment, segment]))
+        total += 2 * length + 1
+    return torch.cat(parts)[:n_tokens]

@@ -55,7 +55,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import check_fits
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import CheckpointCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import CheckpointCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class TrainingJob:
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[self, checkpointer, self._runlog],
+                callbacks=[HeadScoresCallback(), self, checkpointer, self._runlog],
                 device=self.device,
             )
             if resume_state is not None:

@@ -15,6 +15,15 @@ pair, ready for ``build_model`` and ``Trainer``::
   ``max_iters`` is the number of steps that fit in the baby GPT's training time
   on such a machine; elsewhere the ratio of step times, not the absolute time,
   is what carries over.
+- ``induction``: the setting for watching an induction head form (Olsson et
+  al. 2022): a 2-layer, 4-head gpt2-preset model with rotary positions
+  trained on random tokens, each segment repeated twice (``induction_data``);
+  segment lengths vary so that no fixed look-back distance predicts the
+  repeat, and ``interpret``'s head-score probe uses a length never seen in
+  training. Its data, not a corpus, comes with it: ``INDUCTION_VOCAB`` tokens.
+  Measured so far (bench/bench_interpret.py): within 800 steps no head
+  reaches an induction score of 0.5 on the probe; these settings are a
+  starting point, not yet the known result.
 """
 
 from __future__ import annotations
@@ -22,9 +31,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+
+from lmcore.data import repeated_random_tokens
 from lmcore.errors import ConfigError
 from lmcore.models.config import ModelConfig
 from lmcore.train import TrainConfig
+
+# The induction recipe's synthetic data: vocabulary and segment lengths (token 0 separates sequences).
+INDUCTION_VOCAB = 64
+INDUCTION_SEGMENTS = (6, 20)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "baby-gpt": {
@@ -46,7 +62,25 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train": dict(batch_size=12, max_iters=1100, lr=4e-3, min_lr=4e-4, warmup_iters=50, weight_decay=0.1,
                       beta1=0.9, beta2=0.99, grad_clip=1.0),  # fmt: skip
     },
+    "induction": {
+        "description": "watch an induction head form: gpt2 with rotary positions, 2 layers x 4 heads x 64, "
+        "random tokens repeated twice",
+        "preset": "gpt2",
+        "model": dict(block_size=64, n_layer=2, n_head=4, n_embd=64, pos="rope", dropout=0.0),
+        # No weight decay: it pulls the small attention weights back while a head forms.
+        "train": dict(batch_size=32, max_iters=2000, lr=1e-2, min_lr=1e-3, warmup_iters=100, weight_decay=0.0,
+                      beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=100, eval_iters=4),  # fmt: skip
+    },
 }
+
+
+def induction_data(n_tokens: int = 200_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation streams for the induction recipe (the validation stream a tenth as long)."""
+    lo, hi = INDUCTION_SEGMENTS
+    return (
+        repeated_random_tokens(n_tokens, INDUCTION_VOCAB, lo, hi, seed=seed),
+        repeated_random_tokens(max(n_tokens // 10, 200), INDUCTION_VOCAB, lo, hi, seed=seed + 1),
+    )
 
 
 def recipe(name: str, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:

@@ -168,6 +168,8 @@ class TrainEvent:
     val_ppl: float | None = None
     val_acc: float | None = None
     sample: str | None = None  # a short generated text, when a callback asks for one
+    # per layer and head, at evals when a HeadScoresCallback runs: previous_token, first_token, induction
+    head_scores: dict[str, list[list[float]]] | None = None
 
     @property
     def is_eval(self) -> bool:
@@ -592,6 +594,13 @@ class Trainer:
         tok_s = 0.0
         self._emit("on_start", self)
         self.model.train()
+        if not self._params and self.step < cfg.max_iters:
+            # Nothing to learn by gradient (an n-gram table): one counting pass is the whole training.
+            every = self.train_ids.windows(torch.zeros(1, dtype=torch.long), len(self.train_ids))[0]  # (N,)
+            self.model.fit_counts(every.to(self.device))
+            self.step = cfg.max_iters
+            self.tokens_seen += len(self.train_ids)
+            self.elapsed_s = elapsed_before + (time.perf_counter() - started)
         try:
             while self.step < cfg.max_iters:
                 over_budget = cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s
@@ -741,10 +750,16 @@ class Trainer:
             self._evals_since_best += 1
             if self.config.patience is not None and self._evals_since_best >= self.config.patience:
                 self._early_stop = True
+        # Measurements callbacks add to the evaluation (``on_measure(trainer) -> {field: value}``).
+        measures: dict[str, Any] = {}
+        for cb in self.callbacks:
+            if hasattr(cb, "on_measure"):
+                measures.update(cb.on_measure(self))
         point = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed_s, 3)}
-        self.history.append({**point, **{k: round(v, 6) for k, v in metrics.items()}})
+        self.history.append({**point, **{k: round(v, 6) for k, v in metrics.items()}, **measures})
         eval_event = dataclasses.replace(
             event,
+            **measures,
             train_loss=metrics["train_loss"],
             val_loss=metrics["val_loss"],
             val_ppl=metrics["val_ppl"],
@@ -757,6 +772,29 @@ class Trainer:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(payload)
+
+
+class HeadScoresCallback:
+    """Adds ``interpret.head_scores`` of the model to every evaluation (event and history).
+
+    Models without attention are skipped. ``seconds`` is the time spent measuring, so
+    its share of a run can be reported.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.seconds = 0.0
+
+    def on_measure(self, trainer: Trainer) -> dict[str, Any]:
+        if not getattr(trainer.model, "has_attention", False):
+            return {}
+        from lmcore.interpret import head_scores  # interpret imports models; keep train light
+
+        t0 = time.perf_counter()
+        with trainer.lock:
+            scores = head_scores(trainer.model, seed=self.seed)
+        self.seconds += time.perf_counter() - t0
+        return {"head_scores": {k: [[round(x, 4) for x in row] for row in v.tolist()] for k, v in scores.items()}}
 
 
 class CheckpointCallback:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
-from lmcore import viz
-from ui import models, state
+from lmcore import figures, viz
+from lmcore.interpret import HEAD_SCORE_KEYS
+from ui import inside, models, state
 from ui.boundary import user_errors
 from ui.shell import require_app
 
@@ -100,3 +103,44 @@ with tab_grid:
 with tab_avg:
     avg_layer = st.selectbox("Layer", range(n_layer), key="attention.avg_layer")
     st.plotly_chart(viz.attention_average_heatmap(maps[avg_layer], tokens, avg_layer, unit=unit), key="attention.avg")
+
+st.subheader(f"{unit.capitalize()} roles over training")
+points = figures.head_score_history(inside.training_history(choice))
+if not points:
+    st.caption(
+        f"No {unit} scores were recorded for this model: runs of this app and of the command line "
+        "measure them at every evaluation."
+    )
+else:
+    st.write(
+        f"At every evaluation the trainer measured each {unit} on a probe of random tokens repeated twice: "
+        "how much attention goes to the previous token, to the first token (a resting place), and, in the "
+        "repeated half, to the token that followed the current one last time (an induction head: the "
+        "mechanism behind copying from context). Click a point to see that map for your prompt."
+    )
+    score = st.radio("Score", HEAD_SCORE_KEYS, horizontal=True, key="attention.score",
+                     format_func=lambda k: k.replace("_", "-"))  # fmt: skip
+    picked = st.plotly_chart(
+        figures.head_score_figure(points, score, unit), key="attention.scores", on_select="rerun", selection_mode="points"
+    )
+    chosen = (picked.selection.points if picked else None) or []
+    if chosen and chosen[0].get("customdata"):
+        p_layer, p_head = (int(v) for v in chosen[0]["customdata"])
+        st.plotly_chart(
+            viz.attention_heatmap(maps[p_layer, p_head], tokens, title=f"layer {p_layer} · {unit} {p_head}"),
+            key="attention.picked",
+        )
+
+if unit == "head":
+    with st.expander("How it works"):
+        d = model.config.head_dim
+        st.latex(r"\mathrm{head}(X) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d}} + M\right) V,"
+                 r"\quad Q = X W_Q,\; K = X W_K,\; V = X W_V,\quad d = %d,\; \sqrt{d} = %.3f" % (d, math.sqrt(d)))  # fmt: skip
+        row = maps[layer, head, -1, : len(ids)]
+        top = row.argsort()[::-1][:3]
+        st.write(
+            f"M hides the future (−∞ above the diagonal). In layer {layer}, {unit} {head}, the last token "
+            f"{tokens[-1]!r} spreads its attention over the {len(ids)} tokens so far; its largest weights:"
+        )
+        for j in top:
+            st.latex(r"a_{%d,%d} = %.3f \quad (\texttt{%s})" % (len(ids) - 1, j, row[j], figures.latex_text(tokens[j])))

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from itertools import zip_longest
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
-from lmcore import viz
+from lmcore import figures, viz
 from lmcore.sample import SamplingConfig, generate, next_token_distribution
 from ui import models, state
 from ui.boundary import user_errors
@@ -191,6 +192,22 @@ with tab_gen:
                 "temperature, top-k and top-p. Red: the token actually drawn."
             )
 
+def softmax_with_temperature(reference: Any, probs: Any, vocab: list[str], t: float) -> None:
+    """The sampling formula, filled with the model's logits for the top tokens at this position."""
+    z = np.log(np.maximum(reference, 1e-30))
+    z = z - z.max()  # logits up to a constant, which softmax ignores: the favourite at 0
+    st.latex(r"p_i = \frac{\exp(z_i / T)}{\sum_{j=1}^{%d} \exp(z_j / T)}" % len(reference))
+    st.write(
+        f"z: the model's logits for the {len(reference)} tokens of its vocabulary, shifted so that the "
+        f"favourite has 0. At T = {t:g} (T = 0 always takes the favourite):"
+    )
+    for i in np.argsort(-reference)[:3]:
+        st.latex(
+            r"\texttt{%s}:\; z = %.3f,\quad p = %.4f \text{ at } T = 1,\quad p = %.4f \text{ at } T = %g"
+            % (figures.latex_text(vocab[i]), z[i], reference[i], probs[i], t)
+        )
+
+
 with tab_temp:
     st.write(
         "The model's real odds for the token that follows your prompt. Move the temperature: the "
@@ -211,6 +228,8 @@ with tab_temp:
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
             vocab = [tokenizer.token_str(i) for i in range(len(reference))]
             st.plotly_chart(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart")
+            with st.expander("How it works"):
+                softmax_with_temperature(reference, probs, vocab, float(t))
 
     temperature_explorer()
 

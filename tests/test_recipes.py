@@ -17,7 +17,7 @@ from lmcore.train import TrainConfig, Trainer
 SHAKESPEARE_VOCAB = 66  # the character vocabulary of tiny Shakespeare (65 characters and BOS)
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", ["baby-gpt", "cpu-best"])
 def test_recipe_validates_and_is_between_0_7m_and_0_9m_parameters(name: str) -> None:
     model_cfg, train_cfg = recipe(name, SHAKESPEARE_VOCAB)
     assert isinstance(model_cfg, ModelConfig) and isinstance(train_cfg, TrainConfig)

@@ -19,6 +19,7 @@ ARCHITECTURES: dict[str, str] = {
     "mamba": "lmcore.models.mamba:Mamba",
     "lstm": "lmcore.models.rnn:LSTM",
     "bigram": "lmcore.models.bigram:Bigram",
+    "ngram": "lmcore.models.ngram:NGram",
 }
 
 

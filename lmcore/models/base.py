@@ -38,6 +38,8 @@ class LanguageModel(nn.Module):
     max_context: int | None = None
     # Whether step() takes a whole prompt (B, t) in one call (a prefill); the sampler reads it.
     step_accepts_sequence: ClassVar[bool | None] = None
+    # Whether tensor sizes come from the training data (n-gram counts) rather than the config.
+    sized_by_data: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -60,6 +62,21 @@ class LanguageModel(nn.Module):
         raise ConfigError(
             f"the {self.config.arch} architecture has no attention maps; pick a transformer or Mamba model to see them"
         )
+
+    def residual_blocks(self) -> nn.ModuleList:
+        """The blocks that update the residual stream, in order; each takes the stream as its first input.
+
+        With ``readout`` this is what the logit lens reads: models without a
+        residual stream raise ConfigError.
+        """
+        raise ConfigError(
+            f"the {self.config.arch} architecture has no residual stream to read layer by layer; "
+            "pick a transformer or Mamba model"
+        )
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        """The final norm and output head applied to a residual stream x."""
+        raise ConfigError(f"the {self.config.arch} architecture has no residual stream to read out")
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (shared tensors counted once)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmcore.errors import ConfigError
 
-ARCHS = ("transformer", "mamba", "lstm", "bigram")
+ARCHS = ("transformer", "mamba", "lstm", "bigram", "ngram")
 # No size field may exceed this: far past any model that fits in memory, and low
 # enough that shapes multiplied together stay within 64-bit integers. Whether a
 # config fits the machine is ``lmcore.models.estimate.check_fits``'s question.
@@ -54,6 +54,9 @@ class ModelConfig:
     d_conv: int = 4  # width of the causal depthwise convolution
     expand: int = 2  # E: the inner width is E * D
     dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
+    # n-gram counting baseline
+    ngram_n: int = 3  # n: the next token is predicted from the previous n - 1
+    add_k: float = 0.1  # add-k smoothing: k is added to every count
 
     # -- derived values (properties, never fields) --
     @property
@@ -165,4 +168,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mamba": dict(arch="mamba", norm="rmsnorm", bias=False, tie_weights=True, d_state=16, d_conv=4, expand=2),
     "lstm": dict(arch="lstm", n_layer=2, n_embd=256, tie_weights=False),
     "bigram": dict(arch="bigram", n_layer=1),
+    "ngram": dict(arch="ngram", n_layer=1, ngram_n=3, add_k=0.1),
 }

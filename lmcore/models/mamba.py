@@ -427,6 +427,12 @@ class Mamba(LanguageModel):
         x = self.norm_f(x)
         return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.layers
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        return self._logits(x)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.embedding(idx)  # (B, T, D)
         for layer in self.layers:

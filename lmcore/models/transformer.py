@@ -337,7 +337,13 @@ class Transformer(LanguageModel):
         rope = self.rope[:T] if self.rope is not None else None  # (T, hd/2, 2)
         for block in self.h:
             x = block(x, rope)  # (B, T, D)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        return self.readout(x)  # (B, T, V)
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.h
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        return self.lm_head(self.ln_f(x))
 
     # -- generation --
     def init_cache(

@@ -1,0 +1,31 @@
+"""What the pages that look inside a model need besides the model: its training history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmcore.errors import LMCoreError
+from ui import models
+
+
+def training_history(key: str) -> list[Any]:
+    """The evaluation records of the chosen model's training: a run's eval events, or a checkpoint's history.
+
+    Empty when there is none (a file saved without one, or a run gone).
+    """
+    if key.startswith(models.JOB_PREFIX):
+        from lmcore.jobs import REGISTRY
+
+        job = REGISTRY.get(key[len(models.JOB_PREFIX) :])
+        return [e for e in job.events_since(0) if e.is_eval] if job is not None else []
+    if key.startswith(models.CKPT_PREFIX):
+        from lmcore.checkpoint import read_metadata
+
+        try:
+            train = read_metadata(Path(key[len(models.CKPT_PREFIX) :])).get("train") or {}
+        except LMCoreError:
+            return []
+        history = train.get("history") if isinstance(train, dict) else None
+        return list(history) if isinstance(history, list) else []
+    return []
