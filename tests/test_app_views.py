@@ -412,7 +412,7 @@ def test_the_current_run_is_the_default_model(empty_dir: Path) -> None:
     picker = at.selectbox(key=ui_models.ATTENTION_MODEL)
     assert picker.value == "job:" + job.id
     assert picker.options[picker.index].startswith("Current run: app-views-run")
-    assert len(charts(at)) == 3
+    assert len(charts(at)) == 4  # one head, all heads, the average, and head scores over training
     open_page(GENERATION, at)
     assert generate(at, max_new=10)
 

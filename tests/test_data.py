@@ -254,7 +254,7 @@ def test_build_tokenizer_kinds() -> None:
     bpe = build_tokenizer("bpe", text, vocab_size=300, progress=lambda d, t: calls.append((d, t)))
     assert isinstance(bpe, BPETokenizer) and bpe.vocab_size == 300 and calls[-1] == (43, 43)
     assert build_tokenizer("bpe", corpus_from_text(text)).vocab_size == 512  # the default
-    with pytest.raises(TokenizerError, match="char, bpe"):
+    with pytest.raises(TokenizerError, match="choose char or bpe"):
         build_tokenizer("sentencepiece", text)
 
 
