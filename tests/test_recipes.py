@@ -110,7 +110,7 @@ def _train_induction(n_layer: int) -> tuple[float, float]:
     return float(head_scores(model)["induction"].max()), float(repeated)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the full recipe twice: about 4 minutes on one free core, more on a busy one
 def test_induction_recipe_forms_an_induction_head_with_two_layers_and_not_with_one() -> None:
     # Olsson et al. 2022: copying by "what followed this token last time" needs two layers.
     # The probe's segments are longer than any in training, so a learned look-back distance cannot score.
