@@ -15,7 +15,8 @@ began, across resumes), ``train_loss`` and ``lr``:
   loss; adds ``grad_norm`` and ``tokens_per_s``.
 - ``"eval"``: after each evaluation; ``train_loss`` is the mean over the fixed
   evaluation windows; adds ``val_loss``, ``val_ppl``, ``val_acc``,
-  ``grad_norm``, ``tokens_per_s`` and ``sample`` when there is one.
+  ``grad_norm``, ``tokens_per_s``, and ``sample`` and ``head_scores`` (per
+  score, layer and head: see ``lmcore.interpret.head_scores``) when there are.
 - ``"end"``: the run (or this part of it) ended; ``time`` includes the final
   evaluation; adds ``val_loss``, ``stopped_early`` and ``early_stopped``. A run
   that crashed has none.
@@ -162,6 +163,8 @@ class RunLogger:
         }
         if e.sample is not None:
             record["sample"] = e.sample
+        if getattr(e, "head_scores", None):
+            record["head_scores"] = e.head_scores
         self.write(record)
 
     def on_end(self, result: dict[str, Any]) -> None:

@@ -66,6 +66,9 @@ def test_a_run_writes_its_log_and_a_resumed_run_appends(tmp_path: Path, corpus: 
         assert {"step", "tokens", "time", "train_loss", "lr"} <= set(r)
     evals = runlog.evals(records)
     assert [e["step"] for e in evals] == [3, 6] and all("val_acc" in e and "tokens_per_s" in e for e in evals)
+    for e in evals:  # head scores per score, layer (1) and head (2), as the attention page charts them
+        assert set(e["head_scores"]) == {"previous_token", "first_token", "induction"}
+        assert all(len(v) == 1 and len(v[0]) == 2 for v in e["head_scores"].values())
     assert records[-1]["tokens"] == 6 * 4 * 16
     assert evals[-1]["val_loss"] == pytest.approx(read_metadata(out)["train"]["val_loss"])
 
