@@ -298,7 +298,11 @@ class TrainingJob:
             # on the best validation loss (keep="last": at every eval), so the
             # file holds the best (or last) model; a run that fails keeps its last good save.
             checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep, data_info=self.data_info)
-            self._runlog = RunLogger(self.checkpoint_path, {"source": self.data_info.get("source")}, own_evals=True)
+            self._runlog = RunLogger(
+                self.checkpoint_path,
+                {"source": self.data_info.get("source"), "train_tokens": len(self._train_ids)},
+                own_evals=True,
+            )
             trainer = Trainer(
                 model,
                 self._train_ids,

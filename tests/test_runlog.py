@@ -222,3 +222,9 @@ def test_the_training_page_lists_and_overlays_a_run_the_cli_writes(tmp_path: Pat
     assert names == ["from-cli: train", "from-cli: validation", "from-cli: best val"]
     table = at.dataframe[-1].value
     assert list(table["run"]) == ["from-cli"] and list(table["steps"]) == [6]
+    start = runlog.read_log(folder / "from-cli.safetensors")[0]
+    assert list(table["passes over the data"]) == [pytest.approx(6 * 4 * 16 / start["train_tokens"])]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    axes = [c["layout"]["yaxis"]["title"]["text"] for c in charts[1:]]
+    assert axes == ["next-token accuracy", "perplexity"]
+    assert all(c["data"][0]["name"] == "from-cli" for c in charts[1:])

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lmcore import runlog
-from lmcore.viz import RUN_COLORS, loss_figure
+from lmcore.viz import RUN_COLORS, loss_figure, metric_figure
 from ui.render import md
 
 FOLLOWERS = "_run_followers"  # session state: log path (str) -> LogFollower
@@ -32,6 +32,7 @@ COLUMNS = {
     "params": "parameters",
     "steps": "steps",
     "tokens": "tokens",
+    "epochs": "passes over the data",
     "wall_time_s": "wall time (s)",
     "best_val_loss": "best val loss",
     "best_step": "best at step",
@@ -93,6 +94,13 @@ def _view(directory: str, names: list[str]) -> None:
                 )
             )  # fmt: skip
     st.plotly_chart(fig, key="runs_loss_chart")
+    c = st.columns(2)
+    with c[0]:
+        st.caption("Validation accuracy")
+        st.plotly_chart(metric_figure(series, "val_acc", "next-token accuracy"), key="runs_acc_chart")
+    with c[1]:
+        st.caption("Validation perplexity")
+        st.plotly_chart(metric_figure(series, "val_ppl", "perplexity", log_y=True), key="runs_ppl_chart")
     table = pd.DataFrame(rows)[list(COLUMNS)].rename(columns=COLUMNS)
     st.dataframe(table, hide_index=True)
     st.download_button(
