@@ -79,9 +79,13 @@ def _view(directory: str, names: list[str]) -> None:
                 "or early stopping.",
                 icon=":material/warning:",
             )
-    live = [r["name"] for r in shown if _is_live(r)]
-    if live:
-        st.caption("Following " + ", ".join(md(n) for n in live) + " as its log grows.")
+    for run in shown:
+        if _is_live(run):
+            records = _records(run["log"])
+            found = runlog.evals(records)
+            last_eval = f", last evaluation at step {found[-1]['step']:,}" if found else ""
+            step = f"step {records[-1]['step']:,}" if records else "starting"
+            st.caption(f"Following {md(run['name'])} as its log grows: {step}{last_eval}.")
     fig = loss_figure(series)
     for n, (name, best) in enumerate(zip(series, bests)):
         if best is not None:
