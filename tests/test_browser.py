@@ -500,9 +500,9 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
         page.keyboard.press("Enter")
         page.keyboard.press("Escape")
         following = page.get_by_text(re.compile(r"Following cli-run as its log grows"))
-        expect(following).to_be_visible(timeout=60_000)
+        expect(following.first).to_be_visible(timeout=60_000)
         chart = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').filter(has_text="cli-run: validation")
-        expect(chart.first).to_be_visible()
+        expect(chart.first).to_be_visible(timeout=60_000)
 
         latencies = []
         for _ in range(4):  # the next evaluations, each timed from its line in the log to the page
@@ -513,8 +513,9 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
             step = min(s for s in seen.copy() if s >= target)
             deadline = time.monotonic() + 60
             while True:  # a later evaluation may replace it between two looks: it was on the page too
-                m = re.search(r"last evaluation at step ([\d,]+)", following.inner_text())
-                if m and int(m.group(1).replace(",", "")) >= step:
+                texts = " ".join(following.all_inner_texts())  # a redraw may show the old line beside the new
+                shown = [int(m.replace(",", "")) for m in re.findall(r"last evaluation at step ([\d,]+)", texts)]
+                if shown and max(shown) >= step:
                     break
                 assert time.monotonic() < deadline, f"step {step} did not reach the page"
                 page.wait_for_timeout(20)
