@@ -87,3 +87,19 @@ def test_a_bad_folder_gives_one_line_and_keeps_the_corpus(data_dir: Path, typed:
     assert not at.exception
     assert len(at.error) == 1 and message in at.error[0].value and "\n" not in at.error[0].value
     assert at.session_state[S.CORPUS] == before
+
+
+def test_a_reload_restores_the_prepared_folder_from_the_address(data_dir: Path) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+    at.run()
+    choose(at, "docs")
+    at.switch_page("pages/vocabulary.py").run()
+    address = dict(at.query_params)
+    assert address["corpus"] == "prepared:docs"  # the folder, not its decoded preview
+
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+    again.query_params.update(address)
+    again.run()
+    assert not again.exception and not again.error
+    assert again.session_state[S.PREPARED][1] == str((data_dir / "docs").resolve())
+    assert again.session_state[S.TOKENIZER].to_dict() == load_prepared(data_dir / "docs").tokenizer.to_dict()
