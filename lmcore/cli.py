@@ -372,7 +372,8 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     saver = CheckpointCallback(out, tokenizer, keep=keep, data_info=data_info)
     callbacks: list[Any] = []
     if dist.is_main:  # rank 0 alone prints, logs and saves
-        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), saver, RunLogger(out, {"source": source})]
+        logger = RunLogger(out, {"source": source, "train_tokens": len(train_ids)})
+        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), saver, logger]
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)

@@ -49,6 +49,7 @@ from lmcore.checkpoint import (
     optimizer_path,
     sanitize_name,
 )
+from lmcore.data import as_source
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
@@ -237,7 +238,7 @@ class TrainingJob:
         if self.data_info.get("documents") or self._val_ids is None or len(self._val_ids) == 0:
             prompt = [tok.bos_id]  # documents start after BOS
         else:
-            prompt = [int(self._val_ids[0])]
+            prompt = [int(as_source(self._val_ids).windows(torch.zeros(1, dtype=torch.long), 1)[0, 0])]  # ids or shards
         was_training = model.training
         model.eval()
         try:
@@ -298,7 +299,11 @@ class TrainingJob:
             # on the best validation loss (keep="last": at every eval), so the
             # file holds the best (or last) model; a run that fails keeps its last good save.
             checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep, data_info=self.data_info)
-            self._runlog = RunLogger(self.checkpoint_path, {"source": self.data_info.get("source")}, own_evals=True)
+            self._runlog = RunLogger(
+                self.checkpoint_path,
+                {"source": self.data_info.get("source"), "train_tokens": len(self._train_ids)},
+                own_evals=True,
+            )
             trainer = Trainer(
                 model,
                 self._train_ids,

@@ -8,14 +8,16 @@ began, across resumes), ``train_loss`` and ``lr``:
 
 - ``"start"``: a run (or a resumed part of one) begins at ``step``; it also
   holds ``arch``, ``params``, ``tokens_per_step``, ``world_size``,
-  ``grad_accum`` and the training ``config``. Lines already in the file past
+  ``grad_accum``, the training ``config`` and, from the caller, ``source`` and
+  ``train_tokens`` (the size of the training split, for passes over the data). Lines already in the file past
   that step belong to a part of the run that was abandoned (the run resumed
   from an earlier checkpoint) and are dropped on read.
 - ``"step"``: after each optimizer step; ``train_loss`` is that step's batch
   loss; adds ``grad_norm`` and ``tokens_per_s``.
 - ``"eval"``: after each evaluation; ``train_loss`` is the mean over the fixed
   evaluation windows; adds ``val_loss``, ``val_ppl``, ``val_acc``,
-  ``grad_norm``, ``tokens_per_s`` and ``sample`` when there is one.
+  ``grad_norm``, ``tokens_per_s``, and ``sample`` and ``head_scores`` (per
+  score, layer and head: see ``lmcore.interpret.head_scores``) when there are.
 - ``"end"``: the run (or this part of it) ended; ``time`` includes the final
   evaluation; adds ``val_loss``, ``stopped_early`` and ``early_stopped``. A run
   that crashed has none.
@@ -162,6 +164,8 @@ class RunLogger:
         }
         if e.sample is not None:
             record["sample"] = e.sample
+        if getattr(e, "head_scores", None):
+            record["head_scores"] = e.head_scores
         self.write(record)
 
     def on_end(self, result: dict[str, Any]) -> None:
@@ -312,6 +316,14 @@ def evals(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("kind") == "eval" and r.get("val_loss") is not None]
 
 
+def epochs(records: Sequence[dict[str, Any]]) -> float | None:
+    """Passes over the training split so far: tokens seen over ``train_tokens`` of the last start line."""
+    starts = [r for r in records if r.get("kind") == "start" and r.get("train_tokens")]
+    if not starts or not records or records[-1].get("tokens") is None:
+        return None
+    return records[-1]["tokens"] / starts[-1]["train_tokens"]
+
+
 def best_eval(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The evaluation with the lowest validation loss (the earliest of equals), or None."""
     found = evals(records)
@@ -350,7 +362,8 @@ def memorising(records: Sequence[dict[str, Any]], min_rise: float = 0.02) -> dic
 def run_summary(checkpoint: str | os.PathLike, records: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One row of the comparison table, from the run's log and its checkpoint's metadata.
 
-    Keys: run, arch, params, steps, tokens, wall_time_s, best_val_loss,
+    Keys: run, arch, params, steps, tokens, epochs (passes over the training
+    split, when the log says its size), wall_time_s, best_val_loss,
     best_step, final_val_loss, val_acc (at the last evaluation), tokens_per_s
     (tokens over training time), memorising (bool).
     """
@@ -380,6 +393,7 @@ def run_summary(checkpoint: str | os.PathLike, records: Sequence[dict[str, Any]]
     row.update(
         steps=last["step"] if last else None,
         tokens=last.get("tokens") if last else None,
+        epochs=epochs(records),
         wall_time_s=steps_time,
         best_val_loss=best["val_loss"] if best else None,
         best_step=best["step"] if best else None,

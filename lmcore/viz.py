@@ -237,17 +237,25 @@ def loss_figure(runs: Mapping[str, Mapping[str, list]], x: str = "step", log_y: 
     return fig
 
 
+EVAL_KEYS = ("train_loss", "val_loss", "val_ppl", "val_acc")  # series columns measured at evaluations
+
+
 def metric_figure(
     runs: Mapping[str, Mapping[str, list]], key: str, y_title: str, x: str = "step", log_y: bool = False
 ) -> go.Figure:
-    """One per-step metric (``lr``, ``tokens_per_s``, ``grad_norm``) per run, as lines."""
+    """One metric per run: per step (``lr``, ``tokens_per_s``, ``grad_norm``) as lines, or per
+    evaluation (``val_acc``, ``val_ppl``) as lines with markers."""
+    per_eval = key in EVAL_KEYS
     fig = go.Figure()
     for n, (name, s) in enumerate(runs.items()):
         label = _text(name)
-        xs, ys = thin(*_finite(s[x], s[key]))
+        xs, ys = _finite(s[("eval_tokens" if x == "tokens" else "eval_step") if per_eval else x], s[key])
+        if not per_eval:
+            xs, ys = thin(xs, ys)
         fig.add_trace(
             go.Scatter(
-                x=xs, y=ys, mode="lines", name=label, line=dict(color=RUN_COLORS[n % len(RUN_COLORS)], width=1.5),
+                x=xs, y=ys, mode="lines+markers" if per_eval else "lines", name=label,
+                line=dict(color=RUN_COLORS[n % len(RUN_COLORS)], width=1.5),
                 hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>{_text(y_title)} %{{y:.4g}}<extra></extra>",
             )
         )  # fmt: skip

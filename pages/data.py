@@ -10,12 +10,21 @@ import streamlit as st
 from lmcore.data import BUILTIN_CORPORA, MAX_CORPUS_BYTES, Corpus, corpus_from_text, corpus_stats, load_corpus
 from ui import state as S
 from ui.boundary import user_errors
-from ui.flow import PAGE_VOCABULARY, describe_corpus, load_builtin, require_corpus, set_corpus
+from ui.flow import (
+    PAGE_VOCABULARY,
+    describe_corpus,
+    load_builtin,
+    prepared,
+    prepared_folders,
+    require_corpus,
+    set_corpus,
+    use_prepared,
+)
 from ui.render import md
 from ui.shell import require_app
-from ui.state import keep_default
+from ui.state import data_dir, keep_default
 
-SOURCES = ("Built-in", "Upload a file", "Paste text", "From a URL")
+SOURCES = ("Built-in", "Upload a file", "Paste text", "From a URL", "Prepared folder")
 DOCUMENT_CORPORA = ("python-names",)  # built-in corpora that are lists of documents
 PREVIEW_CHARS = 3000
 PREVIEW_DOCS = 40
@@ -82,6 +91,21 @@ elif source == "Paste text":
         with user_errors(stop=False):
             new = corpus_from_text(pasted or "", name="pasted text", documents=st.session_state["keep.data.documents"])
 
+elif source == "Prepared folder":
+    st.caption(
+        f"A folder written by `python -m lmcore prepare --out DIR` (train.bin, val.bin, meta.json) under "
+        f"`{md(str(data_dir()))}` on this server. Training reads it from disk in batches, so it may be far larger "
+        "than memory; its vocabulary and split come with it."
+    )
+    folders = prepared_folders()
+    picked = st.selectbox("Prepared folders", folders, index=None, key="data_prepared_pick",
+                          placeholder="Choose a folder" if folders else "None found: prepare one there first")  # fmt: skip
+    typed = st.text_input("Or its path under that folder", key="data_prepared_path", placeholder="tinystories")
+    if st.button("Use this folder", type="primary", key="data_prepared_use"):
+        with user_errors(stop=False):
+            use_prepared(typed or picked or "")
+            st.toast(f"Corpus set: the prepared folder {md(st.session_state[S.CORPUS].name)}", icon=":material/check:")
+
 else:
     url = st.text_input("Address of a plain-text file", key=keep_default("keep.data.url", ""), placeholder="https://example.org/book.txt")
     st.caption(
@@ -97,7 +121,10 @@ else:
                 allow_local_urls=ALLOW_LOCAL_URLS,
             )
 
-documents = st.toggle(
+shards = None
+with user_errors(stop=False):  # a folder removed since: say so, and let another source be chosen
+    shards = prepared()
+documents = False if shards is not None else st.toggle(
     "Documents mode: one document per line",
     key=keep_default("keep.data.documents", current.documents),
     help="For lists of short texts (names, titles): each line becomes one document, separated by a special "
@@ -112,6 +139,23 @@ if corpus.documents != documents:
     set_corpus(corpus)
 
 st.subheader("The corpus in use")
+if shards is not None:
+    meta = shards.meta
+    st.markdown(f"The prepared folder **{md(corpus.name)}** (`{md(corpus.source)}`), from {md(str(meta.get('source', '?')))}.")
+    cols = st.columns(4)
+    cols[0].metric("Training tokens", f"{len(shards.train):,}")
+    cols[1].metric("Validation tokens", f"{len(shards.val):,}")
+    cols[2].metric("Text", f"{meta.get('bytes', 0) / 1e6:,.1f} MB")
+    cols[3].metric("Vocabulary", f"{shards.tokenizer.vocab_size:,} ({shards.tokenizer.kind})")
+    st.subheader("Preview")
+    st.caption(f"The first {len(corpus.text):,} characters of the training split, decoded from its tokens.")
+    st.code(corpus.text[:PREVIEW_CHARS], language=None, wrap_lines=True, height=300)
+    st.markdown(
+        "The split into training and validation tokens was made by `prepare`; training reads batches from "
+        "these files through numpy.memmap, so the run's memory does not grow with the data."
+    )
+    st.page_link(PAGE_VOCABULARY, label="Next: the vocabulary it was prepared with", icon=":material/arrow_forward:")
+    st.stop()
 st.markdown(describe_corpus(corpus))
 stats = _stats(st.session_state[S.CORPUS_ID], corpus)
 cols = st.columns(5)

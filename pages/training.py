@@ -101,7 +101,8 @@ def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
     _, train_ids, val_ids = encoded_split(tok)
     check_length(train_ids, cfg.block_size, "training split")
     check_length(val_ids, cfg.block_size, "validation split")
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=_data_info())
+    info = {**_data_info(), "train_tokens": len(train_ids)}
+    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=info)
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
 
@@ -454,6 +455,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     st.markdown(head)
     eta = f" · about {_duration(p['eta_s'])} left" if job.is_alive and p["eta_s"] is not None else ""
     st.progress(p["fraction"], text=f"step {p['step']:,} of {p['max_iters']:,} · {_duration(p['elapsed_s'])} elapsed{eta}")
+    train_tokens = job.data_info.get("train_tokens")
 
     if job.status == FAILED:
         st.error(md(job.error or "the run failed"))
@@ -465,7 +467,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     events = job.events_since(0)
     series = series_from_events(events)
     last, evals = (events[-1] if events else None), [e for e in events if e.val_loss is not None]
-    m = st.columns(4)
+    m = st.columns(5)
     m[0].metric("Training loss (batch)", "–" if not series["loss"] else f"{series['loss'][-1]:.3f}")
     if evals:
         change = 0.0 if len(evals) < 2 else evals[-1].val_loss - evals[-2].val_loss
@@ -476,6 +478,12 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         m[1].metric("Validation loss", "–", help="Measured at the first evaluation.")
     m[2].metric("Tokens per second", "–" if last is None else f"{last.tokens_per_s:,.0f}")
     m[3].metric("Tokens seen", "–" if last is None else f"{last.tokens_seen:,}")
+    m[4].metric(
+        "Passes over the data",
+        "–" if last is None or not train_tokens else f"{last.tokens_seen / train_tokens:.2f}",
+        help="Epochs: tokens seen over the tokens of the training split. Past one pass the model sees "
+        "text it has seen before; watch the validation loss.",
+    )
 
     runs = {job.name: series}
     for cid in compare_ids:
@@ -483,6 +491,13 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         if other is not None and other.name not in runs:
             runs[other.name] = series_from_events(other.events_since(0))
     st.plotly_chart(loss_figure(runs, x=x), key="train_loss_chart")
+    q = st.columns(2)
+    with q[0]:
+        st.caption("Validation accuracy: how often the most likely next token is the right one")
+        st.plotly_chart(metric_figure(runs, "val_acc", "next-token accuracy", x=x), key="train_acc_chart")
+    with q[1]:
+        st.caption("Validation perplexity: as if choosing among this many tokens")
+        st.plotly_chart(metric_figure(runs, "val_ppl", "perplexity", x=x, log_y=True), key="train_ppl_chart")
     c = st.columns(3)
     with c[0]:
         st.caption("Learning rate")

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer
 from lmcore.viz import frequency_figure, token_length_figure
@@ -14,8 +15,11 @@ from ui.boundary import user_errors
 from ui.flow import (
     PAGE_DATA,
     PAGE_MODEL,
+    PREVIEW_TOKENS,
     encoded_split,
+    prepared,
     require_corpus,
+    require_tokenizer,
     set_tokenizer,
     token_counts,
     tokenizer_is_current,
@@ -42,69 +46,84 @@ corpus = require_corpus()
 st.caption(f"Corpus: {md(corpus.name)}, {len(corpus.text):,} characters. Change it on the Data page.")
 st.page_link(PAGE_DATA, label="Data page", icon=":material/arrow_back:")
 
-tok = st.session_state.get(S.TOKENIZER)
-kind = st.radio(
-    "Tokenizer",
-    list(KINDS),
-    format_func=KINDS.get,
-    horizontal=True,
-    key=keep_default("keep.vocab.kind", tok.kind if tok is not None else "char"),
-    help="Characters: simple, small vocabulary, long sequences. BPE: learned merges, any Unicode text, shorter "
-    "sequences.",
-)
-
-if kind == "char":
-    if tok is None or tok.kind != "char" or not tokenizer_is_current():
-        with user_errors():
-            tok = build_tokenizer("char", corpus.text)
-        set_tokenizer(tok)
-    st.caption("One token per distinct character of the corpus, plus a start-of-document token.")
+shards = None
+with user_errors(stop=False):
+    shards = prepared()
+if shards is not None:
+    tok = require_tokenizer(announce=False)
+    st.info(
+        f"This corpus is a prepared folder: its vocabulary ({KINDS[tok.kind]}, {tok.vocab_size:,} tokens) was "
+        "built by `python -m lmcore prepare` and its token ids are already on disk, so none is built here. "
+        f"The counts below are of the first {PREVIEW_TOKENS:,} training tokens."
+    )
+    train_ids, val_ids = shards.train, shards.val
+    ids = train_ids.windows(torch.zeros(1, dtype=torch.long), min(len(train_ids), PREVIEW_TOKENS))[0]
+    n_tokens = len(train_ids) + len(val_ids)
 else:
-    size = st.select_slider(
-        "Vocabulary size",
-        options=BPE_SIZES,
-        key=keep_default("keep.vocab.size", DEFAULT_BPE_VOCAB),
-        help="256 byte tokens, one start-of-document token, and the rest learned merges.",
+    tok = st.session_state.get(S.TOKENIZER)
+    kind = st.radio(
+        "Tokenizer",
+        list(KINDS),
+        format_func=KINDS.get,
+        horizontal=True,
+        key=keep_default("keep.vocab.kind", tok.kind if tok is not None else "char"),
+        help="Characters: simple, small vocabulary, long sequences. BPE: learned merges, any Unicode text, shorter "
+        "sequences.",
     )
-    # The size asked for is remembered: a short text can run out of pairs and give fewer tokens.
-    current_bpe = (
-        tok is not None
-        and tok.kind == "bpe"
-        and tokenizer_is_current()
-        and st.session_state.get(S.BPE_ASKED) == size
-    )
-    label = "Train BPE again" if current_bpe else "Train BPE"
-    if st.button(label, type="primary" if not current_bpe else "secondary"):
-        bar = st.progress(0.0, text="Learning merges…")
 
-        def _progress(done: int, total: int) -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=f"Learning merges: {done:,} of {total:,}")
-
-        with user_errors():
-            tok = build_tokenizer("bpe", corpus.text, vocab_size=int(size), progress=_progress)
-        bar.empty()
-        set_tokenizer(tok)
-        st.session_state[S.BPE_ASKED] = size
-        current_bpe = True
-    if not current_bpe:
-        st.info(
-            f"Press **{label}** to learn {int(size) - 257:,} merges from the corpus (a few seconds for the "
-            "built-in corpora). Until then the other pages use the vocabulary below."
-            if tok is not None
-            else f"Press **{label}** to learn the merges from the corpus."
+    if kind == "char":
+        if tok is None or tok.kind != "char" or not tokenizer_is_current():
+            with user_errors():
+                tok = build_tokenizer("char", corpus.text)
+            set_tokenizer(tok)
+        st.caption("One token per distinct character of the corpus, plus a start-of-document token.")
+    else:
+        size = st.select_slider(
+            "Vocabulary size",
+            options=BPE_SIZES,
+            key=keep_default("keep.vocab.size", DEFAULT_BPE_VOCAB),
+            help="256 byte tokens, one start-of-document token, and the rest learned merges.",
         )
-        if tok is None or not tokenizer_is_current():
-            st.stop()
+        # The size asked for is remembered: a short text can run out of pairs and give fewer tokens.
+        current_bpe = (
+            tok is not None
+            and tok.kind == "bpe"
+            and tokenizer_is_current()
+            and st.session_state.get(S.BPE_ASKED) == size
+        )
+        label = "Train BPE again" if current_bpe else "Train BPE"
+        if st.button(label, type="primary" if not current_bpe else "secondary"):
+            bar = st.progress(0.0, text="Learning merges…")
 
-with user_errors():
-    ids, train_ids, val_ids = encoded_split(tok)
+            def _progress(done: int, total: int) -> None:
+                bar.progress(min(1.0, done / max(total, 1)), text=f"Learning merges: {done:,} of {total:,}")
+
+            with user_errors():
+                tok = build_tokenizer("bpe", corpus.text, vocab_size=int(size), progress=_progress)
+            bar.empty()
+            set_tokenizer(tok)
+            st.session_state[S.BPE_ASKED] = size
+            current_bpe = True
+        if not current_bpe:
+            st.info(
+                f"Press **{label}** to learn {int(size) - 257:,} merges from the corpus (a few seconds for the "
+                "built-in corpora). Until then the other pages use the vocabulary below."
+                if tok is not None
+                else f"Press **{label}** to learn the merges from the corpus."
+            )
+            if tok is None or not tokenizer_is_current():
+                st.stop()
+
+    with user_errors():
+        ids, train_ids, val_ids = encoded_split(tok)
+    n_tokens = len(ids)
 counts = token_counts(ids, tok.vocab_size)
 labels = [tok.token_str(i) for i in range(tok.vocab_size)]
 
 st.subheader(f"{KINDS[tok.kind]}: {tok.vocab_size:,} tokens")
 cols = st.columns(4)
 cols[0].metric("Vocabulary size", f"{tok.vocab_size:,}")
-cols[1].metric("Tokens in the corpus", f"{len(ids):,}")
+cols[1].metric("Tokens in the corpus", f"{n_tokens:,}")
 cols[2].metric("Characters per token", f"{len(corpus.text) / max(len(ids), 1):.2f}")
 cols[3].metric("Tokens never used", f"{sum(1 for c in counts if c == 0):,}", help="Vocabulary entries that do not occur in the encoded corpus.")
 st.caption(f"Training split: {len(train_ids):,} tokens · validation split: {len(val_ids):,} tokens.")

@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -452,3 +453,78 @@ def test_a_reload_restores_the_session_and_runs_keep_their_own_names(server: tup
     page.locator(".st-key-train_stop button").click()
     wait_saved(page, 60)
     page.context.close()
+
+
+def watch_evals(log: Path, seen: dict[int, float], stop: threading.Event) -> None:
+    """Note the wall time at which each evaluation line lands in ``log`` (polled every 20 ms)."""
+    from lmcore.runlog import LogFollower
+
+    follower = LogFollower(log)
+    while not stop.is_set():
+        for record in follower.poll():
+            if record.get("kind") == "eval":
+                seen.setdefault(record["step"], time.monotonic())
+        time.sleep(0.02)
+
+
+FOLLOW_BOUND_S = 10.0  # the target is 3 s (the page refreshes every 1 s); generous for a shared machine
+
+
+def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(server: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:
+    url, folder = server
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS_4KB * 4, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lmcore", "train", "--data", str(corpus), "--out", str(folder / "cli-run.safetensors"),
+           "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+           "--max-iters", "100000", "--eval-interval", "40", "--eval-iters", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_evals, args=(folder / "cli-run.metrics.jsonl", seen, stop), daemon=True)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not seen and time.monotonic() < deadline:
+            assert proc.poll() is None, "the command-line run ended early"
+            time.sleep(0.1)
+        assert seen, "the command-line run wrote no evaluation"
+
+        page = new_page(browser, url)
+        go(page, "Training")
+        page.get_by_text("Saved runs (from files, any process)").click()
+        pick = page.locator(".st-key-runs_pick")
+        expect(pick).to_be_visible()
+        pick.click()
+        page.keyboard.type("cli-run")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+        following = page.get_by_text(re.compile(r"Following cli-run as its log grows"))
+        expect(following.first).to_be_visible(timeout=60_000)
+        chart = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]').filter(has_text="cli-run: validation")
+        expect(chart.first).to_be_visible(timeout=60_000)
+
+        latencies = []
+        for _ in range(4):  # the next evaluations, each timed from its line in the log to the page
+            target = max(seen.copy()) + 1  # copies: the watcher adds to it meanwhile
+            while not any(s >= target for s in seen.copy()):
+                assert proc.poll() is None, "the command-line run ended early"
+                time.sleep(0.01)
+            step = min(s for s in seen.copy() if s >= target)
+            deadline = time.monotonic() + 60
+            while True:  # a later evaluation may replace it between two looks: it was on the page too
+                texts = " ".join(following.all_inner_texts())  # a redraw may show the old line beside the new
+                shown = [int(m.replace(",", "")) for m in re.findall(r"last evaluation at step ([\d,]+)", texts)]
+                if shown and max(shown) >= step:
+                    break
+                assert time.monotonic() < deadline, f"step {step} did not reach the page"
+                page.wait_for_timeout(20)
+            latencies.append(time.monotonic() - seen[step])
+        screenshot(page, "9_training_follows_a_cli_run")
+        TIMINGS["cli_eval_to_browser_s"] = [round(x, 2) for x in latencies]
+        assert max(latencies) < FOLLOW_BOUND_S, latencies
+        page.context.close()
+    finally:
+        stop.set()
+        proc.kill()
+        proc.wait()

@@ -66,6 +66,9 @@ def test_a_run_writes_its_log_and_a_resumed_run_appends(tmp_path: Path, corpus: 
         assert {"step", "tokens", "time", "train_loss", "lr"} <= set(r)
     evals = runlog.evals(records)
     assert [e["step"] for e in evals] == [3, 6] and all("val_acc" in e and "tokens_per_s" in e for e in evals)
+    for e in evals:  # head scores per score, layer (1) and head (2), as the attention page charts them
+        assert set(e["head_scores"]) == {"previous_token", "first_token", "induction"}
+        assert all(len(v) == 1 and len(v[0]) == 2 for v in e["head_scores"].values())
     assert records[-1]["tokens"] == 6 * 4 * 16
     assert evals[-1]["val_loss"] == pytest.approx(read_metadata(out)["train"]["val_loss"])
 
@@ -219,3 +222,9 @@ def test_the_training_page_lists_and_overlays_a_run_the_cli_writes(tmp_path: Pat
     assert names == ["from-cli: train", "from-cli: validation", "from-cli: best val"]
     table = at.dataframe[-1].value
     assert list(table["run"]) == ["from-cli"] and list(table["steps"]) == [6]
+    start = runlog.read_log(folder / "from-cli.safetensors")[0]
+    assert list(table["passes over the data"]) == [pytest.approx(6 * 4 * 16 / start["train_tokens"])]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    axes = [c["layout"]["yaxis"]["title"]["text"] for c in charts[1:]]
+    assert axes == ["next-token accuracy", "perplexity"]
+    assert all(c["data"][0]["name"] == "from-cli" for c in charts[1:])

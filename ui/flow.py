@@ -6,6 +6,10 @@ A page calls ``require_corpus()``, ``require_tokenizer()`` or
 note and a link to the page where it can be changed. So a newcomer can click
 straight through, and no page fails because an earlier one was skipped.
 
+A corpus may also be a folder written by ``python -m lmcore prepare`` on the
+server's disk: its tokenizer is the session's and its splits are read through
+numpy.memmap, never loaded whole (``use_prepared``, ``prepared``).
+
 Also here: the corpus encoded with the tokenizer and split (computed once per
 corpus, tokenizer and split), the size presets of the model page, and the
 fingerprints that tell whether the objects in the session still belong together.
@@ -20,9 +24,11 @@ from typing import Any
 import streamlit as st
 import torch
 
-from lmcore.data import Corpus, build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.data import Corpus, TokenSource, build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.errors import DataError
 from lmcore.models import ModelConfig
 from lmcore.models.estimate import model_counts
+from lmcore.shards import Prepared, is_prepared, load_prepared
 from lmcore.tokenizers import Tokenizer
 from ui import state as S
 from ui.boundary import user_errors
@@ -137,6 +143,51 @@ def load_builtin(name: str, documents: bool = False) -> Corpus:
     return load_corpus(f"builtin:{name}", documents=documents)
 
 
+PREVIEW_TOKENS = 20_000  # of a prepared folder, decoded: what the pages show and probe as "the corpus"
+
+
+def prepared_folders() -> list[str]:
+    """The prepared folders under the data directory (and the directory itself), as paths relative to it."""
+    root = S.data_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in [root, *root.iterdir(), *root.glob("*/*")] if is_prepared(p)]
+    return sorted(str(p.relative_to(root)) for p in found)
+
+
+def use_prepared(folder: str) -> Corpus:
+    """Make the prepared folder ``folder`` (under the data directory) the session's corpus and tokenizer.
+
+    The corpus holds the first ``PREVIEW_TOKENS`` tokens of the training split,
+    decoded (for previews and probes); training reads the splits from disk.
+    DataError when the folder is outside the data directory or not from ``prepare``.
+    """
+    root = S.data_dir().resolve()
+    if not folder.strip():
+        raise DataError(f"choose a prepared folder, or type its path under {root}")
+    path = (root / folder.strip()).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(f"only folders under {root} are read; prepare the data there (or set PLAYGROUND_DATA_DIR)")
+    data = load_prepared(path)
+    first = data.train.windows(torch.zeros(1, dtype=torch.long), min(len(data.train), PREVIEW_TOKENS))[0]
+    corpus = Corpus(name=path.name or str(path), text=data.tokenizer.decode(first.tolist()), source=str(path))
+    set_corpus(corpus)
+    st.session_state[S.PREPARED] = (st.session_state[S.CORPUS_ID], str(path))
+    set_tokenizer(data.tokenizer)
+    return corpus
+
+
+def prepared() -> Prepared | None:
+    """The prepared folder the session's corpus comes from, or None for a text corpus.
+
+    DataError when the folder was removed or damaged since it was chosen.
+    """
+    chosen = st.session_state.get(S.PREPARED)
+    if chosen is None or chosen[0] != st.session_state.get(S.CORPUS_ID):
+        return None
+    return load_prepared(chosen[1])
+
+
 # ------------------------------------------------------------------ prerequisites
 def require_corpus() -> Corpus:
     """The session's corpus; loads the default built-in one on first use."""
@@ -163,6 +214,13 @@ def require_tokenizer(announce: bool = True) -> Tokenizer:
     links to the vocabulary page, and stops.
     """
     corpus = require_corpus()
+    with user_errors():
+        data = prepared()
+    if data is not None:  # the folder's own vocabulary: its ids are on disk
+        tok = st.session_state.get(S.TOKENIZER)
+        if tok is None or not tokenizer_is_current() or tok.to_dict() != data.tokenizer.to_dict():
+            set_tokenizer(data.tokenizer)
+        return st.session_state[S.TOKENIZER]
     tok = st.session_state.get(S.TOKENIZER)
     if tok is not None and tokenizer_is_current():
         return tok
@@ -202,15 +260,23 @@ def val_fraction() -> float:
     return float(st.session_state.get(S.VAL_FRACTION, S.DEFAULT_VAL_FRACTION))
 
 
-def encoded_split(tok: Tokenizer | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encoded_split(
+    tok: Tokenizer | None = None,
+) -> tuple[torch.Tensor | TokenSource, torch.Tensor | TokenSource, torch.Tensor | TokenSource]:
     """(all ids, train ids, val ids) of the session's corpus under ``tok`` (default: the session's).
 
     Encoding a large corpus with BPE takes a few seconds, so the result is kept
-    in the session until the corpus, the tokenizer or the split changes.
+    in the session until the corpus, the tokenizer or the split changes. A
+    prepared folder gives its memmapped splits (all ids: the training split).
     Raises DataError / TokenizerError (the caller shows them).
     """
     corpus = require_corpus()
     tok = tok if tok is not None else require_tokenizer()
+    data = prepared()
+    if data is not None:
+        if tok.to_dict() != data.tokenizer.to_dict():
+            raise DataError(f"{corpus.name} was prepared with its own vocabulary; use it (Vocabulary page)")
+        return data.train, data.train, data.val
     key = (st.session_state.get(S.CORPUS_ID), tokenizer_id(tok), val_fraction())
     cached = st.session_state.get(S.ENCODED)
     if cached is not None and cached[0] == key:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lmcore import runlog
-from lmcore.viz import RUN_COLORS, loss_figure
+from lmcore.viz import RUN_COLORS, loss_figure, metric_figure
 from ui.render import md
 
 FOLLOWERS = "_run_followers"  # session state: log path (str) -> LogFollower
@@ -32,6 +32,7 @@ COLUMNS = {
     "params": "parameters",
     "steps": "steps",
     "tokens": "tokens",
+    "epochs": "passes over the data",
     "wall_time_s": "wall time (s)",
     "best_val_loss": "best val loss",
     "best_step": "best at step",
@@ -78,9 +79,13 @@ def _view(directory: str, names: list[str]) -> None:
                 "or early stopping.",
                 icon=":material/warning:",
             )
-    live = [r["name"] for r in shown if _is_live(r)]
-    if live:
-        st.caption("Following " + ", ".join(md(n) for n in live) + " as its log grows.")
+    for run in shown:
+        if _is_live(run):
+            records = _records(run["log"])
+            found = runlog.evals(records)
+            last_eval = f", last evaluation at step {found[-1]['step']:,}" if found else ""
+            step = f"step {records[-1]['step']:,}" if records else "starting"
+            st.caption(f"Following {md(run['name'])} as its log grows: {step}{last_eval}.")
     fig = loss_figure(series)
     for n, (name, best) in enumerate(zip(series, bests)):
         if best is not None:
@@ -93,6 +98,13 @@ def _view(directory: str, names: list[str]) -> None:
                 )
             )  # fmt: skip
     st.plotly_chart(fig, key="runs_loss_chart")
+    c = st.columns(2)
+    with c[0]:
+        st.caption("Validation accuracy")
+        st.plotly_chart(metric_figure(series, "val_acc", "next-token accuracy"), key="runs_acc_chart")
+    with c[1]:
+        st.caption("Validation perplexity")
+        st.plotly_chart(metric_figure(series, "val_ppl", "perplexity", log_y=True), key="runs_ppl_chart")
     table = pd.DataFrame(rows)[list(COLUMNS)].rename(columns=COLUMNS)
     st.dataframe(table, hide_index=True)
     st.download_button(

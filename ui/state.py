@@ -28,6 +28,7 @@ TOKENIZER_CORPUS_ID = "tokenizer_corpus_id"  # str: CORPUS_ID of the corpus TOKE
 ENCODED = "encoded"  # (key, train_ids, val_ids): the corpus encoded with TOKENIZER, split
 TRAIN_CONFIG = "train_config"  # lmcore.train.TrainConfig last used to start a run
 NAME_FOR = "train.name_for"  # str: the model config (JSON) the typed run name belongs to
+PREPARED = "prepared"  # (CORPUS_ID, folder str): the corpus is a folder written by `lmcore prepare`
 BPE_ASKED = "vocab_bpe_asked"  # int: the vocabulary size the session's BPE was trained for
 
 KEEP = "keep."  # prefix of widget keys whose values survive page switches
@@ -62,6 +63,11 @@ def keep_default(key: str, value: Any) -> str:
     else:
         st.session_state[key] = kept[key] = value
     return key
+
+
+def data_dir() -> Path:
+    """Where the data page looks for prepared folders: $PLAYGROUND_DATA_DIR, else data/ in the project."""
+    return Path(os.environ.get("PLAYGROUND_DATA_DIR") or ROOT / "data")
 
 
 def checkpoint_dir() -> Path:

@@ -115,6 +115,9 @@ def corpus_ref(corpus: Corpus) -> dict[str, str]:
     if corpus.source.startswith(("http://", "https://")):
         return {"corpus": "url:" + corpus.source}
     cid = st.session_state.get(S.CORPUS_ID)
+    chosen = st.session_state.get(S.PREPARED)
+    if chosen is not None and chosen[0] == cid:  # a folder on the server: named by its path under the data folder
+        return {"corpus": "prepared:" + str(Path(chosen[1]).relative_to(S.data_dir().resolve()))}
     stored = st.session_state.get(STORED)
     if stored is None or stored[0] != cid:  # hash and write each text once per session
         stored = st.session_state[STORED] = (cid, store_text(corpus.text))
@@ -229,7 +232,7 @@ def restore() -> None:
 
 
 def _restore_corpus(params: dict[str, str]) -> None:
-    from ui.flow import load_builtin, set_corpus
+    from ui.flow import load_builtin, set_corpus, use_prepared
 
     ref = params.get("corpus", "")
     documents = params.get("docs") == "1"
@@ -243,6 +246,9 @@ def _restore_corpus(params: dict[str, str]) -> None:
         set_corpus(load_corpus(address, documents=documents, allow_local=False))  # read from the download cache
         _set("keep.data.source", "From a URL")
         _set("keep.data.url", address)
+    elif ref.startswith("prepared:"):
+        use_prepared(ref.removeprefix("prepared:"))
+        _set("keep.data.source", "Prepared folder")
     elif ref.startswith("text:"):
         text = stored_text(ref.removeprefix("text:"))
         if text is None:
@@ -268,8 +274,8 @@ def _restore_tokenizer(params: dict[str, str]) -> None:
     from ui.flow import set_tokenizer
 
     kind = params.get("tok")
-    if kind not in ("char", "bpe"):
-        return
+    if kind not in ("char", "bpe") or params.get("corpus", "").startswith("prepared:"):
+        return  # a prepared folder brings its own vocabulary
     text = st.session_state[S.CORPUS].text
     if kind == "bpe":
         size = int(params.get("vocab", "0"))

@@ -1,0 +1,76 @@
+"""The training page's views of a run: passes over the data beside steps, accuracy and perplexity beside the loss.
+
+A real tiny run started from the page (AppTest), in the process-level job registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lmcore import runlog
+from lmcore.jobs import FINISHED, REGISTRY
+from ui import state as S
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_S = 120
+
+
+@pytest.fixture(autouse=True)
+def checkpoints(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
+    yield folder
+    for job in REGISTRY.list():
+        job.stop()
+        job.wait(RUN_S)
+
+
+def values(v) -> list:
+    """A trace's x or y from a figure's JSON: a list, or plotly's base64 typed array."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def training_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+    at.run()
+    at.switch_page("pages/training.py").run()
+    assert not at.exception
+    return at
+
+
+def test_a_run_shows_passes_over_the_data_and_its_accuracy_and_perplexity_curves(checkpoints: Path) -> None:
+    at = training_page()
+    for key, value in [("iters", 12), ("warmup", 2), ("eval", 6), ("eval_iters", 2), ("batch", 4)]:
+        at.number_input(key=f"keep.train.{key}").set_value(value)
+    at.text_input(key="keep.train.name").set_value("epochs")
+    at.button(key="train_start").click().run()
+    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert job.wait(RUN_S) and job.status == FINISHED
+    at.run()
+    assert not at.exception and not at.error
+
+    train_tokens = job.data_info["train_tokens"]
+    seen = job.events[-1].tokens_seen
+    assert seen == 12 * 4 * job.model_config.block_size
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Passes over the data"] == f"{seen / train_tokens:.2f}"
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    evals = [e for e in job.events if e.val_loss is not None]
+    by_title = {s["layout"]["yaxis"]["title"]["text"]: s for s in specs if s["layout"].get("yaxis", {}).get("title")}
+    acc, ppl = by_title["next-token accuracy"], by_title["perplexity"]
+    assert values(acc["data"][0]["x"]) == [6, 12]
+    assert values(acc["data"][0]["y"]) == pytest.approx([e.val_acc for e in evals])
+    assert values(ppl["data"][0]["y"]) == pytest.approx([e.val_ppl for e in evals])
+
+    # the same run read from its log: the saved runs table counts the passes too
+    records = runlog.read_log(job.checkpoint_path)
+    assert runlog.epochs(records) == pytest.approx(seen / train_tokens)
