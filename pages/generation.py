@@ -14,6 +14,7 @@ from lmcore import figures, viz
 from lmcore.sample import SamplingConfig, generate, next_token_distribution
 from ui import models, state
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.shell import require_app
 from ui.render import md
 
@@ -177,7 +178,7 @@ with tab_gen:
             context = (result["prompt"] + tok.decode(result["ids"][: pos - 1]))[-80:]
             # One line: the text before the token (newlines shown as ↵), then the token in brackets.
             st.text(f"…{context.replace(chr(10), '↵')}⟦{tok.token_str(chosen)}⟧")
-            st.plotly_chart(
+            show_figure(
                 viz.candidates_figure(
                     [tok.token_str(c[0]) for c in top],
                     [c[1] for c in top],
@@ -185,7 +186,7 @@ with tab_gen:
                     sampled=[c[2] for c in top],
                     title=f"token {pos}: what the model expected",
                 ),
-                key="generation.candidates",
+                key="generation.candidates", model=models.choice_name(result["key"]), prompt=result["prompt"],
             )
             st.caption(
                 "Bars: the model's own probabilities. Diamonds: the odds it was drawn from after "
@@ -227,7 +228,8 @@ with tab_temp:
             probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
             vocab = [tokenizer.token_str(i) for i in range(len(reference))]
-            st.plotly_chart(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart")
+            show_figure(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart",
+                        model=models.choice_name(choice), prompt=prompt)
             with st.expander("How it works"):
                 softmax_with_temperature(reference, probs, vocab, float(t))
 

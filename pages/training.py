@@ -19,6 +19,7 @@ from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.flow import (
     ARCH_LABELS,
     PAGE_ATTENTION,
@@ -482,17 +483,17 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         other = REGISTRY.get(cid)
         if other is not None and other.name not in runs:
             runs[other.name] = series_from_events(other.events_since(0))
-    st.plotly_chart(loss_figure(runs, x=x), key="train_loss_chart")
+    show_figure(loss_figure(runs, x=x), key="train_loss_chart")
     c = st.columns(3)
     with c[0]:
         st.caption("Learning rate")
-        st.plotly_chart(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
+        show_figure(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
     with c[1]:
         st.caption("Throughput")
-        st.plotly_chart(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
+        show_figure(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
     with c[2]:
         st.caption("Gradient norm (before clipping)")
-        st.plotly_chart(metric_figure(runs, "grad_norm", "gradient norm", x=x, log_y=True), key="train_gn_chart")
+        show_figure(metric_figure(runs, "grad_norm", "gradient norm", x=x, log_y=True), key="train_gn_chart")
 
     samples = [e for e in evals if e.sample]
     if samples:

@@ -19,6 +19,7 @@ import streamlit as st
 
 from lmcore import runlog
 from lmcore.viz import RUN_COLORS, loss_figure
+from ui.figure import show_figure
 from ui.render import md
 
 FOLLOWERS = "_run_followers"  # session state: log path (str) -> LogFollower
@@ -92,7 +93,7 @@ def _view(directory: str, names: list[str]) -> None:
                     hovertemplate=f"best validation loss %{{y:.4f}}<br>at step %{{x:,}}<extra>{name}</extra>",
                 )
             )  # fmt: skip
-    st.plotly_chart(fig, key="runs_loss_chart")
+    show_figure(fig, key="runs_loss_chart")
     table = pd.DataFrame(rows)[list(COLUMNS)].rename(columns=COLUMNS)
     st.dataframe(table, hide_index=True)
     st.download_button(
