@@ -41,5 +41,5 @@ def test_the_html_file_stands_alone_and_carries_the_title() -> None:
     fig = go.Figure(go.Bar(x=[1, 2], y=[3, 4]), layout=dict(title=dict(text=describe("lens", "tiny", "Once upon"))))
     page = figure_html(fig)
     assert "<html>" in page[:40] and 'lens · tiny · \\"Once upon\\"' in page
-    assert "cdn.plot.ly" not in page and len(page) > 1_000_000  # plotly.js is embedded: it opens offline
+    assert '<script src="https://cdn' not in page and len(page) > 1_000_000  # plotly.js is embedded: it opens offline
     assert file_stem('lens · tiny · "Once upon"') == "lens-tiny-Once-upon"
