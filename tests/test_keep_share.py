@@ -43,3 +43,36 @@ def test_the_html_file_stands_alone_and_carries_the_title() -> None:
     assert "<html>" in page[:40] and 'lens · tiny · \\"Once upon\\"' in page
     assert '<script src="https://cdn' not in page and len(page) > 1_000_000  # plotly.js is embedded: it opens offline
     assert file_stem('lens · tiny · "Once upon"') == "lens-tiny-Once-upon"
+
+
+def test_prompt_and_sampling_travel_in_the_link_to_a_fresh_session(ckpt_dir: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app_views import APP
+
+    at = open_page("pages/generation.py")
+    at.text_area(key="keep.generation.prompt").set_value("Return the").run()
+    at.slider(key="keep.generation.temperature").set_value(0.35).run()
+    at.number_input(key="keep.generation.top_k").set_value(7).run()
+    address = dict(at.query_params)
+    assert address["prompt"] == "Return the" and address["temp"] == "0.35" and address["top_k"] == "7"
+    (link,) = [c.value for c in at.sidebar.code]
+    assert "prompt=Return+the" in link and "temp=0.35" in link and "run=" not in link
+
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.query_params.update(address)
+    fresh = open_page("pages/generation.py", fresh.run())
+    assert fresh.text_area(key="keep.generation.prompt").value == "Return the"
+    assert fresh.slider(key="keep.generation.temperature").value == 0.35
+    assert fresh.number_input(key="keep.generation.top_k").value == 7
+
+
+def test_the_copy_link_says_a_pasted_corpus_cannot_travel() -> None:
+    at = open_page("pages/data.py")
+    assert not any("cannot travel" in w.value for w in at.sidebar.warning)
+    at.radio[0].set_value("Paste text").run()
+    at.text_area(key="keep.data.paste").set_value("a pasted text that lives on this server only\n" * 20)
+    at.button[0].click().run()
+    (link,) = [c.value for c in at.sidebar.code]
+    assert "corpus=text%3A" in link
+    assert any("cannot travel" in w.value and "URL" in w.value for w in at.sidebar.warning)
