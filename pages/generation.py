@@ -11,12 +11,14 @@ import numpy as np
 import streamlit as st
 
 from lmcore import figures, viz
+from lmcore.errors import LMCoreError
+from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
 from lmcore.sample import SamplingConfig, generate, next_token_distribution
 from ui import models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
 from ui.shell import require_app
-from ui.render import md
+from ui.render import md, novelty_html
 
 PROMPT = state.KEEP + "generation.prompt"
 TEMPERATURE = state.KEEP + "generation.temperature"
@@ -25,6 +27,7 @@ TOP_P = state.KEEP + "generation.top_p"
 MAX_NEW = state.KEEP + "generation.max_new_tokens"
 SEED = state.KEEP + "generation.seed"
 EXPLORER_T = state.KEEP + "generation.explorer_temperature"
+NOVELTY_INDEX = "generation.novelty_index"  # (corpus and tokenizer, n-gram index of the corpus)
 RESULT = "generation.result"  # the last generation: text and, per token, the top candidates
 COMPARE_RESULT = "generation.compare_result"  # the last side-by-side pair
 
@@ -124,6 +127,40 @@ def show_text(where: Any, prompt_text: str, generated: str) -> None:
     where.code(prompt_text + generated, language=None, wrap_lines=True)
 
 
+def corpus_index(tokenizer: Any) -> tuple[str, np.ndarray] | None:
+    """(corpus name, its n-gram index in this tokenizer's ids), built once per corpus and tokenizer."""
+    corpus = st.session_state.get(state.CORPUS)
+    if corpus is None:
+        return None
+    key = (st.session_state.get(state.CORPUS_ID), id(tokenizer))
+    cached = st.session_state.get(NOVELTY_INDEX)
+    if cached is None or cached[0] != key:
+        try:
+            index = ngram_index(tokenizer.encode(corpus.text), NOVELTY_MIN_LEN)
+        except LMCoreError:
+            index = None  # this model's tokenizer cannot read the corpus: another corpus's model
+        cached = st.session_state[NOVELTY_INDEX] = (key, index)
+    return (corpus.name, cached[1]) if cached[1] is not None else None
+
+
+def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
+    """The generated text with the spans found word for word in the training text marked."""
+    st.subheader("Memorised or new?")
+    found = corpus_index(tokenizer)
+    if found is None:
+        st.caption("Choose a corpus on the Data page that this model's tokenizer can read to see what it copied.")
+        return
+    name, index = found
+    marks = novelty(ids, index, NOVELTY_MIN_LEN)
+    st.markdown(novelty_html(tokenizer, ids, marks.span), unsafe_allow_html=True)
+    longest = max((e - s for s, e in marks.spans), default=0)
+    st.caption(
+        f"{marks.novel_share:.0%} of the generated tokens are new; highlighted spans of at least "
+        f"{NOVELTY_MIN_LEN} tokens occur word for word in {md(name)} (longest: {longest} tokens). "
+        "At temperature 0 a small model trained long on a small text recites it."
+    )
+
+
 tab_gen, tab_temp, tab_cmp = st.tabs(["Generate", "Temperature explorer", "Compare two models"])
 
 with tab_gen:
@@ -165,6 +202,8 @@ with tab_gen:
         n = len(result["ids"])
         ended = " (the document ended)" if result["ended"] else ""
         st.caption(f"{n} new token{'' if n == 1 else 's'}{ended} from {md(result['model'])}.")
+        if n:
+            memorised_or_new(result["tokenizer"], result["ids"])
         if n:
             st.subheader("What else could have come?")
             st.write(

@@ -76,3 +76,25 @@ def test_the_copy_link_says_a_pasted_corpus_cannot_travel() -> None:
     (link,) = [c.value for c in at.sidebar.code]
     assert "corpus=text%3A" in link
     assert any("cannot travel" in w.value and "URL" in w.value for w in at.sidebar.warning)
+
+
+def test_generated_text_marks_what_it_copied_from_the_corpus(ckpt_dir: Path) -> None:
+    import pydoc_data.topics
+
+    from lmcore.data import corpus_from_text
+    from ui import state
+
+    topics = pydoc_data.topics.topics
+    text = "\n".join(topics[k] for k in sorted(topics)[:12])  # the text the fixture's 3-gram counted
+    at = open_page("pages/generation.py")
+    at.selectbox(key="keep.generation.model").set_value("ckpt:" + str(ckpt_dir / "table.safetensors")).run()
+    at.session_state[state.CORPUS] = corpus_from_text(text, name="table text")
+    at.session_state[state.CORPUS_ID] = "table-text"
+    at.text_area(key="keep.generation.prompt").set_value(text[:20])
+    at.slider(key="keep.generation.temperature").set_value(0.0)
+    at.number_input(key="keep.generation.max_new_tokens").set_value(60).run()
+    at.button(key="generation.go").click().run()
+    assert not at.exception
+    marked = [m.value for m in at.markdown if "verbatim in the training text" in m.value]
+    assert marked and "background:#fecaca" in marked[0]
+    assert any("of the generated tokens are new" in c.value and "table text" in c.value for c in at.caption)
