@@ -34,7 +34,7 @@ STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the ser
 
 # Model fields that the model page shows, with their widget keys "keep.model.<field>".
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias",
-                "tie_weights", "d_state", "d_conv", "expand")  # fmt: skip
+                "tie_weights", "d_state", "d_conv", "expand", "ngram_n", "add_k")  # fmt: skip
 # Training settings: address key -> (widget key, type).
 TRAIN_FIELDS: dict[str, tuple[str, type]] = {
     "iters": ("keep.train.iters", int),
