@@ -11,6 +11,7 @@ from lmcore.interpret import HEAD_SCORE_KEYS
 from ui import inside, models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
+from ui.render import md
 from ui.shell import require_app
 
 # Beyond this many tokens a heatmap stops being readable; longer prompts keep their end.
@@ -88,10 +89,18 @@ with tab_one:
     left, right = st.columns(2)
     layer = left.selectbox("Layer", range(n_layer), key="attention.layer")
     head = right.selectbox(unit.capitalize(), range(n_head), key="attention.head")
+    focus = st.selectbox(
+        "Highlight what one token attends to", [None, *range(len(tokens))], key="attention.focus",
+        format_func=lambda i: "no token (hover a cell instead)" if i is None else f"#{i} {tokens[i]}",
+    )  # fmt: skip
     show_figure(
-        viz.attention_heatmap(maps[layer, head], tokens, title=f"layer {layer} · {unit} {head}"),
+        viz.attention_heatmap(maps[layer, head], tokens, title=f"layer {layer} · {unit} {head}", highlight=focus),
         key="attention.one", model=name, prompt=prompt,
     )
+    if focus is not None:
+        row = maps[layer, head][focus, : focus + 1]
+        top = sorted(range(len(row)), key=lambda j: -float(row[j]))[:3]
+        st.caption(f"Token #{focus} attends most to " + ", ".join(f"#{j} {md(tokens[j])} ({float(row[j]):.2f})" for j in top) + ".")
 
 with tab_grid:
     if n_layer * n_head <= MAX_GRID_PANELS:

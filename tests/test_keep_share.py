@@ -98,3 +98,15 @@ def test_generated_text_marks_what_it_copied_from_the_corpus(ckpt_dir: Path) -> 
     marked = [m.value for m in at.markdown if "verbatim in the training text" in m.value]
     assert marked and "background:#fecaca" in marked[0]
     assert any("of the generated tokens are new" in c.value and "table text" in c.value for c in at.caption)
+
+
+def test_an_attention_map_highlights_what_a_chosen_token_attends_to(ckpt_dir: Path) -> None:
+    at = open_page("pages/attention.py")
+    at.selectbox(key="attention.focus").set_value(3).run()
+    assert not at.exception
+    one = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "attends to token" in one["data"][0]["hovertemplate"]
+    assert any(s.get("line", {}).get("color") == "#dc2626" for s in one["layout"]["shapes"])
+    assert any(c.value.startswith("Token #3 attends most to") for c in at.caption)
+    grid = json.loads(at.get("plotly_chart")[1].proto.spec)  # the prompt is short: its tokens label the grid
+    assert any(ax.get("showticklabels") and ax.get("ticktext") for k, ax in grid["layout"].items() if k.startswith("xaxis"))
