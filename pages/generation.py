@@ -231,6 +231,18 @@ with tab_gen:
                 "Bars: the model's own probabilities. Diamonds: the odds it was drawn from after "
                 "temperature, top-k and top-p. Red: the token actually drawn."
             )
+            with st.expander("How it works: cross-entropy of this token"):
+                p_model = next(c[1] for c in top if c[0] == chosen)
+                st.latex(r"\ell = -\ln p_\theta(x_t \mid x_{<t})")
+                st.latex(
+                    r"\ell(\texttt{%s}) = -\ln %.4f = %.3f \text{ nats} = %.3f \text{ bits}"
+                    % (figures.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
+                       -np.log2(max(p_model, 1e-30)))
+                )  # fmt: skip
+                st.write(
+                    "The loss the model was trained to lower is this number averaged over every token of the "
+                    "training text: a token the model saw coming costs little, a surprise costs a lot."
+                )
 
 def softmax_with_temperature(reference: Any, probs: Any, vocab: list[str], t: float) -> None:
     """The sampling formula, filled with the model's logits for the top tokens at this position."""

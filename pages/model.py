@@ -11,7 +11,7 @@ from lmcore.data import check_length
 from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
-from lmcore.models.estimate import check_fits
+from lmcore.models.estimate import check_fits, params_by_part
 from lmcore.viz import memory_estimate, model_diagram
 from ui import state as S
 from ui.boundary import user_errors
@@ -236,6 +236,20 @@ cols[0].metric("Parameters", f"{facts['params']:,}", help=f"{facts['params_non_e
 cols[1].metric("Training memory (estimate)", f"{mem['total'] / 2**20:,.1f} MiB", help="Weights, gradients, AdamW state and activations, in fp32; a rough order of magnitude.")
 cols[2].metric("FLOPs per token", f"{facts['flops_per_token']:,}", help="Forward and backward pass, at the full context length.")
 cols[3].metric("FLOPs per step", f"{facts['flops_per_token'] * cfg.block_size * int(batch) / 1e9:,.2f} G", help="FLOPs per token × context length × batch size.")
+
+with st.expander("How it works: parameter counts by layer"):
+    parts = params_by_part(cfg)
+    terms = " + ".join(f"{v:,}".replace(",", "{,}") for v in parts.values()) if len(parts) <= 8 else r"\dots"
+    st.latex(r"N = \sum_{\text{parts}} N_\text{part} = %s = %s" % (terms, f"{sum(parts.values()):,}".replace(",", "{,}")))
+    if cfg.arch == "transformer":
+        d = cfg.n_embd
+        st.latex(
+            r"N_\text{block} \approx 12\,d^2 = 12 \cdot %d^2 = %s \quad(\text{attention } 4d^2,\ \text{MLP } 8d^2)"
+            % (d, f"{12 * d * d:,}".replace(",", "{,}"))
+        )
+    st.dataframe(pd.DataFrame({"part": list(parts), "parameters": list(parts.values())}), hide_index=True)
+    if cfg.arch == "ngram":
+        st.caption("An n-gram has no weights until it counts the training text: its tables grow with the data.")
 
 left, right = st.columns([3, 2])
 with left:

@@ -512,3 +512,24 @@ if not alive and job.saved:
     n[0].page_link(PAGE_ATTENTION, label="Attention", icon=":material/grid_on:")
     n[1].page_link(PAGE_GENERATION, label="Generation", icon=":material/edit_note:")
     n[2].page_link(PAGE_CHECKPOINTS, label="Checkpoints", icon=":material/save:")
+
+with st.expander("How it works: the AdamW update"):
+    tc = job.train_config
+    lr_now = job.events[-1].lr if job.events else tc.lr
+    st.latex(
+        r"m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad"
+        r"\theta_t = \theta_{t-1} - \eta_t \Big(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} + \lambda\,\theta_{t-1}\Big)"
+    )
+    st.latex(
+        r"\eta_t = %.3g,\quad \beta_1 = %g,\quad \beta_2 = %g,\quad \lambda = %g"
+        % (lr_now, tc.beta1, tc.beta2, tc.weight_decay)
+    )
+    st.caption(
+        "g: the gradient of the loss; m and v: running averages of it and of its square (hats: corrected for "
+        "starting at 0). Each weight moves by about the learning rate η, in the direction its recent gradients "
+        f"agree on, and shrinks a little (weight decay λ). η now: the schedule's value at step "
+        f"{job.events[-1].step if job.events else 0:,}."
+    )
+    if tc.optimizer != "adamw" or job.model_config.arch == "ngram":
+        st.caption("This run differs: " + ("an n-gram is counted in one pass, with no gradient steps."
+                   if job.model_config.arch == "ngram" else f"its optimizer is {tc.optimizer}."))  # fmt: skip
