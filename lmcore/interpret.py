@@ -14,6 +14,8 @@ family where the idea applies, and a ``ConfigError`` saying why otherwise.
   on a fixed probe of random tokens repeated twice.
 - ``embedding_map``: a PCA of the token embeddings and nearest neighbours by
   cosine similarity.
+- ``ngram_index`` and ``novelty``: which spans of a generated text occur word
+  for word in the training text, and the share that is new.
 
 Shapes: T tokens, V vocabulary, L layers, H heads (or channel groups).
 """
@@ -24,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -225,3 +228,60 @@ def embedding_map(model: LanguageModel, k: int = 2, seed: int = 0) -> EmbeddingM
     coords = centred @ v[:, :q]  # (V, q)
     total = centred.pow(2).sum().clamp_min(1e-12)
     return EmbeddingMap(embeddings=emb, coords=coords, explained=s[:q].pow(2) / total)
+
+
+# ------------------------------------------------------------------ memorised or new
+NOVELTY_MIN_LEN = 8  # a verbatim match shorter than this many tokens is too common to call copying
+
+
+def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit hash of every window of ``n`` consecutive ids (wrapping polynomial hash)."""
+    windows = np.lib.stride_tricks.sliding_window_view(ids.astype(np.uint64), n)
+    powers = np.uint64(1_000_003) ** np.arange(n, dtype=np.uint64)
+    return (windows * powers).sum(axis=1, dtype=np.uint64)
+
+
+def ngram_index(corpus_ids: Sequence[int] | np.ndarray, n: int = NOVELTY_MIN_LEN) -> np.ndarray:
+    """Every n-token window of a corpus, hashed and sorted: built once per corpus for ``novelty``."""
+    if n < 1:
+        raise ConfigError(f"the match length must be at least 1 token, not {n}")
+    ids = np.asarray(corpus_ids, dtype=np.int64)
+    if len(ids) < n:
+        return np.empty(0, dtype=np.uint64)
+    return np.unique(_window_hashes(ids, n))
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """Per generated token: ``copied`` (inside a span found verbatim in the corpus) and ``span``
+    (the length of the copied run it belongs to, 0 when new); ``spans`` as (start, end)."""
+
+    copied: np.ndarray
+    span: np.ndarray
+    spans: list[tuple[int, int]]
+
+    @property
+    def novel_share(self) -> float:
+        """The share of generated tokens that are not part of a verbatim copy (1.0 for no tokens)."""
+        return 1.0 - float(self.copied.mean()) if len(self.copied) else 1.0
+
+
+def novelty(generated_ids: Sequence[int], index: np.ndarray, min_len: int = NOVELTY_MIN_LEN) -> Novelty:
+    """Mark the generated tokens that lie in a run of at least ``min_len`` tokens copied from the corpus.
+
+    ``index`` comes from ``ngram_index(corpus_ids, min_len)``. A token is copied
+    when some window of ``min_len`` tokens that contains it occurs in the corpus;
+    overlapping windows join into one span.
+    """
+    ids = np.asarray(generated_ids, dtype=np.int64)
+    copied = np.zeros(len(ids), dtype=bool)
+    if len(ids) >= min_len and len(index):
+        found = np.isin(_window_hashes(ids, min_len), index).astype(np.int64)
+        copied = np.convolve(found, np.ones(min_len, dtype=np.int64)) > 0  # each found window covers min_len tokens
+    spans: list[tuple[int, int]] = []
+    span = np.zeros(len(ids), dtype=np.int64)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], copied.astype(np.int8), [0]))))
+    for start, end in zip(edges[::2], edges[1::2]):
+        spans.append((int(start), int(end)))
+        span[start:end] = end - start
+    return Novelty(copied=copied, span=span, spans=spans)

@@ -402,6 +402,10 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 # Above this many tokens, axis labels get a smaller font so they stay legible.
 _DENSE_TOKENS = 40
+# "token i attends to token j: weight" on hover; customdata holds the two token strings.
+ATTENDS_HOVER = "token #%{y} %{customdata[0]} attends to token #%{x} %{customdata[1]}: %{z:.3f}<extra></extra>"
+GRID_WIDTH_PX = 720  # the width an all-heads grid gets on the page
+GRID_TICK_PX = 11  # room one token's tick label needs on a grid panel
 
 
 def plot_label(text: str) -> str:
@@ -447,12 +451,15 @@ def _hover_tokens(tokens: Sequence[str]) -> np.ndarray:
     return custom
 
 
-def attention_heatmap(weights: np.ndarray, tokens: Sequence[str], title: str = "") -> go.Figure:
+def attention_heatmap(
+    weights: np.ndarray, tokens: Sequence[str], title: str = "", highlight: int | None = None
+) -> go.Figure:
     """One attention map: row i (query) shows how token i spreads over tokens 0..i (keys).
 
     weights: (T, T) array, tokens: T printable token strings (``tok.token_str``).
     Positions are the axis values and tokens only their tick labels, so a token
-    that occurs twice keeps two rows.
+    that occurs twice keeps two rows. Hovering a cell reads "token i attends to
+    token j: weight"; ``highlight`` frames row i and dims the others.
     """
     z = _causal(weights)
     t = len(tokens)
@@ -470,15 +477,19 @@ def attention_heatmap(weights: np.ndarray, tokens: Sequence[str], title: str = "
             x=list(range(t)),
             y=list(range(t)),
             customdata=_hover_tokens(tokens),
-            hovertemplate=(
-                "query #%{y} %{customdata[0]}<br>key #%{x} %{customdata[1]}"
-                "<br>weight %{z:.3f}<extra></extra>"
-            ),
+            hovertemplate=ATTENDS_HOVER,
             hoverongaps=False,
             colorbar=dict(title="weight"),
             **_color_args(z),
         )
     )
+    if highlight is not None and 0 <= highlight < t:
+        for y0, y1 in ((-0.5, highlight - 0.5), (highlight + 0.5, t - 0.5)):  # dim every other row
+            if y1 > y0:
+                fig.add_shape(type="rect", x0=-0.5, x1=t - 0.5, y0=y0, y1=y1, fillcolor="white", opacity=0.6,
+                              line_width=0, layer="above")  # fmt: skip
+        fig.add_shape(type="rect", x0=-0.5, x1=t - 0.5, y0=highlight - 0.5, y1=highlight + 0.5,
+                      line=dict(color="#dc2626", width=2), layer="above")  # fmt: skip
     fig.update_xaxes(title="key: the token looked at", tickangle=-60, showgrid=False, zeroline=False, **ticks)
     fig.update_yaxes(title="query: the token looking", autorange="reversed", showgrid=False, zeroline=False, **ticks)
     side = min(760, 260 + 18 * t)
@@ -527,10 +538,7 @@ def attention_grid(
                     z=z_all[r, h],
                     customdata=custom,
                     coloraxis="coloraxis",
-                    hovertemplate=(
-                        f"layer {layer} · {unit} {h}<br>query #%{{y}} %{{customdata[0]}}"
-                        "<br>key #%{x} %{customdata[1]}<br>weight %{z:.3f}<extra></extra>"
-                    ),
+                    hovertemplate=f"layer {layer} · {unit} {h}<br>" + ATTENDS_HOVER,
                     hoverongaps=False,
                 ),
                 row=r + 1,
@@ -538,6 +546,11 @@ def attention_grid(
             )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed", showgrid=False, zeroline=False)
+    if t * GRID_TICK_PX <= GRID_WIDTH_PX / n_head:  # token labels where they fit: keys below, queries on the left
+        ticks = dict(tickmode="array", tickvals=list(range(t)), ticktext=[plot_label(s) for s in tokens],
+                     tickfont=dict(size=9))  # fmt: skip
+        fig.update_xaxes(showticklabels=True, tickangle=-60, row=len(rows), **ticks)
+        fig.update_yaxes(showticklabels=True, col=1, **ticks)
     fig.update_annotations(font_size=11)
     scale = {k: v for k, v in colors.items() if k != "zmid"}
     fig.update_layout(

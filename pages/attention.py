@@ -10,6 +10,8 @@ from lmcore import figures, viz
 from lmcore.interpret import HEAD_SCORE_KEYS
 from ui import inside, models, state
 from ui.boundary import user_errors
+from ui.figure import show_figure
+from ui.render import md
 from ui.shell import require_app
 
 # Beyond this many tokens a heatmap stops being readable; longer prompts keep their end.
@@ -37,6 +39,7 @@ if choice is None:
 
 with user_errors():
     model, tokenizer, data_info = models.load_choice(choice)
+name = models.choice_name(choice)
 
 if not model.has_attention:
     st.info(
@@ -86,10 +89,18 @@ with tab_one:
     left, right = st.columns(2)
     layer = left.selectbox("Layer", range(n_layer), key="attention.layer")
     head = right.selectbox(unit.capitalize(), range(n_head), key="attention.head")
-    st.plotly_chart(
-        viz.attention_heatmap(maps[layer, head], tokens, title=f"layer {layer} · {unit} {head}"),
-        key="attention.one",
+    focus = st.selectbox(
+        "Highlight what one token attends to", [None, *range(len(tokens))], key="attention.focus",
+        format_func=lambda i: "no token (hover a cell instead)" if i is None else f"#{i} {tokens[i]}",
+    )  # fmt: skip
+    show_figure(
+        viz.attention_heatmap(maps[layer, head], tokens, title=f"layer {layer} · {unit} {head}", highlight=focus),
+        key="attention.one", model=name, prompt=prompt,
     )
+    if focus is not None:
+        row = maps[layer, head][focus, : focus + 1]
+        top = sorted(range(len(row)), key=lambda j: -float(row[j]))[:3]
+        st.caption(f"Token #{focus} attends most to " + ", ".join(f"#{j} {md(tokens[j])} ({float(row[j]):.2f})" for j in top) + ".")
 
 with tab_grid:
     if n_layer * n_head <= MAX_GRID_PANELS:
@@ -98,11 +109,12 @@ with tab_grid:
         grid_layer = st.selectbox("Layer", range(n_layer), key="attention.grid_layer")
         grid_layers = [grid_layer]
         st.caption(f"{n_layer * n_head} maps are too many for one view; showing one layer at a time.")
-    st.plotly_chart(viz.attention_grid(maps, tokens, unit=unit, layers=grid_layers), key="attention.grid")
+    show_figure(viz.attention_grid(maps, tokens, unit=unit, layers=grid_layers), key="attention.grid", model=name, prompt=prompt)
 
 with tab_avg:
     avg_layer = st.selectbox("Layer", range(n_layer), key="attention.avg_layer")
-    st.plotly_chart(viz.attention_average_heatmap(maps[avg_layer], tokens, avg_layer, unit=unit), key="attention.avg")
+    show_figure(viz.attention_average_heatmap(maps[avg_layer], tokens, avg_layer, unit=unit), key="attention.avg",
+                model=name, prompt=prompt)
 
 st.subheader(f"{unit.capitalize()} roles over training")
 points = figures.head_score_history(inside.training_history(choice))
@@ -120,15 +132,16 @@ else:
     )
     score = st.radio("Score", HEAD_SCORE_KEYS, horizontal=True, key="attention.score",
                      format_func=lambda k: k.replace("_", "-"))  # fmt: skip
-    picked = st.plotly_chart(
-        figures.head_score_figure(points, score, unit), key="attention.scores", on_select="rerun", selection_mode="points"
+    picked = show_figure(
+        figures.head_score_figure(points, score, unit), key="attention.scores", model=name,
+        on_select="rerun", selection_mode="points",
     )
     chosen = (picked.selection.points if picked else None) or []
     if chosen and chosen[0].get("customdata"):
         p_layer, p_head = (int(v) for v in chosen[0]["customdata"])
-        st.plotly_chart(
+        show_figure(
             viz.attention_heatmap(maps[p_layer, p_head], tokens, title=f"layer {p_layer} · {unit} {p_head}"),
-            key="attention.picked",
+            key="attention.picked", model=name, prompt=prompt,
         )
 
 if unit == "head":

@@ -11,11 +11,14 @@ import numpy as np
 import streamlit as st
 
 from lmcore import figures, viz
+from lmcore.errors import LMCoreError
+from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
 from lmcore.sample import SamplingConfig, generate, next_token_distribution
 from ui import models, state
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.shell import require_app
-from ui.render import md
+from ui.render import md, novelty_html
 
 PROMPT = state.KEEP + "generation.prompt"
 TEMPERATURE = state.KEEP + "generation.temperature"
@@ -24,6 +27,7 @@ TOP_P = state.KEEP + "generation.top_p"
 MAX_NEW = state.KEEP + "generation.max_new_tokens"
 SEED = state.KEEP + "generation.seed"
 EXPLORER_T = state.KEEP + "generation.explorer_temperature"
+NOVELTY_INDEX = "generation.novelty_index"  # (corpus and tokenizer, n-gram index of the corpus)
 RESULT = "generation.result"  # the last generation: text and, per token, the top candidates
 COMPARE_RESULT = "generation.compare_result"  # the last side-by-side pair
 
@@ -123,6 +127,40 @@ def show_text(where: Any, prompt_text: str, generated: str) -> None:
     where.code(prompt_text + generated, language=None, wrap_lines=True)
 
 
+def corpus_index(tokenizer: Any) -> tuple[str, np.ndarray] | None:
+    """(corpus name, its n-gram index in this tokenizer's ids), built once per corpus and tokenizer."""
+    corpus = st.session_state.get(state.CORPUS)
+    if corpus is None:
+        return None
+    key = (st.session_state.get(state.CORPUS_ID), id(tokenizer))
+    cached = st.session_state.get(NOVELTY_INDEX)
+    if cached is None or cached[0] != key:
+        try:
+            index = ngram_index(tokenizer.encode(corpus.text), NOVELTY_MIN_LEN)
+        except LMCoreError:
+            index = None  # this model's tokenizer cannot read the corpus: another corpus's model
+        cached = st.session_state[NOVELTY_INDEX] = (key, index)
+    return (corpus.name, cached[1]) if cached[1] is not None else None
+
+
+def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
+    """The generated text with the spans found word for word in the training text marked."""
+    st.subheader("Memorised or new?")
+    found = corpus_index(tokenizer)
+    if found is None:
+        st.caption("Choose a corpus on the Data page that this model's tokenizer can read to see what it copied.")
+        return
+    name, index = found
+    marks = novelty(ids, index, NOVELTY_MIN_LEN)
+    st.markdown(novelty_html(tokenizer, ids, marks.span), unsafe_allow_html=True)
+    longest = max((e - s for s, e in marks.spans), default=0)
+    st.caption(
+        f"{marks.novel_share:.0%} of the generated tokens are new; highlighted spans of at least "
+        f"{NOVELTY_MIN_LEN} tokens occur word for word in {md(name)} (longest: {longest} tokens). "
+        "At temperature 0 a small model trained long on a small text recites it."
+    )
+
+
 tab_gen, tab_temp, tab_cmp = st.tabs(["Generate", "Temperature explorer", "Compare two models"])
 
 with tab_gen:
@@ -165,6 +203,8 @@ with tab_gen:
         ended = " (the document ended)" if result["ended"] else ""
         st.caption(f"{n} new token{'' if n == 1 else 's'}{ended} from {md(result['model'])}.")
         if n:
+            memorised_or_new(result["tokenizer"], result["ids"])
+        if n:
             st.subheader("What else could have come?")
             st.write(
                 "Pick a generated token to see the candidates the model weighed at that point; "
@@ -177,7 +217,7 @@ with tab_gen:
             context = (result["prompt"] + tok.decode(result["ids"][: pos - 1]))[-80:]
             # One line: the text before the token (newlines shown as ↵), then the token in brackets.
             st.text(f"…{context.replace(chr(10), '↵')}⟦{tok.token_str(chosen)}⟧")
-            st.plotly_chart(
+            show_figure(
                 viz.candidates_figure(
                     [tok.token_str(c[0]) for c in top],
                     [c[1] for c in top],
@@ -185,12 +225,24 @@ with tab_gen:
                     sampled=[c[2] for c in top],
                     title=f"token {pos}: what the model expected",
                 ),
-                key="generation.candidates",
+                key="generation.candidates", model=models.choice_name(result["key"]), prompt=result["prompt"],
             )
             st.caption(
                 "Bars: the model's own probabilities. Diamonds: the odds it was drawn from after "
                 "temperature, top-k and top-p. Red: the token actually drawn."
             )
+            with st.expander("How it works: cross-entropy of this token"):
+                p_model = next(c[1] for c in top if c[0] == chosen)
+                st.latex(r"\ell = -\ln p_\theta(x_t \mid x_{<t})")
+                st.latex(
+                    r"\ell(\texttt{%s}) = -\ln %.4f = %.3f \text{ nats} = %.3f \text{ bits}"
+                    % (figures.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
+                       -np.log2(max(p_model, 1e-30)))
+                )  # fmt: skip
+                st.write(
+                    "The loss the model was trained to lower is this number averaged over every token of the "
+                    "training text: a token the model saw coming costs little, a surprise costs a lot."
+                )
 
 def softmax_with_temperature(reference: Any, probs: Any, vocab: list[str], t: float) -> None:
     """The sampling formula, filled with the model's logits for the top tokens at this position."""
@@ -227,7 +279,8 @@ with tab_temp:
             probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
             vocab = [tokenizer.token_str(i) for i in range(len(reference))]
-            st.plotly_chart(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart")
+            show_figure(viz.temperature_figure(probs, reference, vocab, float(t)), key="generation.temperature_chart",
+                        model=models.choice_name(choice), prompt=prompt)
             with st.expander("How it works"):
                 softmax_with_temperature(reference, probs, vocab, float(t))
 

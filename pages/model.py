@@ -11,7 +11,7 @@ from lmcore.data import check_length
 from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
-from lmcore.models.estimate import check_fits
+from lmcore.models.estimate import check_fits, params_by_part
 from lmcore.viz import memory_estimate, model_diagram
 from ui import state as S
 from ui.boundary import user_errors
@@ -44,12 +44,15 @@ ARCH_NOTES = {
     "before transformers.",
     "bigram": "The baseline: the next token depends only on the current one (a lookup table). Any real model "
     "must beat it.",
+    "ngram": "A counting table: the next token from the previous n-1, with add-k smoothing. Training is one "
+    "pass that counts; on a names list a 3-gram beats a small transformer.",
 }
 FAMILY_FIELDS = {
     "transformer": ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias", "tie_weights"),
     "mamba": ("n_layer", "n_embd", "block_size", "d_state", "d_conv", "expand", "tie_weights"),
     "lstm": ("n_layer", "n_embd", "block_size", "dropout"),
     "bigram": ("block_size",),
+    "ngram": ("ngram_n", "add_k", "block_size"),
 }
 ALL_FIELDS = sorted({f for fields in FAMILY_FIELDS.values() for f in fields})
 LABELS = {
@@ -67,10 +70,12 @@ LABELS = {
     "d_state": ("State size (N)", "Numbers each channel remembers along the sequence."),
     "d_conv": ("Convolution width", "The short causal convolution before the scan."),
     "expand": ("Expansion (E)", "Inner width = E × width."),
+    "ngram_n": ("Order (n)", "The next token is looked up from the previous n - 1 tokens (1 to 5)."),
+    "add_k": ("Smoothing (k)", "Added to every count, so tokens never seen after a context keep a small chance."),
 }
 CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
 LIMITS = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd": (8, 4096), "block_size": (2, 4096),
-          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8)}  # fmt: skip
+          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8), "ngram_n": (1, 5)}  # fmt: skip
 # Fields an architecture switch keeps within one family (the context length is kept across families).
 SHARED_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "tie_weights")
 FAMILY_DRAWN = "model.family_drawn"  # the family whose fields the page drew last
@@ -179,7 +184,7 @@ family = ModelConfig.preset(arch).arch
 st.session_state[FAMILY_DRAWN] = family
 fields = FAMILY_FIELDS[family]
 values: dict = {}
-ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights")]
+ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights", "add_k")]
 cols = st.columns(4)
 for k, f in enumerate(ints):
     label, help_text = LABELS[f]
@@ -193,6 +198,8 @@ if others:
         col = cols[k % 4]
         if f in CHOICES:
             values[f] = col.selectbox(label, CHOICES[f], key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text)
+        elif f == "add_k":
+            values[f] = float(col.number_input(label, min_value=0.001, max_value=10.0, step=0.05, format="%.3f", key=keep_default("keep.model.add_k", start_values[f]), help=help_text))
         elif f == "dropout":
             values[f] = float(col.slider(label, 0.0, 0.5, step=0.05, key=keep_default("keep.model.dropout", start_values[f]), help=help_text))
         else:
@@ -229,6 +236,20 @@ cols[0].metric("Parameters", f"{facts['params']:,}", help=f"{facts['params_non_e
 cols[1].metric("Training memory (estimate)", f"{mem['total'] / 2**20:,.1f} MiB", help="Weights, gradients, AdamW state and activations, in fp32; a rough order of magnitude.")
 cols[2].metric("FLOPs per token", f"{facts['flops_per_token']:,}", help="Forward and backward pass, at the full context length.")
 cols[3].metric("FLOPs per step", f"{facts['flops_per_token'] * cfg.block_size * int(batch) / 1e9:,.2f} G", help="FLOPs per token × context length × batch size.")
+
+with st.expander("How it works: parameter counts by layer"):
+    parts = params_by_part(cfg)
+    terms = " + ".join(f"{v:,}".replace(",", "{,}") for v in parts.values()) if len(parts) <= 8 else r"\dots"
+    st.latex(r"N = \sum_{\text{parts}} N_\text{part} = %s = %s" % (terms, f"{sum(parts.values()):,}".replace(",", "{,}")))
+    if cfg.arch == "transformer":
+        d = cfg.n_embd
+        st.latex(
+            r"N_\text{block} \approx 12\,d^2 = 12 \cdot %d^2 = %s \quad(\text{attention } 4d^2,\ \text{MLP } 8d^2)"
+            % (d, f"{12 * d * d:,}".replace(",", "{,}"))
+        )
+    st.dataframe(pd.DataFrame({"part": list(parts), "parameters": list(parts.values())}), hide_index=True)
+    if cfg.arch == "ngram":
+        st.caption("An n-gram has no weights until it counts the training text: its tables grow with the data.")
 
 left, right = st.columns([3, 2])
 with left:

@@ -8,6 +8,7 @@ from lmcore import figures
 from lmcore.interpret import embedding_map, logit_lens, token_losses
 from ui import models, state
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.shell import require_app
 
 TEXT = state.KEEP + "surprise.text"
@@ -103,9 +104,9 @@ with tab_lens:
         st.caption(f"Showing the first {limit} tokens.")
     with user_errors(stop=False):
         lens = logit_lens(model, lens_ids)
-        st.plotly_chart(
+        show_figure(
             figures.logit_lens_heatmap(lens, tokens[:limit], tokenizer.token_str, title="logit lens"),
-            key="surprise.lens",
+            key="surprise.lens", model=models.choice_name(choice), prompt=text,
         )
 
 with tab_emb:
@@ -116,4 +117,5 @@ with tab_emb:
     with user_errors(stop=False):
         emap = embedding_map(model, k=2)
         labels = [tokenizer.token_str(i) for i in range(model.config.vocab_size)]
-        st.plotly_chart(figures.embedding_scatter(emap, labels, title="token embeddings"), key="surprise.emb")
+        show_figure(figures.embedding_scatter(emap, labels, title="token embeddings"), key="surprise.emb",
+                    model=models.choice_name(choice))

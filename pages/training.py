@@ -19,6 +19,7 @@ from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.flow import (
     ARCH_LABELS,
     PAGE_ATTENTION,
@@ -490,24 +491,24 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         other = REGISTRY.get(cid)
         if other is not None and other.name not in runs:
             runs[other.name] = series_from_events(other.events_since(0))
-    st.plotly_chart(loss_figure(runs, x=x), key="train_loss_chart")
+    show_figure(loss_figure(runs, x=x), key="train_loss_chart")
     q = st.columns(2)
     with q[0]:
         st.caption("Validation accuracy: how often the most likely next token is the right one")
-        st.plotly_chart(metric_figure(runs, "val_acc", "next-token accuracy", x=x), key="train_acc_chart")
+        show_figure(metric_figure(runs, "val_acc", "next-token accuracy", x=x), key="train_acc_chart")
     with q[1]:
         st.caption("Validation perplexity: as if choosing among this many tokens")
-        st.plotly_chart(metric_figure(runs, "val_ppl", "perplexity", x=x, log_y=True), key="train_ppl_chart")
+        show_figure(metric_figure(runs, "val_ppl", "perplexity", x=x, log_y=True), key="train_ppl_chart")
     c = st.columns(3)
     with c[0]:
         st.caption("Learning rate")
-        st.plotly_chart(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
+        show_figure(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
     with c[1]:
         st.caption("Throughput")
-        st.plotly_chart(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
+        show_figure(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
     with c[2]:
         st.caption("Gradient norm (before clipping)")
-        st.plotly_chart(metric_figure(runs, "grad_norm", "gradient norm", x=x, log_y=True), key="train_gn_chart")
+        show_figure(metric_figure(runs, "grad_norm", "gradient norm", x=x, log_y=True), key="train_gn_chart")
 
     samples = [e for e in evals if e.sample]
     if samples:
@@ -526,3 +527,24 @@ if not alive and job.saved:
     n[0].page_link(PAGE_ATTENTION, label="Attention", icon=":material/grid_on:")
     n[1].page_link(PAGE_GENERATION, label="Generation", icon=":material/edit_note:")
     n[2].page_link(PAGE_CHECKPOINTS, label="Checkpoints", icon=":material/save:")
+
+with st.expander("How it works: the AdamW update"):
+    tc = job.train_config
+    lr_now = job.events[-1].lr if job.events else tc.lr
+    st.latex(
+        r"m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad"
+        r"\theta_t = \theta_{t-1} - \eta_t \Big(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} + \lambda\,\theta_{t-1}\Big)"
+    )
+    st.latex(
+        r"\eta_t = %.3g,\quad \beta_1 = %g,\quad \beta_2 = %g,\quad \lambda = %g"
+        % (lr_now, tc.beta1, tc.beta2, tc.weight_decay)
+    )
+    st.caption(
+        "g: the gradient of the loss; m and v: running averages of it and of its square (hats: corrected for "
+        "starting at 0). Each weight moves by about the learning rate η, in the direction its recent gradients "
+        f"agree on, and shrinks a little (weight decay λ). η now: the schedule's value at step "
+        f"{job.events[-1].step if job.events else 0:,}."
+    )
+    if tc.optimizer != "adamw" or job.model_config.arch == "ngram":
+        st.caption("This run differs: " + ("an n-gram is counted in one pass, with no gradient steps."
+                   if job.model_config.arch == "ngram" else f"its optimizer is {tc.optimizer}."))  # fmt: skip

@@ -12,6 +12,7 @@ from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer
 from lmcore.viz import frequency_figure, token_length_figure
 from ui import state as S
 from ui.boundary import user_errors
+from ui.figure import show_figure
 from ui.flow import (
     PAGE_DATA,
     PAGE_MODEL,
@@ -132,14 +133,14 @@ st.subheader("How often each token occurs")
 c1, c2 = st.columns([3, 1])
 top_n = c1.slider("Tokens shown", 10, 200, key=keep_default("keep.vocab.topn", 40), step=10)
 log_y = c2.toggle("Log scale", key=keep_default("keep.vocab.log", False))
-st.plotly_chart(frequency_figure(labels, counts, top_n=top_n, log_y=log_y), key="vocab_freq")
+show_figure(frequency_figure(labels, counts, top_n=top_n, log_y=log_y), key="vocab_freq")
 st.caption("Spaces show as ␣, newlines as \\n, tabs as \\t; <|bos|> marks the start of a document.")
 
 lengths = [len(tok.token_bytes(i)) for i in range(tok.vocab_size)]
 if tok.kind == "bpe":
     st.subheader("How long the tokens are")
     weighted = st.toggle("Count tokens in the corpus instead of vocabulary entries", key=keep_default("keep.vocab.lenw", False))
-    st.plotly_chart(token_length_figure(lengths, counts if weighted else None), key="vocab_len")
+    show_figure(token_length_figure(lengths, counts if weighted else None), key="vocab_len")
 
 st.subheader("The vocabulary")
 total = max(sum(counts), 1)

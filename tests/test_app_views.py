@@ -146,7 +146,7 @@ def test_attention_heatmaps_show_the_prompt_tokens(ckpt_dir: Path) -> None:
     at.selectbox(key="attention.layer").set_value(1)
     at.selectbox(key="attention.head").set_value(1).run()
     assert not at.exception
-    assert charts(at)[0]["layout"]["title"]["text"] == "layer 1 · head 1"
+    assert charts(at)[0]["layout"]["title"]["text"].startswith("layer 1 · head 1 · ")  # then the model and prompt
 
 
 def test_prompts_are_never_markup(ckpt_dir: Path) -> None:
@@ -193,7 +193,7 @@ def test_mamba_shows_its_implicit_attention(ckpt_dir: Path) -> None:
     assert "Channel group" in [s.label for s in at.selectbox]  # the unit names the selector
     assert "implicit attention" in texts(at.caption)
     one, grid, avg = charts(at)
-    assert one["layout"]["title"]["text"] == "layer 0 · channel group 0"
+    assert one["layout"]["title"]["text"].startswith("layer 0 · channel group 0 · ")
     assert grid["layout"]["annotations"][0]["text"] == "layer 0 · channel group 0"
     assert "channel groups" in avg["layout"]["title"]["text"]
     z = values(one["data"][0]["z"])

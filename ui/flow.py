@@ -44,13 +44,14 @@ PAGE_GENERATION = "pages/generation.py"
 PAGE_CHECKPOINTS = "pages/checkpoints.py"
 
 # The architectures a user picks from: ModelConfig preset names.
-ARCH_CHOICES = ("gpt2", "llama", "mamba", "lstm", "bigram")
+ARCH_CHOICES = ("gpt2", "llama", "mamba", "lstm", "bigram", "ngram")
 ARCH_LABELS = {
     "gpt2": "GPT-2 (transformer)",
     "llama": "LLaMA (transformer)",
     "mamba": "Mamba (state space)",
     "lstm": "LSTM (recurrent)",
     "bigram": "Bigram (baseline)",
+    "ngram": "N-gram (counting baseline)",
 }
 
 # Size presets: overrides of the architecture preset, per model family.
@@ -63,18 +64,21 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "mamba": dict(n_layer=2, n_embd=64, block_size=64, d_state=16, d_conv=4, expand=2),
         "lstm": dict(n_layer=1, n_embd=128, block_size=64, dropout=0.0),
         "bigram": dict(block_size=64),
+        "ngram": dict(block_size=64, ngram_n=3, add_k=0.1),
     },
     "small": {
         "transformer": dict(n_layer=4, n_head=4, n_kv_head=None, n_embd=128, block_size=64, dropout=0.0),
         "mamba": dict(n_layer=4, n_embd=128, block_size=64, d_state=16, d_conv=4, expand=2),
         "lstm": dict(n_layer=2, n_embd=256, block_size=64, dropout=0.0),
         "bigram": dict(block_size=64),
+        "ngram": dict(block_size=64, ngram_n=4, add_k=0.1),
     },
     "GPU": {
         "transformer": dict(n_layer=6, n_head=6, n_kv_head=None, n_embd=384, block_size=256, dropout=0.2),
         "mamba": dict(n_layer=6, n_embd=384, block_size=256, d_state=16, d_conv=4, expand=2),
         "lstm": dict(n_layer=3, n_embd=512, block_size=256, dropout=0.2),
         "bigram": dict(block_size=256),
+        "ngram": dict(block_size=256, ngram_n=5, add_k=0.1),
     },
 }
 SIZE_HELP = {

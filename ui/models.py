@@ -150,6 +150,18 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
     return where.selectbox(label, keys, format_func=lambda k: labels.get(k, k), key=widget_key)
 
 
+def choice_name(key: str) -> str:
+    """A short name for a model choice, for titles and file names: the run's name or the file's stem."""
+    if key.startswith(CKPT_PREFIX):
+        return Path(key[len(CKPT_PREFIX) :]).stem
+    if key.startswith(JOB_PREFIX):
+        from lmcore.jobs import REGISTRY
+
+        job = REGISTRY.get(key[len(JOB_PREFIX) :])
+        return job.name if job is not None else key[len(JOB_PREFIX) :]
+    return key
+
+
 def load_choice(key: str) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, data_info) for a key from ``model_choices``.
 

@@ -76,3 +76,24 @@ def token_spans_html(tok: Tokenizer, pieces: Sequence[tuple[str, Sequence[int]]]
         '<div style="font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;'
         'line-height:1.9;font-size:0.95rem;">' + "".join(spans) + "</div>"
     )
+
+
+COPIED_COLOR = "#fecaca"  # a span found word for word in the training text
+
+
+def novelty_html(tok: Tokenizer, ids: Sequence[int], span: Sequence[int]) -> str:
+    """Generated text with the copied spans marked; ``span[i]`` is the copied run length of token i (0: new)."""
+    parts, at = [], 0
+    for text, piece_ids in token_pieces(tok, ids):
+        longest = max(int(n) for n in span[at : at + len(piece_ids)])
+        at += len(piece_ids)
+        body = _visible(text) if text else "&#8203;"
+        if longest:
+            title = f"copied: part of a {longest}-token span found verbatim in the training text"
+            parts.append(f'<span title="{html.escape(title, quote=True)}" style="background:{COPIED_COLOR};">{body}</span>')
+        else:
+            parts.append(f'<span title="new">{body}</span>')
+    return (
+        '<div style="font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;'
+        'line-height:1.9;font-size:0.95rem;">' + "".join(parts) + "</div>"
+    )

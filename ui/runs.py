@@ -19,6 +19,7 @@ import streamlit as st
 
 from lmcore import runlog
 from lmcore.viz import RUN_COLORS, loss_figure, metric_figure
+from ui.figure import show_figure
 from ui.render import md
 
 FOLLOWERS = "_run_followers"  # session state: log path (str) -> LogFollower
@@ -97,14 +98,14 @@ def _view(directory: str, names: list[str]) -> None:
                     hovertemplate=f"best validation loss %{{y:.4f}}<br>at step %{{x:,}}<extra>{name}</extra>",
                 )
             )  # fmt: skip
-    st.plotly_chart(fig, key="runs_loss_chart")
+    show_figure(fig, key="runs_loss_chart")
     c = st.columns(2)
     with c[0]:
         st.caption("Validation accuracy")
-        st.plotly_chart(metric_figure(series, "val_acc", "next-token accuracy"), key="runs_acc_chart")
+        show_figure(metric_figure(series, "val_acc", "next-token accuracy"), key="runs_acc_chart")
     with c[1]:
         st.caption("Validation perplexity")
-        st.plotly_chart(metric_figure(series, "val_ppl", "perplexity", log_y=True), key="runs_ppl_chart")
+        show_figure(metric_figure(series, "val_ppl", "perplexity", log_y=True), key="runs_ppl_chart")
     table = pd.DataFrame(rows)[list(COLUMNS)].rename(columns=COLUMNS)
     st.dataframe(table, hide_index=True)
     st.download_button(

@@ -13,7 +13,7 @@ from lmcore.jobs import REGISTRY, TrainingJob
 from ui import state as S
 from ui.flow import ARCH_LABELS, describe_corpus, model_facts, tokenizer_is_current
 from ui.render import md
-from ui.urlstate import NOTE
+from ui.urlstate import NOTE, share_link
 from ui.urlstate import save as save_to_address
 
 
@@ -74,6 +74,20 @@ def render_sidebar() -> None:
         refresh_setup()
 
 
+def _share_control() -> None:
+    """The link that sets up this session in another browser, with what cannot travel in it."""
+    link, travels = share_link()
+    with st.popover(":material/link: Copy link", use_container_width=True):
+        st.caption("Opens this corpus, vocabulary, model, training and sampling setup in a fresh browser.")
+        st.code(link, language=None, wrap_lines=True)
+        if not travels:
+            st.warning(
+                "A pasted or uploaded corpus cannot travel in a link: this link restores it on this server "
+                "only while the server keeps the text. To share it anywhere, use a built-in corpus or load "
+                "the text from a URL on the Data page."
+            )
+
+
 def refresh_setup() -> None:
     """(Re)draw "set up so far" in the sidebar of the current run.
 
@@ -106,3 +120,4 @@ def refresh_setup() -> None:
                 params = ""
             lines.append(f"- Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}{params}")
         st.markdown("\n".join(lines))
+        _share_control()  # redrawn with the setup: the link follows every change

@@ -4,10 +4,11 @@ After every run ``save()`` writes what the user set up into ``st.query_params``:
 the corpus (a built-in name, a web address, or the content hash of a pasted or
 uploaded text kept by ``store_text``), documents mode and split, the tokenizer
 kind and size, the architecture, size and fields of the model, the training
-settings, and the id of the run this browser follows. On the first run of a
-new browser session ``restore()`` reads them back before the page draws,
-rebuilding the corpus, vocabulary and model and re-attaching to the run while
-the server still knows it. Anything that no longer fits (a text that was
+settings, the generation page's prompt and sampling, and the id of the run this
+browser follows. On the first run of a new browser session ``restore()`` reads
+them back before the page draws, rebuilding the corpus, vocabulary and model and
+re-attaching to the run while the server still knows it. ``share_link()`` is the
+same address without the run, for the sidebar's "Copy link". Anything that no longer fits (a text that was
 evicted, a field out of range) is skipped with a note, never an error.
 """
 
@@ -17,6 +18,7 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -32,7 +34,7 @@ STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the ser
 
 # Model fields that the model page shows, with their widget keys "keep.model.<field>".
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias",
-                "tie_weights", "d_state", "d_conv", "expand")  # fmt: skip
+                "tie_weights", "d_state", "d_conv", "expand", "ngram_n", "add_k")  # fmt: skip
 # Training settings: address key -> (widget key, type).
 TRAIN_FIELDS: dict[str, tuple[str, type]] = {
     "iters": ("keep.train.iters", int),
@@ -45,6 +47,15 @@ TRAIN_FIELDS: dict[str, tuple[str, type]] = {
     "budget": ("keep.train.budget", int),
     "device": ("keep.train.device", str),
     "name": ("keep.train.name", str),
+}
+# The generation page's prompt and sampling settings, the same way.
+SAMPLING_FIELDS: dict[str, tuple[str, type]] = {
+    "prompt": ("keep.generation.prompt", str),
+    "temp": ("keep.generation.temperature", float),
+    "top_k": ("keep.generation.top_k", int),
+    "top_p": ("keep.generation.top_p", float),
+    "new": ("keep.generation.max_new_tokens", int),
+    "gseed": ("keep.generation.seed", int),
 }
 
 
@@ -150,7 +161,7 @@ def current_params() -> dict[str, str]:
         values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
         values["n_kv_head"] = cfg.kv_heads
         out.update({f: _text(v) for f, v in values.items()})
-    for name, (key, _) in TRAIN_FIELDS.items():
+    for name, (key, _) in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
         v = _value(key)
         if v is not None and v != "":
             out[name] = _text(v)
@@ -179,6 +190,19 @@ def save() -> None:
     wanted = current_params()
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
+
+
+def share_link() -> tuple[str, bool]:
+    """(the address that sets up this session elsewhere, whether its corpus travels with it).
+
+    A built-in corpus or one from a web address travels; a pasted or uploaded
+    text is kept on this server only, so the link restores it here alone.
+    """
+    params = current_params()
+    params.pop("run", None)  # a run lives in one server's memory
+    base = (st.context.url or "").split("?")[0]
+    travels = not params.get("corpus", "").startswith("text:")
+    return f"{base}?{urlencode(params)}" if params else base, travels
 
 
 # ------------------------------------------------------------------ restoring
@@ -212,7 +236,7 @@ def restore() -> None:
                 _restore_model(params)
             except (LMCoreError, ValueError, TypeError):
                 skipped.append("the model")
-    for name, (key, kind) in TRAIN_FIELDS.items():
+    for name, (key, kind) in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
         if name in params:
             try:
                 _set(key, _parse(params[name], kind))

@@ -181,3 +181,20 @@ def check_fits(
             f"over the playground's limit of {MAX_PARAMS:,}; {fix}"
         )
     return est
+
+
+def params_by_part(config: ModelConfig) -> dict[str, int]:
+    """Parameters per top-level part of a valid config's model ("blocks.0" per layer, "tok_emb", "head"...).
+
+    Built on the meta device (shapes only); tied weights are counted once, at their first name.
+    """
+    from lmcore.models import model_class  # the registry imports this package
+
+    with torch.device("meta"), _SkipInit():
+        model = model_class(config.arch)(config)
+    parts: dict[str, int] = {}
+    for name, p in model.named_parameters():  # shared tensors appear once
+        head, *rest = name.split(".")
+        part = f"{head}.{rest[0]}" if rest and rest[0].isdigit() else head
+        parts[part] = parts.get(part, 0) + p.numel()
+    return parts

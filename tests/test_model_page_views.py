@@ -1,0 +1,56 @@
+"""The model page's n-gram choice and its live parameter counts, through app.py with AppTest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmcore.jobs import REGISTRY
+from tests.test_app_views import open_page
+from ui import state as S
+
+
+def test_an_ngram_picked_on_the_model_page_trains_from_the_training_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = open_page("pages/model.py")
+    at.radio(key="keep.model.arch").set_value("ngram").run()
+    at.number_input(key="keep.model.ngram_n").set_value(4).run()
+    at.number_input(key="keep.model.add_k").set_value(0.5).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cfg = at.session_state[S.MODEL_CONFIG]
+    assert cfg.arch == "ngram" and cfg.ngram_n == 4 and cfg.add_k == 0.5
+    assert "ngram" in str(at.query_params["arch"])  # the link carries it
+    at.switch_page("pages/training.py").run()
+    for key, value in (("keep.train.iters", 4), ("keep.train.eval", 2), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert job.wait(60) and job.status == "finished", job.error
+    assert job.model_config.arch == "ngram" and job.model_config.ngram_n == 4
+
+
+def test_how_it_works_shows_live_numbers_on_model_training_and_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = open_page("pages/model.py")
+    total = at.metric[0].value  # "Parameters"
+    latex = [x.value.strip("$\n") for x in at.get("latex")]
+    assert any(x.startswith("N = ") and x.endswith(total.replace(",", "{,}")) for x in latex), (latex, total)
+    assert any("12 \\cdot 64^2" in x for x in latex)  # the tiny GPT-2's width
+    at.switch_page("pages/training.py").run()
+    for key, value in (("keep.train.iters", 4), ("keep.train.eval", 2), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
+        at.number_input(key=key).set_value(value)
+    at.run()
+    at.button(key="train_start").click().run()
+    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert job.wait(60)
+    at.run()
+    assert not at.exception
+    lr = job.events[-1].lr
+    assert any(x.value.strip("$\n").startswith(f"\\eta_t = {lr:.3g}") for x in at.get("latex"))
+    at.switch_page("pages/generation.py").run()
+    at.button(key="generation.go").click().run()
+    assert not at.exception
+    assert any("\\text{ nats}" in x.value and "bits" in x.value for x in at.get("latex"))
