@@ -1,7 +1,7 @@
 """The Small LM Playground: from raw text to a trained language model you can look inside.
 
 Run with ``streamlit run app.py``. This file draws the shell (page settings,
-the sidebar) and the navigation over ``pages/``, one file per step of the
+the sidebar) and the navigation over ``views/``, one file per step of the
 journey; the pages are thin views over ``lmcore``.
 """
 
@@ -24,14 +24,14 @@ from ui.sidebar import render_sidebar  # noqa: E402
 begin_run()
 
 PAGES = [
-    st.Page("pages/data.py", title="Data", icon=":material/description:", default=True),
-    st.Page("pages/vocabulary.py", title="Vocabulary", icon=":material/abc:"),
-    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
-    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
-    st.Page("pages/attention.py", title="Attention", icon=":material/grid_on:"),
-    st.Page("pages/generation.py", title="Generation", icon=":material/edit_note:"),
-    st.Page("pages/surprise.py", title="Surprise", icon=":material/psychology:"),
-    st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/save:"),
+    st.Page("views/data.py", title="Data", icon=":material/description:", default=True),
+    st.Page("views/vocabulary.py", title="Vocabulary", icon=":material/abc:"),
+    st.Page("views/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("views/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("views/attention.py", title="Attention", icon=":material/grid_on:"),
+    st.Page("views/generation.py", title="Generation", icon=":material/edit_note:"),
+    st.Page("views/surprise.py", title="Surprise", icon=":material/psychology:"),
+    st.Page("views/checkpoints.py", title="Checkpoints", icon=":material/save:"),
 ]
 
 page = st.navigation(PAGES)

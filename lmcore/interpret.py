@@ -266,17 +266,27 @@ class Novelty:
         return 1.0 - float(self.copied.mean()) if len(self.copied) else 1.0
 
 
-def novelty(generated_ids: Sequence[int], index: np.ndarray, min_len: int = NOVELTY_MIN_LEN) -> Novelty:
+def novelty(
+    generated_ids: Sequence[int],
+    index: np.ndarray,
+    min_len: int = NOVELTY_MIN_LEN,
+    filler_ids: Sequence[int] = (),
+) -> Novelty:
     """Mark the generated tokens that lie in a run of at least ``min_len`` tokens copied from the corpus.
 
     ``index`` comes from ``ngram_index(corpus_ids, min_len)``. A token is copied
     when some window of ``min_len`` tokens that contains it occurs in the corpus;
-    overlapping windows join into one span.
+    overlapping windows join into one span. A window made only of ``filler_ids``
+    (e.g. the whitespace tokens: any text has runs of spaces) copies nothing.
     """
     ids = np.asarray(generated_ids, dtype=np.int64)
     copied = np.zeros(len(ids), dtype=bool)
     if len(ids) >= min_len and len(index):
-        found = np.isin(_window_hashes(ids, min_len), index).astype(np.int64)
+        found = np.isin(_window_hashes(ids, min_len), index)
+        if len(filler_ids):
+            content = ~np.isin(ids, np.asarray(filler_ids, dtype=np.int64))  # (T,)
+            found &= np.convolve(content.astype(np.int64), np.ones(min_len, dtype=np.int64), "valid") > 0
+        found = found.astype(np.int64)
         copied = np.convolve(found, np.ones(min_len, dtype=np.int64)) > 0  # each found window covers min_len tokens
     spans: list[tuple[int, int]] = []
     span = np.zeros(len(ids), dtype=np.int64)

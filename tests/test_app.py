@@ -26,7 +26,7 @@ from ui import state as S
 from ui.render import md
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["pages/data.py", "pages/vocabulary.py", "pages/model.py", "pages/training.py"]
+PAGES = ["views/data.py", "views/vocabulary.py", "views/model.py", "views/training.py"]
 RUN_S = 120  # generous timeouts for a busy machine; nothing here checks timings
 
 
@@ -42,11 +42,11 @@ def checkpoints(tmp_path, monkeypatch):
     REGISTRY.max_concurrent = limit
 
 
-def session(page: str = "pages/data.py") -> AppTest:
+def session(page: str = "views/data.py") -> AppTest:
     """A fresh browser session on ``page``."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
     at.run()
-    if page != "pages/data.py":
+    if page != "views/data.py":
         at.switch_page(page)
         at.run()
     return at
@@ -84,7 +84,7 @@ def test_every_page_renders_in_a_fresh_session(page):
 
 
 def test_later_pages_say_what_was_filled_in_for_skipped_steps():
-    at = session("pages/training.py")
+    at = session("views/training.py")
     no_problems(at)
     notes = " ".join(i.value for i in at.info)
     assert "character vocabulary" in notes and "Vocabulary page" in notes
@@ -99,7 +99,7 @@ def test_the_newcomers_path_trains_and_saves_a_model(checkpoints):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Characters"] == f"{len(at.session_state[S.CORPUS].text):,}"
 
-    at.switch_page("pages/vocabulary.py").run()
+    at.switch_page("views/vocabulary.py").run()
     no_problems(at)
     tok = at.session_state[S.TOKENIZER]
     assert tok.kind == "char"
@@ -108,7 +108,7 @@ def test_the_newcomers_path_trains_and_saves_a_model(checkpoints):
     assert len(counts) == 40 and counts == sorted(counts, reverse=True)  # the default top-N, most frequent first
     assert at.dataframe[0].value.shape[0] == tok.vocab_size
 
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     no_problems(at)
     assert at.radio(key="keep.model.arch").value == "gpt2" and at.radio(key="keep.model.size").value == "tiny"
     params = int(next(m.value for m in at.metric if m.label == "Parameters").replace(",", ""))
@@ -116,7 +116,7 @@ def test_the_newcomers_path_trains_and_saves_a_model(checkpoints):
     assert "digraph" in at.get("graphviz_chart")[0].proto.spec
     assert at.session_state[S.MODEL_CONFIG].vocab_size == tok.vocab_size
 
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     no_problems(at)
     at.number_input(key="keep.train.iters").set_value(30)
     at.number_input(key="keep.train.eval").set_value(10)
@@ -190,7 +190,7 @@ def test_the_names_corpus_is_read_one_document_per_line():
 
 
 def test_bpe_vocabulary_is_trained_on_request_with_its_charts():
-    at = session("pages/vocabulary.py")
+    at = session("views/vocabulary.py")
     at.radio(key="keep.vocab.kind").set_value("bpe").run()
     no_problems(at)
     assert at.session_state[S.TOKENIZER].kind == "char"  # nothing is trained behind the user's back
@@ -206,7 +206,7 @@ def test_bpe_vocabulary_is_trained_on_request_with_its_charts():
 
 
 def test_the_token_explorer_escapes_what_it_shows():
-    at = session("pages/vocabulary.py")
+    at = session("views/vocabulary.py")
     at.text_area(key="keep.vocab.probe").set_value('<script>alert("x")</script> & <b>').run()
     no_problems(at)
     (html,) = [m.value for m in at.markdown if "white-space:pre-wrap" in m.value]
@@ -217,7 +217,7 @@ def test_the_token_explorer_escapes_what_it_shows():
 
 
 def test_an_impossible_model_setting_is_reported_next_to_the_fields():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     good = at.session_state[S.MODEL_CONFIG]
     at.number_input(key="keep.model.n_head").set_value(3).run()  # 64 is not divisible by 3
     assert not at.exception
@@ -238,7 +238,7 @@ def _rss_bytes() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
 def test_a_model_past_the_machines_memory_is_refused_without_building_it():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     good = at.session_state[S.MODEL_CONFIG]
     at.number_input(key="keep.model.n_layer").set_value(48)
     at.number_input(key="keep.model.n_embd").set_value(4096)
@@ -252,7 +252,7 @@ def test_a_model_past_the_machines_memory_is_refused_without_building_it():
 
 
 def test_switching_architecture_loads_its_preset_fields():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     at.radio(key="keep.model.arch").set_value("llama").run()
     no_problems(at)
     cfg = at.session_state[S.MODEL_CONFIG]
@@ -266,7 +266,7 @@ def test_switching_architecture_loads_its_preset_fields():
 
 
 def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
-    first = session("pages/training.py")
+    first = session("views/training.py")
     first.number_input(key="train_max_concurrent").set_value(1)
     first.number_input(key="keep.train.iters").set_value(100_000)
     first.number_input(key="keep.train.eval").set_value(50_000)
@@ -275,7 +275,7 @@ def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
     job = REGISTRY.get(first.session_state[S.ACTIVE_JOB])
     assert job.status == RUNNING
 
-    second = session("pages/training.py")  # another tab, or the same one after a reload
+    second = session("views/training.py")  # another tab, or the same one after a reload
     assert second.session_state.get(S.ACTIVE_JOB) is None
     assert second.number_input(key="train_max_concurrent").value == 1  # the limit is the server's
     second.button(key="train_start").click().run()
@@ -295,29 +295,29 @@ def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
 
 
 def test_settings_survive_a_visit_to_another_page():
-    at = session("pages/training.py")
+    at = session("views/training.py")
     at.number_input(key="keep.train.iters").set_value(1234).run()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     at.radio(key="keep.model.arch").set_value("mamba").run()
-    at.switch_page("pages/data.py").run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/training.py").run()
     no_problems(at)
     assert at.number_input(key="keep.train.iters").value == 1234
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     assert at.radio(key="keep.model.arch").value == "mamba"
     assert at.session_state[S.MODEL_CONFIG].arch == "mamba"
 
 
 def test_a_second_run_is_overlaid_on_the_first_to_compare():
-    at = session("pages/training.py")
+    at = session("views/training.py")
     for key, value in (("keep.train.iters", 20), ("keep.train.eval", 10), ("keep.train.eval_iters", 2), ("keep.train.batch", 4)):
         at.number_input(key=key).set_value(value)
     at.button(key="train_start").click().run()
     first = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
     wait_for(first)
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     at.radio(key="keep.model.arch").set_value("llama").run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     at.button(key="train_start").click().run()
     no_problems(at)
     second = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
@@ -354,7 +354,7 @@ def test_a_corpus_from_an_address_and_a_bad_address(tmp_path, monkeypatch, http_
 
 
 def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
-    at = session("pages/training.py")
+    at = session("views/training.py")
     tok, cfg = at.session_state[S.TOKENIZER], at.session_state[S.MODEL_CONFIG]
     train_ids, val_ids = split_ids(encode_corpus(tok, at.session_state[S.CORPUS]), 0.1)
     settings = TrainConfig(max_iters=60, batch_size=4, eval_interval=2, eval_iters=2, warmup_iters=0, lr=1e3, grad_clip=0.0)
@@ -379,14 +379,14 @@ def test_a_reload_restores_corpus_vocabulary_model_and_settings_from_the_address
     at.radio[0].set_value("Paste text").run()
     at.text_area(key="keep.data.paste").set_value(PASTED)
     at.button[0].click().run()
-    at.switch_page("pages/vocabulary.py").run()
+    at.switch_page("views/vocabulary.py").run()
     at.radio(key="keep.vocab.kind").set_value("bpe").run()
     at.select_slider(key="keep.vocab.size").set_value(320).run()
     at.button[0].click().run()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     at.radio(key="keep.model.arch").set_value("llama").run()
     at.number_input(key="keep.model.n_kv_head").set_value(1).run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     at.number_input(key="keep.train.iters").set_value(123).run()
     no_problems(at)
     address = dict(at.query_params)
@@ -401,15 +401,15 @@ def test_a_reload_restores_corpus_vocabulary_model_and_settings_from_the_address
     assert tok.to_dict() == at.session_state[S.TOKENIZER].to_dict()
     assert again.session_state[S.MODEL_CONFIG] == at.session_state[S.MODEL_CONFIG]
     assert again.session_state[S.MODEL_CONFIG].n_kv_head == 1
-    again.switch_page("pages/training.py").run()
+    again.switch_page("views/training.py").run()
     no_problems(again)
     assert again.number_input(key="keep.train.iters").value == 123
-    again.switch_page("pages/vocabulary.py").run()
+    again.switch_page("views/vocabulary.py").run()
     assert again.radio(key="keep.vocab.kind").value == "bpe" and not again.info  # no "press Train BPE"
 
 
 def test_model_errors_name_the_fields_on_screen_and_the_suggestion_works():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     at.radio(key="keep.model.arch").set_value("llama").run()
     for key, value in (("keep.model.n_embd", 63), ("keep.model.n_head", 3), ("keep.model.n_kv_head", 3)):
         at.number_input(key=key).set_value(value).run()
@@ -423,7 +423,7 @@ def test_model_errors_name_the_fields_on_screen_and_the_suggestion_works():
 
 
 def test_switching_architecture_keeps_the_context_length():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     at.number_input(key="keep.model.block_size").set_value(48).run()
     at.radio(key="keep.model.arch").set_value("mamba").run()
     no_problems(at)
@@ -431,7 +431,7 @@ def test_switching_architecture_keeps_the_context_length():
 
 
 def test_the_swiglu_diagram_shows_the_width_the_model_builds():
-    at = session("pages/model.py")
+    at = session("views/model.py")
     at.radio(key="keep.model.arch").set_value("llama").run()
     cfg = at.session_state[S.MODEL_CONFIG]
     hidden = build_model(cfg).h[0].mlp.c_proj.in_features  # 168 for a width of 64, not 2/3 × 256 = 170
@@ -440,22 +440,22 @@ def test_the_swiglu_diagram_shows_the_width_the_model_builds():
 
 
 def test_run_names_come_from_the_model_and_a_typed_name_stays_with_its_model(checkpoints):
-    at = session("pages/training.py")
+    at = session("views/training.py")
     for key, value in (("keep.train.iters", 8), ("keep.train.eval", 4), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
         at.number_input(key=key).set_value(value)
     at.run()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     at.radio(key="keep.model.arch").set_value("llama").run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     at.text_input(key="keep.train.name").input("llama-gqa").run()
     at.button(key="train_start").click().run()
     no_problems(at)
     llama = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
     assert llama.name == "llama-gqa"
     wait_for(llama)
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     at.radio(key="keep.model.arch").set_value("mamba").run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert at.text_input(key="keep.train.name").value == ""  # the name belonged to the llama
     assert "mamba-tiny.safetensors" in " ".join(c.value for c in at.caption)
     at.button(key="train_start").click().run()
@@ -466,13 +466,13 @@ def test_run_names_come_from_the_model_and_a_typed_name_stays_with_its_model(che
     at.run()
     assert "mamba-tiny-2.safetensors" in " ".join(c.value for c in at.caption)  # a taken name gets a number, shown
     assert any("Run:** mamba\\-tiny · Mamba" in m.value for m in at.sidebar.markdown)
-    at.switch_page("pages/attention.py").run()
+    at.switch_page("views/attention.py").run()
     options = at.selectbox(key="keep.attention.model").options
     assert len(options) == 2 and all("Saved:" not in o for o in options), options  # a run and its file: one entry
 
 
 def test_the_log_scale_ticks_read_as_plain_numbers():
-    at = session("pages/vocabulary.py")
+    at = session("views/vocabulary.py")
     at.toggle(key="keep.vocab.log").set_value(True).run()
     (freq,) = chart_specs(at)
     axis = freq["layout"]["yaxis"]

@@ -25,7 +25,7 @@ from ui import state
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-ATTENTION, GENERATION, CHECKPOINTS = "pages/attention.py", "pages/generation.py", "pages/checkpoints.py"
+ATTENTION, GENERATION, CHECKPOINTS = "views/attention.py", "views/generation.py", "views/checkpoints.py"
 
 def train_and_save(path: Path, text: str, preset: str, documents: bool = False, steps: int = 20) -> Path:
     """A real model: char vocabulary, a few AdamW steps on random windows, saved as a checkpoint."""

@@ -322,7 +322,7 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
     folder.mkdir()
     monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/checkpoints.py").run()
+    at.switch_page("views/checkpoints.py").run()
     at.text_input(key="checkpoints.hf.source").set_value(str(saved["llama-gqa-untied"])).run()
     assert not at.exception and not at.error
     shown = {m.label: m.value for m in at.metric}
@@ -335,7 +335,7 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
     assert (folder / "tiny-llama.safetensors").exists()
     assert not at.get("download_button")[-1].proto.disabled  # "Export for transformers" is offered
 
-    at.switch_page("pages/attention.py").run()
+    at.switch_page("views/attention.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     prompt = at.text_input(key="keep.attention.prompt").value
     one, grid, _ = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
@@ -343,7 +343,7 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
     assert one["layout"]["xaxis"]["ticktext"] == [tok.token_str(i) for i in tok.encode(prompt)]
     assert len(grid["data"]) == 2 * 4  # every layer and head
 
-    at.switch_page("pages/checkpoints.py").run()
+    at.switch_page("views/checkpoints.py").run()
     at.text_input(key="checkpoints.hf.source").set_value(str(tmp_path / "nowhere")).run()
     assert not at.exception and len(at.error) == 1 and "hub id" in at.error[0].value
 

@@ -19,7 +19,7 @@ def ckpt_dir(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F8
 
 
 def test_every_chart_has_an_html_download_and_a_png_button_named_after_model_and_prompt(ckpt_dir: Path) -> None:
-    at = open_page("pages/attention.py")
+    at = open_page("views/attention.py")
     shown = list(at.get("plotly_chart"))
     assert shown
     downloads = [b for b in at.get("download_button") if b.proto.label == "Download this chart (HTML)"]
@@ -50,7 +50,7 @@ def test_prompt_and_sampling_travel_in_the_link_to_a_fresh_session(ckpt_dir: Pat
 
     from tests.test_app_views import APP
 
-    at = open_page("pages/generation.py")
+    at = open_page("views/generation.py")
     at.text_area(key="keep.generation.prompt").set_value("Return the").run()
     at.slider(key="keep.generation.temperature").set_value(0.35).run()
     at.number_input(key="keep.generation.top_k").set_value(7).run()
@@ -61,14 +61,14 @@ def test_prompt_and_sampling_travel_in_the_link_to_a_fresh_session(ckpt_dir: Pat
 
     fresh = AppTest.from_file(APP, default_timeout=60)
     fresh.query_params.update(address)
-    fresh = open_page("pages/generation.py", fresh.run())
+    fresh = open_page("views/generation.py", fresh.run())
     assert fresh.text_area(key="keep.generation.prompt").value == "Return the"
     assert fresh.slider(key="keep.generation.temperature").value == 0.35
     assert fresh.number_input(key="keep.generation.top_k").value == 7
 
 
 def test_the_copy_link_says_a_pasted_corpus_cannot_travel() -> None:
-    at = open_page("pages/data.py")
+    at = open_page("views/data.py")
     assert not any("cannot travel" in w.value for w in at.sidebar.warning)
     at.radio[0].set_value("Paste text").run()
     at.text_area(key="keep.data.paste").set_value("a pasted text that lives on this server only\n" * 20)
@@ -86,7 +86,7 @@ def test_generated_text_marks_what_it_copied_from_the_corpus(ckpt_dir: Path) -> 
 
     topics = pydoc_data.topics.topics
     text = "\n".join(topics[k] for k in sorted(topics)[:12])  # the text the fixture's 3-gram counted
-    at = open_page("pages/generation.py")
+    at = open_page("views/generation.py")
     at.selectbox(key="keep.generation.model").set_value("ckpt:" + str(ckpt_dir / "table.safetensors")).run()
     at.session_state[state.CORPUS] = corpus_from_text(text, name="table text")
     at.session_state[state.CORPUS_ID] = "table-text"
@@ -101,7 +101,7 @@ def test_generated_text_marks_what_it_copied_from_the_corpus(ckpt_dir: Path) -> 
 
 
 def test_an_attention_map_highlights_what_a_chosen_token_attends_to(ckpt_dir: Path) -> None:
-    at = open_page("pages/attention.py")
+    at = open_page("views/attention.py")
     at.selectbox(key="attention.focus").set_value(3).run()
     assert not at.exception
     one = json.loads(at.get("plotly_chart")[0].proto.spec)

@@ -13,7 +13,7 @@ from ui import state as S
 
 def test_an_ngram_picked_on_the_model_page_trains_from_the_training_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
-    at = open_page("pages/model.py")
+    at = open_page("views/model.py")
     at.radio(key="keep.model.arch").set_value("ngram").run()
     at.number_input(key="keep.model.ngram_n").set_value(4).run()
     at.number_input(key="keep.model.add_k").set_value(0.5).run()
@@ -21,7 +21,7 @@ def test_an_ngram_picked_on_the_model_page_trains_from_the_training_page(tmp_pat
     cfg = at.session_state[S.MODEL_CONFIG]
     assert cfg.arch == "ngram" and cfg.ngram_n == 4 and cfg.add_k == 0.5
     assert "ngram" in str(at.query_params["arch"])  # the link carries it
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     for key, value in (("keep.train.iters", 4), ("keep.train.eval", 2), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
         at.number_input(key=key).set_value(value)
     at.run()
@@ -34,12 +34,12 @@ def test_an_ngram_picked_on_the_model_page_trains_from_the_training_page(tmp_pat
 
 def test_how_it_works_shows_live_numbers_on_model_training_and_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
-    at = open_page("pages/model.py")
+    at = open_page("views/model.py")
     total = at.metric[0].value  # "Parameters"
     latex = [x.value.strip("$\n") for x in at.get("latex")]
     assert any(x.startswith("N = ") and x.endswith(total.replace(",", "{,}")) for x in latex), (latex, total)
     assert any("12 \\cdot 64^2" in x for x in latex)  # the tiny GPT-2's width
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     for key, value in (("keep.train.iters", 4), ("keep.train.eval", 2), ("keep.train.eval_iters", 1), ("keep.train.batch", 4), ("keep.train.warmup", 0)):
         at.number_input(key=key).set_value(value)
     at.run()
@@ -50,7 +50,7 @@ def test_how_it_works_shows_live_numbers_on_model_training_and_generation(tmp_pa
     assert not at.exception
     lr = job.events[-1].lr
     assert any(x.value.strip("$\n").startswith(f"\\eta_t = {lr:.3g}") for x in at.get("latex"))
-    at.switch_page("pages/generation.py").run()
+    at.switch_page("views/generation.py").run()
     at.button(key="generation.go").click().run()
     assert not at.exception
     assert any("\\text{ nats}" in x.value and "bits" in x.value for x in at.get("latex"))

@@ -27,6 +27,15 @@ def test_known_answers() -> None:
         ngram_index([1, 2], 0)
 
 
+def test_a_run_of_filler_tokens_alone_is_not_a_copy() -> None:
+    corpus = [7, 0, 0, 0, 0, 0, 0, 8, 1, 2, 3, 0, 0]  # 0 stands for a space
+    index = ngram_index(corpus, 4)
+    assert novelty([0, 0, 0, 0, 0], index, 4).copied.all()  # without the rule: spaces count as recited
+    assert novelty([0, 0, 0, 0, 0], index, 4, filler_ids=[0]).novel_share == 1.0
+    marks = novelty([8, 1, 2, 3, 0, 0], index, 4, filler_ids=[0])  # a real copy ending in spaces stays one
+    assert marks.spans == [(0, 6)]
+
+
 def test_greedy_output_of_a_memorising_model_is_copied_and_random_text_is_new() -> None:
     gen = torch.Generator().manual_seed(0)
     corpus = torch.randint(0, 40, (600,), generator=gen)  # random tokens: each 4-token context is unique

@@ -275,7 +275,7 @@ def test_training_page_starts_a_run_with_the_chosen_optimizer(tmp_path, monkeypa
     monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert not at.exception
     assert at.number_input(key="keep.train.muon_lr").disabled
     at.selectbox(key="keep.train.optimizer").select("muon").run()
@@ -326,7 +326,7 @@ def test_training_page_starts_adamw_vs_muon_as_two_overlaid_runs(tmp_path, monke
     monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     at.number_input(key="keep.train.iters").set_value(20).run()
     before = {job.id for job in REGISTRY.list()}
     at.button(key="train_lab").click().run()

@@ -53,14 +53,14 @@ def test_a_prepared_folder_is_the_corpus_its_vocabulary_is_used_and_a_run_trains
     assert metrics["Training tokens"] == f"{len(data.train):,}" and metrics["Validation tokens"] == f"{len(data.val):,}"
     assert at.session_state[S.CORPUS].name == "docs"
 
-    at.switch_page("pages/vocabulary.py").run()
+    at.switch_page("views/vocabulary.py").run()
     assert not at.exception and not at.error
     assert "prepared folder" in at.info[0].value
     assert not [r for r in at.radio if r.key == "keep.vocab.kind"], "no vocabulary is built for prepared data"
     assert at.session_state[S.TOKENIZER].to_dict() == data.tokenizer.to_dict()
     assert {m.label: m.value for m in at.metric}["Tokens in the corpus"] == f"{len(data.train) + len(data.val):,}"
 
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     for key, value in [("iters", 4), ("warmup", 1), ("eval", 2), ("eval_iters", 2), ("batch", 4)]:
         at.number_input(key=f"keep.train.{key}").set_value(value)
     at.text_input(key="keep.train.name").set_value("from-shards")
@@ -93,7 +93,7 @@ def test_a_reload_restores_the_prepared_folder_from_the_address(data_dir: Path) 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
     at.run()
     choose(at, "docs")
-    at.switch_page("pages/vocabulary.py").run()
+    at.switch_page("views/vocabulary.py").run()
     address = dict(at.query_params)
     assert address["corpus"] == "prepared:docs"  # the folder, not its decoded preview
 

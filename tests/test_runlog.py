@@ -211,7 +211,7 @@ def test_the_training_page_lists_and_overlays_a_run_the_cli_writes(tmp_path: Pat
     finished(cli_train(corpus, folder / "from-cli.safetensors", "--max-iters", "6", "--eval-interval", "3"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert not at.exception
     pick = at.multiselect(key="runs_pick")
     assert pick.options == ["from-cli"]

@@ -14,7 +14,7 @@ from lmcore.models import ModelConfig, build_model
 from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
 from tests.test_app_views import charts, open_page, texts
 
-SURPRISE, ATTENTION = "pages/surprise.py", "pages/attention.py"
+SURPRISE, ATTENTION = "views/surprise.py", "views/attention.py"
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def values(v) -> list:
 def training_page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
     at.run()
-    at.switch_page("pages/training.py").run()
+    at.switch_page("views/training.py").run()
     assert not at.exception
     return at
 

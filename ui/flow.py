@@ -35,13 +35,13 @@ from ui.boundary import user_errors
 from ui.render import md
 
 # Page files, for st.page_link; app.py gives them titles and icons.
-PAGE_DATA = "pages/data.py"
-PAGE_VOCABULARY = "pages/vocabulary.py"
-PAGE_MODEL = "pages/model.py"
-PAGE_TRAINING = "pages/training.py"
-PAGE_ATTENTION = "pages/attention.py"
-PAGE_GENERATION = "pages/generation.py"
-PAGE_CHECKPOINTS = "pages/checkpoints.py"
+PAGE_DATA = "views/data.py"
+PAGE_VOCABULARY = "views/vocabulary.py"
+PAGE_MODEL = "views/model.py"
+PAGE_TRAINING = "views/training.py"
+PAGE_ATTENTION = "views/attention.py"
+PAGE_GENERATION = "views/generation.py"
+PAGE_CHECKPOINTS = "views/checkpoints.py"
 
 # The architectures a user picks from: ModelConfig preset names.
 ARCH_CHOICES = ("gpt2", "llama", "mamba", "lstm", "bigram", "ngram")

@@ -293,6 +293,6 @@ def no_model_yet(what: str) -> None:
     st.info(f"There is no model to {what} yet. Train one on the training page, or load a saved one.")
     cols = st.columns(2)
     with cols[0]:
-        st.page_link("pages/training.py", label="Train a model", icon=":material/model_training:")
+        st.page_link("views/training.py", label="Train a model", icon=":material/model_training:")
     with cols[1]:
-        st.page_link("pages/checkpoints.py", label="Saved checkpoints", icon=":material/save:")
+        st.page_link("views/checkpoints.py", label="Saved checkpoints", icon=":material/save:")

@@ -25,14 +25,12 @@ def begin_run() -> None:
 def require_app() -> None:
     """Draw the shell around this page when app.py did not; call it first on every page.
 
-    Streamlit treats a project with a ``pages/`` folder as an old-style
-    multipage app until app.py has called ``st.navigation`` once in the server
-    process. So the first request after a restart that names a page's address
-    (a tab reconnecting, a bookmark) runs that page on its own, and Streamlit's
-    AppTest runs every page it switches to that way. Such a page draws the
-    page settings and the sidebar itself, so it looks and behaves the same
-    (only the page menu is Streamlit's own list of files until the start page
-    is opened once).
+    The pages live in ``views/``, not ``pages/``: Streamlit treats a project
+    with a ``pages/`` folder as an old-style multipage app until app.py has
+    called ``st.navigation`` once, so a deep link to a just-started server
+    would run the page alone under a menu of raw file names. With ``views/``
+    every request goes through app.py; a page run on its own (a test's
+    ``AppTest.from_file`` of a page) still gets the page settings and sidebar.
     """
     if st.session_state.get(S.IN_APP):
         return

@@ -151,7 +151,8 @@ def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
         st.caption("Choose a corpus on the Data page that this model's tokenizer can read to see what it copied.")
         return
     name, index = found
-    marks = novelty(ids, index, NOVELTY_MIN_LEN)
+    blank = [i for i in set(ids) if not tokenizer.decode([i]).strip()]  # runs of spaces are in any text
+    marks = novelty(ids, index, NOVELTY_MIN_LEN, filler_ids=blank)
     st.markdown(novelty_html(tokenizer, ids, marks.span), unsafe_allow_html=True)
     longest = max((e - s for s, e in marks.spans), default=0)
     st.caption(
