@@ -68,8 +68,8 @@ if loaded:
     with st.container(border=True):
         st.write(f"Loaded into the session: **{md(Path(loaded).stem)}**. The attention and generation pages use it.")
         a, b, c = st.columns(3)
-        a.page_link("pages/attention.py", label="Look at its attention", icon=":material/grid_on:")
-        b.page_link("pages/generation.py", label="Generate text", icon=":material/edit_note:")
+        a.page_link("views/attention.py", label="Look at its attention", icon=":material/grid_on:")
+        b.page_link("views/generation.py", label="Generate text", icon=":material/edit_note:")
         if c.button("Unload", key="checkpoints.unload"):
             st.session_state.pop(state.LOADED_CHECKPOINT, None)
             st.rerun()
@@ -132,7 +132,7 @@ def _export_zip(path: str, mtime_ns: int) -> bytes:
 rows = list_checkpoints(directory)
 if not rows:
     st.info("No saved models yet. Train one (it is saved here when it finishes or is stopped), or upload a file below.")
-    st.page_link("pages/training.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("views/training.py", label="Train a model", icon=":material/model_training:")
 else:
     st.dataframe(
         _table(rows),
