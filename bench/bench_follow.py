@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     latencies: list[float] = []
     for _ in range(args.repeats):
-        subprocess.run([sys.executable, "-m", "pytest", "-q", TEST], cwd=ROOT, check=True, stdout=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "follow", TEST], cwd=ROOT, check=True, stdout=sys.stderr)
         latencies += json.loads(TIMINGS.read_text())["cli_eval_to_browser_s"]
     print(json.dumps({
         "eval_to_browser_s": latencies,

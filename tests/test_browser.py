@@ -472,6 +472,7 @@ def watch_evals(log: Path, seen: dict[int, float], stop: threading.Event) -> Non
 FOLLOW_BOUND_S = 10.0  # the target is 3 s (the page refreshes every 1 s); generous for a shared machine
 
 
+@pytest.mark.follow
 def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(server: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:
     url, folder = server
     corpus = tmp_path / "corpus.txt"
