@@ -283,13 +283,9 @@ def is_running(log: str | os.PathLike, within_s: float = 120.0) -> bool:
 
 def series(records: Sequence[dict[str, Any]]) -> dict[str, list]:
     """The chart columns of ``lmcore.viz.series_from_events``, from log records."""
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "step", "tokens", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s",
-            "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample",
-        )
-    }  # fmt: skip
+    from lmcore.viz import SERIES_KEYS
+
+    out: dict[str, list] = {k: [] for k in SERIES_KEYS}
     for r in records:
         kind = r.get("kind")
         if kind == "step":

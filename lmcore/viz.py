@@ -111,6 +111,13 @@ def token_length_figure(lengths: _Seq[int], counts: _Seq[int] | None = None, uni
     return fig
 
 
+# The chart columns of a run: per step, then per evaluation.
+SERIES_KEYS = (
+    "step", "tokens", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s",
+    "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample",
+)  # fmt: skip
+
+
 def series_from_events(events: Iterable[Any]) -> dict[str, list]:
     """Columns for the training charts from ``TrainEvent``s (any objects with their fields).
 
@@ -119,13 +126,7 @@ def series_from_events(events: Iterable[Any]) -> dict[str, list]:
     elapsed_s (per step) and eval_step, eval_tokens, train_loss, val_loss,
     val_ppl, val_acc, sample (per eval).
     """
-    out: dict[str, list] = {
-        k: []
-        for k in (
-            "step", "tokens", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s",
-            "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample",
-        )
-    }  # fmt: skip
+    out: dict[str, list] = {k: [] for k in SERIES_KEYS}
     for e in events:
         if e.val_loss is None:
             out["step"].append(e.step)
