@@ -25,6 +25,27 @@ def shakespeare_text() -> str:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def corpus(small_text: str) -> tuple:
+    """(char tokenizer, train ids, val ids) of ``small_text``, split 90/10."""
+    from lmcore.data import split_ids
+    from lmcore.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.train(small_text)
+    ids = torch.tensor(tok.encode(small_text))
+    train_ids, val_ids = split_ids(ids, 0.1)
+    return tok, train_ids, val_ids
+
+
+@pytest.fixture
 def small_text() -> str:
     """A few KB of English with structure, always available (no network, no shared/)."""
     import pydoc_data.topics

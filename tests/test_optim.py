@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lmcore.checkpoint import load_checkpoint, load_resume_state, save_checkpoint
-from lmcore.data import split_ids
 from lmcore.errors import CheckpointError, ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer
@@ -27,20 +26,7 @@ from lmcore.train import (
 from tests.helpers import ROOT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def corpus(small_text):
-    tok = CharTokenizer.train(small_text)
-    ids = torch.tensor(tok.encode(small_text))
-    train_ids, val_ids = split_ids(ids, 0.1)
-    return tok, train_ids, val_ids
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(vocab_size: int, preset: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:

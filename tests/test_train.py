@@ -9,28 +9,12 @@ import pytest
 import torch
 
 from lmcore.checkpoint import load_checkpoint, load_resume_state
-from lmcore.data import split_ids
 from lmcore.errors import ConfigError, DataError, TrainingError
 from lmcore.models import ModelConfig, build_model
-from lmcore.tokenizers import CharTokenizer
 from lmcore.train import CheckpointCallback, TrainConfig, Trainer, TrainEvent, evaluate_ids, lr_schedule, make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and the machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def corpus(small_text):
-    tok = CharTokenizer.train(small_text)
-    ids = torch.tensor(tok.encode(small_text))
-    train_ids, val_ids = split_ids(ids, 0.1)
-    return tok, train_ids, val_ids
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> torch.nn.Module:
