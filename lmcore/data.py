@@ -7,7 +7,9 @@ A corpus comes from one of three places, named by ``load_corpus(source)``:
   ``pydoc_data.topics``, about 465 KB of English; the default),
   ``python-stdlib`` (the standard library's own source code, capped at
   ``STDLIB_CORPUS_BYTES``) and ``python-names`` (public function and class names
-  of the standard library, one per line: a documents-mode corpus).
+  of the standard library, one per line: a documents-mode corpus) and
+  ``induction`` (random symbols, each segment repeated twice: the data on
+  which an induction head forms, as text for the character tokenizer).
 - a local file path;
 - an ``http(s)://`` URL, downloaded once into a cache directory
   (``$LMCORE_CACHE_DIR``, else ``~/.cache/lmcore``), or a ``file://`` URL.
@@ -76,6 +78,7 @@ BUILTIN_CORPORA: dict[str, str] = {
     "python-docs": "Python's language reference and library topics (pydoc_data.topics), about 465 KB of English",
     "python-stdlib": "Python standard library source code, about 1 MB of .py files chosen in a fixed order",
     "python-names": "public function and class names of the Python standard library, one per line (documents)",
+    "induction": "random symbols, each segment repeated twice (one per line): the data on which an induction head forms",
 }
 # Built-in corpora that are lists of documents whatever the caller asks for.
 _DOCUMENT_CORPORA = {"python-names"}
@@ -246,10 +249,29 @@ def _python_names() -> str:
     return "\n".join(sorted(names, key=lambda s: (_stable_key(s), s))) + "\n"
 
 
+# The induction data: a vocabulary of 256 (token 0 separates sequences) and the
+# range of segment lengths; varied lengths leave copying, not a fixed look-back
+# distance, as the way to predict a repeat.
+INDUCTION_VOCAB = 256
+INDUCTION_SEGMENTS = (6, 20)
+INDUCTION_TOKENS = 400_000
+# Token 0 is a newline, tokens 1..255 are the letters from U+00C1 on, so the
+# character tokenizer's sorted vocabulary gives every symbol its token's id.
+_INDUCTION_FIRST_SYMBOL = 0xC0
+
+
+@lru_cache(maxsize=1)
+def _induction_text() -> str:
+    """``repeated_random_tokens`` written as text: one segment, repeated, per line."""
+    ids = repeated_random_tokens(INDUCTION_TOKENS, INDUCTION_VOCAB, *INDUCTION_SEGMENTS)
+    return "".join("\n" if i == 0 else chr(_INDUCTION_FIRST_SYMBOL + i) for i in ids.tolist())
+
+
 _BUILTIN_TEXT: dict[str, Callable[[], str]] = {
     "python-docs": _python_docs,
     "python-stdlib": _python_stdlib,
     "python-names": _python_names,
+    "induction": _induction_text,
 }
 assert set(_BUILTIN_TEXT) == set(BUILTIN_CORPORA)
 

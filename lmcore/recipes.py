@@ -38,14 +38,10 @@ from typing import Any
 
 import torch
 
-from lmcore.data import repeated_random_tokens
+from lmcore.data import INDUCTION_SEGMENTS, INDUCTION_VOCAB, repeated_random_tokens
 from lmcore.errors import ConfigError
 from lmcore.models.config import ModelConfig
 from lmcore.train import TrainConfig
-
-# The induction recipe's synthetic data: vocabulary and segment lengths (token 0 separates sequences).
-INDUCTION_VOCAB = 256
-INDUCTION_SEGMENTS = (6, 20)
 
 RECIPES: dict[str, dict[str, Any]] = {
     "baby-gpt": {

@@ -24,6 +24,7 @@ from lmcore.data import (
     split_ids,
 )
 from lmcore.errors import DataError, TokenizerError
+from lmcore.recipes import INDUCTION_SEGMENTS, INDUCTION_VOCAB, induction_data
 from lmcore.tokenizers import BPETokenizer, CharTokenizer
 from lmcore.tokenizers.bpe import text_pieces
 
@@ -49,7 +50,7 @@ def test_builtin_corpora_load_without_network(name: str, no_network: None) -> No
 
 def test_builtin_corpora_are_deterministic() -> None:
     first = {n: load_corpus(f"builtin:{n}").text for n in BUILTIN_CORPORA}
-    for fn in (data._python_docs, data._python_stdlib, data._python_names, data._stdlib_files):
+    for fn in (data._python_docs, data._python_stdlib, data._python_names, data._induction_text, data._stdlib_files):
         fn.cache_clear()
     assert {n: load_corpus(f"builtin:{n}").text for n in BUILTIN_CORPORA} == first
 
@@ -66,6 +67,17 @@ def test_python_stdlib_is_capped_source_code() -> None:
     assert STDLIB_CORPUS_BYTES * 0.9 < len(text.encode("utf-8")) <= STDLIB_CORPUS_BYTES
     assert "def " in text and "import " in text
     compile(text.split("\n\n\n")[0], "<stdlib>", "exec")  # whole files, not cut mid-line
+
+
+def test_induction_corpus_encodes_to_the_induction_recipes_stream() -> None:
+    corpus = load_corpus("builtin:induction")
+    tok = CharTokenizer.train(corpus.text)
+    assert tok.vocab_size == INDUCTION_VOCAB + 1  # 256 symbols and the document-start token
+    train_ids, _ = induction_data()
+    assert torch.equal(torch.tensor(tok.encode(corpus.text)), train_ids)
+    lines = corpus.text.split("\n")[1:-1]  # whole segments: each line is one segment twice
+    assert all(len(line) % 2 == 0 and line[: len(line) // 2] == line[len(line) // 2 :] for line in lines)
+    assert {len(line) // 2 for line in lines} == set(range(INDUCTION_SEGMENTS[0], INDUCTION_SEGMENTS[1] + 1))
 
 
 def test_python_names_are_unique_identifiers_not_alphabetical() -> None:
