@@ -11,8 +11,9 @@
    threads, the same global batch: tokens/s of each, ``--repeats`` times,
    interleaved (the machine may be shared: the spread is reported).
 
-Run: python3 bench/bench_shards.py [--corpus-mb 1000] [--bpe-mb 1000] [--repeats 3]
-Prints one JSON object on stdout; progress goes to stderr.
+Run: python3 bench/bench_shards.py [--corpus-mb 1000] [--bpe-mb 1000] [--repeats 3] [--parts char,bpe,sampler,rss,torchrun]
+``prepare`` figures include the process's CPU seconds, so a busy machine's
+wall time can be told from the work itself. Prints one JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -46,19 +47,20 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``cmd`` under a fresh helper process so that its peak RSS is its own."""
+def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Run ``cmd`` under a fresh helper process: (wall s, its own peak RSS in MB, its CPU s)."""
     code = (
         "import resource, subprocess, sys, time, json\n"
         "t = time.perf_counter()\n"
         "subprocess.run(json.loads(sys.argv[1]), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps([time.perf_counter() - t, r.ru_maxrss / 1024, r.ru_utime + r.ru_stime]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cmd)], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True)  # fmt: skip
-    wall, rss = json.loads(out.stdout)
-    return wall, rss
+    wall, rss, cpu = json.loads(out.stdout)
+    return wall, rss, cpu
 
 
 def build_corpus(path: Path, mb: int) -> int:
@@ -76,10 +78,11 @@ def prepare(src: Path, out: Path, kind: str) -> dict:
     cmd = [sys.executable, "-m", "lmcore", "prepare", "--data", str(src), "--tokenizer", kind, "--out", str(out)]
     if kind == "bpe":
         cmd += ["--vocab-size", "512", "--bpe-sample-mb", str(BPE_SAMPLE_MB)]
-    wall, rss = peak_rss(cmd)
+    wall, rss, cpu = peak_rss(cmd)
     size = src.stat().st_size
     meta = json.loads((out / "meta.json").read_text())
     return {"mb": round(size / 1e6, 1), "seconds": round(wall, 1), "mb_per_s": round(size / 1e6 / wall, 2),
+            "cpu_seconds": round(cpu, 1), "mb_per_cpu_s": round(size / 1e6 / cpu, 2),
             "peak_rss_mb": round(rss), "tokens": meta["train_tokens"] + meta["val_tokens"]}  # fmt: skip
 
 
@@ -125,42 +128,49 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--ddp-steps", type=int, default=40)
+    ap.add_argument("--parts", default="char,bpe,sampler,rss,torchrun", help="which measurements to take")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="lmcore-bench-shards-"))
     result: dict = _Loud(cpu_count=os.cpu_count(), torch=torch.__version__)
     try:
         big = work / "big.txt"
         say(f"building a {args.corpus_mb} MB corpus in {work}")
         build_corpus(big, args.corpus_mb)
-        say("prepare (char)")
-        result["prepare_char"] = prepare(big, work / "char", "char")
-        bpe_src = big
-        if args.bpe_mb < args.corpus_mb:
-            bpe_src = work / "bpe.txt"
-            build_corpus(bpe_src, args.bpe_mb)
-        say(f"prepare (bpe) of {bpe_src.stat().st_size / 1e6:.0f} MB")
-        result["prepare_bpe"] = prepare(bpe_src, work / "bpe", "bpe")
-        (work / "bpe.txt").unlink(missing_ok=True)
+        if parts & {"char", "sampler", "rss"}:
+            say("prepare (char)")
+            result["prepare_char"] = prepare(big, work / "char", "char")
+        if "bpe" in parts:
+            bpe_src = big
+            if args.bpe_mb < args.corpus_mb:
+                bpe_src = work / "bpe.txt"
+                build_corpus(bpe_src, args.bpe_mb)
+            say(f"prepare (bpe) of {bpe_src.stat().st_size / 1e6:.0f} MB")
+            result["prepare_bpe"] = prepare(bpe_src, work / "bpe", "bpe")
+            (work / "bpe.txt").unlink(missing_ok=True)
         big.unlink()
-        say("batch sampler")
-        result["sampler_tokens_per_s"] = round(sampler(work / "char"))
+        if "sampler" in parts:
+            say("batch sampler")
+            result["sampler_tokens_per_s"] = round(sampler(work / "char"))
         small = work / "small.txt"
         build_corpus(small, 1)
         subprocess.run([sys.executable, "-m", "lmcore", "prepare", "--data", str(small), "--out", str(work / "small")],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)  # fmt: skip
-        say("training RSS, large vs small corpus")
-        result["train_peak_rss_mb"] = {
-            f"{args.corpus_mb}MB": round(train_rss(work / "char", work / "big.safetensors", args.train_steps)),
-            "1MB": round(train_rss(work / "small", work / "small.safetensors", args.train_steps)),
-        }
-        say("torchrun 2 ranks x 1 thread vs 1 process x 2 threads (global batch 16 x 128 tokens)")
-        ddp, single = [], []
-        for k in range(args.repeats):
-            ddp.append(round(throughput(work / "small", work / "ddp.safetensors", 2, args.ddp_steps)))
-            single.append(round(throughput(work / "small", work / "one.safetensors", 1, args.ddp_steps)))
-            say(f"  repeat {k + 1}: torchrun {ddp[-1]} tok/s, one process {single[-1]} tok/s")
-        result["torchrun_2x1_tokens_per_s"] = ddp
-        result["one_process_2_threads_tokens_per_s"] = single
+        if "rss" in parts:
+            say("training RSS, large vs small corpus")
+            result["train_peak_rss_mb"] = {
+                f"{args.corpus_mb}MB": round(train_rss(work / "char", work / "big.safetensors", args.train_steps)),
+                "1MB": round(train_rss(work / "small", work / "small.safetensors", args.train_steps)),
+            }
+        if "torchrun" in parts:
+            say("torchrun 2 ranks x 1 thread vs 1 process x 2 threads (global batch 16 x 128 tokens)")
+            ddp, single = [], []
+            for k in range(args.repeats):
+                ddp.append(round(throughput(work / "small", work / "ddp.safetensors", 2, args.ddp_steps)))
+                single.append(round(throughput(work / "small", work / "one.safetensors", 1, args.ddp_steps)))
+                say(f"  repeat {k + 1}: torchrun {ddp[-1]} tok/s, one process {single[-1]} tok/s")
+            result["torchrun_2x1_tokens_per_s"] = ddp
+            result["one_process_2_threads_tokens_per_s"] = single
         result["load_average_at_end"] = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
