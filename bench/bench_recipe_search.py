@@ -60,6 +60,11 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         "llama-relu2-qk": (llama_new, TrainConfig(**{**lt, "warmup_iters": 50})),
         "llama-relu2-qk-lr5e-3": (llama_new, TrainConfig(**{**lt, "lr": 5e-3, "min_lr": 5e-4, "warmup_iters": 50})),
         "llama-relu2-qk-muon": (llama_new, TrainConfig(**{**lt, "optimizer": "muon", "muon_lr": 0.05})),
+        # Fewer, wider layers: fewer sequential scans per step at about the same parameter count.
+        "mamba-2x240": (best_model.replace(n_layer=2, n_embd=240).validate(), best_train),
+        "mamba-2x240-lr6e-3": (best_model.replace(n_layer=2, n_embd=240).validate(),
+                               TrainConfig(**{**bt, "lr": 6e-3, "min_lr": 6e-4})),  # fmt: skip
+        "mamba-d4": (best_model.replace(d_state=4).validate(), best_train),
     }
 
 
