@@ -517,16 +517,14 @@ class _Utf8Out:
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmcore.checkpoint import load_checkpoint
     from lmcore.device import resolve_device
-    from lmcore.sample import SamplingConfig, generate
+    from lmcore.sample import SamplingConfig, generate, prompt_start
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     sampling.validate()
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     tok = ckpt.tokenizer
     prompt = args.prompt or ""
-    ids = tok.encode(prompt)
-    if ckpt.documents or not ids:
-        ids = [tok.bos_id] + ids  # a document (or anything, with no prompt) starts at BOS
+    ids = prompt_start(tok.encode(prompt), tok.bos_id, ckpt.documents)
     stop_ids = [tok.bos_id] if ckpt.documents else None
     out = _Utf8Out()
     out.write(prompt)

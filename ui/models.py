@@ -19,6 +19,7 @@ from typing import Any
 import streamlit as st
 
 from lmcore.errors import CheckpointError, LMCoreError, TrainingError
+from lmcore.sample import prompt_start
 from ui import state
 
 JOB_PREFIX = "job:"
@@ -227,12 +228,12 @@ def is_documents(data_info: dict[str, Any] | None) -> bool:
 def encode_prompt(tokenizer: Any, text: str, data_info: dict[str, Any] | None) -> list[int]:
     """Prompt ids as the model saw text in training.
 
-    A documents-mode model saw BOS before every document, so a prompt (even an
-    empty one) starts with BOS; a plain-text model starts with the text itself.
-    TokenizerError for characters the tokenizer cannot encode.
+    A documents-mode model's prompt (even an empty one) starts with BOS; a
+    plain-text model starts with the text itself, and an empty prompt stays
+    empty (the page asks for one). TokenizerError for characters the tokenizer cannot encode.
     """
     ids = tokenizer.encode(text) if text else []
-    return [tokenizer.bos_id] + ids if is_documents(data_info) else ids
+    return prompt_start(ids, tokenizer.bos_id, is_documents(data_info), empty_at_bos=False)
 
 
 def stop_ids(tokenizer: Any, data_info: dict[str, Any] | None) -> list[int] | None:

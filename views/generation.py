@@ -13,7 +13,7 @@ import streamlit as st
 from lmcore import figures, viz
 from lmcore.errors import LMCoreError
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
-from lmcore.sample import SamplingConfig, generate, next_token_distribution
+from lmcore.sample import SamplingConfig, generate, next_token_distribution, token_candidates
 from ui import models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
@@ -106,19 +106,11 @@ def stream(
     probability it was drawn with) for the most likely few, and the drawn one.
     """
     ids: list[int] = []
-    candidates: list[list[tuple[int, float]]] = []
-    stop = models.stop_ids(tokenizer, data_info)
+    candidates: list[list[tuple[int, float, float]]] = []
+    stop = models.stop_ids(tokenizer, data_info)  # the end of a document is a boundary, never yielded
     for event in generate(model, prompt_ids, max_new_tokens=int(max_new), sampling=cfg, stop_ids=stop):
-        if stop and event.token_id in stop:
-            break  # the end of the document is a boundary, not text
         ids.append(int(event.token_id))
-        own = event.model_probs if event.model_probs is not None else event.probs
-        drawn = event.probs.numpy()
-        # (id, the model's own probability, the probability it was drawn with)
-        candidates.append([(i, p, float(drawn[i])) for i, p in viz.top_candidates(own.numpy(), N_CANDIDATES)])
-        if event.token_id not in [c[0] for c in candidates[-1]]:
-            # drawn from outside the top few (a high temperature): show it too
-            candidates[-1].append((int(event.token_id), float(own[event.token_id]), float(drawn[event.token_id])))
+        candidates.append(token_candidates(event, N_CANDIDATES))
         yield tokenizer.decode(ids), candidates, ids
 
 
