@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, dist: Any) -> int:
     import torch
 
-    from lmcore.checkpoint import load_checkpoint, load_resume_state
+    from lmcore.checkpoint import load_checkpoint, load_resume_state, resume_settings
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device
     from lmcore.models import ModelConfig, build_model
@@ -303,9 +303,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
                 f"{Path(args.resume).name} has no optimizer state beside it (NAME.optim.safetensors), "
                 "so it cannot be resumed exactly"
             )
-        saved = dict(ckpt.train_state.get("config") or {})
-        saved.pop("time_budget_s", None)  # a budget is for one sitting, not the whole run
-        tc = TrainConfig.from_dict({**saved, **overrides})
+        tc = resume_settings(args.resume, overrides).train_config  # the run's own settings, less its time budget
         model, tokenizer = ckpt.model, ckpt.tokenizer
         source = args.data or ckpt.data_info.get("source")
         if not source:

@@ -26,7 +26,6 @@ LOADED_CHECKPOINT = "loaded_checkpoint"  # path (str) of the checkpoint loaded i
 CORPUS_ID = "corpus_id"  # str: a fingerprint of the corpus in CORPUS (see ui.flow.corpus_id)
 TOKENIZER_CORPUS_ID = "tokenizer_corpus_id"  # str: CORPUS_ID of the corpus TOKENIZER was built from
 ENCODED = "encoded"  # (key, train_ids, val_ids): the corpus encoded with TOKENIZER, split
-TRAIN_CONFIG = "train_config"  # lmcore.train.TrainConfig last used to start a run
 NAME_FOR = "train.name_for"  # str: the model config (JSON) the typed run name belongs to
 PREPARED = "prepared"  # (CORPUS_ID, folder str): the corpus is a folder written by `lmcore prepare`
 BPE_ASKED = "vocab_bpe_asked"  # int: the vocabulary size the session's BPE was trained for

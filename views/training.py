@@ -8,13 +8,12 @@ import time
 import pandas as pd
 import streamlit as st
 
-from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, read_metadata, sanitize_name
+from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, resume_settings, sanitize_name
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
 from lmcore.models import ModelConfig
-from lmcore.tokenizers import tokenizer_from_dict
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
@@ -105,7 +104,6 @@ def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
     info = {**_data_info(), "train_tokens": len(train_ids)}
     job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=info)
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
 
 
 def _press_start(token: int) -> None:
@@ -193,34 +191,26 @@ def _save_compare() -> None:
 
 def _resume(path, name: str) -> bool:
     """Continue the checkpoint at ``path`` (weights and optimizer state) up to the iterations set."""
-    meta = read_metadata(path)
-    cfg = ModelConfig.from_dict(meta["config"])
-    tok = tokenizer_from_dict(meta["tokenizer"])
-    done = int(meta["train"].get("steps") or 0)
-    tc = _train_config()
-    if tc.max_iters <= done:
-        st.error(f"'{md(name)}' has already trained {done:,} steps; set Iterations above {done:,} to continue it.")
+    run = resume_settings(path, dataclasses.asdict(_train_config()))
+    if run.train_config.max_iters <= run.steps:
+        st.error(f"'{md(name)}' has already trained {run.steps:,} steps; set Iterations above {run.steps:,} to continue it.")
         return False
-    _, train_ids, val_ids = encoded_split(tok)
-    check_length(val_ids, cfg.block_size, "validation split")
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), resume_from=path, data_info=_data_info())
+    _, train_ids, val_ids = encoded_split(run.tokenizer)
+    check_length(val_ids, run.config.block_size, "validation split")
+    job = REGISTRY.start(name, run.config, run.tokenizer, train_ids, val_ids, run.train_config, checkpoint_dir(),
+                         resume_from=path, data_info=_data_info())  # fmt: skip
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
     return True
 
 
 def _finetune(path, name: str) -> bool:
     """Start a new run from the weights of the checkpoint at ``path``, on the current corpus."""
-    meta = read_metadata(path)
-    cfg = ModelConfig.from_dict(meta["config"])
-    tok = tokenizer_from_dict(meta["tokenizer"])
-    _, train_ids, val_ids = encoded_split(tok)
-    check_length(val_ids, cfg.block_size, "validation split")
-    tc = _train_config()
-    job = REGISTRY.start(f"{name}-finetuned", cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), init_from=path,
-                         data_info=_data_info())  # fmt: skip
+    base = resume_settings(path)  # its model and vocabulary; the settings are this page's
+    _, train_ids, val_ids = encoded_split(base.tokenizer)
+    check_length(val_ids, base.config.block_size, "validation split")
+    job = REGISTRY.start(f"{name}-finetuned", base.config, base.tokenizer, train_ids, val_ids, _train_config(),
+                         checkpoint_dir(), init_from=path, data_info=_data_info())  # fmt: skip
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
     return True
 
 
