@@ -10,8 +10,9 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.jobs import REGISTRY, TrainingJob
+from lmcore.models.estimate import model_counts
 from ui import state as S
-from ui.flow import ARCH_LABELS, describe_corpus, model_facts, tokenizer_is_current
+from ui.flow import ARCH_LABELS, describe_corpus, show_setup_with, tokenizer_is_current
 from ui.render import md
 from ui.urlstate import NOTE, share_link
 from ui.urlstate import save as save_to_address
@@ -91,9 +92,9 @@ def _share_control() -> None:
 def refresh_setup() -> None:
     """(Re)draw "set up so far" in the sidebar of the current run.
 
-    Drawn before the page runs, then again by ``ui.flow`` whenever the page
-    changes the corpus, vocabulary or model, so it is right even when the page
-    stops early (st.stop) afterwards.
+    Drawn before the page runs, then again whenever the page changes the
+    corpus, vocabulary or model (``ui.flow.show_setup_with``), so it is right
+    even when the page stops early (st.stop) afterwards.
     """
     save_to_address()
     session, slot = getattr(_this_run, "slot", (None, None))
@@ -115,9 +116,12 @@ def refresh_setup() -> None:
             lines.append("- Model: not chosen yet")
         else:
             try:
-                params = f", {model_facts(cfg.to_json())['params']:,} parameters"
+                params = f", {model_counts(cfg.validate())['params']:,} parameters"
             except LMCoreError:
                 params = ""
             lines.append(f"- Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}{params}")
         st.markdown("\n".join(lines))
         _share_control()  # redrawn with the setup: the link follows every change
+
+
+show_setup_with(refresh_setup)  # the pages' changes of corpus, vocabulary or model redraw it

@@ -11,7 +11,7 @@ from lmcore.data import check_length
 from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
-from lmcore.models.estimate import check_fits, params_by_part
+from lmcore.models.estimate import check_fits, model_counts, params_by_part
 from lmcore.viz import memory_estimate, model_diagram
 from ui import state as S
 from ui.boundary import user_errors
@@ -25,7 +25,6 @@ from ui.flow import (
     SIZES,
     SIZE_HELP,
     encoded_split,
-    model_facts,
     preset_config,
     require_tokenizer,
     set_model_config,
@@ -215,7 +214,7 @@ try:
     cfg = ModelConfig.preset(arch, vocab_size=tok.vocab_size, **values).validate()
     # Refused before anything is built when training it would not fit in free memory.
     check_fits(cfg, batch, resolve_device(kept.get("keep.train.device", "auto")))
-    facts = model_facts(cfg.to_json())
+    facts = model_counts(cfg)
 except ConfigError as e:
     st.error(explain(e, arch, values, tok.vocab_size, ints), icon=":material/error:")
     if saved is not None:

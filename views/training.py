@@ -14,6 +14,7 @@ from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
 from lmcore.models import ModelConfig
+from lmcore.models.estimate import model_counts
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
@@ -27,7 +28,6 @@ from ui.flow import (
     PAGE_MODEL,
     SIZES,
     encoded_split,
-    model_facts,
     preset_config,
     require_corpus,
     require_model_config,
@@ -233,7 +233,7 @@ cfg = require_model_config()
 tok = st.session_state[S.TOKENIZER]
 corpus = require_corpus()
 with user_errors():
-    params = model_facts(cfg.to_json())["params"]
+    params = model_counts(cfg.validate())["params"]
 st.caption(
     f"Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}, {params:,} parameters, context {cfg.block_size} · "
     f"Vocabulary: {tok.kind}, {tok.vocab_size:,} tokens · Corpus: {md(corpus.name)}"

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer
+from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer, token_counts
 from lmcore.viz import frequency_figure, token_length_figure
 from ui import state as S
 from ui.boundary import user_errors
@@ -22,7 +22,6 @@ from ui.flow import (
     require_corpus,
     require_tokenizer,
     set_tokenizer,
-    token_counts,
     tokenizer_is_current,
 )
 from ui.render import md, token_pieces, token_spans_html
