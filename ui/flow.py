@@ -41,6 +41,7 @@ PAGE_MODEL = "views/model.py"
 PAGE_TRAINING = "views/training.py"
 PAGE_ATTENTION = "views/attention.py"
 PAGE_GENERATION = "views/generation.py"
+PAGE_SURPRISE = "views/surprise.py"
 PAGE_CHECKPOINTS = "views/checkpoints.py"
 
 # The architectures a user picks from: ModelConfig preset names.

@@ -9,12 +9,12 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import REGISTRY, TrainingJob
+from lmcore.jobs import FAILED, REGISTRY, TrainingJob
 from lmcore.models.estimate import model_counts
 from ui import state as S
 from ui.flow import ARCH_LABELS, describe_corpus, show_setup_with, tokenizer_is_current
 from ui.render import md
-from ui.urlstate import NOTE, share_link
+from ui.urlstate import share_link
 from ui.urlstate import save as save_to_address
 
 
@@ -50,7 +50,7 @@ def _job_panel(job_id: str, was_alive: bool) -> None:
     cfg = job.model_config
     st.markdown(f"**Run:** {md(job.name)} · {ARCH_LABELS.get(cfg.preset, cfg.arch)}")
     st.progress(p["fraction"], text=job_line(job))
-    if job.status == "failed" and job.error:
+    if job.status == FAILED and job.error:
         st.caption(f"failed: {md(job.error)}")
     if was_alive and not job.is_alive:
         st.rerun()  # the run ended: redraw once without the timer
@@ -60,7 +60,7 @@ def render_sidebar() -> None:
     """Draw the device, the active run, and what is set up so far."""
     with st.sidebar:
         st.caption(f":material/memory: Device: {_device_text()}")
-        note = st.session_state.pop(NOTE, None)
+        note = st.session_state.pop(S.URL_NOTE, None)
         if note:
             st.warning(note)
 
