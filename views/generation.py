@@ -20,7 +20,6 @@ from ui.figure import show_figure
 from ui.shell import require_app
 from ui.render import md, novelty_html
 
-
 N_CANDIDATES = 10  # candidates kept per generated token
 REFRESH_S = 0.05  # how often streamed text is redrawn: smooth, without a message per token
 
