@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
+from ui import flow  # noqa: E402
 from ui import state as S  # noqa: E402
 from ui.shell import begin_run  # noqa: E402
 from ui.urlstate import save as save_to_address  # noqa: E402
@@ -24,14 +25,14 @@ from ui.sidebar import render_sidebar  # noqa: E402
 begin_run()
 
 PAGES = [
-    st.Page("views/data.py", title="Data", icon=":material/description:", default=True),
-    st.Page("views/vocabulary.py", title="Vocabulary", icon=":material/abc:"),
-    st.Page("views/model.py", title="Model", icon=":material/account_tree:"),
-    st.Page("views/training.py", title="Training", icon=":material/monitoring:"),
-    st.Page("views/attention.py", title="Attention", icon=":material/grid_on:"),
-    st.Page("views/generation.py", title="Generation", icon=":material/edit_note:"),
-    st.Page("views/surprise.py", title="Surprise", icon=":material/psychology:"),
-    st.Page("views/checkpoints.py", title="Checkpoints", icon=":material/save:"),
+    st.Page(flow.PAGE_DATA, title="Data", icon=":material/description:", default=True),
+    st.Page(flow.PAGE_VOCABULARY, title="Vocabulary", icon=":material/abc:"),
+    st.Page(flow.PAGE_MODEL, title="Model", icon=":material/account_tree:"),
+    st.Page(flow.PAGE_TRAINING, title="Training", icon=":material/monitoring:"),
+    st.Page(flow.PAGE_ATTENTION, title="Attention", icon=":material/grid_on:"),
+    st.Page(flow.PAGE_GENERATION, title="Generation", icon=":material/edit_note:"),
+    st.Page(flow.PAGE_SURPRISE, title="Surprise", icon=":material/psychology:"),
+    st.Page(flow.PAGE_CHECKPOINTS, title="Checkpoints", icon=":material/save:"),
 ]
 
 page = st.navigation(PAGES)

@@ -66,6 +66,7 @@ import lmcore
 from lmcore.errors import CheckpointError, LMCoreError
 from lmcore.models import LanguageModel, ModelConfig, build_model, model_class
 from lmcore.tokenizers import Tokenizer, tokenizer_from_dict
+from lmcore.train import TrainConfig
 
 FORMAT = "lmcore/1"
 OPTIM_FORMAT = "lmcore-optim/1"
@@ -738,12 +739,7 @@ def load_checkpoint(
     header, raw = _read_header(path, display_name)
     meta = _parse_metadata(raw, where, stored=len(header))
     config: ModelConfig = meta.pop("config_obj")
-    try:
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
-    except LMCoreError as e:
-        raise CheckpointError(f"{where} holds an unusable tokenizer: {e}") from None
-    except Exception as e:  # a damaged tokenizer dict may break its from_dict in any way
-        raise CheckpointError(f"{where} holds a damaged tokenizer ({type(e).__name__}: {_one_line(e)})") from None
+    tokenizer = _tokenizer(meta, where)
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(
             f"{where} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens "
@@ -808,6 +804,16 @@ def load_checkpoint(
         data_info=meta["data"],
         path=path,
     )
+
+
+def _tokenizer(meta: dict[str, Any], where: str) -> Tokenizer:
+    """The tokenizer of parsed metadata; CheckpointError when it cannot be built."""
+    try:
+        return tokenizer_from_dict(meta["tokenizer"])
+    except LMCoreError as e:
+        raise CheckpointError(f"{where} holds an unusable tokenizer: {e}") from None
+    except Exception as e:  # a damaged tokenizer dict may break its from_dict in any way
+        raise CheckpointError(f"{where} holds a damaged tokenizer ({type(e).__name__}: {_one_line(e)})") from None
 
 
 # torch dtype -> the name safetensors writes in its header
@@ -934,6 +940,37 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{where} does not hold a resume state; it is damaged")
     return state
+
+
+@dataclass(frozen=True)
+class ResumeSettings:
+    """How to go on with the run saved in a checkpoint, read from its metadata alone."""
+
+    config: ModelConfig
+    tokenizer: Tokenizer
+    steps: int  # optimizer steps already done
+    train_config: TrainConfig
+    data_info: dict[str, Any]  # always has "documents": bool
+
+
+def resume_settings(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ResumeSettings:
+    """The model config, tokenizer, steps done and training settings of the checkpoint at ``path``.
+
+    No weights are loaded. The training settings are the run's own with
+    ``overrides`` on top, less its time budget (a budget is for one sitting,
+    not the whole run). CheckpointError for an unreadable file, ConfigError for
+    an unknown setting.
+    """
+    meta = read_metadata(path)
+    saved = dict(meta["train"].get("config") or {})
+    saved.pop("time_budget_s", None)
+    return ResumeSettings(
+        config=ModelConfig.from_dict(meta["config"]),
+        tokenizer=_tokenizer(meta, Path(path).name),
+        steps=int(meta["train"].get("steps") or 0),
+        train_config=TrainConfig.from_dict({**saved, **(overrides or {})}),
+        data_info=meta["data"],
+    )
 
 
 # --------------------------------------------------------------------------- folders

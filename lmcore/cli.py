@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, dist: Any) -> int:
     import torch
 
-    from lmcore.checkpoint import load_checkpoint, load_resume_state
+    from lmcore.checkpoint import load_checkpoint, load_resume_state, resume_settings
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device
     from lmcore.models import ModelConfig, build_model
@@ -303,9 +303,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
                 f"{Path(args.resume).name} has no optimizer state beside it (NAME.optim.safetensors), "
                 "so it cannot be resumed exactly"
             )
-        saved = dict(ckpt.train_state.get("config") or {})
-        saved.pop("time_budget_s", None)  # a budget is for one sitting, not the whole run
-        tc = TrainConfig.from_dict({**saved, **overrides})
+        tc = resume_settings(args.resume, overrides).train_config  # the run's own settings, less its time budget
         model, tokenizer = ckpt.model, ckpt.tokenizer
         source = args.data or ckpt.data_info.get("source")
         if not source:
@@ -517,16 +515,14 @@ class _Utf8Out:
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmcore.checkpoint import load_checkpoint
     from lmcore.device import resolve_device
-    from lmcore.sample import SamplingConfig, generate
+    from lmcore.sample import SamplingConfig, generate, prompt_start
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     sampling.validate()
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     tok = ckpt.tokenizer
     prompt = args.prompt or ""
-    ids = tok.encode(prompt)
-    if ckpt.documents or not ids:
-        ids = [tok.bos_id] + ids  # a document (or anything, with no prompt) starts at BOS
+    ids = prompt_start(tok.encode(prompt), tok.bos_id, ckpt.documents)
     stop_ids = [tok.bos_id] if ckpt.documents else None
     out = _Utf8Out()
     out.write(prompt)

@@ -676,6 +676,11 @@ def encode_corpus(tokenizer: Tokenizer, corpus: Corpus, progress: Progress | Non
     return torch.tensor(ids, dtype=torch.long)  # (N,)
 
 
+def token_counts(ids: torch.Tensor, vocab_size: int) -> list[int]:
+    """How often each token id occurs in ``ids``: a list of vocab_size counts."""
+    return torch.bincount(ids, minlength=vocab_size).tolist()  # (V,)
+
+
 # --------------------------------------------------------------------- splits and batches
 def split_ids(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic split: the first (1 - val_fraction) of the ids train, the rest validate."""

@@ -231,14 +231,15 @@ class TrainingJob:
 
     def _sample(self) -> str:
         """A short text from the model as it is now, seeded so that evals compare."""
-        from lmcore.sample import SamplingConfig, generate
+        from lmcore.sample import SamplingConfig, generate, prompt_start
 
         model, tok = self._model, self.tokenizer
         assert model is not None
-        if self.data_info.get("documents") or self._val_ids is None or len(self._val_ids) == 0:
-            prompt = [tok.bos_id]  # documents start after BOS
-        else:
-            prompt = [int(as_source(self._val_ids).windows(torch.zeros(1, dtype=torch.long), 1)[0, 0])]  # ids or shards
+        documents = bool(self.data_info.get("documents"))
+        first: list[int] = []  # a plain-text run continues the first validation token (ids or shards)
+        if not documents and self._val_ids is not None and len(self._val_ids) > 0:
+            first = [int(as_source(self._val_ids).windows(torch.zeros(1, dtype=torch.long), 1)[0, 0])]
+        prompt = prompt_start(first, tok.bos_id, documents)
         was_training = model.training
         model.eval()
         try:

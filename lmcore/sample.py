@@ -25,7 +25,7 @@ Shapes: V vocabulary, t prompt length.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,33 @@ class GenerationEvent:
     def prob(self) -> float:
         """Probability of the chosen token under ``probs``."""
         return float(self.probs[self.token_id])
+
+
+def prompt_start(ids: Sequence[int], bos_id: int, documents: bool, empty_at_bos: bool = True) -> list[int]:
+    """The ids generation starts from: ``ids`` as the model saw text in training.
+
+    A documents-mode model saw BOS before every document, so its prompt (even an
+    empty one) starts with BOS. A plain-text model continues ``ids`` as they are;
+    with none it starts at BOS too, unless ``empty_at_bos`` is False (the app
+    then asks for a prompt). Example: prompt_start([5, 6], 0, True) -> [0, 5, 6].
+    """
+    if documents or (empty_at_bos and not ids):
+        return [bos_id, *ids]
+    return list(ids)
+
+
+def token_candidates(event: GenerationEvent, k: int = 10) -> list[tuple[int, float, float]]:
+    """What a generated token was chosen from: (id, the model's own probability, the probability it was drawn with).
+
+    The k most likely tokens under the model's own odds, most likely first (ties:
+    the smaller id first), then the drawn token when it was not among them (a
+    high temperature can draw from the tail).
+    """
+    own = event.model_probs if event.model_probs is not None else event.probs  # (V,)
+    ids = torch.sort(own, descending=True, stable=True).indices[:k].tolist()
+    if event.token_id not in ids:
+        ids.append(event.token_id)
+    return [(i, float(own[i]), float(event.probs[i])) for i in ids]
 
 
 def filter_probs(

@@ -20,7 +20,6 @@ from streamlit.testing.v1 import AppTest
 from lmcore.checkpoint import load_checkpoint, save_checkpoint
 from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, get_batch
 from lmcore.models import ModelConfig, build_model, lm_loss
-from ui import models as ui_models
 from ui import state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +129,7 @@ def test_checkpoints_page_with_an_empty_folder(empty_dir: Path) -> None:
 
 def test_attention_heatmaps_show_the_prompt_tokens(ckpt_dir: Path) -> None:
     at = open_page(ATTENTION)
-    assert at.selectbox(key=ui_models.ATTENTION_MODEL).value == "ckpt:" + str(ckpt_dir / "tiny.safetensors")
+    assert at.selectbox(key=state.ATTENTION_MODEL).value == "ckpt:" + str(ckpt_dir / "tiny.safetensors")
     prompt = at.text_input(key="keep.attention.prompt").value
     assert prompt  # a default the model can encode
     one, grid, avg = charts(at)
@@ -180,7 +179,7 @@ def test_attention_crops_a_prompt_longer_than_the_context(ckpt_dir: Path) -> Non
 
 def test_attention_explains_architectures_without_maps(ckpt_dir: Path) -> None:
     at = open_page(ATTENTION)
-    at.selectbox(key=ui_models.ATTENTION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors")).run()
+    at.selectbox(key=state.ATTENTION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors")).run()
     assert not at.exception
     assert "not available for this architecture" in texts(at.info)
     assert not at.get("plotly_chart")
@@ -188,7 +187,7 @@ def test_attention_explains_architectures_without_maps(ckpt_dir: Path) -> None:
 
 def test_mamba_shows_its_implicit_attention(ckpt_dir: Path) -> None:
     at = open_page(ATTENTION)
-    at.selectbox(key=ui_models.ATTENTION_MODEL).set_value("ckpt:" + str(ckpt_dir / "snake.safetensors")).run()
+    at.selectbox(key=state.ATTENTION_MODEL).set_value("ckpt:" + str(ckpt_dir / "snake.safetensors")).run()
     assert not at.exception and not at.error
     assert "Channel group" in [s.label for s in at.selectbox]  # the unit names the selector
     assert "implicit attention" in texts(at.caption)
@@ -251,7 +250,7 @@ def test_top_k_one_is_greedy_whatever_the_temperature(ckpt_dir: Path) -> None:
     at.number_input(key="keep.generation.top_k").set_value(1)
     assert generate(at, max_new=15) == greedy
     at.number_input(key="keep.generation.top_k").set_value(5000)  # above the vocabulary: no filter, no error
-    at.selectbox(key=ui_models.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors"))
+    at.selectbox(key=state.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors"))
     generate(at, max_new=5)
 
 
@@ -279,10 +278,10 @@ def test_temperature_explorer_replots_the_distribution(ckpt_dir: Path) -> None:
 
 def test_two_models_side_by_side(ckpt_dir: Path) -> None:
     at = open_page(GENERATION)
-    left, right = at.selectbox(key=ui_models.COMPARE_MODEL_A), at.selectbox(key=ui_models.COMPARE_MODEL_B)
+    left, right = at.selectbox(key=state.COMPARE_MODEL_A), at.selectbox(key=state.COMPARE_MODEL_B)
     assert left.value != right.value  # two models to compare from the start
-    at.selectbox(key=ui_models.COMPARE_MODEL_A).set_value("ckpt:" + str(ckpt_dir / "tiny.safetensors"))
-    at.selectbox(key=ui_models.COMPARE_MODEL_B).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors"))
+    at.selectbox(key=state.COMPARE_MODEL_A).set_value("ckpt:" + str(ckpt_dir / "tiny.safetensors"))
+    at.selectbox(key=state.COMPARE_MODEL_B).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors"))
     at.number_input(key="keep.generation.max_new_tokens").set_value(20)
     at.button(key="generation.compare_go").click().run()
     assert not at.exception and not at.error
@@ -295,7 +294,7 @@ def test_two_models_side_by_side(ckpt_dir: Path) -> None:
 
 def test_documents_model_starts_at_bos_and_stops_at_the_next(ckpt_dir: Path) -> None:
     at = open_page(GENERATION)
-    at.selectbox(key=ui_models.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "names.safetensors")).run()
+    at.selectbox(key=state.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "names.safetensors")).run()
     assert "separate documents" in texts(at.caption)
     at.text_area(key="keep.generation.prompt").input("").run()
     generate(at, max_new=200)
@@ -359,16 +358,16 @@ def test_upload_names_are_sanitised(ckpt_dir: Path) -> None:
 
 def test_load_into_session_becomes_the_default_model(ckpt_dir: Path) -> None:
     at = open_page(ATTENTION)
-    assert at.selectbox(key=ui_models.ATTENTION_MODEL).value.endswith("tiny.safetensors")
+    assert at.selectbox(key=state.ATTENTION_MODEL).value.endswith("tiny.safetensors")
     open_page(CHECKPOINTS, at)
     at.selectbox(key="keep.checkpoints.selected").set_value("names").run()
     at.button(key="checkpoints.load").click().run()
     assert at.session_state[state.LOADED_CHECKPOINT] == str(ckpt_dir / "names.safetensors")
     assert "names is loaded" in texts(at.success)
     open_page(ATTENTION, at)
-    assert at.selectbox(key=ui_models.ATTENTION_MODEL).value == "ckpt:" + str(ckpt_dir / "names.safetensors")
+    assert at.selectbox(key=state.ATTENTION_MODEL).value == "ckpt:" + str(ckpt_dir / "names.safetensors")
     open_page(GENERATION, at)
-    assert at.selectbox(key=ui_models.GENERATION_MODEL).value == "ckpt:" + str(ckpt_dir / "names.safetensors")
+    assert at.selectbox(key=state.GENERATION_MODEL).value == "ckpt:" + str(ckpt_dir / "names.safetensors")
 
 
 def test_delete_needs_confirmation(ckpt_dir: Path) -> None:
@@ -409,7 +408,7 @@ def test_the_current_run_is_the_default_model(empty_dir: Path) -> None:
     at.session_state[state.ACTIVE_JOB] = job.id
     at.run()
     open_page(ATTENTION, at)
-    picker = at.selectbox(key=ui_models.ATTENTION_MODEL)
+    picker = at.selectbox(key=state.ATTENTION_MODEL)
     assert picker.value == "job:" + job.id
     assert picker.options[picker.index].startswith("Current run: app-views-run")
     assert len(charts(at)) == 4  # one head, all heads, the average, and head scores over training
@@ -426,7 +425,7 @@ def test_generation_wording_labels_and_a_switch_of_model(ckpt_dir: Path) -> None
     assert "1 new token from" in texts(at.caption)  # not "1 tokens"
     sliders = [s.label for s in at.slider]
     assert len(sliders) == len(set(sliders)), sliders  # the two temperatures are told apart
-    at.selectbox(key=ui_models.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors")).run()
+    at.selectbox(key=state.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "flat.safetensors")).run()
     assert not at.exception
     assert "new token" not in texts(at.caption) and "generation.result" not in at.session_state or (
         at.session_state["generation.result"] is None

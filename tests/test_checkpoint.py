@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -24,12 +25,14 @@ from lmcore.checkpoint import (
     load_resume_state,
     optimizer_path,
     read_metadata,
+    resume_settings,
     sanitize_name,
     save_checkpoint,
 )
 from lmcore.errors import CheckpointError
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig
 
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 
@@ -201,6 +204,24 @@ def test_stale_resume_state_is_refused(tmp_path, tok):
         load_resume_state(path)
     save_checkpoint(path, model, tok)  # weights only: a stale optimizer file is removed
     assert not optimizer_path(path).exists() and load_resume_state(path) is None
+
+
+def test_resume_settings_rebuild_the_run_from_the_metadata(tmp_path, tok):
+    model = tiny(tok, "llama")
+    run = TrainConfig(max_iters=50, lr=1e-3, seed=7, time_budget_s=30.0)
+    path = save_checkpoint(tmp_path / "r.safetensors", model, tok, train_state={"steps": 12, "config": run.to_dict()},
+                           data_info={"documents": True, "source": "builtin:python-names"})  # fmt: skip
+    got = resume_settings(path)
+    assert got.config == model.config and got.tokenizer.to_dict() == tok.to_dict()
+    assert got.steps == 12 and got.data_info == {"documents": True, "source": "builtin:python-names"}
+    assert got.train_config == dataclasses.replace(run, time_budget_s=None)  # a budget is for one sitting
+    more = resume_settings(path, {"max_iters": 80, "time_budget_s": 5.0})
+    assert (more.train_config.max_iters, more.train_config.lr, more.train_config.time_budget_s) == (80, 1e-3, 5.0)
+    bare = resume_settings(save_checkpoint(tmp_path / "bare.safetensors", model, tok))
+    assert bare.steps == 0 and bare.train_config == TrainConfig() and bare.data_info == {"documents": False}
+    broken = rewrite(path, tmp_path / "broken.safetensors", meta_update={"tokenizer": '{"type": "char", "chars": 5}'})
+    with pytest.raises(CheckpointError, match="broken.safetensors holds an unusable tokenizer"):
+        resume_settings(broken)
 
 
 def test_a_checkpoint_whose_header_length_starts_like_a_pickle_loads(tmp_path, tok):

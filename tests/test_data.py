@@ -22,6 +22,7 @@ from lmcore.data import (
     get_batch,
     load_corpus,
     split_ids,
+    token_counts,
 )
 from lmcore.errors import DataError, TokenizerError
 from lmcore.recipes import INDUCTION_SEGMENTS, INDUCTION_VOCAB, induction_data
@@ -297,6 +298,15 @@ def test_plain_encoding_equals_encode(kind: str) -> None:
     pieces = list(text_pieces(text, 500))
     assert len(pieces) > 10 and "".join(pieces) == text
     assert [i for p in pieces for i in tok.encode(p)] == ids.tolist()
+
+
+def test_token_counts_count_every_id_of_the_vocabulary() -> None:
+    tok = CharTokenizer.train("abba\n")
+    ids = encode_corpus(tok, Corpus(name="t", text="ab\nba\nbb", documents=True))
+    counts = token_counts(ids, tok.vocab_size)
+    assert len(counts) == tok.vocab_size and sum(counts) == len(ids)
+    a, b, nl = (tok.encode(c)[0] for c in "ab\n")
+    assert (counts[a], counts[b], counts[tok.bos_id], counts[nl]) == (2, 4, 4, 0)  # documents: no newline, BOS around
 
 
 # ----------------------------------------------------------------------- splits and batches

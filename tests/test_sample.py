@@ -7,7 +7,15 @@ import torch
 
 from lmcore.errors import ConfigError, TokenizerError, TrainingError
 from lmcore.models import ModelConfig, build_model
-from lmcore.sample import GenerationEvent, SamplingConfig, filter_probs, generate, next_token_distribution
+from lmcore.sample import (
+    GenerationEvent,
+    SamplingConfig,
+    filter_probs,
+    generate,
+    next_token_distribution,
+    prompt_start,
+    token_candidates,
+)
 
 V = 40
 BLOCK = 16
@@ -235,3 +243,29 @@ def test_next_token_distribution_matches_forward():
     assert torch.allclose(first.probs, next_token_distribution(model, PROMPT, temperature=0.7), atol=1e-6)
     long = PROMPT * 4  # longer than the context: the last block is used
     assert next_token_distribution(model, long).shape == (V,)
+
+
+def test_prompt_start_puts_bos_before_a_document_and_before_nothing():
+    assert prompt_start([5, 6], 0, documents=True) == [0, 5, 6]
+    assert prompt_start([], 0, documents=True) == [0]
+    assert prompt_start([5, 6], 0, documents=False) == [5, 6]
+    assert prompt_start([], 0, documents=False) == [0]  # nothing to continue: start at BOS
+    assert prompt_start([], 0, documents=False, empty_at_bos=False) == []  # the app asks for a prompt
+    assert prompt_start([], 0, documents=True, empty_at_bos=False) == [0]
+
+
+def test_token_candidates_are_the_models_favourites_then_the_drawn_token():
+    model = make()
+    events = list(generate(model, PROMPT, 40, SamplingConfig(temperature=2.0, seed=5)))
+    outside = 0
+    for e in events:
+        got = token_candidates(e, 3)
+        order = torch.argsort(e.model_probs, descending=True, stable=True)[:3].tolist()
+        assert [c[0] for c in got[:3]] == order
+        assert all(c[1] == float(e.model_probs[c[0]]) and c[2] == float(e.probs[c[0]]) for c in got)
+        assert e.token_id in [c[0] for c in got]
+        outside += len(got) == 4
+        assert len(got) == (3 if e.token_id in order else 4)  # the drawn token once, last when outside the top
+    assert outside > 0  # at T = 2 some tokens come from the tail
+    flat = GenerationEvent(token_id=3, probs=torch.full((V,), 1 / V), position=0)  # ties: smaller ids first
+    assert [c[0] for c in token_candidates(flat, 2)] == [0, 1, 3]

@@ -74,3 +74,28 @@ def test_a_run_shows_passes_over_the_data_and_its_accuracy_and_perplexity_curves
     # the same run read from its log: the saved runs table counts the passes too
     records = runlog.read_log(job.checkpoint_path)
     assert runlog.epochs(records) == pytest.approx(seen / train_tokens)
+
+
+def test_resume_continues_the_shown_run_from_its_checkpoint_up_to_the_iterations_set(checkpoints: Path) -> None:
+    at = training_page()
+    for key, value in [("iters", 6), ("warmup", 1), ("eval", 6), ("eval_iters", 1), ("batch", 4)]:
+        at.number_input(key=f"keep.train.{key}").set_value(value)
+    at.text_input(key="keep.train.name").set_value("again")
+    at.button(key="train_start").click().run()
+    first = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert first.wait(RUN_S) and first.status == FINISHED
+    at.run()
+    at.button(key="train_resume").click().run()  # still 6 iterations: nothing left to do
+    assert [e.value for e in at.error] == ["'again' has already trained 6 steps; set Iterations above 6 to continue it."]
+    assert at.session_state[S.ACTIVE_JOB] == first.id
+
+    at.number_input(key="keep.train.iters").set_value(9).run()
+    at.button(key="train_resume").click().run()
+    assert not at.exception and not at.error
+    resumed = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    assert resumed.id != first.id and resumed.resumed_from == first.checkpoint_path
+    assert resumed.wait(RUN_S) and resumed.status == FINISHED
+    assert resumed.checkpoint_path == first.checkpoint_path  # the same file goes on
+    assert [e.step for e in resumed.events if e.val_loss is None] == [7, 8, 9]
+    assert resumed.train_config.max_iters == 9 and resumed.train_config.batch_size == 4
+    assert resumed.model_config == first.model_config and resumed.tokenizer.to_dict() == first.tokenizer.to_dict()

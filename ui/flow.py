@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -27,7 +28,6 @@ import torch
 from lmcore.data import Corpus, TokenSource, build_tokenizer, encode_corpus, load_corpus, split_ids
 from lmcore.errors import DataError
 from lmcore.models import ModelConfig
-from lmcore.models.estimate import model_counts
 from lmcore.shards import Prepared, is_prepared, load_prepared
 from lmcore.tokenizers import Tokenizer
 from ui import state as S
@@ -41,6 +41,7 @@ PAGE_MODEL = "views/model.py"
 PAGE_TRAINING = "views/training.py"
 PAGE_ATTENTION = "views/attention.py"
 PAGE_GENERATION = "views/generation.py"
+PAGE_SURPRISE = "views/surprise.py"
 PAGE_CHECKPOINTS = "views/checkpoints.py"
 
 # The architectures a user picks from: ModelConfig preset names.
@@ -116,7 +117,7 @@ def set_corpus(corpus: Corpus) -> bool:
         return False
     st.session_state[S.CORPUS] = corpus
     st.session_state[S.CORPUS_ID] = cid
-    _refresh_sidebar()
+    _redraw_setup()
     return True
 
 
@@ -124,7 +125,7 @@ def set_tokenizer(tok: Tokenizer) -> None:
     """Make ``tok`` the session's tokenizer, built from the session's current corpus."""
     st.session_state[S.TOKENIZER] = tok
     st.session_state[S.TOKENIZER_CORPUS_ID] = st.session_state.get(S.CORPUS_ID)
-    _refresh_sidebar()
+    _redraw_setup()
 
 
 def set_model_config(cfg: ModelConfig) -> None:
@@ -132,13 +133,17 @@ def set_model_config(cfg: ModelConfig) -> None:
     changed = st.session_state.get(S.MODEL_CONFIG) != cfg
     st.session_state[S.MODEL_CONFIG] = cfg
     if changed:
-        _refresh_sidebar()
+        _redraw_setup()
 
 
-def _refresh_sidebar() -> None:
-    from ui.sidebar import refresh_setup  # the sidebar imports this module
+# Redraws the summary of what is set up; ui.sidebar (which imports this module) installs it.
+_redraw_setup: Callable[[], None] = lambda: None
 
-    refresh_setup()
+
+def show_setup_with(redraw: Callable[[], None]) -> None:
+    """Call ``redraw`` whenever a page changes the corpus, vocabulary or model."""
+    global _redraw_setup
+    _redraw_setup = redraw
 
 
 @st.cache_resource(show_spinner="Loading the built-in corpus…", max_entries=8)
@@ -290,23 +295,6 @@ def encoded_split(
     train_ids, val_ids = split_ids(ids, val_fraction())
     st.session_state[S.ENCODED] = (key, ids, train_ids, val_ids)
     return ids, train_ids, val_ids
-
-
-def token_counts(ids: torch.Tensor, vocab_size: int) -> list[int]:
-    """How often each token id occurs in ``ids``: a list of vocab_size counts."""
-    return torch.bincount(ids, minlength=vocab_size).tolist()  # (V,)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def model_facts(config_json: str) -> dict[str, int]:
-    """Parameter count and training FLOPs per token of a config, counted without building it.
-
-    The count runs on the meta device (shapes only), so a config far past the
-    machine's memory costs nothing here. Raises ConfigError for an invalid
-    config; cached per config.
-    """
-    cfg = ModelConfig.from_json(config_json).validate()
-    return model_counts(cfg)
 
 
 def describe_corpus(corpus: Corpus) -> str:

@@ -18,19 +18,15 @@ from typing import Any
 
 import streamlit as st
 
+from lmcore.checkpoint import list_checkpoints, load_checkpoint
 from lmcore.errors import CheckpointError, LMCoreError, TrainingError
+from lmcore.jobs import FAILED, REGISTRY
+from lmcore.sample import prompt_start
 from ui import state
+from ui.flow import PAGE_CHECKPOINTS, PAGE_TRAINING
 
 JOB_PREFIX = "job:"
 CKPT_PREFIX = "ckpt:"
-
-# Session-state keys of the pages that pick models (persistent widget keys
-# start with state.KEEP so that a choice survives a page switch).
-ATTENTION_MODEL = state.KEEP + "attention.model"
-GENERATION_MODEL = state.KEEP + "generation.model"
-COMPARE_MODEL_A = state.KEEP + "generation.compare_a"
-COMPARE_MODEL_B = state.KEEP + "generation.compare_b"
-_SEEN_DEFAULTS = "models.seen_defaults"  # {widget key: (active job, loaded checkpoint) it last followed}
 
 # Prompts tried, in order, as the starting text for a plain-text model: the
 # first one its tokenizer can encode is used.
@@ -38,11 +34,7 @@ _PROMPT_CANDIDATES = ("The ", "def ", "the ", "a", " ")
 
 
 def _jobs() -> list[Any]:
-    """Every run the server knows, or none while the jobs module is unavailable."""
-    try:
-        from lmcore.jobs import REGISTRY
-    except ImportError:  # the app can still show saved checkpoints
-        return []
+    """Every run the server knows."""
     return list(REGISTRY.list())
 
 
@@ -52,8 +44,6 @@ def _job_step(job: Any) -> int:
 
 
 def _checkpoints() -> list[dict[str, Any]]:
-    from lmcore.checkpoint import list_checkpoints
-
     return list_checkpoints(state.checkpoint_dir())
 
 
@@ -77,7 +67,7 @@ def model_choices() -> list[tuple[str, str]]:
     jobs = [
         j
         for j in _jobs()
-        if j.status != "failed"
+        if j.status != FAILED
         and (j.id in mine or (j.checkpoint_path is not None and Path(j.checkpoint_path).resolve().parent == folder))
     ]
     jobs.sort(key=lambda j: (j.id != active, j.id not in mine))  # stable: the registry's order otherwise
@@ -131,7 +121,7 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
         return None
     labels = dict((key, text) for text, key in choices)
     keys = list(labels)
-    seen = st.session_state.setdefault(_SEEN_DEFAULTS, {})
+    seen = st.session_state.setdefault(state.SEEN_DEFAULTS, {})
     now = (st.session_state.get(state.ACTIVE_JOB), st.session_state.get(state.LOADED_CHECKPOINT))
     before = seen.get(widget_key, now)
     seen[widget_key] = now
@@ -155,8 +145,6 @@ def choice_name(key: str) -> str:
     if key.startswith(CKPT_PREFIX):
         return Path(key[len(CKPT_PREFIX) :]).stem
     if key.startswith(JOB_PREFIX):
-        from lmcore.jobs import REGISTRY
-
         job = REGISTRY.get(key[len(JOB_PREFIX) :])
         return job.name if job is not None else key[len(JOB_PREFIX) :]
     return key
@@ -177,8 +165,6 @@ def load_choice(key: str) -> tuple[Any, Any, dict[str, Any]]:
             raise CheckpointError(f"the checkpoint {path.name} is gone; pick another model") from None
         return _load_checkpoint(str(path), mtime)
     if key.startswith(JOB_PREFIX):
-        from lmcore.jobs import REGISTRY
-
         job = REGISTRY.get(key[len(JOB_PREFIX) :])
         if job is None:
             raise TrainingError("that training run is no longer known to the server; pick another model")
@@ -190,18 +176,13 @@ def load_choice(key: str) -> tuple[Any, Any, dict[str, Any]]:
 @st.cache_resource(max_entries=8, show_spinner="Loading the checkpoint...")
 def _load_checkpoint(path: str, mtime_ns: int) -> tuple[Any, Any, dict[str, Any]]:
     """One load per file version: the mtime in the key makes a rewritten file load again."""
-    from lmcore.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, device="cpu")
-    ckpt.model.eval()
     return ckpt.model, ckpt.tokenizer, dict(ckpt.data_info or {})
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_job(job_id: str, version: tuple) -> tuple[Any, Any]:
     """A CPU copy of a run's weights at one point of its training (``version``)."""
-    from lmcore.jobs import REGISTRY
-
     job = REGISTRY.get(job_id)
     if job is None:
         raise TrainingError("that training run is no longer known to the server; pick another model")
@@ -227,12 +208,12 @@ def is_documents(data_info: dict[str, Any] | None) -> bool:
 def encode_prompt(tokenizer: Any, text: str, data_info: dict[str, Any] | None) -> list[int]:
     """Prompt ids as the model saw text in training.
 
-    A documents-mode model saw BOS before every document, so a prompt (even an
-    empty one) starts with BOS; a plain-text model starts with the text itself.
-    TokenizerError for characters the tokenizer cannot encode.
+    A documents-mode model's prompt (even an empty one) starts with BOS; a
+    plain-text model starts with the text itself, and an empty prompt stays
+    empty (the page asks for one). TokenizerError for characters the tokenizer cannot encode.
     """
     ids = tokenizer.encode(text) if text else []
-    return [tokenizer.bos_id] + ids if is_documents(data_info) else ids
+    return prompt_start(ids, tokenizer.bos_id, is_documents(data_info), empty_at_bos=False)
 
 
 def stop_ids(tokenizer: Any, data_info: dict[str, Any] | None) -> list[int] | None:
@@ -252,7 +233,6 @@ def default_prompt(tokenizer: Any, data_info: dict[str, Any] | None, candidates:
     return "" if is_documents(data_info) else tokenizer.decode([0])
 
 
-PROMPT_DEFAULTS = "models.prompt_defaults"  # {widget key: the default prompt it was given last}
 PROMPT_CHARS = 40  # a corpus line used as a prompt is cut at a space near this length
 
 
@@ -279,7 +259,7 @@ def prompt_default(widget_key: str, tokenizer: Any, data_info: dict[str, Any] | 
     line = corpus_line()
     first = (line,) if line and not is_documents(data_info) else ()
     default = default_prompt(tokenizer, data_info, first + candidates)
-    given = st.session_state.setdefault(PROMPT_DEFAULTS, {})
+    given = st.session_state.setdefault(state.PROMPT_DEFAULTS, {})
     before = given.get(widget_key)
     given[widget_key] = default
     current = st.session_state.get(widget_key, st.session_state.get(state.KEPT, {}).get(widget_key))
@@ -293,6 +273,6 @@ def no_model_yet(what: str) -> None:
     st.info(f"There is no model to {what} yet. Train one on the training page, or load a saved one.")
     cols = st.columns(2)
     with cols[0]:
-        st.page_link("views/training.py", label="Train a model", icon=":material/model_training:")
+        st.page_link(PAGE_TRAINING, label="Train a model", icon=":material/model_training:")
     with cols[1]:
-        st.page_link("views/checkpoints.py", label="Saved checkpoints", icon=":material/save:")
+        st.page_link(PAGE_CHECKPOINTS, label="Saved checkpoints", icon=":material/save:")

@@ -19,11 +19,10 @@ import streamlit as st
 
 from lmcore import runlog
 from lmcore.viz import RUN_COLORS, loss_figure, metric_figure
+from ui import state as S
 from ui.figure import show_figure
 from ui.render import md
 
-FOLLOWERS = "_run_followers"  # session state: log path (str) -> LogFollower
-PICK = "runs_pick"  # widget key: names of the runs shown
 LIVE_S = 120.0  # a log written to this recently counts as a run still training
 REFRESH_S = 1.0
 
@@ -45,7 +44,7 @@ COLUMNS = {
 
 def _records(path: Path) -> list[dict]:
     """The run's records, reading only what was appended since the last rerun."""
-    followers = st.session_state.setdefault(FOLLOWERS, {})
+    followers = st.session_state.setdefault(S.RUN_FOLLOWERS, {})
     follower = followers.get(str(path))
     if follower is None:
         follower = followers[str(path)] = runlog.LogFollower(path)
@@ -120,16 +119,16 @@ def _view(directory: str, names: list[str]) -> None:
 def saved_runs_section(directory: Path) -> None:
     """The "Saved runs" expander: every run with a log or checkpoint in ``directory``."""
     runs = runlog.list_runs(directory)
-    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(PICK))):
+    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK))):
         if not runs:
             st.caption("No saved runs yet. Runs from this app, the command line and torchrun appear here.")
             return
         names = [r["name"] for r in runs]
-        st.session_state[PICK] = [n for n in st.session_state.get(PICK, []) if n in names]
+        st.session_state[S.SAVED_RUNS_PICK] = [n for n in st.session_state.get(S.SAVED_RUNS_PICK, []) if n in names]
         picked = st.multiselect(
             "Runs to compare",
             names,
-            key=PICK,
+            key=S.SAVED_RUNS_PICK,
             format_func=lambda n: n + ("  (training)" if _is_live(next(r for r in runs if r["name"] == n)) else ""),
             help="Runs read from their logs (NAME.metrics.jsonl); one still being written is followed live.",
         )

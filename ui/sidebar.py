@@ -9,11 +9,12 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import REGISTRY, TrainingJob
+from lmcore.jobs import FAILED, REGISTRY, TrainingJob
+from lmcore.models.estimate import model_counts
 from ui import state as S
-from ui.flow import ARCH_LABELS, describe_corpus, model_facts, tokenizer_is_current
+from ui.flow import ARCH_LABELS, describe_corpus, show_setup_with, tokenizer_is_current
 from ui.render import md
-from ui.urlstate import NOTE, share_link
+from ui.urlstate import share_link
 from ui.urlstate import save as save_to_address
 
 
@@ -49,7 +50,7 @@ def _job_panel(job_id: str, was_alive: bool) -> None:
     cfg = job.model_config
     st.markdown(f"**Run:** {md(job.name)} · {ARCH_LABELS.get(cfg.preset, cfg.arch)}")
     st.progress(p["fraction"], text=job_line(job))
-    if job.status == "failed" and job.error:
+    if job.status == FAILED and job.error:
         st.caption(f"failed: {md(job.error)}")
     if was_alive and not job.is_alive:
         st.rerun()  # the run ended: redraw once without the timer
@@ -59,7 +60,7 @@ def render_sidebar() -> None:
     """Draw the device, the active run, and what is set up so far."""
     with st.sidebar:
         st.caption(f":material/memory: Device: {_device_text()}")
-        note = st.session_state.pop(NOTE, None)
+        note = st.session_state.pop(S.URL_NOTE, None)
         if note:
             st.warning(note)
 
@@ -91,9 +92,9 @@ def _share_control() -> None:
 def refresh_setup() -> None:
     """(Re)draw "set up so far" in the sidebar of the current run.
 
-    Drawn before the page runs, then again by ``ui.flow`` whenever the page
-    changes the corpus, vocabulary or model, so it is right even when the page
-    stops early (st.stop) afterwards.
+    Drawn before the page runs, then again whenever the page changes the
+    corpus, vocabulary or model (``ui.flow.show_setup_with``), so it is right
+    even when the page stops early (st.stop) afterwards.
     """
     save_to_address()
     session, slot = getattr(_this_run, "slot", (None, None))
@@ -115,9 +116,12 @@ def refresh_setup() -> None:
             lines.append("- Model: not chosen yet")
         else:
             try:
-                params = f", {model_facts(cfg.to_json())['params']:,} parameters"
+                params = f", {model_counts(cfg.validate())['params']:,} parameters"
             except LMCoreError:
                 params = ""
             lines.append(f"- Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}{params}")
         st.markdown("\n".join(lines))
         _share_control()  # redrawn with the setup: the link follows every change
+
+
+show_setup_with(refresh_setup)  # the pages' changes of corpus, vocabulary or model redraw it

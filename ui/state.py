@@ -26,7 +26,6 @@ LOADED_CHECKPOINT = "loaded_checkpoint"  # path (str) of the checkpoint loaded i
 CORPUS_ID = "corpus_id"  # str: a fingerprint of the corpus in CORPUS (see ui.flow.corpus_id)
 TOKENIZER_CORPUS_ID = "tokenizer_corpus_id"  # str: CORPUS_ID of the corpus TOKENIZER was built from
 ENCODED = "encoded"  # (key, train_ids, val_ids): the corpus encoded with TOKENIZER, split
-TRAIN_CONFIG = "train_config"  # lmcore.train.TrainConfig last used to start a run
 NAME_FOR = "train.name_for"  # str: the model config (JSON) the typed run name belongs to
 PREPARED = "prepared"  # (CORPUS_ID, folder str): the corpus is a folder written by `lmcore prepare`
 BPE_ASKED = "vocab_bpe_asked"  # int: the vocabulary size the session's BPE was trained for
@@ -34,11 +33,92 @@ BPE_ASKED = "vocab_bpe_asked"  # int: the vocabulary size the session's BPE was 
 KEEP = "keep."  # prefix of widget keys whose values survive page switches
 IN_APP = "_in_app"  # True while app.py runs a page (see ui.flow.require_app)
 
+# The pages' widgets and bookkeeping. Widgets whose values survive page switches start with KEEP.
+# Data page
+DATA_SOURCE = KEEP + "data.source"
+DATA_BUILTIN = KEEP + "data.builtin"
+DATA_DOCUMENTS = KEEP + "data.documents"
+DATA_PASTE = KEEP + "data.paste"
+DATA_URL = KEEP + "data.url"
+DATA_VAL = KEEP + "data.val"
+UPLOAD_ID = "data_upload_id"  # the file_id of the upload already turned into the corpus
+# Vocabulary page
+VOCAB_KIND = KEEP + "vocab.kind"
+VOCAB_SIZE = KEEP + "vocab.size"
+VOCAB_TOP_N = KEEP + "vocab.topn"
+VOCAB_LOG = KEEP + "vocab.log"
+VOCAB_BY_USE = KEEP + "vocab.lenw"
+VOCAB_PROBE = KEEP + "vocab.probe"
+# Model page: the architecture, the size preset and every field (``model_field``)
+MODEL_ARCH = KEEP + "model.arch"
+MODEL_SIZE = KEEP + "model.size"
+FAMILY_DRAWN = "model.family_drawn"  # the family whose fields the page drew last
+# Training page
+TRAIN_ITERS = KEEP + "train.iters"
+TRAIN_BATCH = KEEP + "train.batch"
+TRAIN_LR = KEEP + "train.lr"
+TRAIN_WARMUP = KEEP + "train.warmup"
+TRAIN_EVAL = KEEP + "train.eval"
+TRAIN_EVAL_ITERS = KEEP + "train.eval_iters"
+TRAIN_SEED = KEEP + "train.seed"
+TRAIN_BUDGET = KEEP + "train.budget"
+TRAIN_OPTIMIZER = KEEP + "train.optimizer"
+TRAIN_MUON_LR = KEEP + "train.muon_lr"
+TRAIN_DEVICE = KEEP + "train.device"
+TRAIN_NAME = KEEP + "train.name"
+TRAIN_X = KEEP + "train.x"
+MAX_CONCURRENT = "train_max_concurrent"  # widget showing the server's limit of runs at once
+SHOW_RUN = "train_show"  # widget: the run followed (mirrors ACTIVE_JOB)
+OVERLAY_RUNS = "train_compare"  # widget: the runs overlaid (mirrors COMPARE_JOBS)
+START_TOKEN = "train.start_token"  # int: starts made by this session (see the page's _press_start)
+START_ERROR = "train.start_error"  # a start's error message, shown once
+START_TIME = "train.start_time"  # time.monotonic() of this session's last start
+START_NOTE = "train.start_note"  # True once a press was ignored because a start was in flight
+SAVED_RUNS_PICK = "runs_pick"  # widget: names of the saved runs shown (ui.runs)
+RUN_FOLLOWERS = "_run_followers"  # log path (str) -> runlog.LogFollower (ui.runs)
+# Attention, generation and surprise pages (model pickers: ui.models)
+ATTENTION_MODEL = KEEP + "attention.model"
+ATTENTION_PROMPT = KEEP + "attention.prompt"
+GENERATION_MODEL = KEEP + "generation.model"
+COMPARE_MODEL_A = KEEP + "generation.compare_a"
+COMPARE_MODEL_B = KEEP + "generation.compare_b"
+GENERATION_PROMPT = KEEP + "generation.prompt"
+GENERATION_TEMPERATURE = KEEP + "generation.temperature"
+GENERATION_TOP_K = KEEP + "generation.top_k"
+GENERATION_TOP_P = KEEP + "generation.top_p"
+GENERATION_MAX_NEW = KEEP + "generation.max_new_tokens"
+GENERATION_SEED = KEEP + "generation.seed"
+EXPLORER_TEMPERATURE = KEEP + "generation.explorer_temperature"
+GENERATION_POSITION = "generation.position"  # widget: the generated token whose candidates are shown
+GENERATION_RESULT = "generation.result"  # the last generation: text and, per token, the top candidates
+COMPARE_RESULT = "generation.compare_result"  # the last side-by-side pair
+NOVELTY_INDEX = "generation.novelty_index"  # (corpus and tokenizer, n-gram index of the corpus)
+SURPRISE_TEXT = KEEP + "surprise.text"
+SURPRISE_MODEL_A = KEEP + "surprise.model_a"
+SURPRISE_MODEL_B = KEEP + "surprise.model_b"
+SURPRISE_COMPARE = KEEP + "surprise.compare"
+SEEN_DEFAULTS = "models.seen_defaults"  # {picker key: (active job, loaded checkpoint) it last followed}
+PROMPT_DEFAULTS = "models.prompt_defaults"  # {prompt box key: the default prompt it was given last}
+# Checkpoints page
+CHECKPOINT_SELECTED = KEEP + "checkpoints.selected"
+CHECKPOINT_SELECT_NEXT = "checkpoints.select_next"  # a name to select on the next run (set after an upload)
+CHECKPOINTS_FLASH = "checkpoints.flash"  # (kind, message) shown once after an action that reruns the page
+UPLOADS_CHECKED = "checkpoints.checked"  # {upload file_id: None if it is a valid checkpoint, else the reason}
+# The page address (ui.urlstate)
+URL_RESTORED = "_url_restored"  # set once the address was read for this browser session
+URL_STORED = "_url_stored"  # (corpus id, hash) of the session's corpus once kept in the store
+URL_NOTE = "_url_note"  # a line saying what could not be restored, shown once by the sidebar
+
 DEFAULT_CORPUS = "python-docs"  # the built-in corpus a newcomer starts with
 DEFAULT_VAL_FRACTION = 0.1
 
 
 KEPT = "_kept"  # dict: the last value of every persistent widget (see keep_default)
+
+
+def model_field(name: str) -> str:
+    """The persistent widget key of the model page's field ``name`` ("keep.model.n_layer")."""
+    return KEEP + "model." + name
 
 
 def keep_default(key: str, value: Any) -> str:

@@ -27,35 +27,32 @@ from lmcore.errors import LMCoreError
 from lmcore.models import ModelConfig
 from ui import state as S
 
-RESTORED = "_url_restored"  # set once the address was read for this browser session
-STORED = "_url_stored"  # (corpus id, hash) of the session's corpus once kept in the store
-NOTE = "_url_note"  # a line saying what could not be restored, shown once by the sidebar
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
 
-# Model fields that the model page shows, with their widget keys "keep.model.<field>".
+# Model fields that the model page shows, with their widget keys (state.model_field).
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias",
                 "tie_weights", "d_state", "d_conv", "expand", "ngram_n", "add_k")  # fmt: skip
 # Training settings: address key -> (widget key, type).
 TRAIN_FIELDS: dict[str, tuple[str, type]] = {
-    "iters": ("keep.train.iters", int),
-    "batch": ("keep.train.batch", int),
-    "lr": ("keep.train.lr", float),
-    "warmup": ("keep.train.warmup", int),
-    "eval": ("keep.train.eval", int),
-    "eval_iters": ("keep.train.eval_iters", int),
-    "seed": ("keep.train.seed", int),
-    "budget": ("keep.train.budget", int),
-    "device": ("keep.train.device", str),
-    "name": ("keep.train.name", str),
+    "iters": (S.TRAIN_ITERS, int),
+    "batch": (S.TRAIN_BATCH, int),
+    "lr": (S.TRAIN_LR, float),
+    "warmup": (S.TRAIN_WARMUP, int),
+    "eval": (S.TRAIN_EVAL, int),
+    "eval_iters": (S.TRAIN_EVAL_ITERS, int),
+    "seed": (S.TRAIN_SEED, int),
+    "budget": (S.TRAIN_BUDGET, int),
+    "device": (S.TRAIN_DEVICE, str),
+    "name": (S.TRAIN_NAME, str),
 }
 # The generation page's prompt and sampling settings, the same way.
 SAMPLING_FIELDS: dict[str, tuple[str, type]] = {
-    "prompt": ("keep.generation.prompt", str),
-    "temp": ("keep.generation.temperature", float),
-    "top_k": ("keep.generation.top_k", int),
-    "top_p": ("keep.generation.top_p", float),
-    "new": ("keep.generation.max_new_tokens", int),
-    "gseed": ("keep.generation.seed", int),
+    "prompt": (S.GENERATION_PROMPT, str),
+    "temp": (S.GENERATION_TEMPERATURE, float),
+    "top_k": (S.GENERATION_TOP_K, int),
+    "top_p": (S.GENERATION_TOP_P, float),
+    "new": (S.GENERATION_MAX_NEW, int),
+    "gseed": (S.GENERATION_SEED, int),
 }
 
 
@@ -129,9 +126,9 @@ def corpus_ref(corpus: Corpus) -> dict[str, str]:
     chosen = st.session_state.get(S.PREPARED)
     if chosen is not None and chosen[0] == cid:  # a folder on the server: named by its path under the data folder
         return {"corpus": "prepared:" + str(Path(chosen[1]).relative_to(S.data_dir().resolve()))}
-    stored = st.session_state.get(STORED)
+    stored = st.session_state.get(S.URL_STORED)
     if stored is None or stored[0] != cid:  # hash and write each text once per session
-        stored = st.session_state[STORED] = (cid, store_text(corpus.text))
+        stored = st.session_state[S.URL_STORED] = (cid, store_text(corpus.text))
     if stored[1] is None:
         return {}
     return {"corpus": "text:" + stored[1], "cname": corpus.name}
@@ -155,7 +152,7 @@ def current_params() -> dict[str, str]:
     cfg = st.session_state.get(S.MODEL_CONFIG)
     if cfg is not None and cfg.preset:
         out["arch"] = cfg.preset
-        size = _value("keep.model.size")
+        size = _value(S.MODEL_SIZE)
         if size:
             out["size"] = str(size)
         values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
@@ -185,7 +182,7 @@ def save() -> None:
     Called at the start and end of every run and whenever the corpus, vocabulary,
     model or run changes (a page run on its own has no end to hook into).
     """
-    if not st.session_state.get(RESTORED):
+    if not st.session_state.get(S.URL_RESTORED):
         return
     wanted = current_params()
     if st.query_params.to_dict() != wanted:
@@ -214,9 +211,9 @@ def _parse(text: str, kind: type) -> Any:
 
 def restore() -> None:
     """On a new browser session, set up what the address names; once per session."""
-    if st.session_state.get(RESTORED):
+    if st.session_state.get(S.URL_RESTORED):
         return
-    st.session_state[RESTORED] = True
+    st.session_state[S.URL_RESTORED] = True
     params = st.query_params.to_dict()
     if not params:
         return
@@ -252,7 +249,7 @@ def restore() -> None:
     elif run:
         skipped.append("the run (the server no longer knows it)")
     if skipped:
-        st.session_state[NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
+        st.session_state[S.URL_NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
 
 
 def _restore_corpus(params: dict[str, str]) -> None:
@@ -263,16 +260,16 @@ def _restore_corpus(params: dict[str, str]) -> None:
     if ref.startswith("builtin:"):
         name = ref.removeprefix("builtin:")
         set_corpus(load_builtin(name, documents))
-        _set("keep.data.source", "Built-in")
-        _set("keep.data.builtin", name)
+        _set(S.DATA_SOURCE, "Built-in")
+        _set(S.DATA_BUILTIN, name)
     elif ref.startswith("url:"):
         address = ref.removeprefix("url:")
         set_corpus(load_corpus(address, documents=documents, allow_local=False))  # read from the download cache
-        _set("keep.data.source", "From a URL")
-        _set("keep.data.url", address)
+        _set(S.DATA_SOURCE, "From a URL")
+        _set(S.DATA_URL, address)
     elif ref.startswith("prepared:"):
         use_prepared(ref.removeprefix("prepared:"))
-        _set("keep.data.source", "Prepared folder")
+        _set(S.DATA_SOURCE, "Prepared folder")
     elif ref.startswith("text:"):
         text = stored_text(ref.removeprefix("text:"))
         if text is None:
@@ -280,18 +277,18 @@ def _restore_corpus(params: dict[str, str]) -> None:
         name = params.get("cname") or "pasted text"
         set_corpus(corpus_from_text(text, name=name, documents=documents))
         if name == "pasted text":
-            _set("keep.data.source", "Paste text")
-            _set("keep.data.paste", text)
+            _set(S.DATA_SOURCE, "Paste text")
+            _set(S.DATA_PASTE, text)
         else:
-            _set("keep.data.source", "Upload a file")
+            _set(S.DATA_SOURCE, "Upload a file")
     elif ref:
         raise ValueError(f"unknown corpus {ref!r}")
-    _set("keep.data.documents", st.session_state[S.CORPUS].documents if S.CORPUS in st.session_state else documents)
+    _set(S.DATA_DOCUMENTS, st.session_state[S.CORPUS].documents if S.CORPUS in st.session_state else documents)
     if "val" in params:
         fraction = float(params["val"])
         if 0.05 <= fraction <= 0.5:
             st.session_state[S.VAL_FRACTION] = fraction
-            _set("keep.data.val", fraction)
+            _set(S.DATA_VAL, fraction)
 
 
 def _restore_tokenizer(params: dict[str, str]) -> None:
@@ -305,10 +302,10 @@ def _restore_tokenizer(params: dict[str, str]) -> None:
         size = int(params.get("vocab", "0"))
         set_tokenizer(build_tokenizer("bpe", text, vocab_size=size))
         st.session_state[S.BPE_ASKED] = size
-        _set("keep.vocab.size", size)
+        _set(S.VOCAB_SIZE, size)
     else:
         set_tokenizer(build_tokenizer("char", text))
-    _set("keep.vocab.kind", kind)
+    _set(S.VOCAB_KIND, kind)
 
 
 def _restore_model(params: dict[str, str]) -> None:
@@ -328,8 +325,8 @@ def _restore_model(params: dict[str, str]) -> None:
     vocab = st.session_state[S.TOKENIZER].vocab_size
     cfg = ModelConfig.preset(arch, vocab_size=vocab, **fields).validate()
     set_model_config(cfg)
-    _set("keep.model.arch", arch)
+    _set(S.MODEL_ARCH, arch)
     if params.get("size") in SIZES:
-        _set("keep.model.size", params["size"])
+        _set(S.MODEL_SIZE, params["size"])
     for f in MODEL_FIELDS:
-        _set(f"keep.model.{f}", cfg.kv_heads if f == "n_kv_head" else getattr(cfg, f))
+        _set(S.model_field(f), cfg.kv_heads if f == "n_kv_head" else getattr(cfg, f))

@@ -19,7 +19,6 @@ MAX_SHOWN_TOKENS = 96
 # Up to this many panels the overview grid shows every layer; above it, one layer.
 MAX_GRID_PANELS = 48
 
-PROMPT = state.KEEP + "attention.prompt"
 # Starting prompts, tried in order: the first the model's tokenizer can encode is used.
 ATTENTION_PROMPTS = ("The value of x is returned.", "def main(): return 0", "get_value", "name")
 
@@ -32,7 +31,7 @@ st.write(
     "previous token, at the start of a word or at a matching bracket are how the model learns structure."
 )
 
-choice = models.select_model(models.ATTENTION_MODEL)
+choice = models.select_model(state.ATTENTION_MODEL)
 if choice is None:
     models.no_model_yet("look inside")
     st.stop()
@@ -51,7 +50,7 @@ if not model.has_attention:
 unit = model.attention_unit
 prompt = st.text_input(
     "Prompt",
-    key=models.prompt_default(PROMPT, tokenizer, data_info, ATTENTION_PROMPTS),
+    key=models.prompt_default(state.ATTENTION_PROMPT, tokenizer, data_info, ATTENTION_PROMPTS),
     help="Characters the tokenizer never saw in training are reported, not guessed.",
 )
 

@@ -21,13 +21,9 @@ from lmcore.checkpoint import (
 from lmcore.errors import LMCoreError
 from ui import state
 from ui.boundary import user_errors
+from ui.flow import PAGE_ATTENTION, PAGE_GENERATION, PAGE_TRAINING
 from ui.shell import require_app
 from ui.render import md
-
-FLASH = "checkpoints.flash"  # (kind, message) shown once after an action that reruns the page
-SELECTED = state.KEEP + "checkpoints.selected"
-SELECT_NEXT = "checkpoints.select_next"  # a name to select on the next run (set after an upload)
-CHECKED = "checkpoints.checked"  # {upload file_id: None if it is a valid checkpoint, else the reason}
 
 
 def check_upload(data: bytes) -> str | None:
@@ -56,7 +52,7 @@ st.write(
 directory = state.checkpoint_dir()
 st.caption(f"Folder: {md(str(directory))}")
 
-flash = st.session_state.pop(FLASH, None)
+flash = st.session_state.pop(state.CHECKPOINTS_FLASH, None)
 if flash:
     getattr(st, flash[0])(flash[1])
 
@@ -68,8 +64,8 @@ if loaded:
     with st.container(border=True):
         st.write(f"Loaded into the session: **{md(Path(loaded).stem)}**. The attention and generation pages use it.")
         a, b, c = st.columns(3)
-        a.page_link("views/attention.py", label="Look at its attention", icon=":material/grid_on:")
-        b.page_link("views/generation.py", label="Generate text", icon=":material/edit_note:")
+        a.page_link(PAGE_ATTENTION, label="Look at its attention", icon=":material/grid_on:")
+        b.page_link(PAGE_GENERATION, label="Generate text", icon=":material/edit_note:")
         if c.button("Unload", key="checkpoints.unload"):
             st.session_state.pop(state.LOADED_CHECKPOINT, None)
             st.rerun()
@@ -132,7 +128,7 @@ def _export_zip(path: str, mtime_ns: int) -> bytes:
 rows = list_checkpoints(directory)
 if not rows:
     st.info("No saved models yet. Train one (it is saved here when it finishes or is stopped), or upload a file below.")
-    st.page_link("views/training.py", label="Train a model", icon=":material/model_training:")
+    st.page_link(PAGE_TRAINING, label="Train a model", icon=":material/model_training:")
 else:
     st.dataframe(
         _table(rows),
@@ -143,14 +139,14 @@ else:
         },
     )
     by_name = {r["name"]: r for r in rows}
-    if st.session_state.get(SELECT_NEXT) in by_name:
-        st.session_state[SELECTED] = st.session_state.pop(SELECT_NEXT)
-    if st.session_state.get(SELECTED) not in by_name:
-        st.session_state[SELECTED] = rows[0]["name"]
+    if st.session_state.get(state.CHECKPOINT_SELECT_NEXT) in by_name:
+        st.session_state[state.CHECKPOINT_SELECTED] = st.session_state.pop(state.CHECKPOINT_SELECT_NEXT)
+    if st.session_state.get(state.CHECKPOINT_SELECTED) not in by_name:
+        st.session_state[state.CHECKPOINT_SELECTED] = rows[0]["name"]
     name = st.selectbox(
         "Checkpoint",
         list(by_name),
-        key=SELECTED,
+        key=state.CHECKPOINT_SELECTED,
         format_func=lambda n: n + ("  (unreadable)" if by_name[n].get("error") else ""),
     )
     row = by_name[name]
@@ -171,7 +167,7 @@ else:
     )
     if col_load.button("Load into session", disabled=bool(row.get("error")), key="checkpoints.load", type="primary"):
         st.session_state[state.LOADED_CHECKPOINT] = str(path)
-        st.session_state[FLASH] = ("success", f"{md(name)} is loaded: the attention and generation pages now use it.")
+        st.session_state[state.CHECKPOINTS_FLASH] = ("success", f"{md(name)} is loaded: the attention and generation pages now use it.")
         st.rerun()
     with col_del:
         sure = st.checkbox(f"Yes, delete {md(name)}", key=f"checkpoints.confirm.{name}")
@@ -180,7 +176,7 @@ else:
                 delete_checkpoint(path)
             if st.session_state.get(state.LOADED_CHECKPOINT) == str(path):
                 st.session_state.pop(state.LOADED_CHECKPOINT, None)
-            st.session_state[FLASH] = ("success", f"Deleted {md(name)}.")
+            st.session_state[state.CHECKPOINTS_FLASH] = ("success", f"Deleted {md(name)}.")
             st.rerun()
 
     # Export: only the families transformers has classes for; say why not otherwise.
@@ -239,9 +235,9 @@ if source:
                 with st.spinner(f"Converting {md(source)}..."):
                     saved, _ = import_hf(source, target)
                 st.session_state[state.LOADED_CHECKPOINT] = str(saved)
-                st.session_state[SELECT_NEXT] = saved.stem
+                st.session_state[state.CHECKPOINT_SELECT_NEXT] = saved.stem
                 opened = f"{md(source)} is open as {md(saved.stem)}: every page can use it now."
-                st.session_state[FLASH] = ("success", opened)
+                st.session_state[state.CHECKPOINTS_FLASH] = ("success", opened)
                 st.rerun()
 
 st.subheader("Upload a checkpoint")
@@ -251,7 +247,7 @@ st.write(
 )
 uploaded = st.file_uploader("Checkpoint file", type=["safetensors"], key="checkpoints.upload")
 if uploaded is not None:
-    checked = st.session_state.setdefault(CHECKED, {})
+    checked = st.session_state.setdefault(state.UPLOADS_CHECKED, {})
     if uploaded.file_id not in checked:
         with st.spinner("Checking the file…"):
             checked[uploaded.file_id] = check_upload(uploaded.getvalue())
@@ -273,6 +269,6 @@ if uploaded is not None:
                 st.caption(f"It will be saved as {md(safe)}.safetensors: a plain file name inside the checkpoints folder.")
             if st.button("Save to checkpoints", key="checkpoints.import"):
                 saved = import_checkpoint(uploaded.getvalue(), safe, directory)
-                st.session_state[SELECT_NEXT] = saved.stem
-                st.session_state[FLASH] = ("success", f"Saved as {md(saved.name)}.")
+                st.session_state[state.CHECKPOINT_SELECT_NEXT] = saved.stem
+                st.session_state[state.CHECKPOINTS_FLASH] = ("success", f"Saved as {md(saved.name)}.")
                 st.rerun()

@@ -28,7 +28,6 @@ SOURCES = ("Built-in", "Upload a file", "Paste text", "From a URL", "Prepared fo
 DOCUMENT_CORPORA = ("python-names",)  # built-in corpora that are lists of documents
 PREVIEW_CHARS = 3000
 PREVIEW_DOCS = 40
-UPLOAD_ID = "data_upload_id"  # the file_id of the upload already turned into the corpus
 MAX_MB = MAX_CORPUS_BYTES / 1e6
 # The address box reaches public addresses only: a browser user must not reach what only
 # this server can (its own services, its local network). The server's operator may allow it.
@@ -48,7 +47,7 @@ current = require_corpus()
 
 def _on_builtin_change() -> None:
     # A list of names is read one document per line; prose and code as one stream.
-    st.session_state["keep.data.documents"] = st.session_state["keep.data.builtin"] in DOCUMENT_CORPORA
+    st.session_state[S.DATA_DOCUMENTS] = st.session_state[S.DATA_BUILTIN] in DOCUMENT_CORPORA
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -56,8 +55,8 @@ def _stats(cid: str, _corpus: Corpus) -> dict[str, int]:
     return corpus_stats(_corpus)
 
 
-source = st.radio("Where the text comes from", SOURCES, horizontal=True, key=keep_default("keep.data.source", SOURCES[0]))
-keep_default("keep.data.documents", current.documents)
+source = st.radio("Where the text comes from", SOURCES, horizontal=True, key=keep_default(S.DATA_SOURCE, SOURCES[0]))
+keep_default(S.DATA_DOCUMENTS, current.documents)
 new: Corpus | None = None
 
 if source == "Built-in":
@@ -65,13 +64,13 @@ if source == "Built-in":
     name = st.selectbox(
         "Built-in corpus",
         names,
-        key=keep_default("keep.data.builtin", current.name if current.name in names else S.DEFAULT_CORPUS),
+        key=keep_default(S.DATA_BUILTIN, current.name if current.name in names else S.DEFAULT_CORPUS),
         format_func=lambda n: f"{n}: {BUILTIN_CORPORA[n]}",
         on_change=_on_builtin_change,
         help="These ship with Python itself: no download needed.",
     )
     with user_errors(stop=False):
-        new = load_builtin(name, st.session_state["keep.data.documents"])
+        new = load_builtin(name, st.session_state[S.DATA_DOCUMENTS])
 
 elif source == "Upload a file":
     upload = st.file_uploader(
@@ -80,16 +79,16 @@ elif source == "Upload a file":
         key="data_upload",
         help="Any UTF-8 .txt file: a book, your notes, a list of names (one per line, with documents mode on).",
     )
-    if upload is not None and st.session_state.get(UPLOAD_ID) != upload.file_id:
+    if upload is not None and st.session_state.get(S.UPLOAD_ID) != upload.file_id:
         with user_errors(stop=False):
-            new = corpus_from_text(upload.getvalue(), name=upload.name, documents=st.session_state["keep.data.documents"])
-            st.session_state[UPLOAD_ID] = upload.file_id
+            new = corpus_from_text(upload.getvalue(), name=upload.name, documents=st.session_state[S.DATA_DOCUMENTS])
+            st.session_state[S.UPLOAD_ID] = upload.file_id
 
 elif source == "Paste text":
-    pasted = st.text_area("Paste or type text", key=keep_default("keep.data.paste", ""), height=200, placeholder="Some text to learn from…")
+    pasted = st.text_area("Paste or type text", key=keep_default(S.DATA_PASTE, ""), height=200, placeholder="Some text to learn from…")
     if st.button("Use this text", type="primary"):
         with user_errors(stop=False):
-            new = corpus_from_text(pasted or "", name="pasted text", documents=st.session_state["keep.data.documents"])
+            new = corpus_from_text(pasted or "", name="pasted text", documents=st.session_state[S.DATA_DOCUMENTS])
 
 elif source == "Prepared folder":
     st.caption(
@@ -107,7 +106,7 @@ elif source == "Prepared folder":
             st.toast(f"Corpus set: the prepared folder {md(st.session_state[S.CORPUS].name)}", icon=":material/check:")
 
 else:
-    url = st.text_input("Address of a plain-text file", key=keep_default("keep.data.url", ""), placeholder="https://example.org/book.txt")
+    url = st.text_input("Address of a plain-text file", key=keep_default(S.DATA_URL, ""), placeholder="https://example.org/book.txt")
     st.caption(
         f"Downloaded once and kept in a local cache; up to {MAX_MB:.0f} MB of UTF-8 text"
         + ("." if ALLOW_LOCAL_URLS else " from a public web address.")
@@ -116,7 +115,7 @@ else:
         with st.spinner("Downloading…"), user_errors(stop=False):
             new = load_corpus(
                 url or "",
-                documents=st.session_state["keep.data.documents"],
+                documents=st.session_state[S.DATA_DOCUMENTS],
                 allow_local=False,
                 allow_local_urls=ALLOW_LOCAL_URLS,
             )
@@ -126,7 +125,7 @@ with user_errors(stop=False):  # a folder removed since: say so, and let another
     shards = prepared()
 documents = False if shards is not None else st.toggle(
     "Documents mode: one document per line",
-    key=keep_default("keep.data.documents", current.documents),
+    key=keep_default(S.DATA_DOCUMENTS, current.documents),
     help="For lists of short texts (names, titles): each line becomes one document, separated by a special "
     "start token, and generation stops at the end of a document.",
 )
@@ -182,7 +181,7 @@ fraction = st.slider(
     min_value=0.05,
     max_value=0.5,
     step=0.05,
-    key=keep_default("keep.data.val", S.DEFAULT_VAL_FRACTION),
+    key=keep_default(S.DATA_VAL, S.DEFAULT_VAL_FRACTION),
     format="%.2f",
     help="The model never trains on this part; its loss there tells whether it learned the language or "
     "memorised the training text.",

@@ -13,23 +13,12 @@ import streamlit as st
 from lmcore import figures, viz
 from lmcore.errors import LMCoreError
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
-from lmcore.sample import SamplingConfig, generate, next_token_distribution
+from lmcore.sample import SamplingConfig, generate, next_token_distribution, token_candidates
 from ui import models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
 from ui.shell import require_app
 from ui.render import md, novelty_html
-
-PROMPT = state.KEEP + "generation.prompt"
-TEMPERATURE = state.KEEP + "generation.temperature"
-TOP_K = state.KEEP + "generation.top_k"
-TOP_P = state.KEEP + "generation.top_p"
-MAX_NEW = state.KEEP + "generation.max_new_tokens"
-SEED = state.KEEP + "generation.seed"
-EXPLORER_T = state.KEEP + "generation.explorer_temperature"
-NOVELTY_INDEX = "generation.novelty_index"  # (corpus and tokenizer, n-gram index of the corpus)
-RESULT = "generation.result"  # the last generation: text and, per token, the top candidates
-COMPARE_RESULT = "generation.compare_result"  # the last side-by-side pair
 
 N_CANDIDATES = 10  # candidates kept per generated token
 REFRESH_S = 0.05  # how often streamed text is redrawn: smooth, without a message per token
@@ -43,7 +32,7 @@ st.write(
     "watch the text arrive, see the candidates at any position, and compare two models on one prompt."
 )
 
-choice = models.select_model(models.GENERATION_MODEL)
+choice = models.select_model(state.GENERATION_MODEL)
 if choice is None:
     models.no_model_yet("generate with")
     st.stop()
@@ -54,7 +43,7 @@ documents = models.is_documents(data_info)
 
 prompt = st.text_area(
     "Prompt",
-    key=models.prompt_default(PROMPT, tokenizer, data_info),
+    key=models.prompt_default(state.GENERATION_PROMPT, tokenizer, data_info),
     height=90,
     help="The text the model continues. Characters its tokenizer never saw are reported, not guessed.",
 )
@@ -66,22 +55,22 @@ if documents:
 
 c1, c2, c3, c4, c5 = st.columns(5)
 temperature = c1.slider(
-    "Sampling temperature", 0.0, 2.0, step=0.05, key=state.keep_default(TEMPERATURE, 0.8),
+    "Sampling temperature", 0.0, 2.0, step=0.05, key=state.keep_default(state.GENERATION_TEMPERATURE, 0.8),
     help="0 = greedy: always the most likely token. 1 = the model's own odds. Above 1: flatter, more surprising.",
 )
 top_k = c2.number_input(  # no vocabulary-sized maximum: the value outlives a switch to a smaller model
-    "Top-k", 0, 1_000_000, step=1, key=state.keep_default(TOP_K, 0),
+    "Top-k", 0, 1_000_000, step=1, key=state.keep_default(state.GENERATION_TOP_K, 0),
     help="Draw only among the k most likely tokens; 0 = off.",
 )
 top_p = c3.slider(
-    "Top-p", 0.05, 1.0, step=0.05, key=state.keep_default(TOP_P, 1.0),
+    "Top-p", 0.05, 1.0, step=0.05, key=state.keep_default(state.GENERATION_TOP_P, 1.0),
     help="Draw only among the most likely tokens whose probabilities add up to p; 1 = off.",
 )
 max_new = c4.number_input(
-    "Max new tokens", 1, 2000, step=10, key=state.keep_default(MAX_NEW, 200),
+    "Max new tokens", 1, 2000, step=10, key=state.keep_default(state.GENERATION_MAX_NEW, 200),
 )
 seed = c5.number_input(
-    "Seed", 0, 2**31 - 1, step=1, key=state.keep_default(SEED, 0),
+    "Seed", 0, 2**31 - 1, step=1, key=state.keep_default(state.GENERATION_SEED, 0),
     help="Same seed, prompt, settings and model: the same text.",
 )
 
@@ -106,19 +95,11 @@ def stream(
     probability it was drawn with) for the most likely few, and the drawn one.
     """
     ids: list[int] = []
-    candidates: list[list[tuple[int, float]]] = []
-    stop = models.stop_ids(tokenizer, data_info)
+    candidates: list[list[tuple[int, float, float]]] = []
+    stop = models.stop_ids(tokenizer, data_info)  # the end of a document is a boundary, never yielded
     for event in generate(model, prompt_ids, max_new_tokens=int(max_new), sampling=cfg, stop_ids=stop):
-        if stop and event.token_id in stop:
-            break  # the end of the document is a boundary, not text
         ids.append(int(event.token_id))
-        own = event.model_probs if event.model_probs is not None else event.probs
-        drawn = event.probs.numpy()
-        # (id, the model's own probability, the probability it was drawn with)
-        candidates.append([(i, p, float(drawn[i])) for i, p in viz.top_candidates(own.numpy(), N_CANDIDATES)])
-        if event.token_id not in [c[0] for c in candidates[-1]]:
-            # drawn from outside the top few (a high temperature): show it too
-            candidates[-1].append((int(event.token_id), float(own[event.token_id]), float(drawn[event.token_id])))
+        candidates.append(token_candidates(event, N_CANDIDATES))
         yield tokenizer.decode(ids), candidates, ids
 
 
@@ -133,13 +114,13 @@ def corpus_index(tokenizer: Any) -> tuple[str, np.ndarray] | None:
     if corpus is None:
         return None
     key = (st.session_state.get(state.CORPUS_ID), id(tokenizer))
-    cached = st.session_state.get(NOVELTY_INDEX)
+    cached = st.session_state.get(state.NOVELTY_INDEX)
     if cached is None or cached[0] != key:
         try:
             index = ngram_index(tokenizer.encode(corpus.text), NOVELTY_MIN_LEN)
         except LMCoreError:
             index = None  # this model's tokenizer cannot read the corpus: another corpus's model
-        cached = st.session_state[NOVELTY_INDEX] = (key, index)
+        cached = st.session_state[state.NOVELTY_INDEX] = (key, index)
     return (corpus.name, cached[1]) if cached[1] is not None else None
 
 
@@ -175,15 +156,15 @@ with tab_gen:
         if cfg is not None and prompt_ids == []:
             st.info("Type a prompt first: this model learnt plain text, so it needs something to continue.")
         elif cfg is not None and prompt_ids:
-            st.session_state.pop(RESULT, None)
-            st.session_state.pop("generation.position", None)  # the new text may be shorter
+            st.session_state.pop(state.GENERATION_RESULT, None)
+            st.session_state.pop(state.GENERATION_POSITION, None)  # the new text may be shorter
             text, candidates, ids, last = "", [], [], 0.0
             with user_errors(stop=False):
                 for text, candidates, ids in stream(model, tokenizer, data_info, prompt_ids, cfg):
                     if time.monotonic() - last > REFRESH_S:
                         show_text(out, prompt, text)
                         last = time.monotonic()
-            st.session_state[RESULT] = dict(
+            st.session_state[state.GENERATION_RESULT] = dict(
                 key=choice,
                 model=labels.get(choice, choice),
                 tokenizer=tokenizer,
@@ -193,9 +174,9 @@ with tab_gen:
                 candidates=list(candidates),
                 ended=documents and len(ids) < int(max_new),  # stopped at the next BOS
             )
-    result = st.session_state.get(RESULT)
+    result = st.session_state.get(state.GENERATION_RESULT)
     if result is not None and result["key"] != choice:
-        result = st.session_state[RESULT] = None  # written by the model picked before: not this one's text
+        result = st.session_state[state.GENERATION_RESULT] = None  # written by the model picked before: not this one's text
     if result is None:
         out.caption("Press Generate to write text with the settings above.")
     else:
@@ -211,7 +192,7 @@ with tab_gen:
                 "Pick a generated token to see the candidates the model weighed at that point; "
                 "the one actually drawn is in red."
             )
-            pos = st.slider("Generated token", 1, n, value=n, key="generation.position") if n > 1 else 1
+            pos = st.slider("Generated token", 1, n, value=n, key=state.GENERATION_POSITION) if n > 1 else 1
             tok = result["tokenizer"]  # the generating model's, whatever is picked now
             chosen = result["ids"][pos - 1]
             top = result["candidates"][pos - 1]
@@ -275,7 +256,7 @@ with tab_temp:
             if not prompt_ids:
                 st.info("Type a prompt above to see what the model expects next.")
                 return
-            t = st.slider("Temperature to explore", 0.0, 2.0, step=0.05, key=state.keep_default(EXPLORER_T, 1.0),
+            t = st.slider("Temperature to explore", 0.0, 2.0, step=0.05, key=state.keep_default(state.EXPLORER_TEMPERATURE, 1.0),
                           help="Only for this chart: Generate uses the temperature above.")  # fmt: skip
             probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
@@ -293,8 +274,8 @@ with tab_cmp:
         "early and late in training. The text of each streams into its own column."
     )
     left, right = st.columns(2)
-    key_a = models.select_model(models.COMPARE_MODEL_A, "Left model", container=left)
-    key_b = models.select_model(models.COMPARE_MODEL_B, "Right model", container=right, avoid=key_a)
+    key_a = models.select_model(state.COMPARE_MODEL_A, "Left model", container=left)
+    key_b = models.select_model(state.COMPARE_MODEL_B, "Right model", container=right, avoid=key_a)
     both = st.button("Generate with both", key="generation.compare_go")
     left, right = st.columns(2)  # the texts go below the button
     sides = [(key_a, left, left.empty()), (key_b, right, right.empty())]
@@ -322,8 +303,8 @@ with tab_cmp:
                         if texts[n] is not None:
                             show_text(out, prompt, texts[n])
                     last = time.monotonic()
-        st.session_state[COMPARE_RESULT] = dict(prompt=prompt, keys=[key_a, key_b], texts=texts)
-    pair = st.session_state.get(COMPARE_RESULT)
+        st.session_state[state.COMPARE_RESULT] = dict(prompt=prompt, keys=[key_a, key_b], texts=texts)
+    pair = st.session_state.get(state.COMPARE_RESULT)
     for n, (key, _, out) in enumerate(sides):
         if pair and pair["keys"][n] == key and pair["texts"][n] is not None:
             show_text(out, pair["prompt"], pair["texts"][n])

@@ -11,7 +11,7 @@ from lmcore.data import check_length
 from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
-from lmcore.models.estimate import check_fits, params_by_part
+from lmcore.models.estimate import check_fits, model_counts, params_by_part
 from lmcore.viz import memory_estimate, model_diagram
 from ui import state as S
 from ui.boundary import user_errors
@@ -25,7 +25,6 @@ from ui.flow import (
     SIZES,
     SIZE_HELP,
     encoded_split,
-    model_facts,
     preset_config,
     require_tokenizer,
     set_model_config,
@@ -78,7 +77,6 @@ LIMITS = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd":
           "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8), "ngram_n": (1, 5)}  # fmt: skip
 # Fields an architecture switch keeps within one family (the context length is kept across families).
 SHARED_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "tie_weights")
-FAMILY_DRAWN = "model.family_drawn"  # the family whose fields the page drew last
 
 
 def _field_values(cfg: ModelConfig) -> dict:
@@ -90,24 +88,24 @@ def _field_values(cfg: ModelConfig) -> dict:
 def _set_fields(cfg: ModelConfig) -> None:
     kept = st.session_state.setdefault(S.KEPT, {})
     for f, v in _field_values(cfg).items():
-        st.session_state[f"keep.model.{f}"] = kept[f"keep.model.{f}"] = v
+        st.session_state[S.model_field(f)] = kept[S.model_field(f)] = v
 
 
 def _apply_preset() -> None:
     """Size changed: every field goes to that preset."""
-    arch = st.session_state["keep.model.arch"]
-    size = st.session_state["keep.model.size"]
+    arch = st.session_state[S.MODEL_ARCH]
+    size = st.session_state[S.MODEL_SIZE]
     _set_fields(preset_config(arch, size, st.session_state[S.TOKENIZER].vocab_size))
 
 
 def _switch_arch() -> None:
     """Architecture changed: its preset, keeping the fields the two share (context length, and
     layers, width, heads and dropout within one family) where the new one accepts them."""
-    arch = st.session_state["keep.model.arch"]
-    cfg = preset_config(arch, st.session_state["keep.model.size"], st.session_state[S.TOKENIZER].vocab_size)
+    arch = st.session_state[S.MODEL_ARCH]
+    cfg = preset_config(arch, st.session_state[S.MODEL_SIZE], st.session_state[S.TOKENIZER].vocab_size)
     kept = st.session_state.get(S.KEPT, {})
-    shared = SHARED_FIELDS if cfg.arch == st.session_state.get(FAMILY_DRAWN) else ("block_size",)
-    carried = {f: kept[f"keep.model.{f}"] for f in shared if f in FAMILY_FIELDS[cfg.arch] and f"keep.model.{f}" in kept}
+    shared = SHARED_FIELDS if cfg.arch == st.session_state.get(S.FAMILY_DRAWN) else ("block_size",)
+    carried = {f: kept[S.model_field(f)] for f in shared if f in FAMILY_FIELDS[cfg.arch] and S.model_field(f) in kept}
     if carried.get("n_kv_head") == carried.get("n_head", cfg.n_head):
         carried["n_kv_head"] = None
     try:
@@ -161,27 +159,27 @@ saved: ModelConfig | None = st.session_state.get(S.MODEL_CONFIG)
 # The fields start from the session's model (or the default one) on the first visit.
 start = saved if saved is not None else preset_config(DEFAULT_ARCH, DEFAULT_SIZE, tok.vocab_size)
 start_values = _field_values(start)
-keep_default("keep.model.arch", start.preset if start.preset in ARCH_CHOICES else DEFAULT_ARCH)
+keep_default(S.MODEL_ARCH, start.preset if start.preset in ARCH_CHOICES else DEFAULT_ARCH)
 
 c1, c2 = st.columns([3, 2])
 arch = c1.radio(
     "Architecture",
     ARCH_CHOICES,
     format_func=ARCH_LABELS.get,
-    key=keep_default("keep.model.arch", DEFAULT_ARCH),
+    key=keep_default(S.MODEL_ARCH, DEFAULT_ARCH),
     on_change=_switch_arch,
 )
 size = c2.radio(
     "Size preset",
     list(SIZES),
     captions=[SIZE_HELP[s] for s in SIZES],
-    key=keep_default("keep.model.size", DEFAULT_SIZE),
+    key=keep_default(S.MODEL_SIZE, DEFAULT_SIZE),
     on_change=_apply_preset,
 )
 st.info(ARCH_NOTES[arch], icon=":material/lightbulb:")
 
 family = ModelConfig.preset(arch).arch
-st.session_state[FAMILY_DRAWN] = family
+st.session_state[S.FAMILY_DRAWN] = family
 fields = FAMILY_FIELDS[family]
 values: dict = {}
 ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights", "add_k")]
@@ -189,7 +187,7 @@ cols = st.columns(4)
 for k, f in enumerate(ints):
     label, help_text = LABELS[f]
     lo, hi = LIMITS[f]
-    values[f] = int(cols[k % 4].number_input(label, min_value=lo, max_value=hi, step=1, key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text))
+    values[f] = int(cols[k % 4].number_input(label, min_value=lo, max_value=hi, step=1, key=keep_default(S.model_field(f), start_values[f]), help=help_text))
 others = [f for f in fields if f not in ints]
 if others:
     cols = st.columns(4)
@@ -197,25 +195,25 @@ if others:
         label, help_text = LABELS[f]
         col = cols[k % 4]
         if f in CHOICES:
-            values[f] = col.selectbox(label, CHOICES[f], key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text)
+            values[f] = col.selectbox(label, CHOICES[f], key=keep_default(S.model_field(f), start_values[f]), help=help_text)
         elif f == "add_k":
-            values[f] = float(col.number_input(label, min_value=0.001, max_value=10.0, step=0.05, format="%.3f", key=keep_default("keep.model.add_k", start_values[f]), help=help_text))
+            values[f] = float(col.number_input(label, min_value=0.001, max_value=10.0, step=0.05, format="%.3f", key=keep_default(S.model_field("add_k"), start_values[f]), help=help_text))
         elif f == "dropout":
-            values[f] = float(col.slider(label, 0.0, 0.5, step=0.05, key=keep_default("keep.model.dropout", start_values[f]), help=help_text))
+            values[f] = float(col.slider(label, 0.0, 0.5, step=0.05, key=keep_default(S.model_field("dropout"), start_values[f]), help=help_text))
         else:
-            values[f] = bool(col.checkbox(label, key=keep_default(f"keep.model.{f}", start_values[f]), help=help_text))
+            values[f] = bool(col.checkbox(label, key=keep_default(S.model_field(f), start_values[f]), help=help_text))
 if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
     values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
 
 # The batch size and device are Training-page settings (a widget key belongs to one
 # page only); the estimates and the memory check use their current values.
 kept = st.session_state.get(S.KEPT, {})
-batch = int(kept.get("keep.train.batch", 16))
+batch = int(kept.get(S.TRAIN_BATCH, 16))
 try:
     cfg = ModelConfig.preset(arch, vocab_size=tok.vocab_size, **values).validate()
     # Refused before anything is built when training it would not fit in free memory.
-    check_fits(cfg, batch, resolve_device(kept.get("keep.train.device", "auto")))
-    facts = model_facts(cfg.to_json())
+    check_fits(cfg, batch, resolve_device(kept.get(S.TRAIN_DEVICE, "auto")))
+    facts = model_counts(cfg)
 except ConfigError as e:
     st.error(explain(e, arch, values, tok.vocab_size, ints), icon=":material/error:")
     if saved is not None:

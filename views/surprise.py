@@ -11,10 +11,6 @@ from ui.boundary import user_errors
 from ui.figure import show_figure
 from ui.shell import require_app
 
-TEXT = state.KEEP + "surprise.text"
-MODEL_A = state.KEEP + "surprise.model_a"
-MODEL_B = state.KEEP + "surprise.model_b"
-COMPARE = state.KEEP + "surprise.compare"
 MAX_TOKENS = 512  # surprise is computed for at most this many tokens of the text
 LENS_TOKENS = 48  # positions a logit-lens heatmap can show legibly
 TEXTS = (
@@ -34,7 +30,7 @@ st.write(
     "and the embedding map which tokens it has learnt to treat alike."
 )
 
-choice = models.select_model(MODEL_A)
+choice = models.select_model(state.SURPRISE_MODEL_A)
 if choice is None:
     models.no_model_yet("measure surprise with")
     st.stop()
@@ -43,7 +39,7 @@ with user_errors():
 
 text = st.text_area(
     "Text",
-    key=state.keep_default(TEXT, models.default_prompt(tokenizer, data_info, TEXTS)),
+    key=state.keep_default(state.SURPRISE_TEXT, models.default_prompt(tokenizer, data_info, TEXTS)),
     height=110,
     help="Any text the model's tokenizer can encode; the first token has nothing to predict it from.",
 )
@@ -72,7 +68,7 @@ def show_surprise(model, tokenizer, ids: list[int], tokens: list[str]) -> None:
 tab_surprise, tab_lens, tab_emb = st.tabs(["Surprise", "Logit lens", "Embedding map"])
 
 with tab_surprise:
-    compare = st.checkbox("Compare with a second model", key=state.keep_default(COMPARE, False))
+    compare = st.checkbox("Compare with a second model", key=state.keep_default(state.SURPRISE_COMPARE, False))
     if not compare:
         with user_errors(stop=False):
             show_surprise(model, tokenizer, ids, tokens)
@@ -83,7 +79,7 @@ with tab_surprise:
             with user_errors(stop=False):
                 show_surprise(model, tokenizer, ids, tokens)
         with right:
-            other = models.select_model(MODEL_B, label="Second model", avoid=choice)
+            other = models.select_model(state.SURPRISE_MODEL_B, label="Second model", avoid=choice)
             with user_errors(stop=False):
                 model_b, tokenizer_b, info_b = models.load_choice(other)
                 ids_b = models.encode_prompt(tokenizer_b, text, info_b)[:MAX_TOKENS]

@@ -8,13 +8,13 @@ import time
 import pandas as pd
 import streamlit as st
 
-from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, read_metadata, sanitize_name
+from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, resume_settings, sanitize_name
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
 from lmcore.models import ModelConfig
-from lmcore.tokenizers import tokenizer_from_dict
+from lmcore.models.estimate import model_counts
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
@@ -28,7 +28,6 @@ from ui.flow import (
     PAGE_MODEL,
     SIZES,
     encoded_split,
-    model_facts,
     preset_config,
     require_corpus,
     require_model_config,
@@ -39,10 +38,6 @@ from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
 REFRESH_S = 1.0
-START_TOKEN = "train.start_token"  # int: starts made by this session (see _press_start)
-START_ERROR = "train.start_error"  # a start's error message, shown once
-START_TIME = "train.start_time"  # time.monotonic() of this session's last start
-START_NOTE = "train.start_note"  # True once a press was ignored because a start was in flight
 START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 
 
@@ -75,19 +70,19 @@ def _job_label(job: TrainingJob) -> str:
 
 
 def _train_config() -> TrainConfig:
-    budget = float(st.session_state["keep.train.budget"])
+    budget = float(st.session_state[S.TRAIN_BUDGET])
     return TrainConfig(
-        batch_size=int(st.session_state["keep.train.batch"]),
-        max_iters=int(st.session_state["keep.train.iters"]),
-        lr=float(st.session_state["keep.train.lr"]),
-        warmup_iters=int(st.session_state["keep.train.warmup"]),
-        eval_interval=int(st.session_state["keep.train.eval"]),
-        eval_iters=int(st.session_state["keep.train.eval_iters"]),
-        seed=int(st.session_state["keep.train.seed"]),
+        batch_size=int(st.session_state[S.TRAIN_BATCH]),
+        max_iters=int(st.session_state[S.TRAIN_ITERS]),
+        lr=float(st.session_state[S.TRAIN_LR]),
+        warmup_iters=int(st.session_state[S.TRAIN_WARMUP]),
+        eval_interval=int(st.session_state[S.TRAIN_EVAL]),
+        eval_iters=int(st.session_state[S.TRAIN_EVAL_ITERS]),
+        seed=int(st.session_state[S.TRAIN_SEED]),
         time_budget_s=budget if budget > 0 else None,
-        device=st.session_state["keep.train.device"],
-        optimizer=st.session_state["keep.train.optimizer"],
-        muon_lr=float(st.session_state["keep.train.muon_lr"]),
+        device=st.session_state[S.TRAIN_DEVICE],
+        optimizer=st.session_state[S.TRAIN_OPTIMIZER],
+        muon_lr=float(st.session_state[S.TRAIN_MUON_LR]),
     )
 
 
@@ -105,7 +100,6 @@ def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
     info = {**_data_info(), "train_tokens": len(train_ids)}
     job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=info)
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
 
 
 def _press_start(token: int) -> None:
@@ -116,19 +110,19 @@ def _press_start(token: int) -> None:
     is ignored, and so is a press within ``START_GUARD_S`` of the last start
     while that run is still going (the redrawn button hit by the same double press).
     """
-    last = st.session_state.get(START_TIME)
+    last = st.session_state.get(S.START_TIME)
     recent = last is not None and time.monotonic() - last < START_GUARD_S
     shown = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
-    if token != st.session_state.get(START_TOKEN, 0) or (recent and shown is not None and shown.is_alive):
-        st.session_state[START_NOTE] = True
+    if token != st.session_state.get(S.START_TOKEN, 0) or (recent and shown is not None and shown.is_alive):
+        st.session_state[S.START_NOTE] = True
         return
-    st.session_state[START_TOKEN] = token + 1
-    st.session_state[START_TIME] = time.monotonic()
+    st.session_state[S.START_TOKEN] = token + 1
+    st.session_state[S.START_TIME] = time.monotonic()
     cfg = st.session_state[S.MODEL_CONFIG]
     try:
-        _start(str(_value("keep.train.name") or "").strip() or default_run_name(cfg), cfg)
+        _start(str(_value(S.TRAIN_NAME) or "").strip() or default_run_name(cfg), cfg)
     except LMCoreError as e:
-        st.session_state[START_ERROR] = str(e)
+        st.session_state[S.START_ERROR] = str(e)
 
 
 def _name_typed() -> None:
@@ -184,49 +178,41 @@ def _follow(job: TrainingJob) -> None:
 
 
 def _set_limit() -> None:
-    REGISTRY.max_concurrent = int(st.session_state["train_max_concurrent"])
+    REGISTRY.max_concurrent = int(st.session_state[S.MAX_CONCURRENT])
 
 
 def _save_compare() -> None:
-    st.session_state[S.COMPARE_JOBS] = list(st.session_state["train_compare"])
+    st.session_state[S.COMPARE_JOBS] = list(st.session_state[S.OVERLAY_RUNS])
 
 
 def _resume(path, name: str) -> bool:
     """Continue the checkpoint at ``path`` (weights and optimizer state) up to the iterations set."""
-    meta = read_metadata(path)
-    cfg = ModelConfig.from_dict(meta["config"])
-    tok = tokenizer_from_dict(meta["tokenizer"])
-    done = int(meta["train"].get("steps") or 0)
-    tc = _train_config()
-    if tc.max_iters <= done:
-        st.error(f"'{md(name)}' has already trained {done:,} steps; set Iterations above {done:,} to continue it.")
+    run = resume_settings(path, dataclasses.asdict(_train_config()))
+    if run.train_config.max_iters <= run.steps:
+        st.error(f"'{md(name)}' has already trained {run.steps:,} steps; set Iterations above {run.steps:,} to continue it.")
         return False
-    _, train_ids, val_ids = encoded_split(tok)
-    check_length(val_ids, cfg.block_size, "validation split")
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), resume_from=path, data_info=_data_info())
+    _, train_ids, val_ids = encoded_split(run.tokenizer)
+    check_length(val_ids, run.config.block_size, "validation split")
+    job = REGISTRY.start(name, run.config, run.tokenizer, train_ids, val_ids, run.train_config, checkpoint_dir(),
+                         resume_from=path, data_info=_data_info())  # fmt: skip
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
     return True
 
 
 def _finetune(path, name: str) -> bool:
     """Start a new run from the weights of the checkpoint at ``path``, on the current corpus."""
-    meta = read_metadata(path)
-    cfg = ModelConfig.from_dict(meta["config"])
-    tok = tokenizer_from_dict(meta["tokenizer"])
-    _, train_ids, val_ids = encoded_split(tok)
-    check_length(val_ids, cfg.block_size, "validation split")
-    tc = _train_config()
-    job = REGISTRY.start(f"{name}-finetuned", cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), init_from=path,
-                         data_info=_data_info())  # fmt: skip
+    base = resume_settings(path)  # its model and vocabulary; the settings are this page's
+    _, train_ids, val_ids = encoded_split(base.tokenizer)
+    check_length(val_ids, base.config.block_size, "validation split")
+    job = REGISTRY.start(f"{name}-finetuned", base.config, base.tokenizer, train_ids, val_ids, _train_config(),
+                         checkpoint_dir(), init_from=path, data_info=_data_info())  # fmt: skip
     _follow(job)
-    st.session_state[S.TRAIN_CONFIG] = tc
     return True
 
 
 def _show_picked() -> None:
-    if st.session_state.get("train_show"):
-        st.session_state[S.ACTIVE_JOB] = st.session_state["train_show"]
+    if st.session_state.get(S.SHOW_RUN):
+        st.session_state[S.ACTIVE_JOB] = st.session_state[S.SHOW_RUN]
 
 
 require_app()
@@ -243,7 +229,7 @@ cfg = require_model_config()
 tok = st.session_state[S.TOKENIZER]
 corpus = require_corpus()
 with user_errors():
-    params = model_facts(cfg.to_json())["params"]
+    params = model_counts(cfg.validate())["params"]
 st.caption(
     f"Model: {ARCH_LABELS.get(cfg.preset, cfg.arch)}, {params:,} parameters, context {cfg.block_size} · "
     f"Vocabulary: {tok.kind}, {tok.vocab_size:,} tokens · Corpus: {md(corpus.name)}"
@@ -253,21 +239,21 @@ st.page_link(PAGE_MODEL, label="Change the model", icon=":material/arrow_back:")
 # ------------------------------------------------------------------ settings
 st.subheader("Settings")
 c = st.columns(4)
-c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default("keep.train.iters", 300),
+c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default(S.TRAIN_ITERS, 300),
                   help="Optimizer steps in total (a resumed run continues up to this number).")  # fmt: skip
-c[1].number_input("Batch size", 1, 1024, step=1, key=keep_default("keep.train.batch", 16),
+c[1].number_input("Batch size", 1, 1024, step=1, key=keep_default(S.TRAIN_BATCH, 16),
                   help="Text windows per step.")  # fmt: skip
-c[2].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.4f", key=keep_default("keep.train.lr", 2e-3),
+c[2].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.4f", key=keep_default(S.TRAIN_LR, 2e-3),
                   help="Peak step size; it warms up linearly, then decays along a cosine to a tenth.")  # fmt: skip
-c[3].number_input("Warm-up steps", 0, 100_000, step=10, key=keep_default("keep.train.warmup", 20))
+c[3].number_input("Warm-up steps", 0, 100_000, step=10, key=keep_default(S.TRAIN_WARMUP, 20))
 c = st.columns(4)
-c[0].number_input("Evaluate every", 1, 100_000, step=10, key=keep_default("keep.train.eval", 50),
+c[0].number_input("Evaluate every", 1, 100_000, step=10, key=keep_default(S.TRAIN_EVAL, 50),
                   help="Steps between evaluations; each one saves the checkpoint and writes a text sample.")  # fmt: skip
-c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default("keep.train.eval_iters", 10),
+c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default(S.TRAIN_EVAL_ITERS, 10),
                   help="More batches: a steadier loss estimate, slower evaluations.")  # fmt: skip
-c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default("keep.train.seed", 1337),
+c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default(S.TRAIN_SEED, 1337),
                   help="Same seed, same settings: the same run.")  # fmt: skip
-c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default("keep.train.budget", 0))
+c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default(S.TRAIN_BUDGET, 0))
 OPTIMIZER_HELP = {
     "adamw": "AdamW: each weight takes a step scaled by its own running gradient statistics; the dependable default.",
     "muon": "Muon: the hidden layers' matrices step along their momentum made orthogonal (every direction moves "
@@ -276,37 +262,37 @@ OPTIMIZER_HELP = {
     "(needs a rate near 0.5-1).",
 }
 c = st.columns([1, 1, 2])
-optimizer = c[0].selectbox("Optimizer", list(OPTIMIZER_HELP), key=keep_default("keep.train.optimizer", "adamw"))
-c[1].number_input("Muon learning rate", 1e-5, 10.0, step=0.005, format="%.4f", key=keep_default("keep.train.muon_lr", 0.02),
+optimizer = c[0].selectbox("Optimizer", list(OPTIMIZER_HELP), key=keep_default(S.TRAIN_OPTIMIZER, "adamw"))
+c[1].number_input("Muon learning rate", 1e-5, 10.0, step=0.005, format="%.4f", key=keep_default(S.TRAIN_MUON_LR, 0.02),
                   disabled=optimizer != "muon", help="Peak rate of Muon's matrices; the same warm-up and cosine.")  # fmt: skip
 c[2].caption(OPTIMIZER_HELP[optimizer])
 c = st.columns([1, 2, 1])
 devices = _devices()
-if st.session_state.get("keep.train.device") not in devices:
-    st.session_state["keep.train.device"] = "auto"
-device_name = c[0].selectbox("Device", devices, key=keep_default("keep.train.device", "auto"))
+if st.session_state.get(S.TRAIN_DEVICE) not in devices:
+    st.session_state[S.TRAIN_DEVICE] = "auto"
+device_name = c[0].selectbox("Device", devices, key=keep_default(S.TRAIN_DEVICE, "auto"))
 auto_name = default_run_name(cfg)
-if st.session_state.get(S.NAME_FOR) not in (None, cfg.to_json()) and _value("keep.train.name"):
+if st.session_state.get(S.NAME_FOR) not in (None, cfg.to_json()) and _value(S.TRAIN_NAME):
     # The name was typed for another model: a new model gets its own name.
-    st.session_state["keep.train.name"] = st.session_state.setdefault(S.KEPT, {})["keep.train.name"] = ""
+    st.session_state[S.TRAIN_NAME] = st.session_state.setdefault(S.KEPT, {})[S.TRAIN_NAME] = ""
     st.session_state[S.NAME_FOR] = None
     st.toast("The run name was typed for another model; this one gets its own.")
 run_name = c[1].text_input(
     "Run name (the checkpoint's file name)",
-    key=keep_default("keep.train.name", ""),
+    key=keep_default(S.TRAIN_NAME, ""),
     placeholder=auto_name,
     max_chars=100,
     on_change=_name_typed,
     help=f"Empty: named after the model ({auto_name}). A name already taken by a run or a saved file gets -2, -3 …",
 )
 # A server-wide setting: the widget shows the registry's value and changes it only when edited.
-st.session_state["train_max_concurrent"] = REGISTRY.max_concurrent
+st.session_state[S.MAX_CONCURRENT] = REGISTRY.max_concurrent
 c[2].number_input(
     "Runs at once (server-wide)",
     1,
     8,
     step=1,
-    key="train_max_concurrent",
+    key=S.MAX_CONCURRENT,
     on_change=_set_limit,
     help="More runs than this are refused until one ends; they share the CPU or GPU.",
 )
@@ -326,12 +312,12 @@ except LMCoreError as e:
 job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
 alive = job is not None and job.is_alive
 b = st.columns([1, 1, 1, 3])
-b[0].button("Start", type="primary", key="train_start", on_click=_press_start, args=(st.session_state.get(START_TOKEN, 0),),
+b[0].button("Start", type="primary", key="train_start", on_click=_press_start, args=(st.session_state.get(S.START_TOKEN, 0),),
             help="Start a new run with these settings; a run already going keeps going (up to the limit).")  # fmt: skip
-error = st.session_state.pop(START_ERROR, None)
+error = st.session_state.pop(S.START_ERROR, None)
 if error:
     st.error(error)
-if st.session_state.pop(START_NOTE, None):
+if st.session_state.pop(S.START_NOTE, None):
     st.toast("Start was pressed again while a run was starting: one run was started.")
 if b[1].button("Stop", disabled=not (alive and job.status == RUNNING), key="train_stop"):
     job.stop()
@@ -372,13 +358,13 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
         st.dataframe(pd.DataFrame(rows), hide_index=True)
         ids = [r.id for r in runs]
         # The picker mirrors the run shown; picking another one switches to it.
-        st.session_state["train_show"] = job.id if job is not None and job.id in ids else None
+        st.session_state[S.SHOW_RUN] = job.id if job is not None and job.id in ids else None
         st.selectbox(
             "Show run",
             ids,
             format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
             placeholder="Pick a run to follow",
-            key="train_show",
+            key=S.SHOW_RUN,
             on_change=_show_picked,
             help="A run started in another tab or before a reload can be followed here.",
         )
@@ -432,17 +418,17 @@ if job is None:
 
 # ------------------------------------------------------------------ live view
 others = [r.id for r in REGISTRY.list() if r.id != job.id]
-st.session_state["train_compare"] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
+st.session_state[S.OVERLAY_RUNS] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
 compare = st.multiselect(
     "Overlay other runs",
     others,
     format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
     help="Compare architectures or settings on the same axes.",
-    key="train_compare",
+    key=S.OVERLAY_RUNS,
     on_change=_save_compare,
 )
 x_axis = st.radio("Horizontal axis", ["step", "tokens"], horizontal=True, format_func={"step": "steps", "tokens": "tokens seen"}.get,
-                  key=keep_default("keep.train.x", "step"))  # fmt: skip
+                  key=keep_default(S.TRAIN_X, "step"))  # fmt: skip
 
 
 def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer
+from lmcore.data import DEFAULT_BPE_VOCAB, build_tokenizer, token_counts
 from lmcore.viz import frequency_figure, token_length_figure
 from ui import state as S
 from ui.boundary import user_errors
@@ -22,7 +22,6 @@ from ui.flow import (
     require_corpus,
     require_tokenizer,
     set_tokenizer,
-    token_counts,
     tokenizer_is_current,
 )
 from ui.render import md, token_pieces, token_spans_html
@@ -67,7 +66,7 @@ else:
         list(KINDS),
         format_func=KINDS.get,
         horizontal=True,
-        key=keep_default("keep.vocab.kind", tok.kind if tok is not None else "char"),
+        key=keep_default(S.VOCAB_KIND, tok.kind if tok is not None else "char"),
         help="Characters: simple, small vocabulary, long sequences. BPE: learned merges, any Unicode text, shorter "
         "sequences.",
     )
@@ -82,7 +81,7 @@ else:
         size = st.select_slider(
             "Vocabulary size",
             options=BPE_SIZES,
-            key=keep_default("keep.vocab.size", DEFAULT_BPE_VOCAB),
+            key=keep_default(S.VOCAB_SIZE, DEFAULT_BPE_VOCAB),
             help="256 byte tokens, one start-of-document token, and the rest learned merges.",
         )
         # The size asked for is remembered: a short text can run out of pairs and give fewer tokens.
@@ -131,15 +130,15 @@ st.caption(f"Training split: {len(train_ids):,} tokens · validation split: {len
 
 st.subheader("How often each token occurs")
 c1, c2 = st.columns([3, 1])
-top_n = c1.slider("Tokens shown", 10, 200, key=keep_default("keep.vocab.topn", 40), step=10)
-log_y = c2.toggle("Log scale", key=keep_default("keep.vocab.log", False))
+top_n = c1.slider("Tokens shown", 10, 200, key=keep_default(S.VOCAB_TOP_N, 40), step=10)
+log_y = c2.toggle("Log scale", key=keep_default(S.VOCAB_LOG, False))
 show_figure(frequency_figure(labels, counts, top_n=top_n, log_y=log_y), key="vocab_freq")
 st.caption("Spaces show as ␣, newlines as \\n, tabs as \\t; <|bos|> marks the start of a document.")
 
 lengths = [len(tok.token_bytes(i)) for i in range(tok.vocab_size)]
 if tok.kind == "bpe":
     st.subheader("How long the tokens are")
-    weighted = st.toggle("Count tokens in the corpus instead of vocabulary entries", key=keep_default("keep.vocab.lenw", False))
+    weighted = st.toggle("Count tokens in the corpus instead of vocabulary entries", key=keep_default(S.VOCAB_BY_USE, False))
     show_figure(token_length_figure(lengths, counts if weighted else None), key="vocab_len")
 
 st.subheader("The vocabulary")
@@ -166,7 +165,7 @@ st.caption("Click a column title to sort by it.")
 
 st.subheader("Token explorer")
 default_probe = "\n".join(corpus.docs[:4]) if corpus.documents else corpus.text[:PROBE_CHARS]
-probe = st.text_area("Type any text to see how it is cut into tokens", key=keep_default("keep.vocab.probe", default_probe), height=110)
+probe = st.text_area("Type any text to see how it is cut into tokens", key=keep_default(S.VOCAB_PROBE, default_probe), height=110)
 with user_errors(stop=False):
     probe_ids = tok.encode(probe or "")
     st.markdown(token_spans_html(tok, token_pieces(tok, probe_ids)), unsafe_allow_html=True)
