@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from lmcore import runlog
 from lmcore.jobs import FINISHED, REGISTRY
+from lmcore.recipes import INDUCTION_VOCAB, recipe
 from ui import state as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +100,28 @@ def test_resume_continues_the_shown_run_from_its_checkpoint_up_to_the_iterations
     assert [e.step for e in resumed.events if e.val_loss is None] == [7, 8, 9]
     assert resumed.train_config.max_iters == 9 and resumed.train_config.batch_size == 4
     assert resumed.model_config == first.model_config and resumed.tokenizer.to_dict() == first.tokenizer.to_dict()
+
+
+def test_the_induction_recipe_sets_up_its_corpus_vocabulary_and_model_and_trains_them(checkpoints: Path) -> None:
+    at = training_page()
+    at.button(key="train_induction").click().run()
+    assert not at.exception and not at.error
+    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    job.stop()
+    assert job.wait(RUN_S)
+    model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB + 1)
+    # the built-in corpus, a character vocabulary of its 256 symbols (+ document start), the recipe's model
+    assert at.session_state[S.CORPUS].source == "builtin:induction"
+    assert at.session_state[S.TOKENIZER].vocab_size == INDUCTION_VOCAB + 1
+    assert job.model_config == at.session_state[S.MODEL_CONFIG] == model_cfg
+    # the recipe's own schedule (constant rate, no weight decay), not the page's defaults
+    tc = job.train_config
+    assert (tc.max_iters, tc.batch_size, tc.lr, tc.min_lr, tc.weight_decay) == (1500, 64, 3e-3, 3e-3, 0.0)
+    assert job.name.startswith("induction-head")
+    # the page's settings and the data page's choice show the recipe too
+    at.run()
+    assert at.number_input(key="keep.train.iters").value == 1500
+    assert at.number_input(key="keep.train.batch").value == 64
+    at.switch_page("views/data.py").run()
+    assert not at.exception
+    assert at.session_state[S.CORPUS].source == "builtin:induction"  # the data page keeps it

@@ -25,6 +25,7 @@ import streamlit as st
 from lmcore.data import BUILTIN_CORPORA, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
 from lmcore.models import ModelConfig
+from lmcore.train import TrainConfig
 from ui import state as S
 
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
@@ -155,9 +156,7 @@ def current_params() -> dict[str, str]:
         size = _value(S.MODEL_SIZE)
         if size:
             out["size"] = str(size)
-        values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
-        values["n_kv_head"] = cfg.kv_heads
-        out.update({f: _text(v) for f, v in values.items()})
+        out.update(_model_params(cfg))
     for name, (key, _) in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
         v = _value(key)
         if v is not None and v != "":
@@ -166,6 +165,20 @@ def current_params() -> dict[str, str]:
     if run:
         out["run"] = str(run)
     return out
+
+
+def _model_params(cfg: ModelConfig) -> dict[str, str]:
+    values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
+    values["n_kv_head"] = cfg.kv_heads
+    return {f: _text(v) for f, v in values.items()}
+
+
+def recipe_params(corpus: str, tokenizer: str, model: ModelConfig, train: TrainConfig) -> dict[str, str]:
+    """The address parameters of a setup: corpus source, tokenizer kind, model (a preset) and training settings."""
+    shown = {"iters": train.max_iters, "batch": train.batch_size, "lr": train.lr, "warmup": train.warmup_iters,
+             "eval": train.eval_interval, "eval_iters": train.eval_iters, "seed": train.seed}  # fmt: skip
+    return {"corpus": corpus, "tok": tokenizer, "arch": model.preset, **_model_params(model),
+            **{k: _text(v) for k, v in shown.items()}}  # fmt: skip
 
 
 def _text(v: Any) -> str:
@@ -217,8 +230,15 @@ def restore() -> None:
     params = st.query_params.to_dict()
     if not params:
         return
+    skipped = apply(params)
+    if skipped:
+        st.session_state[S.URL_NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
+
+
+def apply(params: dict[str, str]) -> list[str]:
+    """Set up what ``params`` name (corpus, vocabulary, model, settings, run); what could not be, in words."""
     skipped: list[str] = []
-    with st.spinner("Restoring your session…"):
+    with st.spinner("Setting up the corpus, vocabulary and model…"):
         try:
             _restore_corpus(params)
         except (LMCoreError, ValueError):
@@ -248,8 +268,7 @@ def restore() -> None:
         st.session_state[S.ACTIVE_JOB] = run
     elif run:
         skipped.append("the run (the server no longer knows it)")
-    if skipped:
-        st.session_state[S.URL_NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
+    return skipped
 
 
 def _restore_corpus(params: dict[str, str]) -> None:
