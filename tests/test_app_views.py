@@ -162,6 +162,29 @@ def test_prompts_are_never_markup(ckpt_dir: Path) -> None:
     assert all("<b>" not in m.value for m in at.markdown)  # never in markdown, where it could render
 
 
+def test_attention_charts_head_roles_from_the_run_log_of_a_checkpoint(ckpt_dir: Path) -> None:
+    """A run still training in another process logs each evaluation before its checkpoint carries it."""
+    from lmcore.runlog import RunLogger
+    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
+
+    path = ckpt_dir / "tiny.safetensors"
+    at = open_page(ATTENTION)
+    assert len(charts(at)) == 3 and "No head scores were recorded" in texts(at.caption)  # a file without history
+
+    ckpt = load_checkpoint(path)
+    ids = torch.tensor(ckpt.tokenizer.encode("the cat sat on the mat, the dog sat on the log. " * 20))
+    tc = TrainConfig(batch_size=4, max_iters=4, warmup_iters=1, eval_interval=2, eval_iters=1, device="cpu")
+    logger = RunLogger(path)
+    Trainer(ckpt.model, ids[:800], ids[800:], tc, callbacks=[HeadScoresCallback(), logger]).fit()
+    logger.close()
+    at.run()
+    assert not at.exception
+    *_, scores = charts(at)
+    assert scores["layout"]["xaxis"]["title"]["text"] == "step"
+    assert sorted({x for trace in scores["data"] for x in values(trace["x"]).tolist()}) == [2, 4]
+    assert len(scores["data"]) == 2 * 2  # a line per layer and head
+
+
 def test_attention_reports_unseen_characters_inline(ckpt_dir: Path) -> None:
     at = open_page(ATTENTION)
     at.text_input(key="keep.attention.prompt").input("snow ☃ man").run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmcore import runlog
+from lmcore.checkpoint import read_metadata
 from lmcore.errors import LMCoreError
 from ui import models
 
@@ -20,12 +22,15 @@ def training_history(key: str) -> list[Any]:
         job = REGISTRY.get(key[len(models.JOB_PREFIX) :])
         return [e for e in job.events_since(0) if e.is_eval] if job is not None else []
     if key.startswith(models.CKPT_PREFIX):
-        from lmcore.checkpoint import read_metadata
-
+        path = Path(key[len(models.CKPT_PREFIX) :])
         try:
-            train = read_metadata(Path(key[len(models.CKPT_PREFIX) :])).get("train") or {}
+            train = read_metadata(path).get("train") or {}
+            # The run's log, when there is one, is as new as the last evaluation (a run still
+            # training in another process saves its checkpoint less often than it logs).
+            logged = runlog.evals(runlog.read_log(path))
         except LMCoreError:
             return []
         history = train.get("history") if isinstance(train, dict) else None
-        return list(history) if isinstance(history, list) else []
+        saved = list(history) if isinstance(history, list) else []
+        return logged if len(logged) > len(saved) else saved
     return []
