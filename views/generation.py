@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from lmcore import figures, viz
+from lmcore import viz
 from lmcore.errors import LMCoreError
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
-from lmcore.sample import SamplingConfig, generate, next_token_distribution
+from lmcore.sample import SamplingConfig, generate, next_token_distribution, top_candidates
 from ui import models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
@@ -115,7 +115,7 @@ def stream(
         own = event.model_probs if event.model_probs is not None else event.probs
         drawn = event.probs.numpy()
         # (id, the model's own probability, the probability it was drawn with)
-        candidates.append([(i, p, float(drawn[i])) for i, p in viz.top_candidates(own.numpy(), N_CANDIDATES)])
+        candidates.append([(i, p, float(drawn[i])) for i, p in top_candidates(own.numpy(), N_CANDIDATES)])
         if event.token_id not in [c[0] for c in candidates[-1]]:
             # drawn from outside the top few (a high temperature): show it too
             candidates[-1].append((int(event.token_id), float(own[event.token_id]), float(drawn[event.token_id])))
@@ -237,7 +237,7 @@ with tab_gen:
                 st.latex(r"\ell = -\ln p_\theta(x_t \mid x_{<t})")
                 st.latex(
                     r"\ell(\texttt{%s}) = -\ln %.4f = %.3f \text{ nats} = %.3f \text{ bits}"
-                    % (figures.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
+                    % (viz.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
                        -np.log2(max(p_model, 1e-30)))
                 )  # fmt: skip
                 st.write(
@@ -257,7 +257,7 @@ def softmax_with_temperature(reference: Any, probs: Any, vocab: list[str], t: fl
     for i in np.argsort(-reference)[:3]:
         st.latex(
             r"\texttt{%s}:\; z = %.3f,\quad p = %.4f \text{ at } T = 1,\quad p = %.4f \text{ at } T = %g"
-            % (figures.latex_text(vocab[i]), z[i], reference[i], probs[i], t)
+            % (viz.latex_text(vocab[i]), z[i], reference[i], probs[i], t)
         )
 
 
