@@ -1,8 +1,9 @@
 """Models: the registry of architecture families and ``build_model``.
 
 Adding an architecture is one model file (its class and its ``Family``) plus
-one line in ``ARCHITECTURES``; everything else (presets, sizes, the model
-page's fields, diagrams, estimates) is read from the family.
+its line in ``ARCHITECTURES`` (and the import above it); everything else
+(presets, sizes, the model page's fields, views, diagrams, estimates) is read
+from the family.
 """
 
 from __future__ import annotations

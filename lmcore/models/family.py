@@ -103,19 +103,20 @@ def layers_by_width(c: ModelConfig) -> str:
 
 @dataclass(frozen=True)
 class Family:
-    """Everything the project knows about one architecture family; see the module docstring.
+    """Everything the project knows about one architecture family.
 
-    presets: name -> Preset (the first is the family's default); sizes: size
-    name (``SIZES``) -> field overrides; fields: what the model page shows, in
-    order; attention: the maps the Attention page shows ("attention", "implicit
-    attention") or None; attention_unit: what one map belongs to;
-    diagram: config -> Diagram; activations: (config, batch size) -> values
-    kept per layer for the backward pass, None when there are no layers to
-    count; run_shape: config -> the shape part of a run name; hf_names: the
-    transformers families that can hold it (``lmcore.hf``); training_note: how
-    its training differs from gradient steps, if it does; params_formula:
-    config -> a LaTeX line on where its parameters go, if it has one;
-    params_note: a caption under its parameter count, if it needs one.
+    - presets: name -> Preset; sizes: size name (``SIZES``) -> field overrides;
+    - fields: the config fields the model page shows, in order;
+    - diagram: config -> Diagram;
+    - activations: (config, batch size) -> values kept per layer for the
+      backward pass; None when there are no layers to count;
+    - attention: the maps the Attention page shows ("attention", "implicit
+      attention") or None; attention_unit: what one map belongs to;
+    - run_shape: config -> the shape part of a run name;
+    - hf_names: the transformers families that can hold it (``lmcore.hf``);
+    - training_note: how its training differs from gradient steps, if it does;
+    - params_formula: config -> a LaTeX line on where its parameters go;
+      params_note: a caption under its parameter count.
     """
 
     presets: dict[str, Preset]
