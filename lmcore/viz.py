@@ -22,6 +22,7 @@ from lmcore.interpret import HEAD_SCORE_KEYS, EmbeddingMap, TokenLosses
 from lmcore.models import ModelConfig, family_of
 from lmcore.sample import entropy, top_candidates
 
+
 def plot_label(text: str) -> str:
     """A token or piece of text made safe for plotly labels.
 

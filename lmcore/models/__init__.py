@@ -75,6 +75,6 @@ def build_model(config: ModelConfig, device: torch.device | str | None = None) -
 
 
 __all__ = [
-    "ARCHITECTURES", "ARCHS", "FIELDS", "PRESETS", "SIZES", "Family", "Field", "LanguageModel", "ModelConfig", "build_model",
-    "family_of", "lm_loss", "model_class", "preset_config", "preset_family",
+    "ARCHITECTURES", "ARCHS", "FIELDS", "PRESETS", "SIZES", "Family", "Field", "LanguageModel", "ModelConfig",
+    "build_model", "family_of", "lm_loss", "model_class", "preset_config", "preset_family",
 ]  # fmt: skip

@@ -69,8 +69,9 @@ DROPOUT = Field(
     "dropout", "Dropout", "Randomly zeroes activations while training; helps against overfitting on small data.",
     kind="fraction", limits=(0.0, 0.5), step=0.05,
 )  # fmt: skip
-TIE_WEIGHTS = Field("tie_weights", "Tie embedding and output", "Use the token embedding matrix as the output layer too.",
-                    kind="bool")  # fmt: skip
+TIE_WEIGHTS = Field(
+    "tie_weights", "Tie embedding and output", "Use the token embedding matrix as the output layer too.", kind="bool"
+)
 
 
 @dataclass(frozen=True)

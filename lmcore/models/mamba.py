@@ -53,7 +53,17 @@ from torch.autograd.function import once_differentiable
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
-from lmcore.models.family import BLOCK_SIZE, N_EMBD, N_LAYER, TIE_WEIGHTS, Diagram, Family, Field, Preset, embedding_node
+from lmcore.models.family import (
+    BLOCK_SIZE,
+    N_EMBD,
+    N_LAYER,
+    TIE_WEIGHTS,
+    Diagram,
+    Family,
+    Field,
+    Preset,
+    embedding_node,
+)
 from lmcore.models.layers import RMSNorm
 
 # Time steps per chunk in the fast scan: long enough that the per-chunk work is a

@@ -256,7 +256,7 @@ def _diagram(c: ModelConfig) -> Diagram:
         embed=embedding_node(c, " + learned positions" if c.pos == "learned" else ""),
         block=(
             ("n1", norm),
-            ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.n_embd // c.n_head} wide"),
+            ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.head_dim} wide"),
             ("add1", "+"),
             ("n2", norm),
             ("mlp", f"MLP ({mlp})\n{c.n_embd} → {hidden} → {c.n_embd}"),
