@@ -16,7 +16,10 @@ from typing import Any
 
 from lmcore.models.config import ModelConfig
 
-# The app's size presets, smallest first; every family gives its overrides for each.
+# The app's size presets, smallest first, with what each means; every family gives
+# its overrides for each. "tiny" trains in seconds on a laptop CPU, "small" is
+# nanoGPT's CPU baby GPT (about 0.8M parameters, minutes), "GPU" is nanoGPT's
+# Shakespeare-char model (about 10M parameters, wants a GPU).
 SIZES = {
     "tiny": "CPU, trains in seconds: for trying things out",
     "small": "CPU, a few minutes: nanoGPT's 'baby GPT' size",
