@@ -2,7 +2,7 @@
 
 Run: python3 bench/bench_interpret.py [--skip-induction] [--induction-steps N]
 
-1. Each view of ``lmcore.interpret`` and ``lmcore.figures`` on a tiny model
+1. Each view of ``lmcore.interpret`` and its figures in ``lmcore.viz`` on a tiny model
    (gpt2 and mamba presets, 2 layers, 2 heads, 64 wide, block 256) with a
    256-token text: median seconds over 5 runs.
 2. Head scores at every evaluation: a baby-GPT-shaped run (4 x 128, block 64,
@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmcore import figures  # noqa: E402
+from lmcore import viz  # noqa: E402
 from lmcore.interpret import embedding_map, head_scores, logit_lens, probe_ids, token_losses  # noqa: E402
 from lmcore.models import ModelConfig, build_model  # noqa: E402
 from lmcore.recipes import INDUCTION_VOCAB, induction_data, recipe  # noqa: E402
@@ -58,12 +58,12 @@ def views(preset: str) -> dict[str, float]:
     emap = embedding_map(model)
     return {
         "token_losses": median_s(lambda: token_losses(model, ids)),
-        "surprise_html": median_s(lambda: figures.surprise_html(tokens, result, label)),
+        "surprise_html": median_s(lambda: viz.surprise_html(tokens, result, label)),
         "logit_lens (256 positions)": median_s(lambda: logit_lens(model, ids)),
-        "logit_lens_heatmap (48 positions)": median_s(lambda: figures.logit_lens_heatmap(lens, tokens[:48], label)),
+        "logit_lens_heatmap (48 positions)": median_s(lambda: viz.logit_lens_heatmap(lens, tokens[:48], label)),
         "head_scores": median_s(lambda: head_scores(model)),
         "embedding_map": median_s(lambda: embedding_map(model)),
-        "embedding_scatter": median_s(lambda: figures.embedding_scatter(emap, [label(i) for i in range(65)])),
+        "embedding_scatter": median_s(lambda: viz.embedding_scatter(emap, [label(i) for i in range(65)])),
     }
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from lmcore.errors import CheckpointError, ConfigError, TokenizerError
-from lmcore.models import LanguageModel, ModelConfig, build_model
+from lmcore.models import LanguageModel, ModelConfig, build_model, family_of
 from lmcore.models.layers import swiglu_hidden
 from lmcore.tokenizers import BOS_TOKEN, UNK_TOKEN, BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from lmcore.tokenizers.bpe import PATTERNS
@@ -265,12 +265,13 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
 
 def export_family(config: ModelConfig) -> str:
     """The transformers family that expresses ``config`` exactly; ConfigError saying which preset would export."""
-    if config.arch == "mamba":
-        return "mamba"
-    if config.arch != "transformer":
+    names = family_of(config.arch).hf_names
+    if not names:
         raise ConfigError(
             f"transformers has no class for lmcore's {config.arch} model; train a gpt2, llama or mamba preset to export"
         )
+    if len(names) == 1:
+        return names[0]
     layout = (config.pos, config.norm, config.mlp)
     if layout == ("learned", "layernorm", "gelu"):
         if not config.bias:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from lmcore.errors import ConfigError, TokenizerError, TrainingError
@@ -136,6 +137,25 @@ def filter_probs(
     return probs
 
 
+def top_candidates(probs: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+    """The k most likely token ids and their probabilities, most likely first.
+
+    Ties keep the smaller id first, so the order is deterministic.
+    Example: top_candidates([0.1, 0.6, 0.3], 2) -> [(1, 0.6), (2, 0.3)]
+    """
+    p = np.asarray(probs, dtype=float).ravel()
+    k = max(0, min(int(k), p.size))
+    order = np.lexsort((np.arange(p.size), -p))[:k]
+    return [(int(i), float(p[i])) for i in order]
+
+
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats of a probability vector (zeros contribute nothing)."""
+    p = np.asarray(probs, dtype=float).ravel()
+    p = p[p > 0]
+    return max(0.0, float(-(p * np.log(p)).sum()))  # never "-0.00" for a one-hot
+
+
 def _prompt_list(prompt_ids: Any, vocab_size: int) -> list[int]:
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() != 1:
@@ -157,35 +177,20 @@ def _prompt_list(prompt_ids: Any, vocab_size: int) -> list[int]:
     return ids
 
 
-# Model classes whose step() was seen to take a whole (1, t) prompt at once, or not.
-_SEQUENCE_STEP: dict[type, bool] = {}
-
-
 def _prefill(model: torch.nn.Module, ids: list[int], device: torch.device) -> tuple[torch.Tensor, Any]:
     """Run ``ids`` through a fresh cache; return (logits of the last position (V,), cache).
 
-    One ``step`` call over the whole prompt when the model takes (1, t) input
-    (the transformer does), else one call per token. A model may say which by a
-    ``step_accepts_sequence`` attribute; otherwise we try once per class.
+    One ``step`` call over the whole prompt, or one call per token for a model
+    whose ``step_accepts_sequence`` is False.
     """
     x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, t)
-    vocab = model.config.vocab_size
-    kind = type(model)
-    accepts = getattr(model, "step_accepts_sequence", _SEQUENCE_STEP.get(kind, True))
+    cache = model.init_cache(batch_size=1, device=device)
     with torch.no_grad():
-        if len(ids) > 1 and accepts:
-            cache = model.init_cache(batch_size=1, device=device)
-            try:
-                logits, cache = model.step(x, cache)  # (1, t, V)
-                ok = tuple(logits.shape) == (1, len(ids), vocab)
-            except Exception:  # this model steps one token at a time; the loop below will say if it is broken
-                ok = False
-            _SEQUENCE_STEP.setdefault(kind, ok)
-            if ok:
-                return logits[0, -1], cache
-        cache = model.init_cache(batch_size=1, device=device)
-        for t in range(len(ids)):
-            logits, cache = model.step(x[:, t : t + 1], cache)  # (1, 1, V)
+        if model.step_accepts_sequence:
+            logits, cache = model.step(x, cache)  # (1, t, V)
+        else:
+            for t in range(len(ids)):
+                logits, cache = model.step(x[:, t : t + 1], cache)  # (1, 1, V)
     return logits[0, -1], cache
 
 

@@ -1,26 +1,41 @@
-"""Plotly figures built from plain data (lists, dicts, numpy arrays): no Streamlit here.
+"""Plotly figures built from plain data (lists, dicts, numpy arrays, tensors): no Streamlit here.
 
-Pages pass numbers in and get a ``plotly.graph_objects.Figure`` back, so every
-figure can be tested without a browser.
+Pages pass numbers in and get a ``plotly.graph_objects.Figure`` (or a DOT or
+HTML string) back, so every figure can be tested without a browser. Plotly
+reads a few HTML tags and entities in every label; ``plot_label`` is the one
+escaper that makes text (tokens, prompts, run names) show literally.
 """
 
 from __future__ import annotations
 
-import plotly.graph_objects as go  # noqa: F401
+import html
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from lmcore.interpret import HEAD_SCORE_KEYS, EmbeddingMap, TokenLosses
+from lmcore.models import ModelConfig, family_of
+from lmcore.sample import entropy, top_candidates
+
+
+def plot_label(text: str) -> str:
+    """A token or piece of text made safe for plotly labels.
+
+    Plotly reads a small set of HTML tags (``<b>``, ``<br>``) and entities in
+    every label and hover text; a prompt is never markup, so ``<``, ``>`` and
+    ``&`` are escaped and plotly shows them literally.
+    Example: plot_label("<b>") -> "&lt;b&gt;"
+    """
+    return html.escape(str(text), quote=False)
+
 
 # --- corpus, vocabulary and training figures ---
 
-# Imports used only by the figures of this section sit with them, like the
-# section below, so that either can change without touching the other.
-import html as _html  # noqa: E402
-import math  # noqa: E402
-from collections.abc import Iterable, Mapping  # noqa: E402
-from collections.abc import Sequence as _Seq  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as _np  # noqa: E402
-
-# One colour per run, reused in every training chart so a run keeps its colour.
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 # Charts thin long runs to at most this many points: the browser stays fast and
@@ -28,18 +43,12 @@ RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", 
 MAX_POINTS = 1500
 
 
-def _text(s: str) -> str:
-    """Plotly reads a few HTML tags (``<br>``, ``<b>``) and entities in labels; corpus
-    text is never markup, so ``<``, ``>`` and ``&`` are escaped to show literally."""
-    return _html.escape(str(s), quote=False)
-
-
 def frequency_figure(
-    labels: _Seq[str],
-    counts: _Seq[int],
+    labels: Sequence[str],
+    counts: Sequence[int],
     top_n: int = 40,
     log_y: bool = False,
-    ids: _Seq[int] | None = None,
+    ids: Sequence[int] | None = None,
     title: str = "",
 ) -> go.Figure:
     """Bars of the ``top_n`` most frequent tokens, most frequent first.
@@ -53,7 +62,7 @@ def frequency_figure(
         raise ValueError("labels and counts must have one entry per token")
     ids = list(range(len(labels))) if ids is None else list(ids)
     order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), ids[i]))[: max(1, int(top_n))]
-    shown = [_text(labels[i]) for i in order]
+    shown = [plot_label(labels[i]) for i in order]
     values = [int(counts[i]) for i in order]
     total = sum(int(c) for c in counts) or 1
     fig = go.Figure(
@@ -78,12 +87,12 @@ def frequency_figure(
     if log_y:
         fig.update_yaxes(**log_ticks(values))
     fig.update_layout(
-        title=_text(title) or None, height=380, margin=dict(l=10, r=10, t=40 if title else 10, b=10), bargap=0.15
+        title=plot_label(title) or None, height=380, margin=dict(l=10, r=10, t=40 if title else 10, b=10), bargap=0.15
     )
     return fig
 
 
-def token_length_figure(lengths: _Seq[int], counts: _Seq[int] | None = None, unit: str = "bytes") -> go.Figure:
+def token_length_figure(lengths: Sequence[int], counts: Sequence[int] | None = None, unit: str = "bytes") -> go.Figure:
     """Histogram of token lengths: how many vocabulary entries (or, with ``counts``,
     how many corpus tokens) span 1, 2, 3, ... ``unit``.
 
@@ -147,32 +156,32 @@ def series_from_events(events: Iterable[Any]) -> dict[str, list]:
     return out
 
 
-def thin(xs: _Seq[float], ys: _Seq[float], max_points: int = MAX_POINTS) -> tuple[list, list]:
+def thin(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_POINTS) -> tuple[list, list]:
     """Every k-th point so that at most ``max_points`` remain; the last point is always kept.
 
     Lists give lists; numpy arrays give arrays.
     """
     n = len(xs)
     if n <= max_points:
-        return (xs, ys) if isinstance(xs, _np.ndarray) else (list(xs), list(ys))
+        return (xs, ys) if isinstance(xs, np.ndarray) else (list(xs), list(ys))
     k = math.ceil(n / max_points)
     idx = list(range(0, n, k))
     if idx[-1] != n - 1:
         idx.append(n - 1)
-    if isinstance(xs, _np.ndarray):
-        return xs[idx], _np.asarray(ys)[idx]
+    if isinstance(xs, np.ndarray):
+        return xs[idx], np.asarray(ys)[idx]
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
-def _finite(xs: _Seq[float], ys: _Seq[float | None]) -> tuple[_np.ndarray, _np.ndarray]:
+def _finite(xs: Sequence[float], ys: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
     """Float arrays without the points whose value is missing, NaN or infinite.
 
     Arrays, not lists: plotly checks a list element by element, which made a
     chart of a long run take a tenth of a second to build.
     """
-    x = _np.asarray(xs, dtype=float)
-    y = _np.asarray([_np.nan if v is None else v for v in ys], dtype=float)
-    keep = _np.isfinite(y)
+    x = np.asarray(xs, dtype=float)
+    y = np.asarray([np.nan if v is None else v for v in ys], dtype=float)
+    keep = np.isfinite(y)
     return x[keep], y[keep]
 
 
@@ -183,7 +192,7 @@ def log_ticks(values: Iterable[float]) -> dict[str, Any]:
     or "2, 3, ... 9, 1"); these are 1, 10, 100 ... when the values span two decades
     or more, else 1, 2, 5, 10, 20 ..., each written out in full (0.5, 1, 2, 1e+04).
     """
-    v = _np.asarray([x for x in values if x is not None and x > 0 and math.isfinite(x)], dtype=float)
+    v = np.asarray([x for x in values if x is not None and x > 0 and math.isfinite(x)], dtype=float)
     if v.size == 0:
         return {}
     lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
@@ -210,7 +219,7 @@ def loss_figure(runs: Mapping[str, Mapping[str, list]], x: str = "step", log_y: 
     fig = go.Figure()
     for n, (name, s) in enumerate(runs.items()):
         color = RUN_COLORS[n % len(RUN_COLORS)]
-        label = _text(name)
+        label = plot_label(name)
         xs, ys = thin(*_finite(s[x], s["loss"]))
         fig.add_trace(
             go.Scatter(
@@ -249,7 +258,7 @@ def metric_figure(
     per_eval = key in EVAL_KEYS
     fig = go.Figure()
     for n, (name, s) in enumerate(runs.items()):
-        label = _text(name)
+        label = plot_label(name)
         xs, ys = _finite(s[("eval_tokens" if x == "tokens" else "eval_step") if per_eval else x], s[key])
         if not per_eval:
             xs, ys = thin(xs, ys)
@@ -257,11 +266,11 @@ def metric_figure(
             go.Scatter(
                 x=xs, y=ys, mode="lines+markers" if per_eval else "lines", name=label,
                 line=dict(color=RUN_COLORS[n % len(RUN_COLORS)], width=1.5),
-                hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>{_text(y_title)} %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{label}<br>{_axis_title(x)} %{{x:,}}<br>{plot_label(y_title)} %{{y:.4g}}<extra></extra>",
             )
         )  # fmt: skip
     fig.update_xaxes(title=_axis_title(x))
-    fig.update_yaxes(title=_text(y_title), type="log" if log_y else "linear")
+    fig.update_yaxes(title=plot_label(y_title), type="log" if log_y else "linear")
     if log_y:
         fig.update_yaxes(**log_ticks(y for trace in fig.data for y in trace.y))
     fig.update_layout(
@@ -274,21 +283,7 @@ def metric_figure(
     return fig
 
 
-# --- model figures: size and structure (plain numbers in, numbers or DOT out) ---
-
-
-def memory_estimate(config: Any, n_params: int, batch_size: int, bytes_per_value: int = 4) -> dict[str, int]:
-    """A rough training-memory budget in bytes: weights, gradients, AdamW state, activations, total.
-
-    The rule of thumb is ``lmcore.models.estimate.training_memory``'s (the one
-    the app and the CLI refuse oversized configs with): weights and gradients
-    one value per parameter, AdamW two more, and the activations kept for the
-    backward pass per architecture plus the logits. The right order of
-    magnitude, not a promise.
-    """
-    from lmcore.models.estimate import training_memory
-
-    return training_memory(config, n_params, batch_size, bytes_per_value)
+# --- model structure (a config in, DOT out) ---
 
 
 def _dot(s: str) -> str:
@@ -296,66 +291,23 @@ def _dot(s: str) -> str:
     return str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def model_diagram(config: Any) -> str:
+def model_diagram(config: ModelConfig) -> str:
     """A Graphviz DOT description of the model's block structure, built from its config.
 
-    Reads ModelConfig fields only (arch, n_layer, n_embd, n_head, ...), so it works
+    The parts come from the config's family (``Family.diagram``), so it works
     for a config that has not been built yet. The repeated block is drawn once,
     inside a box labelled with how many times it repeats.
     """
     c = config
-    arch = c.arch
-    nodes: list[tuple[str, str, str]] = []  # (id, label, fill colour)
-    block: list[tuple[str, str, str]] = []
-    skips: list[tuple[str, str]] = []  # residual connections inside the block (from, to)
+    parts = family_of(c.arch).diagram(c)
     emb, blk, head, io = "#dbeafe", "#fde68a", "#e9d5ff", "#e5e7eb"
-    nodes.append(("tokens", f"token ids\n(B, T)  T ≤ {c.block_size}", io))
-    if arch == "bigram":
-        nodes.append(("table", f"lookup table\n{c.vocab_size} × {c.vocab_size}", emb))
-    else:
-        pos = " + learned positions" if arch == "transformer" and c.pos == "learned" else ""
-        nodes.append(("embed", f"token embedding{pos}\n{c.vocab_size} → {c.n_embd}", emb))
-    if arch == "transformer":
-        norm = "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm"
-        kv = c.n_head if c.n_kv_head is None else c.n_kv_head
-        kind = "multi-head" if kv == c.n_head else ("multi-query" if kv == 1 else "grouped-query")
-        rope = ", RoPE" if c.pos == "rope" else ""
-        mlp = "SwiGLU" if c.mlp == "swiglu" else "GELU"
-        from lmcore.models.layers import swiglu_hidden  # the widths the model really builds
-
-        hidden = swiglu_hidden(c.n_embd, c.mlp_ratio) if c.mlp == "swiglu" else int(c.mlp_ratio * c.n_embd)
-        block += [
-            ("n1", norm, blk),
-            ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.n_embd // c.n_head} wide", blk),
-            ("add1", "+", blk),
-            ("n2", norm, blk),
-            ("mlp", f"MLP ({mlp})\n{c.n_embd} → {hidden} → {c.n_embd}", blk),
-            ("add2", "+", blk),
-        ]  # fmt: skip
-        skips += [("in", "add1"), ("add1", "add2")]
-        final = norm
-    elif arch == "mamba":
-        inner = c.expand * c.n_embd
-        block += [
-            ("n1", "RMSNorm", blk),
-            ("inproj", f"input projection\n{c.n_embd} → x, z ({inner} each)", blk),
-            ("conv", f"causal depthwise conv1d (width {c.d_conv}) + SiLU", blk),
-            ("ssm", f"selective scan\ninput-dependent Δ, B, C; state N = {c.d_state}", blk),
-            ("gate", "× SiLU(z)", blk),
-            ("outproj", f"output projection\n{inner} → {c.n_embd}", blk),
-            ("add1", "+", blk),
-        ]  # fmt: skip
-        skips += [("in", "add1")]
-        final = "RMSNorm"
-    elif arch == "lstm":
-        block += [("lstm", f"LSTM layer\nhidden {c.n_embd}, carries (h, c)", blk)]
-        final = ""
-    else:
-        final = ""
+    nodes = [("tokens", f"token ids\n(B, T)  T ≤ {c.block_size}", io), (*parts.embed, emb)]  # (id, label, fill colour)
+    block = [(nid, label, blk) for nid, label in parts.block]
+    skips = parts.residuals  # residual connections inside the block (from, to)
     tail: list[tuple[str, str, str]] = []
-    if final:
-        tail.append(("nf", f"final {final}", head))
-    if arch != "bigram":
+    if parts.final_norm:
+        tail.append(("nf", f"final {parts.final_norm}", head))
+    if parts.head:
         tied = " (shares the embedding)" if c.tie_weights else ""
         tail.append(("head", f"output head{tied}\n{c.n_embd} → {c.vocab_size}", head))
     tail.append(("logits", f"next-token logits\n(B, T, {c.vocab_size})", io))
@@ -390,16 +342,7 @@ def model_diagram(config: Any) -> str:
     return "\n".join(lines)
 
 
-
 # --- attention and generation figures ---
-
-# Imports used only by the figures below sit with them, so that this section
-# can change without touching the one above.
-import html  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
 
 # Above this many tokens, axis labels get a smaller font so they stay legible.
 _DENSE_TOKENS = 40
@@ -407,17 +350,6 @@ _DENSE_TOKENS = 40
 ATTENDS_HOVER = "token #%{y} %{customdata[0]} attends to token #%{x} %{customdata[1]}: %{z:.3f}<extra></extra>"
 GRID_WIDTH_PX = 720  # the width an all-heads grid gets on the page
 GRID_TICK_PX = 11  # room one token's tick label needs on a grid panel
-
-
-def plot_label(text: str) -> str:
-    """A token or piece of text made safe for plotly labels.
-
-    Plotly reads a small set of HTML tags (``<b>``, ``<br>``) and entities in
-    every label and hover text; a prompt is never markup, so ``<``, ``>`` and
-    ``&`` are escaped and plotly shows them literally.
-    Example: plot_label("<b>") -> "&lt;b&gt;"
-    """
-    return html.escape(str(text), quote=False)
 
 
 def _causal(weights: np.ndarray) -> np.ndarray:
@@ -565,18 +497,6 @@ def attention_grid(
     return fig
 
 
-def top_candidates(probs: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
-    """The k most likely token ids and their probabilities, most likely first.
-
-    Ties keep the smaller id first, so the order is deterministic.
-    Example: top_candidates([0.1, 0.6, 0.3], 2) -> [(1, 0.6), (2, 0.3)]
-    """
-    p = np.asarray(probs, dtype=float).ravel()
-    k = max(0, min(int(k), p.size))
-    order = np.lexsort((np.arange(p.size), -p))[:k]
-    return [(int(i), float(p[i])) for i in order]
-
-
 def candidates_figure(
     labels: Sequence[str],
     probs: Sequence[float],
@@ -635,13 +555,6 @@ def candidates_figure(
     return fig
 
 
-def entropy(probs: np.ndarray) -> float:
-    """Shannon entropy in nats of a probability vector (zeros contribute nothing)."""
-    p = np.asarray(probs, dtype=float).ravel()
-    p = p[p > 0]
-    return max(0.0, float(-(p * np.log(p)).sum()))  # never "-0.00" for a one-hot
-
-
 def temperature_figure(
     probs: np.ndarray,
     reference: np.ndarray,
@@ -694,3 +607,178 @@ def temperature_figure(
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     )
     return fig
+
+
+# --- looking inside a model: surprise, logit lens, embeddings, head scores ---
+
+# Surprise (bits) at which a token's background is fully red; 0 bits is white.
+SURPRISE_FULL_BITS = 8.0
+
+
+def surprise_html(tokens: Sequence[str], result: TokenLosses, token_str: Callable[[int], str]) -> str:
+    """The text as HTML, each predicted token on a background as red as its surprise in bits.
+
+    tokens: the T token strings of the text (the first one has no prediction);
+    hovering a token shows its surprise, rank, probability and the top candidates.
+    """
+    bits = result.bits.tolist()
+    spans = [f'<span title="first token: nothing to predict it from">{html.escape(tokens[0])}</span>']
+    for i, tok in enumerate(tokens[1:]):
+        shade = min(1.0, bits[i] / SURPRISE_FULL_BITS)
+        cands = ", ".join(
+            f"{token_str(int(t))!r} {float(p):.0%}" for t, p in zip(result.top_ids[i], result.top_probs[i])
+        )
+        tip = (
+            f"{bits[i]:.2f} bits (p = {float(result.probs[i]):.3f}, rank {int(result.ranks[i])}); "
+            f"the model expected: {cands}"
+        )
+        style = f"background: rgba(220, 40, 40, {shade:.2f}); border-radius: 2px"
+        spans.append(f'<span title="{html.escape(tip)}" style="{style}">{html.escape(tok)}</span>')
+    body = "".join(spans)
+    return f'<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">{body}</div>'
+
+
+def logit_lens_heatmap(lens: torch.Tensor, tokens: Sequence[str], token_str: Callable[[int], str], title: str = "") -> go.Figure:
+    """Layers x positions: each cell writes the top next-token guess, coloured by its probability.
+
+    lens: (L+1, T, V) log-probabilities from ``interpret.logit_lens``.
+    """
+    probs = lens.exp()
+    top_p, top_i = probs.max(-1)  # (L+1, T)
+    layers, T = top_p.shape
+    text = [[plot_label(token_str(int(i))) for i in row] for row in top_i]
+    rows = ["embedding"] + [f"after block {i}" for i in range(layers - 1)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=top_p.numpy(),
+            x=list(range(T)),
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            customdata=np.array([[plot_label(t) for t in tokens]] * layers),
+            hovertemplate="%{y}, after #%{x} %{customdata}: guesses %{text} (p = %{z:.2f})<extra></extra>",
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0,
+            colorbar=dict(title="p(top)"),
+        )
+    )
+    fig.update_xaxes(
+        title="position: the token just read",
+        tickmode="array",
+        tickvals=list(range(T)),
+        ticktext=[plot_label(t) for t in tokens],
+        tickangle=-60,
+    )
+    fig.update_layout(title=plot_label(title) or None, height=160 + 40 * layers, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def token_kind(s: str) -> str:
+    """letter, digit, space, punctuation or other, by the first character of a token's printable form.
+
+    ``token_str`` shows a space as ␣ and a newline or tab as \\n or \\t; <|...|> marks a special token.
+    """
+    if not s or (s.startswith("<|") and s.endswith("|>")):
+        return "other"
+    if s[0] == "␣" or s.startswith(("\\n", "\\t", "\\r")):
+        return "space"
+    c = s[0]
+    if c.isalpha():
+        return "letter"
+    if c.isdigit():
+        return "digit"
+    if c.isspace():
+        return "space"
+    if c.isprintable():
+        return "punctuation"
+    return "other"
+
+
+def embedding_scatter(emap: EmbeddingMap, labels: Sequence[str], title: str = "", n_neighbours: int = 3) -> go.Figure:
+    """The tokens at their first two PCA coordinates, coloured by kind; hover lists the nearest neighbours."""
+    coords = emap.coords.numpy()
+    kinds = [token_kind(s) for s in labels]
+    fig = go.Figure()
+    for kind in ("letter", "digit", "space", "punctuation", "other"):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        if not idx:
+            continue
+        hover = [
+            f"{plot_label(repr(labels[i]))}<br>nearest: "
+            + ", ".join(f"{plot_label(repr(labels[j]))} {c:.2f}" for j, c in emap.neighbours(i, n_neighbours))
+            for i in idx
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=coords[idx, 0],
+                y=coords[idx, 1] if coords.shape[1] > 1 else np.zeros(len(idx)),
+                mode="markers+text",
+                text=[plot_label(labels[i]) for i in idx],
+                textposition="top center",
+                hovertext=hover,
+                hoverinfo="text",
+                name=kind,
+            )
+        )
+    ev = [f"{100 * float(v):.1f}%" for v in emap.explained]
+    fig.update_xaxes(title=f"PC 1 ({ev[0]} of the variance)")
+    fig.update_yaxes(title=f"PC 2 ({ev[1]} of the variance)" if len(ev) > 1 else "")
+    fig.update_layout(title=plot_label(title) or None, height=560, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def head_score_history(history: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(step, {score name: (L, H) array}) for each evaluation record that carries head scores."""
+    points = []
+    for record in history:
+        scores = record.get("head_scores") if isinstance(record, dict) else getattr(record, "head_scores", None)
+        step = record.get("step") if isinstance(record, dict) else getattr(record, "step", None)
+        if scores and step is not None:
+            points.append((int(step), {k: np.asarray(scores[k], dtype=float) for k in HEAD_SCORE_KEYS}))
+    return points
+
+
+def head_score_figure(points: Sequence[tuple[int, dict[str, np.ndarray]]], score: str = "induction", unit: str = "head") -> go.Figure:
+    """One line per layer and head: the chosen score over training steps (from ``head_score_history``)."""
+    if score not in HEAD_SCORE_KEYS:
+        raise ValueError(f"unknown head score {score!r}")
+    steps = [s for s, _ in points]
+    fig = go.Figure()
+    if points:
+        L, H = points[0][1][score].shape
+        for layer in range(L):
+            for head in range(H):
+                fig.add_trace(
+                    go.Scatter(
+                        x=steps,
+                        y=[p[score][layer, head] for _, p in points],
+                        mode="lines+markers",
+                        name=f"L{layer} {unit[0].upper()}{head}",
+                        customdata=[[layer, head]] * len(steps),
+                        hovertemplate=f"layer {layer} · {unit} {head}<br>step %{{x}}: %{{y:.2f}}<extra></extra>",
+                    )
+                )
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title=f"{score.replace('_', '-')} score", range=[0, 1.02])
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "#$%&_{}"} | {"\\": r"\textbackslash{}", "^": r"\^{}", "~": r"\~{}", " ": "␣"}
+
+
+def latex_text(s: str) -> str:
+    """Token text made safe inside a LaTeX text command (special characters escaped, spaces shown as ␣)."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in s)
+
+
+def surprise_summary(result: TokenLosses) -> dict[str, float]:
+    """Mean surprise in bits and nats, perplexity, and the share of tokens that were the top guess."""
+    mean = result.mean
+    return {
+        "bits": mean / math.log(2),
+        "nats": mean,
+        "perplexity": math.exp(mean) if mean < 700 else math.inf,
+        "top1": float((result.ranks == 1).float().mean()),
+    }

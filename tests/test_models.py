@@ -5,6 +5,7 @@ Tiny shapes throughout (2 layers, 4 heads, 32 wide) so the module runs in second
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lmcore.errors import ConfigError
-from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.models import ARCHS, SIZES, ModelConfig, build_model, family_of, lm_loss, preset_config
 from lmcore.models.layers import apply_rope, apply_rope_reference, rope_table, swiglu_hidden
 from lmcore.models.transformer import KVCache, Transformer
 
@@ -420,3 +421,20 @@ def test_lm_loss_is_mean_cross_entropy():
     targets = torch.randint(0, V, (2, 3))
     expected = -F.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
     torch.testing.assert_close(lm_loss(logits, targets), expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_family_declares_valid_configs_fields_and_a_diagram(arch):
+    family = family_of(arch)
+    assert set(family.sizes) == set(SIZES)
+    config_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert {f.name for f in family.fields} <= config_fields
+    for f in family.fields:
+        assert f.kind in ("int", "float", "fraction", "choice", "bool") and f.label and f.help
+        assert f.kind != "choice" or f.choices
+    for preset in family.presets:
+        for size in SIZES:
+            cfg = preset_config(preset, size, 65).validate()
+            assert cfg.arch == arch and cfg.preset == preset
+            assert family.diagram(cfg).embed[1]
+            assert family.run_shape(cfg)

@@ -7,12 +7,12 @@ import math
 import pytest
 
 from lmcore.models import ModelConfig, build_model
+from lmcore.models.estimate import training_memory
 from lmcore.train import TrainEvent
 from lmcore.viz import (
     MAX_POINTS,
     frequency_figure,
     loss_figure,
-    memory_estimate,
     metric_figure,
     model_diagram,
     series_from_events,
@@ -105,16 +105,16 @@ def test_metric_figure_draws_one_line_per_run():
     assert metric_figure(runs, "grad_norm", "norm", log_y=True).layout.yaxis.type == "log"
 
 
-def test_memory_estimate_adds_up_and_scales_with_the_batch():
+def test_training_memory_adds_up_and_scales_with_the_batch():
     cfg = ModelConfig.preset("gpt2", vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64)
     n = build_model(cfg).num_params()
-    small, big = memory_estimate(cfg, n, 8), memory_estimate(cfg, n, 16)
+    small, big = training_memory(cfg, n, 8), training_memory(cfg, n, 16)
     assert small["weights"] == 4 * n and small["gradients"] == small["weights"]
     assert small["optimizer"] == 2 * small["weights"]
     assert small["total"] == sum(v for k, v in small.items() if k != "total")
     assert big["activations"] == 2 * small["activations"] and big["weights"] == small["weights"]
     bigram = ModelConfig.preset("bigram", vocab_size=65, block_size=64)
-    assert memory_estimate(bigram, 65 * 65, 8)["activations"] == 2 * 8 * 64 * 65 * 4  # only the logits
+    assert training_memory(bigram, 65 * 65, 8)["activations"] == 2 * 8 * 64 * 65 * 4  # only the logits
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm", "bigram"])

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from lmcore import viz
+from lmcore.sample import entropy, top_candidates
 
 
 def causal_maps(n_layer: int, n_head: int, t: int, seed: int = 0) -> np.ndarray:
@@ -92,9 +93,9 @@ def test_grid_can_show_chosen_layers_only() -> None:
 
 def test_top_candidates_are_sorted_and_deterministic() -> None:
     p = np.array([0.1, 0.3, 0.05, 0.3, 0.25])
-    assert viz.top_candidates(p, 3) == [(1, 0.3), (3, 0.3), (4, 0.25)]
-    assert len(viz.top_candidates(p, 50)) == 5
-    assert viz.top_candidates(p, 0) == []
+    assert top_candidates(p, 3) == [(1, 0.3), (3, 0.3), (4, 0.25)]
+    assert len(top_candidates(p, 50)) == 5
+    assert top_candidates(p, 0) == []
 
 
 def test_candidates_figure_highlights_the_drawn_token() -> None:
@@ -117,9 +118,9 @@ def test_candidates_figure_marks_the_sampled_probabilities() -> None:
 
 
 def test_entropy() -> None:
-    assert viz.entropy([1.0, 0.0, 0.0]) == 0.0
-    assert f"{viz.entropy([1.0, 0.0]):.2f}" == "0.00"  # not "-0.00"
-    assert viz.entropy([0.25] * 4) == pytest.approx(np.log(4))
+    assert entropy([1.0, 0.0, 0.0]) == 0.0
+    assert f"{entropy([1.0, 0.0]):.2f}" == "0.00"  # not "-0.00"
+    assert entropy([0.25] * 4) == pytest.approx(np.log(4))
 
 
 def test_temperature_figure_keeps_the_reference_order() -> None:
@@ -132,7 +133,7 @@ def test_temperature_figure_keeps_the_reference_order() -> None:
     np.testing.assert_allclose(ghost.y, [0.6, 0.25, 0.1])
     np.testing.assert_allclose(now.y, cold[[1, 3, 2]])
     assert "0.25" in now.name
-    assert f"{viz.entropy(cold):.2f}" in fig.layout.title.text
+    assert f"{entropy(cold):.2f}" in fig.layout.title.text
 
 
 def test_temperature_figure_checks_lengths() -> None:

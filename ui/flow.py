@@ -11,7 +11,7 @@ server's disk: its tokenizer is the session's and its splits are read through
 numpy.memmap, never loaded whole (``use_prepared``, ``prepared``).
 
 Also here: the corpus encoded with the tokenizer and split (computed once per
-corpus, tokenizer and split), the size presets of the model page, and the
+corpus, tokenizer and split), the architectures the model page offers, and the
 fingerprints that tell whether the objects in the session still belong together.
 """
 
@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
 
 import streamlit as st
 import torch
 
 from lmcore.data import Corpus, TokenSource, build_tokenizer, encode_corpus, load_corpus, split_ids
 from lmcore.errors import DataError
-from lmcore.models import ModelConfig
+from lmcore.models import PRESETS, ModelConfig, preset_config, preset_family
 from lmcore.shards import Prepared, is_prepared, load_prepared
 from lmcore.tokenizers import Tokenizer
 from ui import state as S
@@ -44,57 +43,11 @@ PAGE_GENERATION = "views/generation.py"
 PAGE_SURPRISE = "views/surprise.py"
 PAGE_CHECKPOINTS = "views/checkpoints.py"
 
-# The architectures a user picks from: ModelConfig preset names.
-ARCH_CHOICES = ("gpt2", "llama", "mamba", "lstm", "bigram", "ngram")
-ARCH_LABELS = {
-    "gpt2": "GPT-2 (transformer)",
-    "llama": "LLaMA (transformer)",
-    "mamba": "Mamba (state space)",
-    "lstm": "LSTM (recurrent)",
-    "bigram": "Bigram (baseline)",
-    "ngram": "N-gram (counting baseline)",
-}
-
-# Size presets: overrides of the architecture preset, per model family.
-# "tiny" trains in seconds on a laptop CPU, "small" is nanoGPT's CPU baby GPT
-# (about 0.8M parameters, minutes), "GPU" is nanoGPT's Shakespeare-char model
-# (about 10M parameters, wants a GPU).
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {
-        "transformer": dict(n_layer=2, n_head=2, n_kv_head=None, n_embd=64, block_size=64, dropout=0.0),
-        "mamba": dict(n_layer=2, n_embd=64, block_size=64, d_state=16, d_conv=4, expand=2),
-        "lstm": dict(n_layer=1, n_embd=128, block_size=64, dropout=0.0),
-        "bigram": dict(block_size=64),
-        "ngram": dict(block_size=64, ngram_n=3, add_k=0.1),
-    },
-    "small": {
-        "transformer": dict(n_layer=4, n_head=4, n_kv_head=None, n_embd=128, block_size=64, dropout=0.0),
-        "mamba": dict(n_layer=4, n_embd=128, block_size=64, d_state=16, d_conv=4, expand=2),
-        "lstm": dict(n_layer=2, n_embd=256, block_size=64, dropout=0.0),
-        "bigram": dict(block_size=64),
-        "ngram": dict(block_size=64, ngram_n=4, add_k=0.1),
-    },
-    "GPU": {
-        "transformer": dict(n_layer=6, n_head=6, n_kv_head=None, n_embd=384, block_size=256, dropout=0.2),
-        "mamba": dict(n_layer=6, n_embd=384, block_size=256, d_state=16, d_conv=4, expand=2),
-        "lstm": dict(n_layer=3, n_embd=512, block_size=256, dropout=0.2),
-        "bigram": dict(block_size=256),
-        "ngram": dict(block_size=256, ngram_n=5, add_k=0.1),
-    },
-}
-SIZE_HELP = {
-    "tiny": "CPU, trains in seconds: for trying things out",
-    "small": "CPU, a few minutes: nanoGPT's 'baby GPT' size",
-    "GPU": "about 10M parameters: wants a GPU",
-}
+# The architectures a user picks from (every family's presets) and their names on screen.
+ARCH_CHOICES = tuple(PRESETS)
+ARCH_LABELS = {name: preset_family(name).presets[name].label for name in PRESETS}
 DEFAULT_ARCH = "gpt2"
 DEFAULT_SIZE = "tiny"
-
-
-def preset_config(arch: str, size: str, vocab_size: int) -> ModelConfig:
-    """The config of architecture preset ``arch`` at size ``size`` for a vocabulary of ``vocab_size``."""
-    family = ModelConfig.preset(arch).arch
-    return ModelConfig.preset(arch, vocab_size=vocab_size, **SIZES[size][family])
 
 
 # ------------------------------------------------------------------ fingerprints

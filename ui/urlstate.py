@@ -24,15 +24,14 @@ import streamlit as st
 
 from lmcore.data import BUILTIN_CORPORA, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
-from lmcore.models import ModelConfig
+from lmcore.models import FIELDS, SIZES, ModelConfig
 from lmcore.train import TrainConfig
 from ui import state as S
 
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
 
 # Model fields that the model page shows, with their widget keys (state.model_field).
-MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias",
-                "tie_weights", "d_state", "d_conv", "expand", "ngram_n", "add_k")  # fmt: skip
+MODEL_FIELDS = tuple(FIELDS)
 # Training settings: address key -> (widget key, type).
 TRAIN_FIELDS: dict[str, tuple[str, type]] = {
     "iters": (S.TRAIN_ITERS, int),
@@ -328,7 +327,7 @@ def _restore_tokenizer(params: dict[str, str]) -> None:
 
 
 def _restore_model(params: dict[str, str]) -> None:
-    from ui.flow import ARCH_CHOICES, SIZES, set_model_config
+    from ui.flow import ARCH_CHOICES, set_model_config
 
     arch = params.get("arch")
     if arch not in ARCH_CHOICES:

@@ -6,7 +6,7 @@ import math
 
 import streamlit as st
 
-from lmcore import figures, viz
+from lmcore import viz
 from lmcore.interpret import HEAD_SCORE_KEYS
 from ui import inside, models, state
 from ui.boundary import user_errors
@@ -40,14 +40,15 @@ with user_errors():
     model, tokenizer, data_info = models.load_choice(choice)
 name = models.choice_name(choice)
 
-if not model.has_attention:
+family = model.family  # which attention views apply: "attention", "implicit attention" or none
+if family.attention is None:
     st.info(
         f"Attention maps are not available for this architecture ({model.config.arch}): it mixes "
         "information between tokens without attention weights. Pick a transformer or Mamba model."
     )
     st.stop()
 
-unit = model.attention_unit
+unit = family.attention_unit
 prompt = st.text_input(
     "Prompt",
     key=models.prompt_default(state.ATTENTION_PROMPT, tokenizer, data_info, ATTENTION_PROMPTS),
@@ -71,7 +72,7 @@ with user_errors():
     maps = model.attention_maps_for(ids)  # (L, H, T, T)
 n_layer, n_head = maps.shape[0], maps.shape[1]
 st.caption(f"{len(ids)} token{'' if len(ids) == 1 else 's'}, {n_layer} layers × {n_head} {unit}s.")
-if unit != "head":
+if family.attention == "implicit attention":
     signed = (
         " They are not probabilities: negative values mean a contribution of the opposite sign."
         if maps.min() < 0
@@ -116,7 +117,7 @@ with tab_avg:
                 model=name, prompt=prompt)
 
 st.subheader(f"{unit.capitalize()} roles over training")
-points = figures.head_score_history(inside.training_history(choice))
+points = viz.head_score_history(inside.training_history(choice))
 if not points:
     st.caption(
         f"No {unit} scores were recorded for this model: runs of this app and of the command line "
@@ -132,7 +133,7 @@ else:
     score = st.radio("Score", HEAD_SCORE_KEYS, horizontal=True, key="attention.score",
                      format_func=lambda k: k.replace("_", "-"))  # fmt: skip
     picked = show_figure(
-        figures.head_score_figure(points, score, unit), key="attention.scores", model=name,
+        viz.head_score_figure(points, score, unit), key="attention.scores", model=name,
         on_select="rerun", selection_mode="points",
     )
     chosen = (picked.selection.points if picked else None) or []
@@ -143,7 +144,7 @@ else:
             key="attention.picked", model=name, prompt=prompt,
         )
 
-if unit == "head":
+if family.attention == "attention":
     with st.expander("How it works"):
         d = model.config.head_dim
         st.latex(r"\mathrm{head}(X) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d}} + M\right) V,"
@@ -155,4 +156,4 @@ if unit == "head":
             f"{tokens[-1]!r} spreads its attention over the {len(ids)} tokens so far; its largest weights:"
         )
         for j in top:
-            st.latex(r"a_{%d,%d} = %.3f \quad (\texttt{%s})" % (len(ids) - 1, j, row[j], figures.latex_text(tokens[j])))
+            st.latex(r"a_{%d,%d} = %.3f \quad (\texttt{%s})" % (len(ids) - 1, j, row[j], viz.latex_text(tokens[j])))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from lmcore import figures, viz
+from lmcore import viz
 from lmcore.errors import LMCoreError
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
 from lmcore.sample import SamplingConfig, generate, next_token_distribution, token_candidates
@@ -218,7 +218,7 @@ with tab_gen:
                 st.latex(r"\ell = -\ln p_\theta(x_t \mid x_{<t})")
                 st.latex(
                     r"\ell(\texttt{%s}) = -\ln %.4f = %.3f \text{ nats} = %.3f \text{ bits}"
-                    % (figures.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
+                    % (viz.latex_text(tok.token_str(chosen)), p_model, -np.log(max(p_model, 1e-30)),
                        -np.log2(max(p_model, 1e-30)))
                 )  # fmt: skip
                 st.write(
@@ -238,7 +238,7 @@ def softmax_with_temperature(reference: Any, probs: Any, vocab: list[str], t: fl
     for i in np.argsort(-reference)[:3]:
         st.latex(
             r"\texttt{%s}:\; z = %.3f,\quad p = %.4f \text{ at } T = 1,\quad p = %.4f \text{ at } T = %g"
-            % (figures.latex_text(vocab[i]), z[i], reference[i], probs[i], t)
+            % (viz.latex_text(vocab[i]), z[i], reference[i], probs[i], t)
         )
 
 

@@ -10,9 +10,9 @@ import streamlit as st
 from lmcore.data import check_length
 from lmcore.device import resolve_device
 from lmcore.errors import ConfigError
-from lmcore.models import ModelConfig
-from lmcore.models.estimate import check_fits, model_counts, params_by_part
-from lmcore.viz import memory_estimate, model_diagram
+from lmcore.models import FIELDS, PRESETS, SIZES, ModelConfig, preset_family
+from lmcore.models.estimate import check_fits, model_counts, params_by_part, training_memory
+from lmcore.viz import model_diagram
 from ui import state as S
 from ui.boundary import user_errors
 from ui.flow import (
@@ -22,8 +22,6 @@ from ui.flow import (
     DEFAULT_SIZE,
     PAGE_TRAINING,
     PAGE_VOCABULARY,
-    SIZES,
-    SIZE_HELP,
     encoded_split,
     preset_config,
     require_tokenizer,
@@ -32,55 +30,10 @@ from ui.flow import (
 from ui.shell import require_app
 from ui.state import keep_default
 
-ARCH_NOTES = {
-    "gpt2": "The GPT-2 recipe: learned positions, LayerNorm, GELU MLP, biases. Every token looks back at every "
-    "earlier one through attention.",
-    "llama": "The LLaMA recipe: rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases; grouped-query attention "
-    "when there are fewer key/value heads than heads.",
-    "mamba": "A selective state-space model: instead of attention, each layer carries a fixed-size state along "
-    "the sequence and decides, token by token, what to keep. Cost grows linearly with length.",
-    "lstm": "A recurrent network: a hidden state and a memory cell updated one token at a time, the classic "
-    "before transformers.",
-    "bigram": "The baseline: the next token depends only on the current one (a lookup table). Any real model "
-    "must beat it.",
-    "ngram": "A counting table: the next token from the previous n-1, with add-k smoothing. Training is one "
-    "pass that counts; on a names list a 3-gram beats a small transformer.",
-}
-FAMILY_FIELDS = {
-    "transformer": ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "norm", "pos", "mlp", "bias", "tie_weights"),
-    "mamba": ("n_layer", "n_embd", "block_size", "d_state", "d_conv", "expand", "tie_weights"),
-    "lstm": ("n_layer", "n_embd", "block_size", "dropout"),
-    "bigram": ("block_size",),
-    "ngram": ("ngram_n", "add_k", "block_size"),
-}
-ALL_FIELDS = sorted({f for fields in FAMILY_FIELDS.values() for f in fields})
-LABELS = {
-    "n_layer": ("Layers", "How many blocks are stacked."),
-    "n_head": ("Attention heads", "Each head learns its own pattern of which earlier tokens to look at."),
-    "n_kv_head": ("Key/value heads", "Equal to the heads: multi-head attention; 1: multi-query; in between: grouped-query."),
-    "n_embd": ("Width", "The size of each token's vector (for the LSTM, its hidden size)."),
-    "block_size": ("Context length", "How many tokens the model sees at once during training."),
-    "dropout": ("Dropout", "Randomly zeroes activations while training; helps against overfitting on small data."),
-    "norm": ("Normalisation", "LayerNorm centres and scales; RMSNorm only scales."),
-    "pos": ("Positions", "Learned position vectors, or rotary embeddings (RoPE) applied inside attention."),
-    "mlp": ("MLP", "GELU, or the gated SwiGLU."),
-    "bias": ("Biases", "Bias terms in linear layers and norms."),
-    "tie_weights": ("Tie embedding and output", "Use the token embedding matrix as the output layer too."),
-    "d_state": ("State size (N)", "Numbers each channel remembers along the sequence."),
-    "d_conv": ("Convolution width", "The short causal convolution before the scan."),
-    "expand": ("Expansion (E)", "Inner width = E × width."),
-    "ngram_n": ("Order (n)", "The next token is looked up from the previous n - 1 tokens (1 to 5)."),
-    "add_k": ("Smoothing (k)", "Added to every count, so tokens never seen after a context keep a small chance."),
-}
-CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
-LIMITS = {"n_layer": (1, 48), "n_head": (1, 64), "n_kv_head": (1, 64), "n_embd": (8, 4096), "block_size": (2, 4096),
-          "d_state": (1, 256), "d_conv": (1, 16), "expand": (1, 8), "ngram_n": (1, 5)}  # fmt: skip
-# Fields an architecture switch keeps within one family (the context length is kept across families).
-SHARED_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "tie_weights")
 
 
 def _field_values(cfg: ModelConfig) -> dict:
-    values = {f: getattr(cfg, f) for f in ALL_FIELDS}
+    values = {f: getattr(cfg, f) for f in FIELDS}
     values["n_kv_head"] = cfg.kv_heads
     return values
 
@@ -104,8 +57,9 @@ def _switch_arch() -> None:
     arch = st.session_state[S.MODEL_ARCH]
     cfg = preset_config(arch, st.session_state[S.MODEL_SIZE], st.session_state[S.TOKENIZER].vocab_size)
     kept = st.session_state.get(S.KEPT, {})
-    shared = SHARED_FIELDS if cfg.arch == st.session_state.get(S.FAMILY_DRAWN) else ("block_size",)
-    carried = {f: kept[S.model_field(f)] for f in shared if f in FAMILY_FIELDS[cfg.arch] and S.model_field(f) in kept}
+    same = cfg.arch == st.session_state.get(S.FAMILY_DRAWN)
+    shared = [f.name for f in preset_family(arch).fields if (not f.by_preset if same else f.name == "block_size")]
+    carried = {f: kept[S.model_field(f)] for f in shared if S.model_field(f) in kept}
     if carried.get("n_kv_head") == carried.get("n_head", cfg.n_head):
         carried["n_kv_head"] = None
     try:
@@ -123,10 +77,10 @@ def explain(error: ConfigError, arch: str, values: dict, vocab_size: int, ints: 
     """
     message = str(error).split("; ")[0]
     named = [f for f in ints if re.search(rf"\b{f}\b", message)]
-    for f in sorted(LABELS, key=len, reverse=True):
-        message = re.sub(rf"\b{f}\b", LABELS[f][0], message)
+    for f in sorted(FIELDS, key=len, reverse=True):
+        message = re.sub(rf"\b{f}\b", FIELDS[f].label, message)
     for f in named + [f for f in ints if f not in named]:
-        lo, hi = LIMITS[f]
+        lo, hi = FIELDS[f].limits
         for delta in range(1, 257):
             for v in (values[f] - delta, values[f] + delta) if f in named else (values[f] + delta, values[f] - delta):
                 if not lo <= v <= hi:
@@ -138,7 +92,7 @@ def explain(error: ConfigError, arch: str, values: dict, vocab_size: int, ints: 
                     ModelConfig.preset(arch, vocab_size=vocab_size, **trial).validate()
                 except ConfigError:
                     continue
-                return f"{message[0].upper()}{message[1:]}. Try {LABELS[f][0]} = {v}."
+                return f"{message[0].upper()}{message[1:]}. Try {FIELDS[f].label} = {v}."
     return f"{message[0].upper()}{message[1:]}."
 
 
@@ -172,36 +126,33 @@ arch = c1.radio(
 size = c2.radio(
     "Size preset",
     list(SIZES),
-    captions=[SIZE_HELP[s] for s in SIZES],
+    captions=list(SIZES.values()),
     key=keep_default(S.MODEL_SIZE, DEFAULT_SIZE),
     on_change=_apply_preset,
 )
-st.info(ARCH_NOTES[arch], icon=":material/lightbulb:")
+family = preset_family(arch)
+st.info(family.presets[arch].note, icon=":material/lightbulb:")
 
-family = ModelConfig.preset(arch).arch
-st.session_state[S.FAMILY_DRAWN] = family
-fields = FAMILY_FIELDS[family]
+st.session_state[S.FAMILY_DRAWN] = PRESETS[arch]["arch"]
 values: dict = {}
-ints = [f for f in fields if f not in CHOICES and f not in ("dropout", "bias", "tie_weights", "add_k")]
+ints = [f.name for f in family.fields if f.kind == "int"]
 cols = st.columns(4)
-for k, f in enumerate(ints):
-    label, help_text = LABELS[f]
-    lo, hi = LIMITS[f]
-    values[f] = int(cols[k % 4].number_input(label, min_value=lo, max_value=hi, step=1, key=keep_default(S.model_field(f), start_values[f]), help=help_text))
-others = [f for f in fields if f not in ints]
+for k, f in enumerate(FIELDS[name] for name in ints):
+    lo, hi = f.limits
+    values[f.name] = int(cols[k % 4].number_input(f.label, min_value=lo, max_value=hi, step=1, key=keep_default(S.model_field(f.name), start_values[f.name]), help=f.help))
+others = [f for f in family.fields if f.kind != "int"]
 if others:
     cols = st.columns(4)
     for k, f in enumerate(others):
-        label, help_text = LABELS[f]
-        col = cols[k % 4]
-        if f in CHOICES:
-            values[f] = col.selectbox(label, CHOICES[f], key=keep_default(S.model_field(f), start_values[f]), help=help_text)
-        elif f == "add_k":
-            values[f] = float(col.number_input(label, min_value=0.001, max_value=10.0, step=0.05, format="%.3f", key=keep_default(S.model_field("add_k"), start_values[f]), help=help_text))
-        elif f == "dropout":
-            values[f] = float(col.slider(label, 0.0, 0.5, step=0.05, key=keep_default(S.model_field("dropout"), start_values[f]), help=help_text))
+        col, key = cols[k % 4], keep_default(S.model_field(f.name), start_values[f.name])
+        if f.kind == "choice":
+            values[f.name] = col.selectbox(f.label, f.choices, key=key, help=f.help)
+        elif f.kind == "float":
+            values[f.name] = float(col.number_input(f.label, min_value=f.limits[0], max_value=f.limits[1], step=f.step, format="%.3f", key=key, help=f.help))
+        elif f.kind == "fraction":
+            values[f.name] = float(col.slider(f.label, *f.limits, step=f.step, key=key, help=f.help))
         else:
-            values[f] = bool(col.checkbox(label, key=keep_default(S.model_field(f), start_values[f]), help=help_text))
+            values[f.name] = bool(col.checkbox(f.label, key=key, help=f.help))
 if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
     values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
 
@@ -228,7 +179,7 @@ with user_errors(stop=False):
 st.subheader("What it costs")
 c1, _ = st.columns([1, 3])
 c1.caption(f"Estimates for a batch of {batch} sequences (set on the Training page).")
-mem = memory_estimate(cfg, facts["params"], int(batch))
+mem = training_memory(cfg, facts["params"], int(batch))
 cols = st.columns(4)
 cols[0].metric("Parameters", f"{facts['params']:,}", help=f"{facts['params_non_embedding']:,} outside the embeddings.")
 cols[1].metric("Training memory (estimate)", f"{mem['total'] / 2**20:,.1f} MiB", help="Weights, gradients, AdamW state and activations, in fp32; a rough order of magnitude.")
@@ -239,15 +190,11 @@ with st.expander("How it works: parameter counts by layer"):
     parts = params_by_part(cfg)
     terms = " + ".join(f"{v:,}".replace(",", "{,}") for v in parts.values()) if len(parts) <= 8 else r"\dots"
     st.latex(r"N = \sum_{\text{parts}} N_\text{part} = %s = %s" % (terms, f"{sum(parts.values()):,}".replace(",", "{,}")))
-    if cfg.arch == "transformer":
-        d = cfg.n_embd
-        st.latex(
-            r"N_\text{block} \approx 12\,d^2 = 12 \cdot %d^2 = %s \quad(\text{attention } 4d^2,\ \text{MLP } 8d^2)"
-            % (d, f"{12 * d * d:,}".replace(",", "{,}"))
-        )
+    if family.params_formula is not None:
+        st.latex(family.params_formula(cfg))
     st.dataframe(pd.DataFrame({"part": list(parts), "parameters": list(parts.values())}), hide_index=True)
-    if cfg.arch == "ngram":
-        st.caption("An n-gram has no weights until it counts the training text: its tables grow with the data.")
+    if family.params_note:
+        st.caption(family.params_note)
 
 left, right = st.columns([3, 2])
 with left:

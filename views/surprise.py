@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lmcore import figures
+from lmcore import viz
 from lmcore.interpret import embedding_map, logit_lens, token_losses
 from ui import models, state
 from ui.boundary import user_errors
@@ -56,8 +56,8 @@ tokens = [tokenizer.token_str(i) for i in ids]
 
 def show_surprise(model, tokenizer, ids: list[int], tokens: list[str]) -> None:
     result = token_losses(model, ids)
-    summary = figures.surprise_summary(result)
-    st.markdown(figures.surprise_html(tokens, result, tokenizer.token_str), unsafe_allow_html=True)
+    summary = viz.surprise_summary(result)
+    st.markdown(viz.surprise_html(tokens, result, tokenizer.token_str), unsafe_allow_html=True)
     st.caption(
         f"Mean surprise {summary['bits']:.2f} bits per token ({summary['nats']:.3f} nats, "
         f"perplexity {summary['perplexity']:.1f}); the true token was the top guess "
@@ -101,7 +101,7 @@ with tab_lens:
     with user_errors(stop=False):
         lens = logit_lens(model, lens_ids)
         show_figure(
-            figures.logit_lens_heatmap(lens, tokens[:limit], tokenizer.token_str, title="logit lens"),
+            viz.logit_lens_heatmap(lens, tokens[:limit], tokenizer.token_str, title="logit lens"),
             key="surprise.lens", model=models.choice_name(choice), prompt=text,
         )
 
@@ -113,5 +113,5 @@ with tab_emb:
     with user_errors(stop=False):
         emap = embedding_map(model, k=2)
         labels = [tokenizer.token_str(i) for i in range(model.config.vocab_size)]
-        show_figure(figures.embedding_scatter(emap, labels, title="token embeddings"), key="surprise.emb",
+        show_figure(viz.embedding_scatter(emap, labels, title="token embeddings"), key="surprise.emb",
                     model=models.choice_name(choice))

@@ -13,7 +13,7 @@ from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
-from lmcore.models import ModelConfig
+from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_VOCAB, recipe
 from lmcore.train import TrainConfig
@@ -28,7 +28,6 @@ from ui.flow import (
     PAGE_CHECKPOINTS,
     PAGE_GENERATION,
     PAGE_MODEL,
-    SIZES,
     encoded_split,
     preset_config,
     require_corpus,
@@ -143,10 +142,7 @@ def default_run_name(cfg: ModelConfig) -> str:
     for size in SIZES:
         if cfg.preset and preset_config(cfg.preset, size, cfg.vocab_size) == cfg:
             return f"{arch}-{size.lower()}"
-    shape = f"{cfg.n_layer}x{cfg.n_embd}" if cfg.arch != "bigram" else f"ctx{cfg.block_size}"
-    kv = cfg.kv_heads if cfg.arch == "transformer" else None
-    attention = "" if kv is None or kv == cfg.n_head else ("-mqa" if kv == 1 else "-gqa")
-    return f"{arch}-{shape}{attention}"
+    return f"{arch}-{family_of(cfg.arch).run_shape(cfg)}"
 
 
 def free_name(base: str) -> str:
@@ -561,6 +557,6 @@ with st.expander("How it works: the AdamW update"):
         f"agree on, and shrinks a little (weight decay λ). η now: the schedule's value at step "
         f"{job.events[-1].step if job.events else 0:,}."
     )
-    if tc.optimizer != "adamw" or job.model_config.arch == "ngram":
-        st.caption("This run differs: " + ("an n-gram is counted in one pass, with no gradient steps."
-                   if job.model_config.arch == "ngram" else f"its optimizer is {tc.optimizer}."))  # fmt: skip
+    note = family_of(job.model_config.arch).training_note
+    if tc.optimizer != "adamw" or note:
+        st.caption("This run differs: " + (note or f"its optimizer is {tc.optimizer}."))

@@ -1,34 +1,70 @@
-"""Models: the registry of architectures and ``build_model``.
+"""Models: the registry of architecture families and ``build_model``.
 
-Adding an architecture is one file plus one line in ``ARCHITECTURES``.
+Adding an architecture is one model file (its class and its ``Family``) plus
+its line in ``ARCHITECTURES`` (and the import above it); everything else
+(presets, sizes, the model page's fields, views, diagrams, estimates) is read
+from the family.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
 import torch
 
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel, lm_loss
-from lmcore.models.config import ARCHS, PRESETS, ModelConfig
+from lmcore.models.bigram import Bigram
+from lmcore.models.config import ModelConfig
+from lmcore.models.family import SIZES, Family, Field
+from lmcore.models.mamba import Mamba
+from lmcore.models.ngram import NGram
+from lmcore.models.rnn import LSTM
+from lmcore.models.transformer import Transformer
 
-# arch name -> "module:Class"; modules are imported when first used.
-ARCHITECTURES: dict[str, str] = {
-    "transformer": "lmcore.models.transformer:Transformer",
-    "mamba": "lmcore.models.mamba:Mamba",
-    "lstm": "lmcore.models.rnn:LSTM",
-    "bigram": "lmcore.models.bigram:Bigram",
-    "ngram": "lmcore.models.ngram:NGram",
+# arch name (ModelConfig.arch) -> its model class.
+ARCHITECTURES: dict[str, type[LanguageModel]] = {
+    "transformer": Transformer,
+    "mamba": Mamba,
+    "lstm": LSTM,
+    "bigram": Bigram,
+    "ngram": NGram,
 }
+ARCHS = tuple(ARCHITECTURES)
+# Every family's presets: name -> the ModelConfig fields it sets, its arch included.
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {"arch": arch, **preset.values}
+    for arch, cls in ARCHITECTURES.items()
+    for name, preset in cls.family.presets.items()
+}
+
+# Every family's config fields a person sets, each once, in registry order.
+FIELDS: dict[str, Field] = {f.name: f for cls in ARCHITECTURES.values() for f in cls.family.fields}
 
 
 def model_class(arch: str) -> type[LanguageModel]:
     """The class registered for ``arch``; ConfigError listing the known ones."""
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    module, name = ARCHITECTURES[arch].split(":")
-    return getattr(importlib.import_module(module), name)
+    return ARCHITECTURES[arch]
+
+
+def family_of(arch: str) -> Family:
+    """The ``Family`` of architecture ``arch`` (a ModelConfig's ``arch``)."""
+    return model_class(arch).family
+
+
+def preset_family(preset: str) -> Family:
+    """The ``Family`` a preset belongs to (gpt2 and llama: the transformer's)."""
+    return family_of(ModelConfig.preset(preset).arch)
+
+
+def preset_config(preset: str, size: str, vocab_size: int) -> ModelConfig:
+    """The config of ``preset`` at the app's size ``size`` (a key of ``SIZES``) for a vocabulary of ``vocab_size``."""
+    family = preset_family(preset)
+    if size not in family.sizes:
+        raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    return ModelConfig.preset(preset, vocab_size=vocab_size, **family.sizes[size])
 
 
 def build_model(config: ModelConfig, device: torch.device | str | None = None) -> LanguageModel:
@@ -38,4 +74,7 @@ def build_model(config: ModelConfig, device: torch.device | str | None = None) -
     return model.to(device) if device is not None else model
 
 
-__all__ = ["ARCHITECTURES", "ARCHS", "PRESETS", "LanguageModel", "ModelConfig", "build_model", "lm_loss", "model_class"]
+__all__ = [
+    "ARCHITECTURES", "ARCHS", "FIELDS", "PRESETS", "SIZES", "Family", "Field", "LanguageModel", "ModelConfig",
+    "build_model", "family_of", "lm_loss", "model_class", "preset_config", "preset_family",
+]  # fmt: skip

@@ -7,7 +7,8 @@ Every architecture subclasses ``LanguageModel`` and provides:
 - ``init_cache(batch_size)`` / ``step(idx_t, cache)``: one token at a time,
   giving the same logits as ``forward`` over the whole sequence;
 - ``attention_maps(idx)``: (1, T) -> (n_layer, n_groups, T, T), or a
-  ``ConfigError`` when the architecture has no such maps (``has_attention``).
+  ``ConfigError`` when the architecture has no such maps (``has_attention``);
+- ``family``: its ``Family``, what the app, figures and estimates know about it.
 The trainer, sampler, checkpoint code and app never branch on the architecture.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from lmcore.errors import ConfigError
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import Family
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -32,18 +34,27 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class LanguageModel(nn.Module):
     """Base class of all models; see the module docstring for the contract."""
 
-    has_attention: ClassVar[bool] = False  # whether attention_maps() gives maps
-    attention_unit: ClassVar[str] = "head"  # what the second axis of attention_maps is
+    family: ClassVar[Family]  # what the project knows about the architecture (lmcore.models.family)
     # Longest context step() can carry: the transformer's block_size; None = unbounded.
     max_context: int | None = None
-    # Whether step() takes a whole prompt (B, t) in one call (a prefill); the sampler reads it.
-    step_accepts_sequence: ClassVar[bool | None] = None
+    # Whether step() takes a whole prompt (B, t) in one call (a prefill); False: the sampler feeds one token at a time.
+    step_accepts_sequence: ClassVar[bool] = True
     # Whether tensor sizes come from the training data (n-gram counts) rather than the config.
     sized_by_data: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether attention_maps() gives maps (the family names a kind of attention)."""
+        return self.family.attention is not None
+
+    @property
+    def attention_unit(self) -> str:
+        """What the second axis of attention_maps is: "head", or Mamba's "channel group"."""
+        return self.family.attention_unit
 
     @classmethod
     def validate_config(cls, config: ModelConfig) -> None:

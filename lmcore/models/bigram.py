@@ -13,10 +13,26 @@ from torch import nn
 
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import BLOCK_SIZE, Diagram, Family, Preset
+
+FAMILY = Family(
+    presets={
+        "bigram": Preset(
+            "Bigram (baseline)",
+            "The baseline: the next token depends only on the current one (a lookup table). Any real model "
+            "must beat it.",
+            dict(n_layer=1),
+        ),
+    },
+    sizes={"tiny": dict(block_size=64), "small": dict(block_size=64), "GPU": dict(block_size=256)},
+    fields=(BLOCK_SIZE,),
+    diagram=lambda c: Diagram(embed=("table", f"lookup table\n{c.vocab_size} × {c.vocab_size}"), head=False),
+    run_shape=lambda c: f"ctx{c.block_size}",
+)
 
 
 class Bigram(LanguageModel):
-    step_accepts_sequence: ClassVar[bool] = True  # step() takes (B, t) as well as (B, 1)
+    family: ClassVar[Family] = FAMILY
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

@@ -1,4 +1,4 @@
-"""ModelConfig: one dataclass describing every architecture, and named presets.
+"""ModelConfig: one dataclass describing every architecture (each family's presets live in its model file).
 
 Every field is annotated so that ``asdict`` -> JSON -> checkpoint metadata
 round-trips. Fields that do not apply to an architecture are ignored by it
@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lmcore.errors import ConfigError
 
-ARCHS = ("transformer", "mamba", "lstm", "bigram", "ngram")
 # No size field may exceed this: far past any model that fits in memory, and low
 # enough that shapes multiplied together stay within 64-bit integers. Whether a
 # config fits the machine is ``lmcore.models.estimate.check_fits``'s question.
@@ -27,7 +26,7 @@ MAX_MLP_RATIO = 1024.0
 
 @dataclass
 class ModelConfig:
-    arch: str = "transformer"  # which model family: transformer | mamba | lstm | bigram
+    arch: str = "transformer"  # which model family: a key of lmcore.models.ARCHITECTURES
     preset: str = ""  # the preset this config started from, for display only
     vocab_size: int = 65  # V
     block_size: int = 64  # longest context seen in training (T); the transformer's hard limit
@@ -79,6 +78,8 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named preset with fields overridden, e.g. ``preset("llama", n_layer=6)``."""
+        from lmcore.models import PRESETS  # the registry; imported here to avoid a cycle
+
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         values = {**PRESETS[name], "preset": name}
@@ -116,9 +117,10 @@ class ModelConfig:
     # -- validation --
     def validate(self) -> "ModelConfig":
         """Check every value; raise ConfigError with the fix. Returns self for chaining."""
+        from lmcore.models import model_class  # the registry; imported here to avoid a cycle
+
         _check_types(self)
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        arch_class = model_class(self.arch)  # ConfigError for an unknown architecture
         _positive(self, "vocab_size", "block_size", "n_layer", "n_embd")
         if self.vocab_size < 2:
             raise ConfigError("vocab_size must be at least 2; build a vocabulary from a corpus first")
@@ -126,9 +128,7 @@ class ModelConfig:
             raise ConfigError(f"mlp_ratio must be more than 0 and at most {MAX_MLP_RATIO:g}, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        from lmcore.models import model_class  # the registry; imported here to avoid a cycle
-
-        model_class(self.arch).validate_config(self)
+        arch_class.validate_config(self)
         return self
 
 
@@ -159,14 +159,3 @@ def _positive(cfg: ModelConfig, *names: str) -> None:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
 
-
-# Named presets: starting points, not code paths. Sizes are those of nanoGPT's
-# CPU "baby GPT" (4 layers, 4 heads, 128 wide, block 64) unless overridden.
-PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(arch="transformer", norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_weights=True),
-    "llama": dict(arch="transformer", norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_weights=True),
-    "mamba": dict(arch="mamba", norm="rmsnorm", bias=False, tie_weights=True, d_state=16, d_conv=4, expand=2),
-    "lstm": dict(arch="lstm", n_layer=2, n_embd=256, tie_weights=False),
-    "bigram": dict(arch="bigram", n_layer=1),
-    "ngram": dict(arch="ngram", n_layer=1, ngram_n=3, add_k=0.1),
-}

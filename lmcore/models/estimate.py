@@ -22,6 +22,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from lmcore.errors import ConfigError
+from lmcore.models import family_of, model_class
 from lmcore.models.config import ModelConfig
 
 # A safety net whatever the machine reports: a playground model above this many
@@ -48,8 +49,6 @@ class _SkipInit(TorchFunctionMode):
 @lru_cache(maxsize=256)
 def _meta_counts(config_json: str) -> tuple[int, int, int]:
     """(params, non-embedding params, training FLOPs per token) of a config built on the meta device."""
-    from lmcore.models import model_class  # the registry imports this package
-
     config = ModelConfig.from_json(config_json)
     with torch.device("meta"), _SkipInit():
         model = model_class(config.arch)(config)
@@ -70,24 +69,15 @@ def model_counts(config: ModelConfig) -> dict[str, int]:
 
 
 def activation_values(config: ModelConfig, batch_size: int) -> int:
-    """Values kept for the backward pass for B sequences of T tokens (a rule of thumb per architecture).
+    """Values kept for the backward pass for B sequences of T tokens: a rule of thumb per architecture.
 
-    Per layer: transformer ~ B T (34 D + 5 H T) (Korthikanti et al. 2022,
-    attention scores counted as if not fused); Mamba ~ B T E (10 + 3 N) (its
-    scan keeps Ā and the state per step and channel); LSTM ~ B T 10 D; plus
+    Per layer, the family's ``activations`` (none for a lookup table), plus
     2 B T V for the logits and their gradient for every architecture.
     """
     b, t, v = int(batch_size), int(config.block_size), int(config.vocab_size)
-    d, n_layer = int(config.n_embd), int(config.n_layer)
-    if config.arch == "transformer":
-        per_layer = b * t * (34 * d + 5 * int(config.n_head) * t)
-    elif config.arch == "mamba":
-        per_layer = b * t * int(config.expand) * d * (10 + 3 * int(config.d_state))
-    elif config.arch == "lstm":
-        per_layer = b * t * 10 * d
-    else:  # bigram: nothing but the table lookup
-        per_layer, n_layer = 0, 0
-    return n_layer * per_layer + 2 * b * t * v
+    per_layer = family_of(config.arch).activations
+    layers = 0 if per_layer is None else int(config.n_layer) * per_layer(config, b)
+    return layers + 2 * b * t * v
 
 
 def training_memory(
@@ -188,8 +178,6 @@ def params_by_part(config: ModelConfig) -> dict[str, int]:
 
     Built on the meta device (shapes only); tied weights are counted once, at their first name.
     """
-    from lmcore.models import model_class  # the registry imports this package
-
     with torch.device("meta"), _SkipInit():
         model = model_class(config.arch)(config)
     parts: dict[str, int] = {}

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,17 @@ from torch.autograd.function import once_differentiable
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import (
+    BLOCK_SIZE,
+    N_EMBD,
+    N_LAYER,
+    TIE_WEIGHTS,
+    Diagram,
+    Family,
+    Field,
+    Preset,
+    embedding_node,
+)
 from lmcore.models.layers import RMSNorm
 
 # Time steps per chunk in the fast scan: long enough that the per-chunk work is a
@@ -101,10 +113,6 @@ def selective_scan_ref(
     return torch.stack(ys, dim=1), h  # (B, T, E), (B, E, N)
 
 
-# Under torch.compile the scan runs as it is, between the compiled parts of the
-# model: tracing its loops would unroll every time step into the graph, which takes
-# minutes to compile and gains nothing over these few large operations per chunk.
-@torch.compiler.disable
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -143,6 +151,20 @@ def selective_scan(
             keep_states = u.device.type == "cpu" and kept_bytes <= KEEP_STATES_MAX_BYTES
         y, h = _SelectiveScan.apply(*args, chunk_size, keep_states)
     return y.to(dtype), h
+
+
+# What the mixer calls. Under torch.compile the scan runs as it is, between the
+# compiled parts of the model: tracing its loops would unroll every time step into
+# the graph, which takes minutes to compile and gains nothing over these few large
+# operations per chunk. The first Mamba built wraps it so (``_keep_scan_out_of_compile``):
+# doing it at import would import torch._dynamo (seconds) wherever the registry is imported.
+_scan = selective_scan
+
+
+def _keep_scan_out_of_compile() -> None:
+    global _scan
+    if _scan is selective_scan:
+        _scan = torch.compiler.disable(selective_scan)
 
 
 def _chunk_states(delta, du, A_t, B, h, out=None):
@@ -365,7 +387,7 @@ class MambaMixer(nn.Module):
         """x (B, T, D), optional (conv, ssm) state -> (B, T, D) and the state after x."""
         conv_state, ssm_state = state if state is not None else (None, None)
         u, delta, A, B, C, z, new_conv = self.ssm_inputs(x, conv_state)
-        y, h = selective_scan(u, delta, A, B, C, h0=ssm_state)  # (B, T, E), (B, E, N)
+        y, h = _scan(u, delta, A, B, C, h0=ssm_state)  # (B, T, E), (B, E, N)
         y = torch.addcmul(y, u, self.D) * F.silu(z)  # (y + D u) gated, (B, T, E)
         return self.out_proj(y), (new_conv, h)
 
@@ -385,6 +407,60 @@ class MambaBlock(nn.Module):
         return x + out, state  # (B, T, D)
 
 
+def _diagram(c: ModelConfig) -> Diagram:
+    inner = c.d_inner
+    return Diagram(
+        embed=embedding_node(c),
+        block=(
+            ("n1", "RMSNorm"),
+            ("inproj", f"input projection\n{c.n_embd} → x, z ({inner} each)"),
+            ("conv", f"causal depthwise conv1d (width {c.d_conv}) + SiLU"),
+            ("ssm", f"selective scan\ninput-dependent Δ, B, C; state N = {c.d_state}"),
+            ("gate", "× SiLU(z)"),
+            ("outproj", f"output projection\n{inner} → {c.n_embd}"),
+            ("add1", "+"),
+        ),
+        residuals=(("in", "add1"),),
+        final_norm="RMSNorm",
+    )
+
+
+def _activations(c: ModelConfig, batch_size: int) -> int:
+    """B T E (10 + 3 N) per layer: the scan keeps Ā and the state per step and channel."""
+    return batch_size * c.block_size * c.expand * c.n_embd * (10 + 3 * c.d_state)
+
+
+FAMILY = Family(
+    presets={
+        "mamba": Preset(
+            "Mamba (state space)",
+            "A selective state-space model: instead of attention, each layer carries a fixed-size state along "
+            "the sequence and decides, token by token, what to keep. Cost grows linearly with length.",
+            dict(norm="rmsnorm", bias=False, tie_weights=True, d_state=16, d_conv=4, expand=2),
+        ),
+    },
+    sizes={
+        "tiny": dict(n_layer=2, n_embd=64, block_size=64, d_state=16, d_conv=4, expand=2),
+        "small": dict(n_layer=4, n_embd=128, block_size=64, d_state=16, d_conv=4, expand=2),
+        "GPU": dict(n_layer=6, n_embd=384, block_size=256, d_state=16, d_conv=4, expand=2),
+    },
+    fields=(
+        N_LAYER,
+        N_EMBD,
+        BLOCK_SIZE,
+        Field("d_state", "State size (N)", "Numbers each channel remembers along the sequence.", limits=(1, 256)),
+        Field("d_conv", "Convolution width", "The short causal convolution before the scan.", limits=(1, 16)),
+        Field("expand", "Expansion (E)", "Inner width = E × width.", limits=(1, 8)),
+        TIE_WEIGHTS,
+    ),
+    diagram=_diagram,
+    activations=_activations,
+    attention="implicit attention",
+    attention_unit="channel group",
+    hf_names=("mamba",),
+)
+
+
 class Mamba(LanguageModel):
     """Mamba language model; see the module docstring.
 
@@ -394,13 +470,12 @@ class Mamba(LanguageModel):
     ``norm_f.weight``, and ``head.weight`` only when the head is not tied.
     """
 
-    has_attention = True
-    attention_unit = "channel group"
+    family: ClassVar[Family] = FAMILY
     max_context = None
-    step_accepts_sequence = True  # step() takes a whole prompt (B, t) in one call
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
+        _keep_scan_out_of_compile()
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, eps=config.norm_eps)

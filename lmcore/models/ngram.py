@@ -26,12 +26,40 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import BLOCK_SIZE, Diagram, Family, Field, Preset, embedding_node
 
 MAX_ORDER = 5
 
+FAMILY = Family(
+    presets={
+        "ngram": Preset(
+            "N-gram (counting baseline)",
+            "A counting table: the next token from the previous n-1, with add-k smoothing. Training is one "
+            "pass that counts; on a names list a 3-gram beats a small transformer.",
+            dict(n_layer=1, ngram_n=3, add_k=0.1),
+        ),
+    },
+    sizes={
+        "tiny": dict(block_size=64, ngram_n=3, add_k=0.1),
+        "small": dict(block_size=64, ngram_n=4, add_k=0.1),
+        "GPU": dict(block_size=256, ngram_n=5, add_k=0.1),
+    },
+    fields=(
+        Field("ngram_n", "Order (n)", "The next token is looked up from the previous n - 1 tokens (1 to 5).",
+              limits=(1, MAX_ORDER)),
+        Field("add_k", "Smoothing (k)",
+              "Added to every count, so tokens never seen after a context keep a small chance.",
+              kind="float", limits=(0.001, 10.0), step=0.05),
+        BLOCK_SIZE,
+    ),  # fmt: skip
+    diagram=lambda c: Diagram(embed=embedding_node(c)),
+    training_note="an n-gram is counted in one pass, with no gradient steps.",
+    params_note="An n-gram has no weights until it counts the training text: its tables grow with the data.",
+)
+
 
 class NGram(LanguageModel):
-    step_accepts_sequence: ClassVar[bool] = True
+    family: ClassVar[Family] = FAMILY
     sized_by_data: ClassVar[bool] = True
     max_context = None
 

@@ -10,12 +10,14 @@ itself when ``tie_weights`` is set (both are V x D here), else its own Linear.
 Generation carries (h, c), each (L, B, D): every token costs the same whatever
 its position, and the context is not limited by ``block_size``.
 
-There is no attention to show: ``has_attention`` is False and
+There is no attention to show: its family names none, ``has_attention`` is False and
 ``attention_maps`` raises the base class's ``ConfigError`` ("has no attention
 maps ..."), which the app shows as not available for this architecture.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,29 @@ from torch import nn
 
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import BLOCK_SIZE, DROPOUT, N_EMBD, N_LAYER, Diagram, Family, Preset, embedding_node
+
+
+FAMILY = Family(
+    presets={
+        "lstm": Preset(
+            "LSTM (recurrent)",
+            "A recurrent network: a hidden state and a memory cell updated one token at a time, the classic "
+            "before transformers.",
+            dict(n_layer=2, n_embd=256, tie_weights=False),
+        ),
+    },
+    sizes={
+        "tiny": dict(n_layer=1, n_embd=128, block_size=64, dropout=0.0),
+        "small": dict(n_layer=2, n_embd=256, block_size=64, dropout=0.0),
+        "GPU": dict(n_layer=3, n_embd=512, block_size=256, dropout=0.2),
+    },
+    fields=(N_LAYER, N_EMBD, BLOCK_SIZE, DROPOUT),
+    diagram=lambda c: Diagram(
+        embed=embedding_node(c), block=(("lstm", f"LSTM layer\nhidden {c.n_embd}, carries (h, c)"),)
+    ),
+    activations=lambda c, batch_size: batch_size * c.block_size * 10 * c.n_embd,  # B T 10 D per layer
+)
 
 
 class LSTM(LanguageModel):
@@ -30,9 +55,8 @@ class LSTM(LanguageModel):
     ``lstm.{weight_ih,weight_hh,bias_ih,bias_hh}_l{i}``, and ``head.{weight,bias}``
     when the head is not tied."""
 
-    has_attention = False
+    family: ClassVar[Family] = FAMILY
     max_context = None
-    step_accepts_sequence = True  # step() takes a whole prompt (B, t) in one call
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

@@ -50,6 +50,19 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
+from lmcore.models.family import (
+    BLOCK_SIZE,
+    DROPOUT,
+    N_EMBD,
+    N_LAYER,
+    TIE_WEIGHTS,
+    Diagram,
+    Family,
+    Field,
+    Preset,
+    embedding_node,
+    layers_by_width,
+)
 from lmcore.models.layers import (
     GeluMLP,
     RMSNorm,
@@ -232,11 +245,96 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _diagram(c: ModelConfig) -> Diagram:
+    norm = "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm"
+    kv = c.kv_heads
+    kind = "multi-head" if kv == c.n_head else ("multi-query" if kv == 1 else "grouped-query")
+    rope = ", RoPE" if c.pos == "rope" else ""
+    mlp = "SwiGLU" if c.mlp == "swiglu" else "GELU"
+    hidden = swiglu_hidden(c.n_embd, c.mlp_ratio) if c.mlp == "swiglu" else int(c.mlp_ratio * c.n_embd)
+    return Diagram(
+        embed=embedding_node(c, " + learned positions" if c.pos == "learned" else ""),
+        block=(
+            ("n1", norm),
+            ("attn", f"causal self-attention ({kind}{rope})\n{c.n_head} heads, {kv} key/value, {c.head_dim} wide"),
+            ("add1", "+"),
+            ("n2", norm),
+            ("mlp", f"MLP ({mlp})\n{c.n_embd} → {hidden} → {c.n_embd}"),
+            ("add2", "+"),
+        ),
+        residuals=(("in", "add1"), ("add1", "add2")),
+        final_norm=norm,
+    )  # fmt: skip
+
+
+def _activations(c: ModelConfig, batch_size: int) -> int:
+    """B T (34 D + 5 H T) per layer (Korthikanti et al. 2022, attention scores counted as if not fused)."""
+    return batch_size * c.block_size * (34 * c.n_embd + 5 * c.n_head * c.block_size)
+
+
+def _run_shape(c: ModelConfig) -> str:
+    kv = c.kv_heads
+    return layers_by_width(c) + ("" if kv == c.n_head else ("-mqa" if kv == 1 else "-gqa"))
+
+
+def _params_formula(c: ModelConfig) -> str:
+    d = c.n_embd
+    return r"N_\text{block} \approx 12\,d^2 = 12 \cdot %d^2 = %s \quad(\text{attention } 4d^2,\ \text{MLP } 8d^2)" % (
+        d, f"{12 * d * d:,}".replace(",", "{,}")
+    )  # fmt: skip
+
+
+FAMILY = Family(
+    presets={
+        "gpt2": Preset(
+            "GPT-2 (transformer)",
+            "The GPT-2 recipe: learned positions, LayerNorm, GELU MLP, biases. Every token looks back at every "
+            "earlier one through attention.",
+            dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_weights=True),
+        ),
+        "llama": Preset(
+            "LLaMA (transformer)",
+            "The LLaMA recipe: rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases; grouped-query attention "
+            "when there are fewer key/value heads than heads.",
+            dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_weights=True),
+        ),
+    },
+    sizes={
+        "tiny": dict(n_layer=2, n_head=2, n_kv_head=None, n_embd=64, block_size=64, dropout=0.0),
+        "small": dict(n_layer=4, n_head=4, n_kv_head=None, n_embd=128, block_size=64, dropout=0.0),
+        "GPU": dict(n_layer=6, n_head=6, n_kv_head=None, n_embd=384, block_size=256, dropout=0.2),
+    },
+    fields=(
+        N_LAYER,
+        Field("n_head", "Attention heads", "Each head learns its own pattern of which earlier tokens to look at.",
+              limits=(1, 64)),
+        Field("n_kv_head", "Key/value heads",
+              "Equal to the heads: multi-head attention; 1: multi-query; in between: grouped-query.", limits=(1, 64)),
+        N_EMBD,
+        BLOCK_SIZE,
+        DROPOUT,
+        Field("norm", "Normalisation", "LayerNorm centres and scales; RMSNorm only scales.", kind="choice",
+              choices=NORMS, by_preset=True),
+        Field("pos", "Positions", "Learned position vectors, or rotary embeddings (RoPE) applied inside attention.",
+              kind="choice", choices=POSITIONS, by_preset=True),
+        # relu2 is for the library and imported checkpoints; the page offers the two presets' MLPs.
+        Field("mlp", "MLP", "GELU, or the gated SwiGLU.", kind="choice", choices=("gelu", "swiglu"), by_preset=True),
+        Field("bias", "Biases", "Bias terms in linear layers and norms.", kind="bool", by_preset=True),
+        TIE_WEIGHTS,
+    ),  # fmt: skip
+    diagram=_diagram,
+    activations=_activations,
+    attention="attention",
+    run_shape=_run_shape,
+    hf_names=("gpt2", "llama"),
+    params_formula=_params_formula,
+)
+
+
 class Transformer(LanguageModel):
     """Decoder-only transformer; see the module docstring for the choices and names."""
 
-    has_attention: ClassVar[bool] = True
-    step_accepts_sequence: ClassVar[bool] = True  # step() prefills a whole prompt (B, t) at once
+    family: ClassVar[Family] = FAMILY
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
