@@ -302,6 +302,7 @@ def model_diagram(config: ModelConfig) -> str:
     parts = family_of(c.arch).diagram(c)
     emb, blk, head, io = "#dbeafe", "#fde68a", "#e9d5ff", "#e5e7eb"
     nodes = [("tokens", f"token ids\n(B, T)  T ≤ {c.block_size}", io), (*parts.embed, emb)]  # (id, label, fill colour)
+    nodes += [(nid, label, blk) for nid, label in parts.steps]
     block = [(nid, label, blk) for nid, label in parts.block]
     skips = parts.residuals  # residual connections inside the block (from, to)
     tail: list[tuple[str, str, str]] = []

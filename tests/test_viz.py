@@ -138,6 +138,14 @@ def test_model_diagram_is_a_dot_graph_of_the_config(preset):
         assert "cluster_block" not in dot
 
 
+def test_the_ngram_diagram_shows_its_context_counts_and_smoothing_not_an_embedding():
+    dot = model_diagram(ModelConfig.preset("ngram", vocab_size=99, ngram_n=4, add_k=0.5))
+    for text in ["the previous 3 tokens", "count table", "add-k smoothing, k = 0.5", "k · 99"]:
+        assert text in dot
+    assert "embedding" not in dot and "output head" not in dot and "cluster_block" not in dot
+    assert "no context (n = 1)" in model_diagram(ModelConfig.preset("ngram", vocab_size=99, ngram_n=1))
+
+
 def test_model_diagram_names_the_attention_kind():
     cfg = ModelConfig.preset("llama", vocab_size=50, n_head=4, n_kv_head=1)
     assert "multi-query" in model_diagram(cfg)

@@ -81,14 +81,16 @@ TIE_WEIGHTS = Field(
 class Diagram:
     """The parts of a family's block diagram (``lmcore.viz.model_diagram`` draws them).
 
-    embed: (node id, label) of the input layer; block: (node id, label) of each
-    step of the repeated block, in order ("+" marks a residual sum);
+    embed: (node id, label) of the input layer; steps: (node id, label) of
+    steps drawn once after it; block: (node id, label) of each step of the
+    repeated block, in order ("+" marks a residual sum);
     residuals: (from, to) node ids of the skip connections ("in" is the block's
     input); final_norm: the norm before the head ("" for none); head: whether
     an output head follows.
     """
 
     embed: tuple[str, str]
+    steps: tuple[tuple[str, str], ...] = ()
     block: tuple[tuple[str, str], ...] = ()
     residuals: tuple[tuple[str, str], ...] = ()
     final_norm: str = ""

@@ -26,7 +26,7 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
-from lmcore.models.family import BLOCK_SIZE, Diagram, Family, Field, Preset, embedding_node
+from lmcore.models.family import BLOCK_SIZE, Diagram, Family, Field, Preset
 
 MAX_ORDER = 5
 
@@ -52,7 +52,16 @@ FAMILY = Family(
               kind="float", limits=(0.001, 10.0), step=0.05),
         BLOCK_SIZE,
     ),  # fmt: skip
-    diagram=lambda c: Diagram(embed=embedding_node(c)),
+    diagram=lambda c: Diagram(
+        embed=("context", f"context: the previous {c.ngram_n - 1} token" + ("s" if c.ngram_n != 2 else "")
+               if c.ngram_n > 1 else "no context (n = 1)"),
+        steps=(
+            ("counts", "count table\ncount(context, next token), one pass over the text"),
+            ("smooth", f"add-k smoothing, k = {c.add_k:g}\n(count + k) / (total + k · {c.vocab_size})"),
+            ("logp", "log of each probability"),
+        ),
+        head=False,
+    ),  # fmt: skip
     training_note="an n-gram is counted in one pass, with no gradient steps.",
     params_note="An n-gram has no weights until it counts the training text: its tables grow with the data.",
 )
