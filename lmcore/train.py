@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from lmcore.configs import config_from_dict
 from lmcore.data import TokenSource, as_source, batch_from_starts, check_length
 from lmcore.device import DEVICE_CHOICES, resolve_device
 from lmcore.distributed import world
@@ -81,13 +82,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; unknown keys are rejected with ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError("a training config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "a training config", "unknown training setting(s) {}; known: {}")
 
     def validate(self) -> "TrainConfig":
         """Check every value; raise ConfigError naming the bad one and the fix. Returns self."""
