@@ -43,6 +43,7 @@ import torch
 from lmcore.checkpoint import (
     MAX_NAME_BYTES,
     MAX_NAME_CHARS,
+    CheckpointCallback,
     checkpoint_path,
     load_checkpoint,
     load_resume_state,
@@ -56,7 +57,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import check_fits
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import CheckpointCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
