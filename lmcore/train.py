@@ -2,7 +2,10 @@
 
 Progress is reported through callbacks (``on_step``, ``on_eval``), never by
 printing: the CLI's callback prints, the app's job stores events for polling,
-tests append them to a list.
+tests append them to a list. The Trainer reads and writes no files: it cuts
+batches from the token sources its caller hands it (``lmcore.batches``; the
+shards of ``lmcore.shards`` map their files themselves), and checkpoints are
+saved by a callback (``lmcore.checkpoint.CheckpointCallback``).
 
 The recipe is nanoGPT's: AdamW with weight decay on matrices only (biases,
 norms' gains and other vectors are not decayed), a linear learning-rate warmup
@@ -32,8 +35,8 @@ from typing import Any
 
 import torch
 
+from lmcore.batches import TokenSource, as_source, batch_from_starts, check_length
 from lmcore.configs import config_from_dict
-from lmcore.data import TokenSource, as_source, batch_from_starts, check_length
 from lmcore.device import DEVICE_CHOICES, resolve_device
 from lmcore.distributed import world
 from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, TrainingError
