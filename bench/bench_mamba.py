@@ -55,6 +55,7 @@ from lmcore.errors import LMCoreError  # noqa: E402
 from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
 from lmcore.models.mamba import selective_scan, selective_scan_ref  # noqa: E402
 from lmcore.tokenizers import CharTokenizer  # noqa: E402
+from lmcore.train import score_windows  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 BATCH, D_MODEL, D_STATE, EXPAND = 12, 128, 16, 2
@@ -285,10 +286,8 @@ def bench_quality(train_ids, val_ids, vocab: int, seconds: float) -> dict:
     starts = torch.arange(0, len(val_ids) - 65, 64)[:200]
     out = {"seconds_each": seconds}
     for k, m in models.items():
-        m.eval()
-        with torch.no_grad():
-            losses = [float(lm_loss(m(val_ids[s : s + 64][None]), val_ids[s + 1 : s + 65][None])) for s in starts.tolist()]
-        out[k] = {"iters": iters[k], "val_loss": round(sum(losses) / len(losses), 4)}
+        total, _, n = score_windows(m, (val_ids[s : s + 65][None] for s in starts.tolist())).tolist()  # (1, 65) each
+        out[k] = {"iters": iters[k], "val_loss": round(total / n, 4)}
         log(f"quality {k}: {out[k]}")
     return out
 
