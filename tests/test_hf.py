@@ -349,7 +349,7 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
 
 
 def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_path: Path) -> None:
-    from lmcore.jobs import FINISHED, JobRegistry
+    from lmcore.jobs import FINISHED, JobRegistry, RunSpec
     from lmcore.train import TrainConfig
 
     path, imported = import_checkpoint(str(saved["gpt2"]), tmp_path / "gpt2.safetensors")
@@ -358,8 +358,8 @@ def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_p
     split = int(len(ids) * 0.8)
     tc = TrainConfig(max_iters=6, batch_size=2, eval_interval=3, eval_iters=1, warmup_iters=1, lr=1e-3, device="cpu")
     reg = JobRegistry(max_concurrent=1)
-    job = reg.start("gpt2", imported.model.config, imported.tokenizer, ids[:split], ids[split:], tc, tmp_path,
-                    init_from=path)  # fmt: skip
+    spec = RunSpec("gpt2", imported.model.config, imported.tokenizer, ids[:split], ids[split:], tc, init_from=path)
+    job = reg.start(spec, tmp_path)
     assert job.wait(120) and job.status == FINISHED, job.error
     assert job.checkpoint_path != path.resolve()  # a new file; the imported checkpoint stays as it was
     tuned = load_checkpoint(job.checkpoint_path)

@@ -12,7 +12,7 @@ from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path,
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
+from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import ModelConfig
 from lmcore.tokenizers import tokenizer_from_dict
 from lmcore.train import TrainConfig
@@ -103,7 +103,7 @@ def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
     check_length(train_ids, cfg.block_size, "training split")
     check_length(val_ids, cfg.block_size, "validation split")
     info = {**_data_info(), "train_tokens": len(train_ids)}
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=info)
+    job = REGISTRY.start(RunSpec(name, cfg, tok, train_ids, val_ids, tc, data_info=info), checkpoint_dir())
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
 
@@ -203,7 +203,8 @@ def _resume(path, name: str) -> bool:
         return False
     _, train_ids, val_ids = encoded_split(tok)
     check_length(val_ids, cfg.block_size, "validation split")
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), resume_from=path, data_info=_data_info())
+    spec = RunSpec(name, cfg, tok, train_ids, val_ids, tc, data_info=_data_info(), resume_from=path)
+    job = REGISTRY.start(spec, checkpoint_dir())
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
     return True
@@ -217,8 +218,8 @@ def _finetune(path, name: str) -> bool:
     _, train_ids, val_ids = encoded_split(tok)
     check_length(val_ids, cfg.block_size, "validation split")
     tc = _train_config()
-    job = REGISTRY.start(f"{name}-finetuned", cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), init_from=path,
-                         data_info=_data_info())  # fmt: skip
+    spec = RunSpec(f"{name}-finetuned", cfg, tok, train_ids, val_ids, tc, data_info=_data_info(), init_from=path)
+    job = REGISTRY.start(spec, checkpoint_dir())
     _follow(job)
     st.session_state[S.TRAIN_CONFIG] = tc
     return True
