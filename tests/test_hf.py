@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-pytest.importorskip("transformers")
-
-from tokenizers import Tokenizer as FastTokenizer  # noqa: E402
-from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import (  # noqa: E402
+from tokenizers import Tokenizer as FastTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
@@ -30,15 +27,15 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from lmcore.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from lmcore.cli import main  # noqa: E402
-from lmcore.errors import ConfigError, LMCoreError  # noqa: E402
-from lmcore.hf import export_model, import_checkpoint, import_model  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.sample import SamplingConfig, generate  # noqa: E402
-from lmcore.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, tokenizer_from_dict  # noqa: E402
+from lmcore.checkpoint import load_checkpoint, save_checkpoint
+from lmcore.cli import main
+from lmcore.errors import ConfigError, LMCoreError
+from lmcore.hf import export_model, import_checkpoint, import_model
+from lmcore.models import ModelConfig, build_model
+from lmcore.sample import SamplingConfig, generate
+from lmcore.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, tokenizer_from_dict
 
-from tests.helpers import ROOT, short_training_run  # noqa: E402
+from tests.helpers import ROOT, short_training_run
 
 CORPUS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom.",

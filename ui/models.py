@@ -38,11 +38,9 @@ _PROMPT_CANDIDATES = ("The ", "def ", "the ", "a", " ")
 
 
 def _jobs() -> list[Any]:
-    """Every run the server knows, or none while the jobs module is unavailable."""
-    try:
-        from lmcore.jobs import REGISTRY
-    except ImportError:  # the app can still show saved checkpoints
-        return []
+    """Every run the server knows."""
+    from lmcore.jobs import REGISTRY
+
     return list(REGISTRY.list())
 
 
