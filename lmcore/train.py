@@ -30,8 +30,8 @@ import dataclasses
 import math
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
