@@ -392,7 +392,7 @@ def score_windows(
     when given) and is put back in the mode it was in.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    forward = forward or model
+    forward = model if forward is None else forward
     # float64 sums stay accurate over long texts; MPS has no float64.
     sums = torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     n = 0
