@@ -67,11 +67,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmcore.batches import as_source  # noqa: E402
 from lmcore.data import get_batch, split_ids  # noqa: E402
 from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
 from lmcore.recipes import recipe  # noqa: E402
 from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer, make_optimizer  # noqa: E402
+from lmcore.train import TrainConfig, Trainer, make_optimizer, score_windows  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the baseline's windows, as bench_train.py scores them
@@ -244,20 +245,11 @@ class BaselineRun:
         self.trainer.fit()
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, ids: torch.Tensor, starts: torch.Tensor) -> tuple[float, float]:
     """Mean loss and accuracy over fixed windows: starts (n_batches, B), EVAL_BLOCK targets each."""
-    was_training = model.training
-    model.eval()
-    offsets = torch.arange(EVAL_BLOCK + 1)
-    total, correct = 0.0, 0
-    for batch in starts:
-        w = ids[batch[:, None] + offsets]  # (B, T + 1)
-        logits = model(w[:, :-1])  # (B, T, V)
-        total += lm_loss(logits, w[:, 1:]).item()
-        correct += int((logits.argmax(-1) == w[:, 1:]).sum())
-    model.train(was_training)
-    return total / len(starts), correct / (starts.numel() * EVAL_BLOCK)
+    source = as_source(ids)
+    total, correct, n = score_windows(model, (source.windows(b, EVAL_BLOCK + 1) for b in starts)).tolist()
+    return total / n, correct / n
 
 
 def contender_configs(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:

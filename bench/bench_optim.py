@@ -35,11 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmcore.batches import as_source  # noqa: E402
 from lmcore.data import get_batch, split_ids  # noqa: E402
 from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
 from lmcore.recipes import recipe  # noqa: E402
 from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, lr_schedule, make_optimizer  # noqa: E402
+from lmcore.train import TrainConfig, lr_schedule, make_optimizer, score_windows  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the windows bench_train.py and bench_equal_time.py score on
@@ -49,18 +50,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@torch.no_grad()
 def val_loss(model: torch.nn.Module, ids: torch.Tensor, starts: torch.Tensor) -> float:
     """Mean loss over fixed windows: starts (n_batches, B), EVAL_BLOCK targets each."""
-    was_training = model.training
-    model.eval()
-    offsets = torch.arange(EVAL_BLOCK + 1)
-    total = 0.0
-    for batch in starts:
-        w = ids[batch[:, None] + offsets]  # (B, T + 1)
-        total += lm_loss(model(w[:, :-1]), w[:, 1:]).item()  # logits (B, T, V)
-    model.train(was_training)
-    return total / len(starts)
+    source = as_source(ids)
+    total, _, n = score_windows(model, (source.windows(b, EVAL_BLOCK + 1) for b in starts)).tolist()
+    return total / n
 
 
 class Run:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -50,8 +52,6 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 
 def hf_train(text: str, vocab_size: int, split: str | None = None):
     """Hugging Face ByteLevel BPE; ``split`` names one of our patterns to pre-split with instead of GPT-2's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -85,14 +85,6 @@ def main() -> int:
     text = CORPUS.read_text(encoding="utf-8")
     n_bytes = len(text.encode("utf-8"))
     mb = n_bytes / 1e6
-    try:
-        import tokenizers  # noqa: F401
-
-        have_hf = True
-    except ImportError:
-        log("Hugging Face tokenizers is not installed (pip install -r requirements-bench.txt): no comparison")
-        have_hf = False
-
     result: dict = {"corpus": str(CORPUS), "corpus_bytes": n_bytes, "bpe": {}}
     for v in args.vocab_sizes:
         log(f"vocab {v}: training lmcore BPE ...")
@@ -107,22 +99,21 @@ def main() -> int:
             "bytes_per_token": round(n_bytes / ours, 4),
             "gpt2_pattern_tokens": len(gpt2_tok.encode(text)),
         }
-        if have_hf:
-            log(f"vocab {v}: training Hugging Face ByteLevel BPE ...")
-            hf_s, hf = best_time(lambda: hf_train(text, v), args.repeats)
-            hf_tokens = len(hf.encode(text).ids)
-            row.update(
-                hf_train_s=round(hf_s, 3),
-                hf_vocab_size=hf.get_vocab_size(),
-                hf_tokens=hf_tokens,
-                hf_bytes_per_token=round(n_bytes / hf_tokens, 4),
-                tokens_ratio_vs_hf=round(ours / hf_tokens, 4),
-                gpt2_pattern_tokens_ratio_vs_hf=round(row["gpt2_pattern_tokens"] / hf_tokens, 4),
-                train_time_ratio_vs_hf=round(train_s / hf_s, 3),
-            )
-            same = hf_train(text, v, split=tok.pattern)
-            row["hf_same_split_tokens"] = len(same.encode(text).ids)
-            row["tokens_ratio_vs_hf_same_split"] = round(ours / row["hf_same_split_tokens"], 4)
+        log(f"vocab {v}: training Hugging Face ByteLevel BPE ...")
+        hf_s, hf = best_time(lambda: hf_train(text, v), args.repeats)
+        hf_tokens = len(hf.encode(text).ids)
+        row.update(
+            hf_train_s=round(hf_s, 3),
+            hf_vocab_size=hf.get_vocab_size(),
+            hf_tokens=hf_tokens,
+            hf_bytes_per_token=round(n_bytes / hf_tokens, 4),
+            tokens_ratio_vs_hf=round(ours / hf_tokens, 4),
+            gpt2_pattern_tokens_ratio_vs_hf=round(row["gpt2_pattern_tokens"] / hf_tokens, 4),
+            train_time_ratio_vs_hf=round(train_s / hf_s, 3),
+        )
+        same = hf_train(text, v, split=tok.pattern)
+        row["hf_same_split_tokens"] = len(same.encode(text).ids)
+        row["tokens_ratio_vs_hf_same_split"] = round(ours / row["hf_same_split_tokens"], 4)
         result["bpe"][str(v)] = row
 
     log("vocab 1024: encode and decode throughput ...")
@@ -141,20 +132,17 @@ def main() -> int:
         "decode_mb_s": round(mb / dec_s, 2),
         "encode_unseen_python_stdlib_mb_s": round(other_mb / other_s, 2),
     }
-    if have_hf:
-        hf = hf_train(text, 1024)
-        hf_enc_s, _ = best_time(lambda: hf.encode(text), args.repeats)
-        result["throughput_1024"]["hf_encode_mb_s"] = round(mb / hf_enc_s, 2)
+    hf = hf_train(text, 1024)
+    hf_enc_s, _ = best_time(lambda: hf.encode(text), args.repeats)
+    result["throughput_1024"]["hf_encode_mb_s"] = round(mb / hf_enc_s, 2)
 
     row = result["bpe"].get("1024", {})
     result["targets"] = TARGETS
     result["meets_targets"] = {
         "train_1024_under_10s": row.get("train_s", float("inf")) < TARGETS["train_1024_s_max"] if row else None,
         "encode_at_least_1mb_s": result["throughput_1024"]["encode_mb_s"] >= TARGETS["encode_mb_s_min"],
-        "compression_within_3pct_of_hf": (
-            all(r["tokens_ratio_vs_hf"] <= TARGETS["tokens_ratio_vs_hf_max"] for r in result["bpe"].values())
-            if have_hf
-            else None
+        "compression_within_3pct_of_hf": all(
+            r["tokens_ratio_vs_hf"] <= TARGETS["tokens_ratio_vs_hf_max"] for r in result["bpe"].values()
         ),
     }
     print(json.dumps(result, indent=2))

@@ -41,10 +41,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmcore.batches import as_source  # noqa: E402
 from lmcore.data import get_batch, split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
+from lmcore.models import ModelConfig, build_model  # noqa: E402
 from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer  # noqa: E402
+from lmcore.train import TrainConfig, Trainer, score_windows  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHAPE = dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
@@ -222,21 +223,11 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8, tries: int = 5) -> float:
     return best
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, ids: torch.Tensor, starts: torch.Tensor) -> tuple[float, float]:
     """Mean loss and accuracy over fixed windows: starts (n_batches, B)."""
-    model.eval()
-    T = SHAPE["block_size"]
-    offsets = torch.arange(T + 1)
-    total, correct = 0.0, 0
-    for batch in starts:
-        w = ids[batch[:, None] + offsets]  # (B, T + 1)
-        logits = model(w[:, :-1])  # (B, T, V)
-        total += lm_loss(logits, w[:, 1:]).item()
-        correct += int((logits.argmax(-1) == w[:, 1:]).sum())
-    model.train()
-    n = starts.numel() * T
-    return total / len(starts), correct / n
+    source = as_source(ids)
+    total, correct, n = score_windows(model, (source.windows(b, SHAPE["block_size"] + 1) for b in starts)).tolist()
+    return total / n, correct / n
 
 
 def main() -> None:

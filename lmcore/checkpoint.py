@@ -56,17 +56,20 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import lmcore
-from lmcore.errors import CheckpointError, LMCoreError
+from lmcore.errors import CheckpointError, ConfigError, LMCoreError
 from lmcore.models import LanguageModel, ModelConfig, build_model, model_class
 from lmcore.tokenizers import Tokenizer, tokenizer_from_dict
 from lmcore.train import TrainConfig
+
+if TYPE_CHECKING:
+    from lmcore.train import Trainer, TrainEvent
 
 FORMAT = "lmcore/1"
 OPTIM_FORMAT = "lmcore-optim/1"
@@ -1085,3 +1088,58 @@ def delete_checkpoint(path: str | os.PathLike) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot delete {path}: {e.strerror or e}") from None
 
+
+class CheckpointCallback:
+    """A Trainer callback that saves the model (with its resume state) at evaluations.
+
+    ``keep="best"`` writes only when the validation loss improves on the best so
+    far (the file always holds the best model); ``keep="last"`` writes at every
+    evaluation. ``data_info`` (e.g. ``{"documents": True, "source": "builtin:python-names"}``)
+    is stored in the checkpoint so generation and evaluation read data the way
+    the model was trained.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Any,
+        keep: str = "best",
+        data_info: dict[str, Any] | None = None,
+        save_optimizer: bool = True,
+    ):
+        if keep not in ("best", "last"):
+            raise ConfigError(f"keep must be 'best' or 'last', got {keep!r}")
+        self.path = Path(path)
+        if not self.path.name.endswith(".safetensors"):
+            self.path = self.path.with_name(self.path.name + ".safetensors")
+        self.tokenizer = tokenizer
+        self.keep = keep
+        self.data_info = dict(data_info or {})
+        self.save_optimizer = save_optimizer
+        self.trainer: Trainer | None = None
+        self.best: float | None = None
+        self.saved_step: int | None = None  # the step of the weights in the file
+        self.saved_path: Path | None = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        # Resuming into the same file: it already holds the best of the earlier part
+        # of the run. A new file gets the first evaluation whatever its loss.
+        if self.best is None and self.path.exists():
+            self.best = trainer.best_val_loss
+
+    def on_eval(self, event: TrainEvent) -> None:
+        assert self.trainer is not None, "on_start must come first"
+        if self.keep == "best" and self.best is not None and not event.val_loss < self.best:
+            return
+        self.best = event.val_loss if self.best is None else min(self.best, event.val_loss)
+        trainer = self.trainer
+        self.saved_path = save_checkpoint(
+            self.path,
+            trainer.model,
+            self.tokenizer,
+            train_state=trainer.train_state(),
+            optimizer=trainer.state_dict() if self.save_optimizer else None,
+            data_info=self.data_info,
+        )
+        self.saved_step = event.step

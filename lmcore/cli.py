@@ -278,14 +278,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, dist: Any) -> int:
     import torch
 
-    from lmcore.checkpoint import load_checkpoint, load_resume_state, resume_settings
+    from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, resume_settings
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device
     from lmcore.models import ModelConfig, build_model
     from lmcore.models.estimate import check_fits
     from lmcore.runlog import RunLogger
     from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import CheckpointCallback, HeadScoresCallback, TrainConfig, Trainer
+    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = dist.device

@@ -6,7 +6,8 @@ a lock), saves the model to one checkpoint file at each eval and at the end,
 and records how the run ended in ``job.status`` / ``job.error``. A UI polls
 ``events_since(i)`` and ``progress()`` as often as it likes.
 
-``JobRegistry`` keeps the jobs of the whole process, so a run outlives the
+``JobRegistry.start(spec, folder)`` starts the run a ``RunSpec`` describes.
+It keeps the jobs of the whole process, so a run outlives the
 browser tab or page that started it, and caps how many train at once.
 ``REGISTRY`` is the process-level instance the app uses.
 
@@ -35,14 +36,17 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmcore.batches import TokenSource
 from lmcore.checkpoint import (
     MAX_NAME_BYTES,
     MAX_NAME_CHARS,
+    CheckpointCallback,
     checkpoint_path,
     load_checkpoint,
     load_resume_state,
@@ -56,7 +60,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import check_fits
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import CheckpointCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,33 @@ SAMPLE_TOKENS = 120
 _BUILD_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What a training run needs: its name, the model and training settings, the tokenizer and the data.
+
+    ``train_ids`` and ``val_ids`` are 1-D long tensors or token sources (see
+    ``lmcore.batches``). ``data_info`` (``documents``, ``source``...) is saved
+    with the checkpoint. ``resume_from`` continues that checkpoint (weights,
+    optimizer and step); ``init_from`` fine-tunes: the run starts from that
+    checkpoint's weights (an imported model, say) with a new optimizer and
+    schedule, and saves under its own name. ``keep="best"``: the checkpoint
+    holds the best-validation weights; ``"last"``: the latest.
+    ``sample_tokens``: the length of the text sampled at each evaluation.
+    """
+
+    name: str
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    train_ids: torch.Tensor | TokenSource
+    val_ids: torch.Tensor | TokenSource
+    train_config: TrainConfig
+    data_info: dict[str, Any] | None = None
+    resume_from: str | Path | None = None
+    init_from: str | Path | None = None
+    keep: str = "best"
+    sample_tokens: int = SAMPLE_TOKENS
+
+
 class TrainingJob:
     """One training run in a background thread. Create through ``JobRegistry.start``.
 
@@ -78,36 +109,21 @@ class TrainingJob:
     (Trainer.fit's dict once ended), resumed_from.
     """
 
-    def __init__(
-        self,
-        name: str,
-        model_config: ModelConfig,
-        tokenizer: Tokenizer,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
-        train_config: TrainConfig,
-        checkpoint_path: Path,
-        device: torch.device,
-        resume_from: Path | None = None,
-        data_info: dict[str, Any] | None = None,
-        sample_tokens: int = SAMPLE_TOKENS,
-        init_from: Path | None = None,
-        keep: str = "best",
-    ):
+    def __init__(self, spec: RunSpec, checkpoint_path: Path, device: torch.device):
         self.id = uuid.uuid4().hex[:12]
-        self.keep = keep  # "best": the checkpoint holds the best-validation weights; "last": the latest
+        self.keep = spec.keep
         self._runlog = RunLogger(checkpoint_path)
-        self.name = name
-        self.model_config = model_config
-        self.train_config = train_config
-        self.tokenizer = tokenizer
-        self.data_info = {"documents": False, **(data_info or {})}
+        self.name = spec.name
+        self.model_config = spec.model_config
+        self.train_config = spec.train_config
+        self.tokenizer = spec.tokenizer
+        self.data_info = {"documents": False, **(spec.data_info or {})}
         self.checkpoint_path: Path | None = checkpoint_path
-        self.resumed_from = resume_from
-        self.init_from = init_from  # fine-tuning: start from this checkpoint's weights, with a new optimizer
+        self.resumed_from = spec.resume_from
+        self.init_from = spec.init_from
         self.device = device
         self.device_name = describe_device(device)
-        self.sample_tokens = sample_tokens
+        self.sample_tokens = spec.sample_tokens
         self.status = RUNNING
         self.error: str | None = None
         self.result: dict[str, Any] | None = None
@@ -116,8 +132,8 @@ class TrainingJob:
         self.finished_at: float | None = None
 
         self._lock = threading.Lock()
-        self._train_ids: torch.Tensor | None = train_ids
-        self._val_ids: torch.Tensor | None = val_ids
+        self._train_ids: torch.Tensor | TokenSource | None = spec.train_ids
+        self._val_ids: torch.Tensor | TokenSource | None = spec.val_ids
         self._model: LanguageModel | None = None
         self._trainer: Trainer | None = None
         self._stop_requested = False
@@ -372,22 +388,8 @@ class JobRegistry:
             raise TrainingError(f"the number of concurrent runs must be a whole number of at least 1, got {n!r}")
         self._max_concurrent = n
 
-    def start(
-        self,
-        name: str,
-        model_config: ModelConfig,
-        tokenizer: Tokenizer,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
-        train_config: TrainConfig,
-        checkpoint_dir: str | Path,
-        resume_from: str | Path | None = None,
-        data_info: dict[str, Any] | None = None,
-        sample_tokens: int = SAMPLE_TOKENS,
-        init_from: str | Path | None = None,
-        keep: str = "best",
-    ) -> TrainingJob:
-        """Start a run in a background thread and return its job.
+    def start(self, spec: RunSpec, checkpoint_dir: str | Path) -> TrainingJob:
+        """Start the run ``spec`` describes in a background thread and return its job.
 
         Settings that can be checked at once raise here (ConfigError for the
         model or device, or a model whose training would not fit in the
@@ -397,21 +399,18 @@ class JobRegistry:
         ``checkpoint_dir/<sanitized name>.safetensors``, with a numeric suffix
         when that file exists or another run writes it, unless it is the file
         being resumed. Names are cut to fit the file system (see ``sanitize_name``).
-        ``init_from`` fine-tunes: the run starts from that
-        checkpoint's weights (an imported model, say) with a new optimizer and
-        schedule, and saves under its own name.
         """
-        train_config.validate()
-        device = resolve_device(train_config.device)
-        resume = Path(resume_from).resolve() if resume_from is not None else None
-        init = Path(init_from).resolve() if init_from is not None else None
+        spec.train_config.validate()
+        device = resolve_device(spec.train_config.device)
+        resume = Path(spec.resume_from).resolve() if spec.resume_from is not None else None
+        init = Path(spec.init_from).resolve() if spec.init_from is not None else None
         if resume is None:
-            check_fits(model_config, train_config.batch_size, device)  # validates; refuses before building
+            check_fits(spec.model_config, spec.train_config.batch_size, device)  # validates; refuses before building
         elif not resume.exists():
             raise TrainingError(f"cannot resume: {resume.name} is no longer in the checkpoint folder")
         if init is not None and not init.exists():
             raise TrainingError(f"cannot fine-tune: {init.name} is no longer in the checkpoint folder")
-        base = sanitize_name(name)
+        base = sanitize_name(spec.name)
         directory = Path(checkpoint_dir)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -428,21 +427,7 @@ class JobRegistry:
                 suffix = f"-{k}"  # the base is cut, never the suffix, so every k names a new file
                 cut = sanitize_name(base[: MAX_NAME_CHARS - len(suffix)], MAX_NAME_BYTES - len(suffix))
                 path = checkpoint_path(directory, cut + suffix)
-            job = TrainingJob(
-                path.stem,
-                model_config,
-                tokenizer,
-                train_ids,
-                val_ids,
-                train_config,
-                path,
-                device,
-                resume_from=resume,
-                data_info=data_info,
-                sample_tokens=sample_tokens,
-                init_from=init,
-                keep=keep,
-            )
+            job = TrainingJob(dataclasses.replace(spec, name=path.stem, resume_from=resume, init_from=init), path, device)
             self._jobs[job.id] = job
             self._forget_old()
             job._start()

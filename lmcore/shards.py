@@ -20,7 +20,7 @@ corpus) and then encodes everything. Files are written under temporary names
 and renamed at the end, so a failed prepare leaves no half data set.
 
 ``load_prepared(dir)`` gives ``MemmapTokens`` for both splits: a
-``lmcore.data.TokenSource`` that maps the file for each batch (as nanoGPT
+``lmcore.batches.TokenSource`` that maps the file for each batch (as nanoGPT
 does), so a run's memory does not grow with the corpus.
 """
 

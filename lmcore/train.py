@@ -2,7 +2,10 @@
 
 Progress is reported through callbacks (``on_step``, ``on_eval``), never by
 printing: the CLI's callback prints, the app's job stores events for polling,
-tests append them to a list.
+tests append them to a list. The Trainer reads and writes no files: it cuts
+batches from the token sources its caller hands it (``lmcore.batches``; the
+shards of ``lmcore.shards`` map their files themselves), and checkpoints are
+saved by a callback (``lmcore.checkpoint.CheckpointCallback``).
 
 The recipe is nanoGPT's: AdamW with weight decay on matrices only (biases,
 norms' gains and other vectors are not decayed), a linear learning-rate warmup
@@ -27,13 +30,14 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmcore.data import TokenSource, as_source, batch_from_starts, check_length
+from lmcore.batches import TokenSource, as_source, batch_from_starts, check_length
+from lmcore.configs import config_from_dict
 from lmcore.device import DEVICE_CHOICES, resolve_device
 from lmcore.distributed import world
 from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, TrainingError
@@ -81,13 +85,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; unknown keys are rejected with ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError("a training config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "a training config", "unknown training setting(s) {}; known: {}")
 
     def validate(self) -> "TrainConfig":
         """Check every value; raise ConfigError naming the bad one and the fix. Returns self."""
@@ -370,6 +368,54 @@ def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; no autocast when ``dtype`` is None."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def score_windows(
+    model: torch.nn.Module,
+    windows: Iterable[torch.Tensor],
+    device: torch.device | str | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The evaluation loop: summed next-token loss and correct guesses of ``model`` over ``windows``.
+
+    Each window is a (B, T + 1) tensor of ids whose last T tokens are predicted
+    from the ones before them (B and T may differ from one window to the
+    next). Returns ``[loss sum, correct predictions, predictions]`` as one
+    tensor on ``device`` (by default the model's), so a caller reads it back
+    with a single sync: the mean loss is the first number over the third.
+    The model runs in eval mode (through ``forward``, e.g. its compiled form,
+    when given) and is put back in the mode it was in.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    forward = model if forward is None else forward
+    # float64 sums stay accurate over long texts; MPS has no float64.
+    sums = torch.zeros(3, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    n = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for w in windows:
+            w = w.to(device)
+            x, y = w[:, :-1], w[:, 1:]
+            with _autocast(device, autocast_dtype):
+                logits = forward(x)  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
+            )
+            correct = (logits.argmax(-1) == y).sum()
+            sums[:2] += torch.stack([loss.to(sums.dtype), correct.to(sums.dtype)])
+            n += y.numel()
+    finally:
+        model.train(was_training)
+    sums[2] = n  # a scalar fill: no transfer, no sync
+    return sums
+
+
 class Trainer:
     """Trains ``model`` on token ids; see the module docstring.
 
@@ -536,40 +582,29 @@ class Trainer:
 
     # -- evaluation --
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return _autocast(self.device, self.autocast_dtype)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss and next-token accuracy over the fixed evaluation windows of both splits."""
-        was_training = self.model.training
-        self.model.eval()
-        sums = []
-        try:
-            for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
-                loss_sum = torch.zeros((), device=self.device)
-                correct = torch.zeros((), device=self.device, dtype=torch.long)
-                for starts in self._eval_starts[split]:
-                    windows = ids.windows(starts, self.block_size + 1).to(self.device)  # (B, T + 1)
-                    x, y = windows[:, :-1], windows[:, 1:]
-                    with self._autocast():
-                        logits = self._forward(x)  # (B, T, V)
-                    loss_sum += lm_loss(logits, y)
-                    correct += (logits.argmax(-1) == y).sum()
-                sums += [loss_sum.float(), correct.float()]
-        finally:
-            self.model.train(was_training)
-        # One device sync for all four numbers.
-        train_loss, train_correct, val_loss, val_correct = torch.stack(sums).tolist()
-        n, per_split = self.config.eval_iters, self.config.eval_iters * self.config.batch_size * self.block_size
-        train_loss, val_loss = train_loss / n, val_loss / n
+        scores = [
+            score_windows(
+                self.model,
+                (ids.windows(starts, self.block_size + 1) for starts in self._eval_starts[split]),  # (B, T + 1) each
+                device=self.device,
+                forward=self._forward,
+                autocast_dtype=self.autocast_dtype,
+            )
+            for split, ids in (("train", self.train_ids), ("val", self.val_ids))
+        ]
+        # One device sync for all six numbers.
+        train_loss, train_correct, n, val_loss, val_correct, n_val = torch.cat(scores).tolist()
+        train_loss, val_loss = train_loss / n, val_loss / n_val
         return {
             "train_loss": train_loss,
-            "train_acc": train_correct / per_split,
+            "train_acc": train_correct / n,
             "val_loss": val_loss,
             "val_ppl": _perplexity(val_loss),
-            "val_acc": val_correct / per_split,
+            "val_acc": val_correct / n_val,
         }
 
     # -- the loop --
@@ -797,65 +832,6 @@ class HeadScoresCallback:
         return {"head_scores": {k: [[round(x, 4) for x in row] for row in v.tolist()] for k, v in scores.items()}}
 
 
-class CheckpointCallback:
-    """Saves the model (with its resume state) at evaluations.
-
-    ``keep="best"`` writes only when the validation loss improves on the best so
-    far (the file always holds the best model); ``keep="last"`` writes at every
-    evaluation. ``data_info`` (e.g. ``{"documents": True, "source": "builtin:python-names"}``)
-    is stored in the checkpoint so generation and evaluation read data the way
-    the model was trained.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        tokenizer: Any,
-        keep: str = "best",
-        data_info: dict[str, Any] | None = None,
-        save_optimizer: bool = True,
-    ):
-        if keep not in ("best", "last"):
-            raise ConfigError(f"keep must be 'best' or 'last', got {keep!r}")
-        self.path = Path(path)
-        if not self.path.name.endswith(".safetensors"):
-            self.path = self.path.with_name(self.path.name + ".safetensors")
-        self.tokenizer = tokenizer
-        self.keep = keep
-        self.data_info = dict(data_info or {})
-        self.save_optimizer = save_optimizer
-        self.trainer: Trainer | None = None
-        self.best: float | None = None
-        self.saved_step: int | None = None  # the step of the weights in the file
-        self.saved_path: Path | None = None
-
-    def on_start(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        # Resuming into the same file: it already holds the best of the earlier part
-        # of the run. A new file gets the first evaluation whatever its loss.
-        if self.best is None and self.path.exists():
-            self.best = trainer.best_val_loss
-
-    def on_eval(self, event: TrainEvent) -> None:
-        assert self.trainer is not None, "on_start must come first"
-        if self.keep == "best" and self.best is not None and not event.val_loss < self.best:
-            return
-        self.best = event.val_loss if self.best is None else min(self.best, event.val_loss)
-        from lmcore.checkpoint import save_checkpoint  # checkpoint imports models; keep train light
-
-        trainer = self.trainer
-        self.saved_path = save_checkpoint(
-            self.path,
-            trainer.model,
-            self.tokenizer,
-            train_state=trainer.train_state(),
-            optimizer=trainer.state_dict() if self.save_optimizer else None,
-            data_info=self.data_info,
-        )
-        self.saved_step = event.step
-
-
-@torch.no_grad()
 def evaluate_ids(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -877,36 +853,14 @@ def evaluate_ids(
     vocab = model.config.vocab_size
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:
         raise DataError(f"the evaluation text holds token ids outside the model's vocabulary of {vocab}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     T = model.config.block_size
+    n_full = (len(ids) - 1) // T
+    full = ids[: n_full * T + 1].unfold(0, T + 1, T)  # (n_full, T + 1)
+    batches = [full[i : i + batch_size] for i in range(0, n_full, batch_size)]
+    tail = ids[n_full * T :]
+    if len(tail) >= 2:  # the last, shorter window
+        batches.append(tail[None])  # (1, t + 1)
+    total_loss, total_correct, _ = score_windows(model, batches, device=device).tolist()
     n_pred = len(ids) - 1
-    n_full = n_pred // T
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    try:
-        if n_full:
-            windows = ids[: n_full * T + 1].unfold(0, T + 1, T)  # (n_full, T + 1)
-            for i in range(0, n_full, batch_size):
-                w = windows[i : i + batch_size].to(device)
-                logits = model(w[:, :-1])  # (b, T, V)
-                y = w[:, 1:]
-                loss_sum += torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
-                )
-                correct += (logits.argmax(-1) == y).sum()
-        tail = ids[n_full * T :]
-        if len(tail) >= 2:  # the last, shorter window
-            w = tail[None].to(device)  # (1, t + 1)
-            logits = model(w[:, :-1])
-            y = w[:, 1:]
-            loss_sum += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"
-            )
-            correct += (logits.argmax(-1) == y).sum()
-    finally:
-        model.train(was_training)
-    total_loss, total_correct = torch.stack([loss_sum, correct.double()]).tolist()
     loss = total_loss / n_pred
     return {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from lmcore.checkpoint import load_checkpoint
 from lmcore.data import encode_corpus, split_ids
-from lmcore.jobs import FINISHED, REGISTRY, RUNNING, STOPPED
+from lmcore.jobs import FINISHED, REGISTRY, RUNNING, STOPPED, RunSpec
 from lmcore.models import build_model
 from lmcore.train import TrainConfig
 from ui import state as S
@@ -358,7 +358,7 @@ def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
     tok, cfg = at.session_state[S.TOKENIZER], at.session_state[S.MODEL_CONFIG]
     train_ids, val_ids = split_ids(encode_corpus(tok, at.session_state[S.CORPUS]), 0.1)
     settings = TrainConfig(max_iters=60, batch_size=4, eval_interval=2, eval_iters=2, warmup_iters=0, lr=1e3, grad_clip=0.0)
-    job = REGISTRY.start("diverges", cfg, tok, train_ids, val_ids, settings, checkpoints)
+    job = REGISTRY.start(RunSpec("diverges", cfg, tok, train_ids, val_ids, settings), checkpoints)
     wait_for(job)
     at.session_state[S.ACTIVE_JOB] = job.id
     at.run()

@@ -413,7 +413,7 @@ def test_delete_needs_confirmation(ckpt_dir: Path) -> None:
 def test_the_current_run_is_the_default_model(empty_dir: Path) -> None:
     import pydoc_data.topics
 
-    from lmcore.jobs import REGISTRY
+    from lmcore.jobs import REGISTRY, RunSpec
     from lmcore.train import TrainConfig
 
     text = "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)[:6])
@@ -423,7 +423,7 @@ def test_the_current_run_is_the_default_model(empty_dir: Path) -> None:
     config = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
     tc = TrainConfig(batch_size=4, max_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2, device="cpu")
     n = len(ids) * 9 // 10
-    job = REGISTRY.start("app-views-run", config, tok, ids[:n], ids[n:], tc, empty_dir)
+    job = REGISTRY.start(RunSpec("app-views-run", config, tok, ids[:n], ids[n:], tc), empty_dir)
     assert job.wait(timeout=120), "the tiny run did not finish"
     assert job.status == "finished", job.error
 

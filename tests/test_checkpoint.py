@@ -37,12 +37,7 @@ from lmcore.train import TrainConfig
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-pytest.importorskip("transformers")
-
-from tokenizers import Tokenizer as FastTokenizer  # noqa: E402
-from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import (  # noqa: E402
+from tokenizers import Tokenizer as FastTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
@@ -30,15 +27,15 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from lmcore.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from lmcore.cli import main  # noqa: E402
-from lmcore.errors import ConfigError, LMCoreError  # noqa: E402
-from lmcore.hf import export_model, import_checkpoint, import_model  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.sample import SamplingConfig, generate  # noqa: E402
-from lmcore.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, tokenizer_from_dict  # noqa: E402
+from lmcore.checkpoint import load_checkpoint, save_checkpoint
+from lmcore.cli import main
+from lmcore.errors import ConfigError, LMCoreError
+from lmcore.hf import export_model, import_checkpoint, import_model
+from lmcore.models import ModelConfig, build_model
+from lmcore.sample import SamplingConfig, generate
+from lmcore.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, tokenizer_from_dict
 
-from tests.helpers import ROOT, short_training_run  # noqa: E402
+from tests.helpers import ROOT, short_training_run
 
 CORPUS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom.",
@@ -349,7 +346,7 @@ def test_the_app_opens_an_imported_model_and_shows_its_attention(
 
 
 def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_path: Path) -> None:
-    from lmcore.jobs import FINISHED, JobRegistry
+    from lmcore.jobs import FINISHED, JobRegistry, RunSpec
     from lmcore.train import TrainConfig
 
     path, imported = import_checkpoint(str(saved["gpt2"]), tmp_path / "gpt2.safetensors")
@@ -358,8 +355,8 @@ def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_p
     split = int(len(ids) * 0.8)
     tc = TrainConfig(max_iters=6, batch_size=2, eval_interval=3, eval_iters=1, warmup_iters=1, lr=1e-3, device="cpu")
     reg = JobRegistry(max_concurrent=1)
-    job = reg.start("gpt2", imported.model.config, imported.tokenizer, ids[:split], ids[split:], tc, tmp_path,
-                    init_from=path)  # fmt: skip
+    spec = RunSpec("gpt2", imported.model.config, imported.tokenizer, ids[:split], ids[split:], tc, init_from=path)
+    job = reg.start(spec, tmp_path)
     assert job.wait(120) and job.status == FINISHED, job.error
     assert job.checkpoint_path != path.resolve()  # a new file; the imported checkpoint stays as it was
     tuned = load_checkpoint(job.checkpoint_path)

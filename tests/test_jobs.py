@@ -11,7 +11,7 @@ import torch
 from lmcore.checkpoint import load_checkpoint, optimizer_path, read_metadata
 from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
 from lmcore.errors import ConfigError, TrainingError
-from lmcore.jobs import FAILED, FINISHED, RUNNING, STOPPED, JobRegistry, TrainingJob
+from lmcore.jobs import FAILED, FINISHED, RUNNING, STOPPED, JobRegistry, RunSpec, TrainingJob
 from lmcore.models import LanguageModel, ModelConfig
 from lmcore.train import TrainConfig
 
@@ -47,7 +47,8 @@ def settings(**overrides) -> TrainConfig:
 
 def start(reg: JobRegistry, data, tmp_path, name: str = "run", cfg=None, **train) -> TrainingJob:
     tok, train_ids, val_ids = data
-    return reg.start(name, cfg or tiny(tok), tok, train_ids, val_ids, settings(**train), tmp_path, data_info={"source": "topics"})
+    spec = RunSpec(name, cfg or tiny(tok), tok, train_ids, val_ids, settings(**train), data_info={"source": "topics"})
+    return reg.start(spec, tmp_path)
 
 
 def wait_for_steps(job: TrainingJob, n: int) -> None:
@@ -174,7 +175,7 @@ def test_a_diverging_run_fails_with_the_message_and_keeps_its_last_good_checkpoi
 
 def test_data_too_short_for_the_context_fails_the_run_not_the_caller(registry, data, tmp_path):
     tok, train_ids, _ = data
-    job = registry.start("short", tiny(tok), tok, train_ids, train_ids[:8], settings(), tmp_path)
+    job = registry.start(RunSpec("short", tiny(tok), tok, train_ids, train_ids[:8], settings()), tmp_path)
     assert job.wait(WAIT_S)
     assert job.status == FAILED and "validation split" in job.error
     assert not job.saved and not job.checkpoint_path.exists()
@@ -185,9 +186,9 @@ def test_data_too_short_for_the_context_fails_the_run_not_the_caller(registry, d
 def test_settings_that_can_be_checked_at_once_raise_at_start(registry, data, tmp_path):
     tok, train_ids, val_ids = data
     with pytest.raises(ConfigError):
-        registry.start("bad", tiny(tok, n_head=3), tok, train_ids, val_ids, settings(), tmp_path)
+        registry.start(RunSpec("bad", tiny(tok, n_head=3), tok, train_ids, val_ids, settings()), tmp_path)
     with pytest.raises(ConfigError):
-        registry.start("bad", tiny(tok), tok, train_ids, val_ids, settings(max_iters=0), tmp_path)
+        registry.start(RunSpec("bad", tiny(tok), tok, train_ids, val_ids, settings(max_iters=0)), tmp_path)
     assert registry.list() == []
 
 
@@ -203,10 +204,11 @@ def test_resume_continues_exactly_where_a_stopped_run_left_off(registry, data, t
     assert done is not None and done < 40
 
     tok, train_ids, val_ids = data
-    rest = registry.start(
-        "part", part.model_config, tok, train_ids, val_ids, settings(max_iters=40, eval_interval=1000), tmp_path,
+    spec = RunSpec(
+        "part", part.model_config, tok, train_ids, val_ids, settings(max_iters=40, eval_interval=1000),
         resume_from=part.checkpoint_path,
     )  # fmt: skip
+    rest = registry.start(spec, tmp_path)
     assert rest.wait(WAIT_S) and rest.status == FINISHED, rest.error
     assert rest.checkpoint_path == part.checkpoint_path  # it continues the same file
     steps = [e.step for e in rest.events if e.val_loss is None]
@@ -226,7 +228,8 @@ class _ExplodingIds(torch.Tensor):
 def test_an_unexpected_error_fails_the_run_with_one_line_and_a_logged_traceback(registry, data, tmp_path, caplog):
     tok, train_ids, val_ids = data
     with caplog.at_level("ERROR", logger="lmcore.jobs"):
-        job = registry.start("bug", tiny(tok), tok, train_ids.as_subclass(_ExplodingIds), val_ids, settings(), tmp_path)
+        spec = RunSpec("bug", tiny(tok), tok, train_ids.as_subclass(_ExplodingIds), val_ids, settings())
+        job = registry.start(spec, tmp_path)
         assert job.wait(WAIT_S)
     assert job.status == FAILED
     assert job.error == "unexpected error: RuntimeError: boom second line"

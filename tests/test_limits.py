@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from lmcore.checkpoint import MAX_NAME_BYTES, load_checkpoint, sanitize_name
 from lmcore.cli import MAX_NEW_TOKENS, main
 from lmcore.errors import ConfigError
-from lmcore.jobs import FINISHED, JobRegistry
+from lmcore.jobs import FINISHED, JobRegistry, RunSpec
 from lmcore.models import ModelConfig, build_model
 from lmcore.models.estimate import MAX_PARAMS, available_memory, check_fits, estimate_memory, model_counts
 from lmcore.tokenizers import CharTokenizer
@@ -237,7 +237,7 @@ def test_a_long_non_latin_run_name_trains_and_saves(tmp_path, small_text):
     registry = JobRegistry(max_concurrent=2)
     paths = []
     for _ in range(2):  # the second run of the same name gets a suffix, not a name too long
-        job = registry.start("名前" * 50, cfg, tok, ids[:3000], ids[3000:], tc, tmp_path)
+        job = registry.start(RunSpec("名前" * 50, cfg, tok, ids[:3000], ids[3000:], tc), tmp_path)
         assert job.wait(120) and job.status == FINISHED, job.error
         paths.append(job.checkpoint_path)
     assert paths[0].is_file() and paths[1].is_file() and paths[0] != paths[1]
@@ -249,7 +249,7 @@ def test_the_job_registry_refuses_a_model_over_free_memory(tmp_path):
     ids = torch.tensor(tok.encode("abc" * 100))
     cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=48, n_embd=4096)
     with pytest.raises(ConfigError, match="to train"):
-        JobRegistry().start("big", cfg, tok, ids, ids, TrainConfig(), tmp_path)
+        JobRegistry().start(RunSpec("big", cfg, tok, ids, ids, TrainConfig()), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

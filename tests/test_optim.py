@@ -9,12 +9,11 @@ import sys
 import pytest
 import torch
 
-from lmcore.checkpoint import load_checkpoint, load_resume_state, save_checkpoint
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, save_checkpoint
 from lmcore.errors import CheckpointError, ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer
 from lmcore.train import (
-    CheckpointCallback,
     Float32Muon,
     Optimizers,
     TrainConfig,

@@ -19,11 +19,11 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from lmcore import runlog
-from lmcore.checkpoint import delete_checkpoint, load_checkpoint, read_metadata
+from lmcore.checkpoint import CheckpointCallback, delete_checkpoint, load_checkpoint, read_metadata
 from lmcore.data import build_tokenizer
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
-from lmcore.train import CheckpointCallback, TrainConfig, Trainer
+from lmcore.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {

@@ -21,12 +21,7 @@ V = 40
 BLOCK = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(preset: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lmcore.batches import TensorTokens
 from lmcore.cli import main
-from lmcore.data import TensorTokens, get_batch
+from lmcore.data import get_batch
 from lmcore.errors import DataError
 from lmcore.shards import load_prepared, prepare
 from lmcore.tokenizers import CharTokenizer

@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from lmcore.checkpoint import load_checkpoint, load_resume_state
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state
 from lmcore.errors import ConfigError, DataError, TrainingError
 from lmcore.models import ModelConfig, build_model
-from lmcore.train import CheckpointCallback, TrainConfig, Trainer, TrainEvent, evaluate_ids, lr_schedule, make_optimizer
+from lmcore.train import TrainConfig, Trainer, TrainEvent, evaluate_ids, lr_schedule, make_optimizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path,
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, TrainingJob
+from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_VOCAB, recipe
@@ -100,7 +100,7 @@ def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
     check_length(train_ids, cfg.block_size, "training split")
     check_length(val_ids, cfg.block_size, "validation split")
     info = {**_data_info(), "train_tokens": len(train_ids)}
-    job = REGISTRY.start(name, cfg, tok, train_ids, val_ids, tc, checkpoint_dir(), data_info=info)
+    job = REGISTRY.start(RunSpec(name, cfg, tok, train_ids, val_ids, tc, data_info=info), checkpoint_dir())
     _follow(job)
 
 
@@ -192,8 +192,9 @@ def _resume(path, name: str) -> bool:
         return False
     _, train_ids, val_ids = encoded_split(run.tokenizer)
     check_length(val_ids, run.config.block_size, "validation split")
-    job = REGISTRY.start(name, run.config, run.tokenizer, train_ids, val_ids, run.train_config, checkpoint_dir(),
-                         resume_from=path, data_info=_data_info())  # fmt: skip
+    spec = RunSpec(name, run.config, run.tokenizer, train_ids, val_ids, run.train_config, data_info=_data_info(),
+                   resume_from=path)  # fmt: skip
+    job = REGISTRY.start(spec, checkpoint_dir())
     _follow(job)
     return True
 
@@ -203,8 +204,9 @@ def _finetune(path, name: str) -> bool:
     base = resume_settings(path)  # its model and vocabulary; the settings are this page's
     _, train_ids, val_ids = encoded_split(base.tokenizer)
     check_length(val_ids, base.config.block_size, "validation split")
-    job = REGISTRY.start(f"{name}-finetuned", base.config, base.tokenizer, train_ids, val_ids, _train_config(),
-                         checkpoint_dir(), init_from=path, data_info=_data_info())  # fmt: skip
+    spec = RunSpec(f"{name}-finetuned", base.config, base.tokenizer, train_ids, val_ids, _train_config(),
+                   data_info=_data_info(), init_from=path)  # fmt: skip
+    job = REGISTRY.start(spec, checkpoint_dir())
     _follow(job)
     return True
 

@@ -89,13 +89,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a dict; unknown keys are rejected with ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError("a model config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
-        return cls(**d)
+        from lmcore.configs import config_from_dict
+
+        return config_from_dict(cls, d, "a model config", "unknown model config field(s) {}; known fields: {}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
