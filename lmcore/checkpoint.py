@@ -703,7 +703,7 @@ def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) 
         meta["config_obj"] = ModelConfig.from_dict(meta["config"]).validate()
     except LMCoreError as e:
         raise CheckpointError(f"{where} holds an unusable model config: {e}") from None
-    except (TypeError, ValueError, ImportError) as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} holds an unusable model config ({_one_line(e)})") from None
     tok_type = meta["tokenizer"].get("type")
     from lmcore.tokenizers import TOKENIZERS

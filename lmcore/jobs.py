@@ -256,22 +256,9 @@ class TrainingJob:
         if not documents and self._val_ids is not None and len(self._val_ids) > 0:
             first = [int(as_source(self._val_ids).windows(torch.zeros(1, dtype=torch.long), 1)[0, 0])]
         prompt = prompt_start(first, tok.bos_id, documents)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                ids = [
-                    e.token_id
-                    for e in generate(
-                        model,
-                        prompt,
-                        max_new_tokens=self.sample_tokens,
-                        sampling=SamplingConfig(temperature=0.8, seed=self.train_config.seed),
-                        stop_ids=[tok.bos_id],
-                    )
-                ]
-        finally:
-            model.train(was_training)
+        sampling = SamplingConfig(temperature=0.8, seed=self.train_config.seed)
+        events = generate(model, prompt, max_new_tokens=self.sample_tokens, sampling=sampling, stop_ids=[tok.bos_id])
+        ids = [e.token_id for e in events]  # generate samples in eval mode and puts the model back as it was
         return tok.decode([i for i in prompt + ids if i != tok.bos_id])
 
     def _build(self) -> tuple[LanguageModel, dict[str, Any] | None]:
