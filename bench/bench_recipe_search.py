@@ -2,7 +2,7 @@
 
 Run:
   python3 bench/bench_recipe_search.py ratio [--steps 30] [--runs a,b,...]
-  python3 bench/bench_recipe_search.py train NAME --iters N [--eval-batches 200]
+  python3 bench/bench_recipe_search.py train NAME --iters N [--eval-batches 200] [--corpus builtin:python-docs]
 
 ``ratio`` steps the baby-GPT baseline and the candidates one step each in
 turn (one process, one thread), so a busy neighbour slows all alike, and
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_equal_time import CORPUS, EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate, log  # noqa: E402
 
-from lmcore.data import split_ids  # noqa: E402
+from lmcore.data import load_corpus, split_ids  # noqa: E402
 from lmcore.models import ModelConfig, build_model  # noqa: E402
 from lmcore.recipes import recipe  # noqa: E402
 from lmcore.tokenizers import CharTokenizer  # noqa: E402
@@ -65,6 +65,8 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         "mamba-2x240-lr6e-3": (best_model.replace(n_layer=2, n_embd=240).validate(),
                                TrainConfig(**{**bt, "lr": 6e-3, "min_lr": 6e-4})),  # fmt: skip
         "mamba-d4": (best_model.replace(d_state=4).validate(), best_train),
+        "mamba-d4-lr6e-3": (best_model.replace(d_state=4).validate(), TrainConfig(**{**bt, "lr": 6e-3, "min_lr": 6e-4})),
+        "mamba-d4-lr8e-3": (best_model.replace(d_state=4).validate(), TrainConfig(**{**bt, "lr": 8e-3, "min_lr": 8e-4})),
     }
 
 
@@ -76,9 +78,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="ratio: steps per run")
     ap.add_argument("--runs", default=None, help="ratio: comma-separated candidates (default: all)")
     ap.add_argument("--eval-batches", type=int, default=200)
+    ap.add_argument("--corpus", default=None, help="builtin:NAME to check a recipe on held-out text (default: tiny Shakespeare)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    text = CORPUS.read_text(encoding="utf-8")
+    text = load_corpus(args.corpus).text if args.corpus else CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
@@ -114,7 +117,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(EVAL_SEED)
     starts = torch.randint(len(val_ids) - EVAL_BLOCK, (args.eval_batches, EVAL_BATCH), generator=gen)
     loss, acc = evaluate(model, val_ids, starts)
-    res = {"mode": "train", "name": args.name, "params": model.num_params(), "iters": args.iters,
+    res = {"mode": "train", "name": args.name, "corpus": args.corpus or CORPUS.name, "params": model.num_params(), "iters": args.iters,
            "wall_s": round(time.perf_counter() - t0, 1), "val_loss": round(loss, 4), "val_acc": round(acc, 4)}  # fmt: skip
     log(str(res))
     print(json.dumps(res))
