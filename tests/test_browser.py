@@ -247,6 +247,10 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
     page.locator(".st-key-train_stop button").click()
     wait_saved(page, 60)
     steps_done = progress(page)[0]
+    # The checkpoint keeps the best-validation weights: the page says from which step.
+    saved = page.get_by_text(re.compile(r"Saved to .*\.safetensors at step [\d,]+")).first.inner_text()
+    saved_step = int(re.search(r"at step ([\d,]+)", saved).group(1).replace(",", ""))
+    assert 0 < saved_step <= steps_done
     TIMINGS["journey_steps_trained"] = steps_done
     expect(page.get_by_text(re.compile(r"journey: stopped")).first).to_be_visible()
 
@@ -290,7 +294,7 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
     with safe_open(str(target), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "lmcore/1"
-    assert json.loads(meta["train"])["steps"] == steps_done
+    assert json.loads(meta["train"])["steps"] == saved_step
     page.context.close()
 
 
