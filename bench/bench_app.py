@@ -399,7 +399,7 @@ def session(page: Any, context: Any, pid: int, args: argparse.Namespace) -> dict
     out["settings"] = {"model": caption.inner_text().strip()}
     set_number(page, "Iterations", ITERATIONS)
     wait_idle(page)
-    box = page.get_by_label("Run name (the checkpoint's file name)")
+    box = page.get_by_label("Run name (the checkpoint's file name)", exact=True)
     box.fill(RUN_NAME)
     box.press("Enter")
     expect(page.get_by_text(f"{RUN_NAME}.safetensors").first).to_be_visible()
