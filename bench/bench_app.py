@@ -44,18 +44,20 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from appserver import app_server, descendants  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 MAIN = '[data-testid="stMain"]'
@@ -152,34 +154,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ----------------------------------------------------------------------------------------------
 # The server process and its memory.
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid``, from /proc (no psutil needed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces: split after it
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _vmrss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -192,7 +168,7 @@ def _vmrss_kb(pid: int) -> int:
 
 def server_rss_mb(pid: int) -> float:
     """VmRSS of the server process plus its descendants, in MB (10^6 bytes)."""
-    return round(sum(_vmrss_kb(p) for p in [pid, *_children(pid)]) * 1024 / 1e6, 1)
+    return round(sum(_vmrss_kb(p) for p in [pid, *descendants(pid)]) * 1024 / 1e6, 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,54 +178,6 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return float("nan")
-
-
-def start_server(folder: Path, log_path: Path) -> tuple[subprocess.Popen, str, Any]:
-    port = free_port()
-    env = {**os.environ, "PLAYGROUND_CHECKPOINT_DIR": str(folder), "PYTHONUNBUFFERED": "1"}
-    out = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true",
-            "--server.port", str(port),
-            "--server.address", "127.0.0.1",
-            "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200 and r.read().strip() == b"ok":
-                    return proc, url, out
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("streamlit did not become healthy within 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    kids = _children(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    for pid in kids:  # anything it started and left behind
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 class RssSampler(threading.Thread):
@@ -429,31 +357,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(tmp) / "checkpoints"
         folder.mkdir()
         log_path = Path(tmp) / "server.log"
-        proc = log_file = None
         try:
             log("starting streamlit")
-            proc, url, log_file = start_server(folder, log_path)
-            with sync_playwright() as p:
+            with app_server(folder, log_path) as app, sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
                 result["machine"]["chromium"] = browser.version
                 try:
                     context = browser.new_context(viewport={"width": 1400, "height": 1500})
                     page = context.new_page()
                     page.set_default_timeout(60_000)
-                    page.goto(url)
+                    page.goto(app.url)
                     expect(page.locator("h1", has_text="Data")).to_be_visible(timeout=120_000)
-                    result.update(session(page, context, proc.pid, args))
+                    result.update(session(page, context, app.proc.pid, args))
                 finally:
                     browser.close()
         except BaseException:
             if log_path.exists():
                 log("server log (last lines):\n" + "\n".join(log_path.read_text().splitlines()[-30:]))
             raise
-        finally:
-            if proc is not None:
-                stop_server(proc)
-            if log_file is not None:
-                log_file.close()
     result["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.monotonic() - t_begin, 1)
     return result
@@ -478,7 +399,7 @@ def session(page: Any, context: Any, pid: int, args: argparse.Namespace) -> dict
     out["settings"] = {"model": caption.inner_text().strip()}
     set_number(page, "Iterations", ITERATIONS)
     wait_idle(page)
-    box = page.get_by_label("Run name (the checkpoint's file name)")
+    box = page.get_by_label("Run name (the checkpoint's file name)", exact=True)
     box.fill(RUN_NAME)
     box.press("Enter")
     expect(page.get_by_text(f"{RUN_NAME}.safetensors").first).to_be_visible()

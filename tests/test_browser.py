@@ -15,16 +15,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from appserver import app_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -33,7 +33,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 
@@ -53,61 +52,15 @@ TWIN_STEPS = 30  # steps of each of the two runs trained at the same time
 TIMINGS: dict[str, float | int | str] = {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {proc.returncode}; see tests/artifacts/browser_server.log")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200 and r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"streamlit did not become healthy within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real app server on a free port, saving checkpoints into a fresh folder."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     folder = tmp_path_factory.mktemp("browser_checkpoints")
-    port = free_port()
-    env = {**os.environ, "PLAYGROUND_CHECKPOINT_DIR": str(folder), "PYTHONUNBUFFERED": "1"}
-    log = open(ARTIFACTS / "browser_server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true",
-            "--server.port", str(port),
-            "--server.address", "127.0.0.1",
-            "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
-        yield url, folder
+        with app_server(folder, ARTIFACTS / "browser_server.log") as app:
+            yield app.url, folder
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2, sort_keys=True) + "\n")
 
 
@@ -293,6 +246,10 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
     page.locator(".st-key-train_stop button").click()
     wait_saved(page, 60)
     steps_done = progress(page)[0]
+    # The checkpoint keeps the best-validation weights: the page says from which step.
+    saved = page.get_by_text(re.compile(r"Saved to .*\.safetensors at step [\d,]+")).first.inner_text()
+    saved_step = int(re.search(r"at step ([\d,]+)", saved).group(1).replace(",", ""))
+    assert 0 < saved_step <= steps_done
     TIMINGS["journey_steps_trained"] = steps_done
     expect(page.get_by_text(re.compile(r"journey: stopped")).first).to_be_visible()
 
@@ -336,7 +293,7 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
     with safe_open(str(target), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "lmcore/1"
-    assert json.loads(meta["train"])["steps"] == steps_done
+    assert json.loads(meta["train"])["steps"] == saved_step
     page.context.close()
 
 
@@ -493,22 +450,17 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
             time.sleep(0.1)
         assert seen, "the command-line run wrote no evaluation"
 
-        for attempt in range(3):  # a rerun can redraw the expander under the click: open it again on a fresh page
-            page = new_page(browser, url)
-            go(page, "Training")
-            page.get_by_text("Saved runs (from files, any process)").click()
-            pick = page.locator(".st-key-runs_pick")
-            expect(pick).to_be_visible()
-            pick.click()
-            page.keyboard.type("cli-run")
-            # Earlier tests leave other runs in the folder: choose the option by name, not the first match.
-            try:
-                page.get_by_role("option", name=re.compile(r"^cli-run\b")).first.click(timeout=15_000)
-                break
-            except PlaywrightTimeoutError:
-                page.context.close()
-        else:
-            raise AssertionError("the saved runs' picker never offered cli-run")
+        page = new_page(browser, url)
+        go(page, "Training")
+        # A first visit builds the vocabulary and model; let that run end before clicking, so no
+        # redraw moves the expander under the click.
+        wait_idle(page)
+        page.get_by_text("Saved runs (from files, any process)").click()
+        # Type into the picker's own box: keys typed before it is drawn reach the page, where
+        # Streamlit's "r" shortcut reruns the app and redraws the expander closed.
+        page.locator(".st-key-runs_pick input").press_sequentially("cli-run")
+        # Earlier tests leave other runs in the folder: choose the option by name, not the first match.
+        page.get_by_role("option", name=re.compile(r"^cli-run\b")).first.click()
         page.keyboard.press("Escape")
         following = page.get_by_text(re.compile(r"Following cli-run as its log grows"))
         expect(following.first).to_be_visible(timeout=60_000)
@@ -539,3 +491,143 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
         stop.set()
         proc.kill()
         proc.wait()
+
+
+CATS = "the cat sat on the mat and the dog sat on the log. " * 30
+FAMILIAR, SCRAMBLED = "the dog sat on the mat.", "tgo hed mat ns eta oht."
+MEAN_BITS = re.compile(r"Mean surprise ([\d.]+) bits per token")
+
+
+@pytest.fixture(scope="module")
+def peek(server: tuple[str, Path]) -> str:
+    """A tiny GPT-2 trained for a few seconds on one repeated sentence, saved as peek.safetensors in the app's folder."""
+    import torch
+
+    from lmcore.checkpoint import save_checkpoint
+    from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
+    from lmcore.models import ModelConfig, build_model
+    from lmcore.train import TrainConfig, Trainer
+
+    corpus = corpus_from_text(CATS, name="cats")
+    tok = build_tokenizer("char", corpus.text)
+    train_ids, val_ids = split_ids(encode_corpus(tok, corpus), 0.1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    cfg = TrainConfig(batch_size=8, max_iters=60, lr=1e-2, warmup_iters=5, eval_interval=60, eval_iters=2, device="cpu")
+    trainer = Trainer(model, train_ids, val_ids, cfg)
+    trainer.fit()
+    save_checkpoint(server[1] / "peek", model, tok, train_state=trainer.train_state())
+    return "peek"
+
+
+def mean_bits(page: Page) -> float:
+    caption = page.get_by_text(MEAN_BITS).first
+    expect(caption).to_be_visible()
+    m = MEAN_BITS.search(caption.inner_text())
+    assert m is not None
+    return float(m.group(1))
+
+
+def set_text(page: Page, label: str, text: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    wait_idle(page)
+    box.fill(text)
+    box.press("Control+Enter")  # a text area commits on Ctrl+Enter (or on leaving it)
+    wait_idle(page)
+    expect(box).to_have_value(text)
+
+
+def test_surprise_colours_each_token_and_a_chart_downloads_as_html(server: tuple[str, Path], browser: Browser, peek: str, tmp_path: Path) -> None:
+    url, _ = server
+    page = new_page(browser, url)
+    go(page, "Surprise")
+    # Earlier tests leave runs on the server: choose the saved checkpoint by name.
+    wait_idle(page)
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name=re.compile(rf"^Saved: {peek} ")).click()
+    wait_idle(page)
+
+    # Each token of the text is a span whose tooltip gives its surprise and the model's guesses.
+    set_text(page, "Text", FAMILIAR)
+    spans = page.locator('[data-testid="stMain"] span[title*=" bits (p = "]')
+    expect(spans).to_have_count(len(FAMILIAR) - 1)  # a character model: every character but the first is predicted
+    assert "the model expected: " in (spans.nth(3).get_attribute("title") or "")
+    familiar = mean_bits(page)
+    screenshot(page, "11_surprise")
+    # A scramble of the same letters surprises the model far more than the sentence it learnt.
+    set_text(page, "Text", SCRAMBLED)
+    expect(page.get_by_text(re.compile(rf"Mean surprise (?!{familiar:.2f} )[\d.]+ bits")).first).to_be_visible()
+    scrambled = mean_bits(page)
+    assert scrambled > familiar + 1.0, (familiar, scrambled)
+    set_text(page, "Text", FAMILIAR)
+
+    # The logit lens's heatmap, and its download: a standalone HTML file holding that figure.
+    page.get_by_role("tab", name="Logit lens").click()
+    lens = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]:visible').first
+    expect(lens.locator(".heatmaplayer, .hm").first).to_be_attached(timeout=60_000)
+    expect(lens).to_contain_text("after block 1")
+    screenshot(page, "12_logit_lens")
+    with page.expect_download(timeout=60_000) as info:
+        page.locator('[data-testid="stMain"] button:visible', has_text="Download this chart (HTML)").click()
+    download = info.value
+    assert download.suggested_filename.startswith(f"logit-lens-{peek}-the-dog-sat") and download.suggested_filename.endswith(".html")
+    target = tmp_path / download.suggested_filename
+    download.save_as(str(target))
+    html = target.read_text(encoding="utf-8")
+    assert html.lstrip().lower().startswith(("<!doctype html>", "<html")) and html.rstrip().endswith("</html>")
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js embedded: opens offline
+    assert '"type":"heatmap"' in html.replace(" ", "") and "after block 1" in html
+    assert f"logit lens \\u00b7 {peek}" in html or f"logit lens · {peek}" in html
+    TIMINGS["figure_html_bytes"] = len(html.encode("utf-8"))
+
+    page.get_by_role("tab", name="Embedding map").click()
+    emb = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]:visible').first
+    expect(emb.locator(".scatterlayer .point").first).to_be_attached(timeout=60_000)
+    expect(emb).to_contain_text("letter")
+    screenshot(page, "13_embedding_map")
+    page.context.close()
+
+
+def test_a_copied_link_sets_up_the_same_session_in_a_fresh_browser(server: tuple[str, Path], browser: Browser) -> None:
+    url, _ = server
+    page = new_page(browser, url)
+    box = page.get_by_role("combobox", name="Built-in corpus", exact=True)
+    box.click()
+    page.get_by_role("option", name=re.compile(r"^python-names: ")).click()
+    wait_idle(page)
+    expect(page.get_by_text(re.compile(r"Corpus: python-names")).first).to_be_visible()
+    go(page, "Model")
+    page.get_by_text("LLaMA (transformer)", exact=True).click()
+    wait_idle(page)
+    set_number(page, "Key/value heads", 1)
+    go(page, "Training")
+    set_number(page, "Iterations", 1234)
+
+    page.locator('[data-testid="stSidebar"] button', has_text="Copy link").click()
+    code = page.locator('[data-testid="stPopoverBody"] [data-testid="stCode"]')
+    expect(code).to_be_visible()
+    link = "".join(code.inner_text().split())  # the link wraps over lines
+    expect(page.locator('[data-testid="stPopoverBody"]')).not_to_contain_text("cannot travel")  # a built-in corpus does
+    screenshot(page, "14_copy_link")
+    assert link.startswith(url) and "run=" not in link
+    for part in ("corpus=builtin%3Apython-names", "arch=llama", "n_kv_head=1", "iters=1234"):
+        assert part in link, (part, link)
+    page.context.close()
+
+    # A fresh browser (no cookies, a new session) opening the link gets the same setup.
+    context = browser.new_context(viewport={"width": 1400, "height": 1500})
+    fresh = context.new_page()
+    fresh.set_default_timeout(60_000)
+    fresh.goto(link)
+    expect(title(fresh, "Training")).to_be_visible(timeout=90_000)
+    wait_idle(fresh)
+    expect(fresh.get_by_label("Iterations", exact=True)).to_have_value("1234")
+    side = sidebar_text(fresh)
+    assert "python-names" in side and "LLaMA" in side, side
+    screenshot(fresh, "15_link_opened")
+    go(fresh, "Model")
+    expect(fresh.get_by_role("radio", name="LLaMA (transformer)")).to_be_checked()
+    expect(fresh.get_by_label("Key/value heads", exact=True)).to_have_value("1")
+    go(fresh, "Data")
+    expect(fresh.get_by_role("combobox", name="Built-in corpus", exact=True)).to_have_value(re.compile(r"^python-names: "))
+    context.close()
