@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -90,33 +91,37 @@ def test_recipe_trains_a_few_steps(name: str, small_text: str) -> None:
     assert result["val_loss"] < math.log(tok.vocab_size) - 0.5
 
 
-def _train_induction(n_layer: int) -> tuple[float, float]:
-    """The induction recipe with ``n_layer`` layers: (best induction score, loss on the probe's repeated half)."""
-    model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB)
-    # Evaluations draw no training randomness: skipping them leaves the run as the recipe's.
-    train_cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": 10_000, "eval_iters": 1, "device": "cpu"})
-    train_ids, val_ids = induction_data()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the measured run (bench/RESULTS.md): one thread, the same summation order
-    try:
-        torch.manual_seed(0)
-        model = build_model(model_cfg.replace(n_layer=n_layer))
-        Trainer(model, train_ids, val_ids, train_cfg).fit()
-    finally:
-        torch.set_num_threads(threads)
+def _scores(model: torch.nn.Module) -> tuple[float, float]:
+    """(best induction score, loss on the probe's repeated half) of a trained model."""
     probes = probe_ids(model)  # segments of a length the training data never has
     S = probes.size(1) // 2
     repeated = torch.stack([token_losses(model, row).losses[S:].mean() for row in probes]).mean()
     return float(head_scores(model)["induction"].max()), float(repeated)
 
 
-@pytest.mark.slow  # the full recipe twice: about 4 minutes on one free core, more on a busy one
+@pytest.mark.slow  # the full recipe with 2 layers and with 1, side by side: about 2-3 minutes on two free cores
 def test_induction_recipe_forms_an_induction_head_with_two_layers_and_not_with_one() -> None:
     # Olsson et al. 2022: copying by "what followed this token last time" needs two layers.
     # The probe's segments are longer than any in training, so a learned look-back distance cannot score.
-    induction, repeated = _train_induction(2)
+    model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB)
+    # Evaluations draw no training randomness: skipping them leaves the run as the recipe's.
+    train_cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": 10_000, "eval_iters": 1, "device": "cpu"})
+    train_ids, val_ids = induction_data()
+    models = []
+    for n_layer in (2, 1):
+        torch.manual_seed(0)
+        models.append(build_model(model_cfg.replace(n_layer=n_layer)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the measured run (bench/RESULTS.md): one thread, the same summation order
+    try:
+        # The two runs at once, a core each: they share no random state (each trainer draws its
+        # batches from its own generator; there is no dropout), so each is the recipe's run.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda m: Trainer(m, train_ids, val_ids, train_cfg).fit(), models))
+    finally:
+        torch.set_num_threads(threads)
+    (induction, repeated), (one_induction, one_repeated) = (_scores(m) for m in models)
     assert induction > 0.5
     assert repeated < math.log(INDUCTION_VOCAB) - 2.0  # far below guessing
-    one_induction, one_repeated = _train_induction(1)
     assert one_induction < 0.2
     assert one_repeated > math.log(INDUCTION_VOCAB) - 1.0
