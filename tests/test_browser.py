@@ -631,3 +631,28 @@ def test_a_copied_link_sets_up_the_same_session_in_a_fresh_browser(server: tuple
     go(fresh, "Data")
     expect(fresh.get_by_role("combobox", name="Built-in corpus", exact=True)).to_have_value(re.compile(r"^python-names: "))
     context.close()
+
+
+def test_expanders_opened_on_a_first_visit_stay_open_when_the_page_redraws(server: tuple[str, Path], browser: Browser) -> None:
+    """The first visit's notes (a vocabulary and a model chosen for you) go at the next rerun and
+    the page moves up; the sections the user opened must stay open."""
+    url, _ = server
+    page = new_page(browser, url)
+    go(page, "Training")
+    wait_idle(page)
+    expect(page.get_by_text("Using a character vocabulary").first).to_be_visible()  # a first visit
+    sections = ["Recipe: watch an induction head form", "Continue a saved checkpoint", "Saved runs (from files, any process)"]
+    for label in sections:
+        page.locator('[data-testid="stExpander"] summary', has_text=label).click()
+        wait_idle(page)
+    details = [page.locator('[data-testid="stExpander"]', has_text=label).locator('[data-testid="stExpanderDetails"]')
+               for label in sections]  # fmt: skip
+    for d in details:
+        expect(d).to_be_visible()
+    set_number(page, "Iterations", 321)  # a rerun: the notes are gone
+    expect(page.get_by_text("Using a character vocabulary")).to_have_count(0)
+    for d in details:
+        expect(d).to_be_visible()
+    expect(page.get_by_role("button", name="Set up and train")).to_be_visible()
+    screenshot(page, "16_training_sections_open")
+    page.context.close()

@@ -119,7 +119,9 @@ def _view(directory: str, names: list[str]) -> None:
 def saved_runs_section(directory: Path) -> None:
     """The "Saved runs" expander: every run with a log or checkpoint in ``directory``."""
     runs = runlog.list_runs(directory)
-    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK))):
+    # Keyed, so an expander the user opened stays open when a rerun moves it (first-visit notes gone).
+    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK)),
+                     key="runs_saved_box"):  # fmt: skip
         if not runs:
             st.caption("No saved runs yet. Runs from this app, the command line and torchrun appear here.")
             return

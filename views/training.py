@@ -350,7 +350,7 @@ if b[3].button("AdamW vs Muon", icon=":material/compare_arrows:", key="train_lab
         if _start_lab(name, cfg):
             st.rerun()
 
-with st.expander("Recipe: watch an induction head form", icon=":material/science:"):
+with st.expander("Recipe: watch an induction head form", icon=":material/science:", key="train_recipe_box"):
     st.markdown(
         "An **induction head** is how a transformer copies from its context: on seeing a token again, it looks at "
         "what followed that token last time and predicts the same. This recipe trains a 2-layer, 4-head model on "
@@ -398,7 +398,7 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
         )
 
 # Resume a checkpoint saved by an earlier server (or another session).
-with st.expander("Continue a saved checkpoint"):
+with st.expander("Continue a saved checkpoint", key="train_continue_box"):
     saved = [r for r in list_checkpoints(checkpoint_dir()) if r["error"] is None and optimizer_path(r["path"]).exists()]
     if not saved:
         st.caption("No checkpoint with a resume state yet; runs save one at every evaluation.")
@@ -416,7 +416,7 @@ with st.expander("Continue a saved checkpoint"):
                     st.rerun()
 
 # Fine-tune: any readable checkpoint (an opened Hugging Face model, say) trained further on this corpus.
-with st.expander("Fine-tune a checkpoint"):
+with st.expander("Fine-tune a checkpoint", key="train_finetune_box"):
     usable = [r for r in list_checkpoints(checkpoint_dir()) if r["error"] is None]
     if not usable:
         st.caption("No checkpoint yet: train one, or open a Hugging Face model on the Checkpoints page.")
@@ -542,7 +542,7 @@ if not alive and job.saved:
     n[1].page_link(PAGE_GENERATION, label="Generation", icon=":material/edit_note:")
     n[2].page_link(PAGE_CHECKPOINTS, label="Checkpoints", icon=":material/save:")
 
-with st.expander("How it works: the AdamW update"):
+with st.expander("How it works: the AdamW update", key="train_how_box"):
     tc = job.train_config
     lr_now = job.events[-1].lr if job.events else tc.lr
     st.latex(
