@@ -255,8 +255,8 @@ def _python_names() -> str:
 INDUCTION_VOCAB = 256
 INDUCTION_SEGMENTS = (6, 20)
 INDUCTION_TOKENS = 400_000
-# Token 0 is a newline, tokens 1..255 are the letters from U+00C1 on, so the
-# character tokenizer's sorted vocabulary gives every symbol its token's id.
+# Token 0 is a newline, tokens 1..255 the characters from U+00C1 on (Latin letters,
+# and × and ÷), so the character tokenizer's sorted vocabulary gives each its token's id.
 _INDUCTION_FIRST_SYMBOL = 0xC0
 
 

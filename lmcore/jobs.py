@@ -442,5 +442,9 @@ class JobRegistry:
     def running(self) -> list[TrainingJob]:
         return [j for j in self.list() if j.is_alive]
 
+    def free_slots(self) -> int:
+        """How many more runs may start now (``max_concurrent`` less those training)."""
+        return max(0, self.max_concurrent - len(self.running()))
+
 
 REGISTRY = JobRegistry()

@@ -47,13 +47,19 @@ def training_page() -> AppTest:
     return at
 
 
+def start_run(at: AppTest, name: str, iters: int, eval_every: int, eval_iters: int, warmup: int = 1):
+    """Set the page's settings (batch 4), press Start, and return the run it started."""
+    settings = [("iters", iters), ("warmup", warmup), ("eval", eval_every), ("eval_iters", eval_iters), ("batch", 4)]
+    for key, value in settings:
+        at.number_input(key=f"keep.train.{key}").set_value(value)
+    at.text_input(key="keep.train.name").set_value(name)
+    at.button(key="train_start").click().run()
+    return REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+
+
 def test_a_run_shows_passes_over_the_data_and_its_accuracy_and_perplexity_curves(checkpoints: Path) -> None:
     at = training_page()
-    for key, value in [("iters", 12), ("warmup", 2), ("eval", 6), ("eval_iters", 2), ("batch", 4)]:
-        at.number_input(key=f"keep.train.{key}").set_value(value)
-    at.text_input(key="keep.train.name").set_value("epochs")
-    at.button(key="train_start").click().run()
-    job = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    job = start_run(at, "epochs", iters=12, eval_every=6, eval_iters=2, warmup=2)
     assert job.wait(RUN_S) and job.status == FINISHED
     at.run()
     assert not at.exception and not at.error
@@ -79,11 +85,7 @@ def test_a_run_shows_passes_over_the_data_and_its_accuracy_and_perplexity_curves
 
 def test_resume_continues_the_shown_run_from_its_checkpoint_up_to_the_iterations_set(checkpoints: Path) -> None:
     at = training_page()
-    for key, value in [("iters", 6), ("warmup", 1), ("eval", 6), ("eval_iters", 1), ("batch", 4)]:
-        at.number_input(key=f"keep.train.{key}").set_value(value)
-    at.text_input(key="keep.train.name").set_value("again")
-    at.button(key="train_start").click().run()
-    first = REGISTRY.get(at.session_state[S.ACTIVE_JOB])
+    first = start_run(at, "again", iters=6, eval_every=6, eval_iters=1)
     assert first.wait(RUN_S) and first.status == FINISHED
     at.run()
     at.button(key="train_resume").click().run()  # still 6 iterations: nothing left to do
@@ -125,3 +127,20 @@ def test_the_induction_recipe_sets_up_its_corpus_vocabulary_and_model_and_trains
     at.switch_page("views/data.py").run()
     assert not at.exception
     assert at.session_state[S.CORPUS].source == "builtin:induction"  # the data page keeps it
+
+
+def test_the_induction_recipe_with_no_free_run_slot_says_so_and_keeps_the_session(checkpoints: Path) -> None:
+    at = training_page()
+    limit = REGISTRY.max_concurrent
+    REGISTRY.max_concurrent = 1
+    try:
+        busy = start_run(at, "busy", iters=100_000, eval_every=100_000, eval_iters=1)
+        assert busy.is_alive
+        corpus, config = at.session_state[S.CORPUS], at.session_state[S.MODEL_CONFIG]
+        at.button(key="train_induction").click().run()
+        assert not at.exception
+        assert any("Runs at once" in e.value for e in at.error)
+        assert at.session_state[S.CORPUS] is corpus and at.session_state[S.MODEL_CONFIG] == config
+        assert not any(j.name.startswith("induction-head") for j in REGISTRY.running())
+    finally:
+        REGISTRY.max_concurrent = limit

@@ -159,7 +159,7 @@ def free_name(base: str) -> str:
 def _start_lab(name: str, cfg: ModelConfig) -> bool:
     """AdamW vs Muon: the same model, seed and batches trained with each, as two runs on one chart."""
     tc = _train_config()
-    if REGISTRY.max_concurrent - sum(r.is_alive for r in REGISTRY.list()) < 2:
+    if REGISTRY.free_slots() < 2:
         st.error("The comparison trains two runs at once: stop a run or raise **Runs at once** first.")
         return False
     for optimizer in ("adamw", "muon"):
@@ -213,6 +213,12 @@ def _finetune(path, name: str) -> bool:
 
 def _watch_induction() -> None:
     """The induction recipe's corpus, vocabulary and model, set up as a shared link would, and its run started."""
+    if REGISTRY.free_slots() < 1:  # said before the session's corpus and model are replaced
+        st.session_state[S.START_ERROR] = (
+            "The recipe starts a run, and as many runs as allowed are training: stop one or raise "
+            "**Runs at once** first. Your corpus, vocabulary and model are as they were."
+        )
+        return
     model_cfg, tc = recipe("induction", INDUCTION_VOCAB)
     skipped = urlstate.apply(urlstate.recipe_params("builtin:induction", "char", model_cfg, tc))
     if skipped:
