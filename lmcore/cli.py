@@ -99,6 +99,18 @@ def _finite(text: str) -> float:
     return value
 
 
+def _positive_up_to(hi: float) -> Callable[[str], float]:
+    """An argparse type: a number more than 0 and at most ``hi``."""
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if not 0 < value <= hi:
+            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {hi:g}, got {text}")
+        return value
+
+    return parse
+
+
 _SIZE = _whole(1)  # model sizes: ModelConfig.validate caps each, the memory check the whole model
 _COUNT = _whole(1, _MAX_COUNT)
 _SEED = _whole(0, MAX_SEED)
@@ -293,6 +305,8 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     state = None
     if args.out:
         _check_out_name(Path(args.out))
+        if not (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()):  # a folder: the name is ours
+            _check_component(Path(args.out).name, "--out")
     if args.resume:
         if _model_overrides(args) or args.tokenizer or args.vocab_size or args.documents:
             raise ConfigError("--resume continues a saved model: drop the model, tokenizer and --documents flags")
@@ -414,6 +428,30 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     return 0
 
 
+# Characters and names one platform or another refuses, or reads as a path: a
+# checkpoint or export name travels (zip entries, other machines), so it must be
+# one plain component everywhere.
+_UNSAFE_CHARS = set('\\/<>:"|?*')
+_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10))}
+
+
+def _check_component(name: str, flag: str) -> None:
+    """Refuse a file or folder name that is not one safe component on every platform.
+
+    No separator of either kind (``a\\..\\evil`` is three components on Windows
+    and in a zip archive unpacked there), no ``..``, no control characters, none
+    of Windows' reserved characters or device names, no trailing dot or space.
+    """
+    bad = sorted({ch for ch in name if ch in _UNSAFE_CHARS or not ch.isprintable()})
+    if bad or name in (".", "..") or name.endswith((".", " ")) or name.split(".")[0].lower() in _DEVICE_NAMES:
+        shown = "".join(ch if ch.isprintable() else "?" for ch in name)
+        why = f"holds {' '.join(repr(ch) for ch in bad)}" if bad else "is not a plain name"
+        raise ConfigError(
+            f"{flag}: the name {shown!r} {why}; a saved model is named by one plain component "
+            "(letters, digits, spaces, '-', '_' and '.'), with its folder given before a '/'"
+        )
+
+
 def _check_out_name(out: Path) -> None:
     """Refuse an output name the file system would refuse only at the first save, after training.
 
@@ -436,8 +474,6 @@ def _check_out_name(out: Path) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from lmcore.shards import prepare
 
-    if args.bpe_sample_mb <= 0:
-        raise ConfigError(f"--bpe-sample-mb must be positive, got {args.bpe_sample_mb}")
     last = [0.0]
     started = time.monotonic()
     tty = sys.stderr.isatty()
@@ -466,6 +502,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         bpe_sample_bytes=int(args.bpe_sample_mb * 1e6),
         progress=progress,
         bpe_progress=_bpe_progress() if args.tokenizer == "bpe" else None,
+        allow_local_urls=args.allow_local_urls,
     )
     if args.tokenizer == "bpe":
         _say(meta["vocabulary"])
@@ -583,6 +620,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from lmcore.hf import import_checkpoint
 
+    _check_component(Path(args.out).name, "--out")
     _say(f"importing {args.source} ...")
     path, imported = import_checkpoint(args.source, args.out)
     info = {"path": str(path), "family": imported.family, "params": imported.model.num_params(), "notes": imported.notes}
@@ -593,6 +631,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from lmcore.hf import export_checkpoint
 
+    if Path(args.out).name:  # "." and "/" name no new folder
+        _check_component(Path(args.out).name, "--out")
     out = export_checkpoint(args.checkpoint, args.out)
     print(_json_line({"path": str(out), "files": sorted(p.name for p in out.iterdir())}), flush=True)
     return 0
@@ -602,8 +642,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lmcore.data import MAX_CORPUS_BYTES
     from lmcore.device import DEVICE_CHOICES
     from lmcore.models import PRESETS
+    from lmcore.models.config import MAX_FIELD
+    from lmcore.train import MAX_WINDOWS
+
+    # Every number is bounded by what it can mean, so that no value reaches an allocation or a loop unchecked.
+    windows = _whole(1, MAX_WINDOWS)  # batch sizes and micro-batches: TrainConfig also bounds their products
+    vocab = _whole(1, MAX_FIELD)  # no model's vocabulary can be larger (BPE checks its own smallest size)
+    bpe_sample_mb = _positive_up_to(MAX_CORPUS_BYTES / 1e6)  # the most text the app trains a BPE on, too
 
     parser = OneLineParser(
         prog="python -m lmcore", description="Train, sample and inspect small language models."
@@ -613,10 +661,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="tokenize a corpus of any size into token shards for train --data DIR")
     pr.add_argument("--data", required=True, help="a text file, a folder of .txt files, an http(s) URL, or builtin:NAME")
     pr.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="vocabulary kind (default char)")
-    pr.add_argument("--vocab-size", type=_SIZE, help="BPE vocabulary size (default 512)")
+    pr.add_argument("--vocab-size", type=vocab, help="BPE vocabulary size (default 512)")
     pr.add_argument("--val-fraction", type=_finite, default=0.1, help="share of the text kept for validation (default 0.1)")
-    pr.add_argument("--bpe-sample-mb", type=_finite, default=4.0, help="BPE is trained on this many MB of the corpus (default 4)")
+    pr.add_argument(
+        "--bpe-sample-mb", type=bpe_sample_mb, default=4.0,
+        help=f"BPE is trained on this many MB of the corpus (default 4, at most {MAX_CORPUS_BYTES / 1e6:g})",
+    )
     pr.add_argument("--out", required=True, metavar="DIR", help="folder for train.bin, val.bin and meta.json")
+    pr.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     pr.set_defaults(func=cmd_prepare)
 
     t = sub.add_parser("train", help="train a model on a text corpus and save it")
@@ -627,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--documents", action="store_true", default=None, help="one document per line, BOS between them")
     data.add_argument("--val-fraction", type=_finite, help="share of tokens kept for validation (default 0.1)")
     data.add_argument("--tokenizer", choices=["char", "bpe"], help="vocabulary kind (default char)")
-    data.add_argument("--vocab-size", type=_SIZE, help="BPE vocabulary size (default 512; bpe only)")
+    data.add_argument("--vocab-size", type=vocab, help="BPE vocabulary size (default 512; bpe only)")
     data.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default="gpt2", help="starting architecture (default gpt2)")
@@ -636,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in _MODEL_SWITCHES:
         model.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, help=text)
     train = t.add_argument_group("training")
-    train.add_argument("--batch-size", type=_COUNT)
+    train.add_argument("--batch-size", type=windows)
     train.add_argument("--max-iters", type=_COUNT, help="total optimizer steps (when resuming: of the whole run)")
     train.add_argument("--lr", type=_finite, help="peak learning rate")
     train.add_argument(
@@ -649,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=_finite)
     train.add_argument("--grad-clip", type=_finite, help="clip the gradient norm to this (0 = off)")
     train.add_argument("--eval-interval", type=_COUNT)
-    train.add_argument("--eval-iters", type=_COUNT, help="batches per evaluation")
+    train.add_argument("--eval-iters", type=windows, help="batches per evaluation")
     train.add_argument("--seed", type=_SEED, help=f"0 to {MAX_SEED:,}")
     train.add_argument("--device", choices=DEVICE_CHOICES)
     train.add_argument(
@@ -658,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
     train.add_argument(
-        "--grad-accum", type=_COUNT, metavar="K", help="micro-batches per process in each step (default 1)"
+        "--grad-accum", type=windows, metavar="K", help="micro-batches per process in each step (default 1)"
     )
     train.add_argument(
         "--patience", type=_COUNT, metavar="N", help="stop after N evaluations without a better val loss (default: never)"
@@ -691,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, metavar="FILE")
     e.add_argument("--data", required=True, help="a text file, an http(s) URL, or builtin:NAME")
     e.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
-    e.add_argument("--batch-size", type=_COUNT, default=16)
+    e.add_argument("--batch-size", type=windows, default=16)
     e.add_argument("--max-tokens", type=_COUNT, help="evaluate only the first N tokens")
     e.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     e.set_defaults(func=cmd_eval)
@@ -728,4 +780,6 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {e.strerror or e}{name}")
     except KeyboardInterrupt:
         _say("error: interrupted")
+    except MemoryError:  # a safety net: the estimates refuse what they can foresee before allocating
+        _say("error: out of memory; use a smaller model, batch or corpus")
     return 2

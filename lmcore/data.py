@@ -14,12 +14,9 @@ A corpus comes from one of three places, named by ``load_corpus(source)``:
 - an ``http(s)://`` URL, downloaded once into a cache directory
   (``$LMCORE_CACHE_DIR``, else ``~/.cache/lmcore``), or a ``file://`` URL.
 
-Downloads reach public internet addresses only, unless the caller allows
-local ones: every hop's host name is resolved once, each address is checked
-(loopback, link-local, private, reserved, multicast and unspecified ones are
-refused) and the connection goes to that very address. Redirects are followed
-to http(s) only, at most ``MAX_REDIRECTS`` times, and a whole download ends
-after ``FETCH_DEADLINE_S``. No proxy is used: a proxy would resolve names itself.
+Downloads go through ``lmcore.fetch``, the one downloader: public internet
+addresses only unless the caller allows local ones (checked on every
+redirect hop), no proxy, one deadline for the whole download, a size cap.
 
 Every corpus is checked the same way and a ``DataError`` with a one-line fix is
 raised for: a missing file, a directory, empty or whitespace-only text, bytes
@@ -39,17 +36,10 @@ Shapes: B batch, T block size.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.client
-import ipaddress
 import os
-import socket
-import ssl
 import sysconfig
 import tempfile
-import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -62,6 +52,7 @@ import torch
 
 from lmcore.batches import TokenSource, as_source, batch_from_starts, check_length
 from lmcore.errors import DataError, TokenizerError
+from lmcore.fetch import fetch, is_public_address, split_url  # noqa: F401 - is_public_address: a public name here
 from lmcore.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 from lmcore.tokenizers.bpe import text_pieces
 
@@ -69,10 +60,6 @@ MAX_CORPUS_BYTES = 50 * 1000 * 1000  # 50 MB
 STDLIB_CORPUS_BYTES = 1_000_000  # about the size of tiny Shakespeare
 DEFAULT_CORPUS = "builtin:python-docs"
 DEFAULT_BPE_VOCAB = 512
-DOWNLOAD_TIMEOUT_S = 30.0  # the longest a server may stay silent
-FETCH_DEADLINE_S = 60.0  # the longest a whole download may take, redirects included
-MAX_REDIRECTS = 5
-_REDIRECTS = {301, 302, 303, 307, 308}
 
 BUILTIN_CORPORA: dict[str, str] = {
     "python-docs": "Python's language reference and library topics (pydoc_data.topics), about 465 KB of English",
@@ -295,220 +282,6 @@ def _cache_path(url: str, cache_dir: Path, local: bool = False) -> Path:
     return cache_dir / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}-{stem}"
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-AddressCheck = Callable[[IPAddress], bool]
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv6 addresses that carry an IPv4 one
-
-
-def _non_public_kind(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public internet address ("loopback", "private", ...), or None when it is."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 address itself
-            return _non_public_kind(ip.ipv4_mapped)
-        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else None
-        inner = ip.sixtofour or nat64
-        if inner is not None and (kind := _non_public_kind(inner)):
-            return kind
-    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
-        if getattr(ip, "is_" + kind):
-            return kind.replace("_", "-")
-    return None if ip.is_global else "non-public"
-
-
-def is_public_address(ip: IPAddress) -> bool:
-    """True for a public internet address: not loopback, link-local, private, reserved, multicast or unspecified."""
-    return _non_public_kind(ip) is None
-
-
-def _any_address(ip: IPAddress) -> bool:
-    """Every address, for callers allowed to reach this machine and its network."""
-    return True
-
-
-def _printable(text: object, limit: int = 200) -> str:
-    """Text a server chose (an address, a reason) made safe for a one-line message."""
-    s = "".join(ch if ch.isprintable() else " " for ch in str(text))
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to addresses already checked: no second DNS lookup, the Host header still names ``host``."""
-
-    def __init__(self, host: str, port: int, ips: list[IPAddress], timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.ips = ips
-        self.opened: socket.socket | None = None  # kept after http.client lets go of it, for the deadline
-
-    def _open(self) -> socket.socket:
-        err: OSError | None = None
-        for ip in self.ips:
-            try:
-                return socket.create_connection((str(ip), self.port), self.timeout)
-            except OSError as e:
-                err = e
-        assert err is not None
-        raise err
-
-    def connect(self) -> None:
-        self.sock = self.opened = self._open()
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    """HTTPS to addresses already checked; the certificate must still be valid for ``host`` (SNI too)."""
-
-    default_port = http.client.HTTPS_PORT
-
-    def connect(self) -> None:
-        self.sock = self.opened = ssl.create_default_context().wrap_socket(self._open(), server_hostname=self.host)
-
-
-def _cut(conn: _PinnedHTTPConnection, fired: threading.Event) -> None:
-    """End a fetch that ran past its deadline: the blocked read returns at once."""
-    fired.set()
-    if conn.opened is not None:
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(conn.opened, socket.SHUT_RDWR)  # the plain socket's call, also under TLS
-
-
-def _resolve(url: str, host: str, port: int, address_ok: AddressCheck) -> list[IPAddress]:
-    """The addresses ``host`` resolves to, all of them allowed by ``address_ok``, else DataError."""
-    ips: list[IPAddress] = []
-    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        ip = ipaddress.ip_address(sockaddr[0])
-        if ip not in ips:
-            ips.append(ip)
-    for ip in ips:
-        if not address_ok(ip):
-            kind = _non_public_kind(ip) or "refused"
-            where = f"{ip} is" if host == str(ip) else f"{_printable(host)} is at {ip},"
-            raise DataError(
-                f"{_printable(url)} was refused: {where} {'an' if kind[0] in 'aeiou' else 'a'} {kind} address, "
-                "not a public one; only public addresses are fetched (allow local ones with --allow-local-urls "
-                "on the command line, or LMCORE_ALLOW_LOCAL_URLS=1 for the app)"
-            )
-    return ips
-
-
-def _get(
-    url: str, max_bytes: int, address_ok: AddressCheck, deadline: float
-) -> tuple[bytes | None, str | None, bool]:
-    """One request: (body, None, local) or, for a redirect, (None, next URL, local)."""
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").encode("idna").decode("ascii")
-    if not host:
-        raise DataError(f"{_printable(url)} names no server; give a full address like https://example.org/book.txt")
-    https = parts.scheme.lower() == "https"
-    port = parts.port or (http.client.HTTPS_PORT if https else http.client.HTTP_PORT)
-    ips = _resolve(url, host, port, address_ok)
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    cls = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
-    conn = cls(host, port, ips, timeout=min(DOWNLOAD_TIMEOUT_S, left))
-    fired = threading.Event()
-    timer = threading.Timer(left, _cut, (conn, fired))
-    timer.daemon = True
-    timer.start()
-    try:
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        conn.request("GET", target, headers={"User-Agent": "lmcore", "Accept": "text/plain, */*"})
-        resp = conn.getresponse()
-        local = not all(map(is_public_address, ips))
-        if resp.status in _REDIRECTS:
-            location = resp.getheader("Location")
-            if not location:
-                raise DataError(
-                    f"{_printable(url)} redirects without saying where (HTTP {resp.status}); check the address"
-                )
-            try:
-                target = urllib.parse.urljoin(url, location)
-                scheme = urllib.parse.urlsplit(target).scheme.lower()
-            except ValueError:
-                raise DataError(
-                    f"{_printable(url)} redirects to {_printable(location)}, which is not a valid address"
-                ) from None
-            if scheme not in ("http", "https"):
-                raise DataError(
-                    f"{_printable(url)} redirects to {_printable(target)}, which is not an http(s) address; "
-                    "only web addresses are followed"
-                )
-            return None, target, local
-        if resp.status != 200:
-            raise DataError(
-                f"downloading {_printable(url)} failed with HTTP {resp.status} {_printable(resp.reason, 80)}; "
-                "check the address"
-            )
-        length = resp.getheader("Content-Length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            raise DataError(
-                f"{_printable(url)} is {_size(int(length))}, over the {_size(max_bytes)} limit; use a smaller file"
-            )
-        data = resp.read(max_bytes + 1)
-        if length and length.isdigit() and len(data) < int(length) and not fired.is_set():
-            raise DataError(
-                f"{_printable(url)} ended after {len(data):,} of its {int(length):,} bytes; try again later"
-            )
-    except (OSError, http.client.HTTPException):
-        if fired.is_set():
-            raise TimeoutError from None
-        raise
-    finally:
-        timer.cancel()
-        conn.close()
-    if fired.is_set():  # a body read until the cut is cut short, not complete
-        raise TimeoutError
-    return data, None, local
-
-
-def _download(url: str, max_bytes: int, address_ok: AddressCheck = is_public_address) -> tuple[bytes, bool]:
-    """The body of the http(s) ``url``, at most max_bytes, and whether a local address served any of it.
-
-    Every hop's host is resolved once, each of its addresses must pass
-    ``address_ok``, and the connection goes to those very addresses.
-    Redirects are followed up to MAX_REDIRECTS times, to http(s) only; the
-    whole fetch ends after FETCH_DEADLINE_S. Whatever the server does, the
-    only error is a one-line DataError.
-    """
-    deadline = time.monotonic() + FETCH_DEADLINE_S
-    current, local = url, False
-    try:
-        for _ in range(MAX_REDIRECTS + 1):
-            data, current_next, hop_local = _get(current, max_bytes, address_ok, deadline)
-            local = local or hop_local
-            if data is not None:
-                break
-            assert current_next is not None
-            current = current_next
-        else:
-            raise DataError(f"{_printable(url)} redirects more than {MAX_REDIRECTS} times; check the address")
-    except ssl.SSLCertVerificationError as e:
-        raise DataError(
-            f"cannot download {_printable(current)}: its certificate is not valid ({_printable(e.verify_message)}); "
-            "check the address"
-        ) from None
-    except TimeoutError:
-        raise DataError(
-            f"downloading {_printable(url)} took longer than {FETCH_DEADLINE_S:g} s or stalled; "
-            "try again later, or download the file yourself and load it from disk"
-        ) from None
-    except http.client.HTTPException as e:
-        raise DataError(
-            f"the server at {_printable(current)} sent a broken HTTP response "
-            f"({type(e).__name__}: {_printable(e, 80)}); check the address"
-        ) from None
-    except OSError as e:
-        reason = e.strerror or e  # socket.gaierror and ssl errors say it best
-        raise DataError(
-            f"cannot download {_printable(current)} ({_printable(reason, 120)}); check the address and the network "
-            "connection, or download the file yourself and load it from disk"
-        ) from None
-    except ValueError as e:  # a bad port, host name or URL
-        raise DataError(f"{_printable(current)} is not a URL that can be downloaded ({_printable(e, 120)})") from None
-    if len(data) > max_bytes:
-        raise DataError(f"{_printable(url)} is over the {_size(max_bytes)} limit; use a smaller file")
-    return data, local
-
-
 def _load_url(
     url: str,
     documents: bool,
@@ -525,7 +298,7 @@ def _load_url(
             if path.is_file():
                 text = _text_from_bytes(path.read_bytes(), f"the cached copy of {url} ({path})", max_bytes)
                 return Corpus(name, text, documents, url)
-    data, local = _download(url, max_bytes, _any_address if allow_local_urls else is_public_address)
+    data, local = fetch(url, max_bytes, allow_local=allow_local_urls)
     text = _text_from_bytes(data, url, max_bytes)
     # Only a valid corpus is cached, so a fixed file on the server is fetched again.
     try:
@@ -586,7 +359,7 @@ def load_corpus(
             raise DataError(f"unknown built-in corpus {name!r}; choose one of {known}")
         text = _check_text(_BUILTIN_TEXT[name](), f"the built-in corpus {name!r}", max_bytes)
         return Corpus(name, text, documents or name in _DOCUMENT_CORPORA, source)
-    parts = urllib.parse.urlsplit(source)
+    parts = split_url(source)  # DataError for an address that cannot be parsed
     scheme = parts.scheme.lower()
     if not allow_local and scheme not in ("http", "https"):
         raise DataError(f"{source!r} is not a web address; give an http:// or https:// URL")

@@ -29,11 +29,9 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import shutil
+import stat
 import tempfile
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmcore.data import DOWNLOAD_TIMEOUT_S, build_tokenizer, load_corpus
-from lmcore.errors import DataError
+from lmcore.data import build_tokenizer, load_corpus
+from lmcore.errors import DataError, LMCoreError
+from lmcore.fetch import fetch_to_file, split_url
 from lmcore.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_dict
 from lmcore.tokenizers.bpe import _SAFE_CUT
 
@@ -53,6 +52,11 @@ META = "meta.json"
 CHUNK_BYTES = 8 << 20  # text read, decoded and encoded at a time
 BPE_SAMPLE_BYTES = 4 << 20  # a pure-Python BPE trains on a few MB in a minute or two
 BPE_SAMPLE_WINDOWS = 64
+# A URL corpus is downloaded through lmcore.fetch like any other; being larger than
+# memory it gets a larger cap and deadline than the app's corpora (at 10 MB/s, 10 GB
+# take 17 minutes). Larger ones: download them yourself and prepare the file.
+MAX_DOWNLOAD_BYTES = 10 * 1000**3
+DOWNLOAD_DEADLINE_S = 3600.0
 
 # progress(stage, done, total): stage is "reading", "sampling" or "encoding"; done/total in bytes.
 Progress = Callable[[str, int, int], None]
@@ -79,34 +83,20 @@ class _Part:
         return self.path.stat().st_size if self.path is not None else len(self.text.encode("utf-8"))
 
 
-def _download(url: str, directory: Path) -> Path:
-    """Stream ``url`` into a temporary file in ``directory`` (no size cap: prepared data has none)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".download-")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            shutil.copyfileobj(resp, f, CHUNK_BYTES)
-    except urllib.error.HTTPError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"downloading {url} failed with HTTP {e.code} {e.reason}; check the address") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
-        raise DataError(f"cannot download {url} ({reason}); check the address and the network connection") from None
-    return Path(tmp)
-
-
-def _parts(source: str, workdir: Path) -> tuple[list[_Part], str]:
-    """The corpus's parts in order, and its name; a URL is downloaded into ``workdir`` first."""
+def _parts(source: str, workdir: Path, allow_local_urls: bool = False) -> tuple[list[_Part], str]:
+    """The corpus's parts in order, and its name; a URL is downloaded into ``workdir`` first (``lmcore.fetch``)."""
     source = str(source).strip()
     if not source:
         raise DataError("no corpus given; use a file, a folder of .txt files, a URL or builtin:NAME")
     if source.startswith("builtin:"):
         return [_Part(text=load_corpus(source).text)], source
-    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    parts = split_url(source)  # DataError for an address that cannot be parsed
+    scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        return [_Part(path=_download(source, workdir))], source
+        path = fetch_to_file(source, workdir, MAX_DOWNLOAD_BYTES, allow_local_urls, DOWNLOAD_DEADLINE_S)
+        return [_Part(path=path)], source
     if scheme == "file":
-        source = urllib.request.url2pathname(urllib.parse.urlsplit(source).path)
+        source = urllib.request.url2pathname(parts.path)
     elif scheme and len(scheme) > 1 and "://" in source:
         raise DataError(f"cannot read {source}: only http, https and file URLs are supported")
     path = Path(source).expanduser()
@@ -229,8 +219,13 @@ def prepare(
     bpe_sample_bytes: int = BPE_SAMPLE_BYTES,
     progress: Progress | None = None,
     bpe_progress: Callable[[int, int], None] | None = None,
+    allow_local_urls: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize ``source`` into ``out_dir``/{train.bin, val.bin, meta.json}; returns the meta dict."""
+    """Tokenize ``source`` into ``out_dir``/{train.bin, val.bin, meta.json}; returns the meta dict.
+
+    An http(s) ``source`` reaches public addresses only unless ``allow_local_urls``
+    (the address rule of ``lmcore.fetch``, checked on every redirect).
+    """
     if tokenizer not in ("char", "bpe"):
         raise DataError(f"unknown tokenizer {tokenizer!r}; choose char or bpe")
     if not 0.0 < val_fraction < 1.0:
@@ -238,8 +233,14 @@ def prepare(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a folder for the prepared data")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    parts, name = _parts(source, out)
+    try:
+        parts, name = _parts(source, out, allow_local_urls)
+    except DataError:
+        if created:  # a refused or failed source leaves no empty folder behind
+            out.rmdir()
+        raise
     downloaded = [p.path for p in parts if p.path is not None and p.path.name.startswith(".download-")]
     tmp_files: list[Path] = []
     try:

@@ -60,7 +60,10 @@ def test_wide_vocabularies_use_uint32(tmp_path: Path) -> None:
 def test_builtin_and_url_sources(tmp_path: Path, http_folder) -> None:
     base, folder, _ = http_folder
     (folder / "remote.txt").write_text("hello shards\n" * 300, encoding="utf-8")
-    prepare(f"{base}/remote.txt", tmp_path / "url", "char")
+    with pytest.raises(DataError, match="loopback address"):  # the one downloader's address rule
+        prepare(f"{base}/remote.txt", tmp_path / "url", "char")
+    assert not (tmp_path / "url").exists()
+    prepare(f"{base}/remote.txt", tmp_path / "url", "char", allow_local_urls=True)
     assert shard_text(tmp_path / "url") == "hello shards\n" * 300
     assert [p.name for p in (tmp_path / "url").iterdir() if p.name.startswith(".")] == []  # the download is gone
     meta = prepare("builtin:python-docs", tmp_path / "builtin", "char")

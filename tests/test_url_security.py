@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import io
 import ipaddress
 import os
 import re
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import lmcore.data as data
+import lmcore.fetch as fetch
 from lmcore.cli import main
 from lmcore.data import is_public_address, load_corpus
 from lmcore.errors import DataError
@@ -129,6 +130,13 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     return table
 
 
+def _download(url: str, max_bytes: int, address_ok: Callable) -> tuple[bytes, bool]:
+    """The one downloader's body and whether a local address served it, under the address rule ``address_ok``."""
+    buf = io.BytesIO()
+    local = fetch.download(url, buf, max_bytes, address_ok)
+    return buf.getvalue(), local
+
+
 def one_line(err: pytest.ExceptionInfo) -> str:
     message = str(err.value)
     assert "\n" not in message and message.isprintable(), message
@@ -197,11 +205,11 @@ def test_a_redirect_from_a_public_name_to_a_local_address_is_refused(public_serv
     dns["internal.example"] = ["127.0.0.1"]
     public = f"http://public.example:{port}"
     # The public hop itself connects and is followed, redirects included.
-    assert data._download(f"{public}/go?to=/book.txt", 10_000, counts_as_public) == (b"A public book.\n", True)
+    assert _download(f"{public}/go?to=/book.txt", 10_000, counts_as_public) == (b"A public book.\n", True)
     secret_port = base.rsplit(":", 1)[1]
     for target in (f"{base}/secret.txt", f"http://internal.example:{secret_port}/secret.txt"):
         with pytest.raises(DataError, match="was refused: .*loopback") as err:
-            data._download(f"{public}/go?to={target}", 10_000, counts_as_public)
+            _download(f"{public}/go?to={target}", 10_000, counts_as_public)
         one_line(err)
     assert secret_requests == []
     assert public_requests.count(f"/go?to={base}/secret.txt") == 1
@@ -212,7 +220,7 @@ def test_the_connection_goes_to_the_address_that_was_checked(public_server, dns)
     port, root, requested = public_server
     (root / "book.txt").write_text("A public book.\n", encoding="utf-8")
     dns["rebind.example"] = [str(PUBLIC_IP), "127.0.0.1"]
-    body, _ = data._download(f"http://rebind.example:{port}/book.txt", 10_000, counts_as_public)
+    body, _ = _download(f"http://rebind.example:{port}/book.txt", 10_000, counts_as_public)
     assert body == b"A public book.\n" and requested == ["/book.txt"]
     assert dns["lookups"] == ["rebind.example"]
 
@@ -222,7 +230,7 @@ def test_a_redirect_to_anything_but_http_is_refused(target, public_server, dns):
     port, _, _ = public_server
     dns["public.example"] = [str(PUBLIC_IP)]
     with pytest.raises(DataError, match="not an http\\(s\\) address") as err:
-        data._download(f"http://public.example:{port}/go?to={target}", 10_000, counts_as_public)
+        _download(f"http://public.example:{port}/go?to={target}", 10_000, counts_as_public)
     one_line(err)
 
 
@@ -231,7 +239,7 @@ def test_redirects_are_capped(public_server, dns):
     dns["public.example"] = [str(PUBLIC_IP)]
     loop = f"http://public.example:{port}/go?to=/go?to=/go?to=/go?to=/go?to=/go?to=/go?to=/book.txt"
     with pytest.raises(DataError, match="redirects more than 5 times"):
-        data._download(loop, 10_000, counts_as_public)
+        _download(loop, 10_000, counts_as_public)
     assert len(requested) == 6
 
 
@@ -265,7 +273,7 @@ def dribble(parts: list[bytes], pause: float) -> Callable[[socket.socket], None]
     ids=["body", "body-without-length", "status-line", "endless-headers"],
 )
 def test_a_slow_server_is_cut_off_at_the_deadline(handler, monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "FETCH_DEADLINE_S", DEADLINE_S)
+    monkeypatch.setattr(fetch, "FETCH_DEADLINE_S", DEADLINE_S)
     with serve_raw(handler) as port:
         start = time.monotonic()
         with pytest.raises(DataError, match="took longer than 1.5 s") as err:
@@ -306,7 +314,7 @@ def reply(raw: bytes) -> Callable[[socket.socket], None]:
          "hang-up"],
 )  # fmt: skip
 def test_whatever_a_server_sends_is_one_line(handler, message, monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "FETCH_DEADLINE_S", 10.0)
+    monkeypatch.setattr(fetch, "FETCH_DEADLINE_S", 10.0)
     with serve_raw(handler) as port:
         start = time.monotonic()
         with pytest.raises(DataError, match=message) as err:
@@ -452,8 +460,8 @@ def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]
 def test_https_checks_the_certificate_for_the_name_at_the_checked_address(tls_server, dns):
     dns["public.example"] = [str(PUBLIC_IP)]
     dns["other.example"] = [str(PUBLIC_IP)]
-    body, _ = data._download(f"https://public.example:{tls_server}/book.txt", 10_000, counts_as_public)
+    body, _ = _download(f"https://public.example:{tls_server}/book.txt", 10_000, counts_as_public)
     assert body == b"A book over TLS.\n"
     with pytest.raises(DataError, match="certificate is not valid") as err:
-        data._download(f"https://other.example:{tls_server}/book.txt", 10_000, counts_as_public)
+        _download(f"https://other.example:{tls_server}/book.txt", 10_000, counts_as_public)
     one_line(err)
