@@ -342,7 +342,8 @@ class MemmapTokens:
     """A TokenSource over a ``.bin`` file of ids: each batch maps the file, gathers its windows, unmaps.
 
     Mapping per batch (as nanoGPT does) lets the pages it touched leave the
-    process's resident memory, so RSS stays flat however large the file.
+    process's resident memory, so RSS stays flat however large the file. The
+    file is opened without following a symbolic link, as ``load_prepared`` checked it.
     """
 
     def __init__(self, path: str | os.PathLike, dtype: str, vocab_size: int):
@@ -354,19 +355,24 @@ class MemmapTokens:
     def __len__(self) -> int:
         return self._len
 
+    def _map(self) -> np.memmap:
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            return np.memmap(f, dtype=self.dtype, mode="r", shape=(self._len,))
+
     def windows(self, starts: torch.Tensor, length: int) -> torch.Tensor:
-        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        data = self._map()
         idx = starts.numpy()[:, None] + np.arange(length)  # (B, length)
         out = torch.from_numpy(data[idx].astype(np.int64))
         del data
         return out
 
     def id_range(self) -> tuple[int, int]:
-        return 0, self.vocab_size - 1  # prepare wrote ids of this vocabulary; unsigned, so never negative
+        return 0, self.vocab_size - 1  # load_prepared checked every id against this vocabulary
 
     def read_all(self) -> np.ndarray:
         """Every id (for tests and small data sets)."""
-        return np.fromfile(self.path, dtype=self.dtype)
+        return np.array(self._map())
 
 
 @dataclass
@@ -377,25 +383,149 @@ class Prepared:
     meta: dict[str, Any]
 
 
+# A prepared folder is read as hostile input (it may come from anyone who can
+# write to the data folder): meta.json is bounded in size and checked field by
+# field, the .bin files must be regular files inside the folder (no symbolic link
+# out of it), whole ids of the declared dtype, and every id must be in the
+# vocabulary, checked in chunks through numpy.memmap before anything trains.
+MAX_META_BYTES = 64 << 20  # a BPE vocabulary of a million tokens writes about 30 MB
+ID_CHUNK = 1 << 24  # ids checked at a time: 32 or 64 MB
+_checked: dict[tuple, None] = {}  # files whose ids were checked, by identity, size and time
+
+
+def _damaged(d: Path, why: str) -> DataError:
+    return DataError(f"{d / META} {why}; it is damaged or not from `lmcore prepare`: prepare the data again")
+
+
+def _regular_inside(d: Path, real_dir: Path, name: str) -> Path | None:
+    """``d/name`` when it is a regular file inside the folder (a link to one inside it is fine); None when absent."""
+    path = d / name
+    if not os.path.lexists(path):
+        return None
+    real = path.resolve()
+    if real.parent != real_dir:
+        raise DataError(
+            f"{path} is a link to {real}, outside the prepared folder; only files inside it are read: "
+            "copy the file into the folder or prepare the data again"
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); prepare the data again") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path} is not a regular file; prepare the data again")
+    return path
+
+
+def _read_meta(d: Path, path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_META_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); check the folder") from None
+    if len(raw) > MAX_META_BYTES:
+        raise _damaged(d, f"is over {MAX_META_BYTES >> 20} MB, more than any vocabulary needs")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise _damaged(d, "is nested too deeply to be read") from None
+    except (UnicodeDecodeError, ValueError):
+        raise _damaged(d, "is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise _damaged(d, f"holds a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise _damaged(d, f"does not say format {FORMAT!r}")
+    kinds: dict[str, tuple[type, ...]] = {
+        "tokenizer": (dict,), "dtype": (str,), "vocab_size": (int,), "train_tokens": (int,), "val_tokens": (int,),
+        "bytes": (int,), "val_fraction": (int, float), "source": (str,), "files": (int,), "vocabulary": (str,),
+        "seconds": (int, float),
+    }  # fmt: skip
+    for key, kind in kinds.items():
+        value = meta.get(key)
+        if value is None and key not in ("tokenizer", "dtype"):
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            want = {dict: "an object", str: "text", int: "a whole number"}[kind[0]] if len(kind) == 1 else "a number"
+            raise _damaged(d, f"has {key} {_shown(value)}, not {want}")
+        if isinstance(value, (int, float)) and not (0 <= value < 2**63 and value == value):
+            raise _damaged(d, f"has {key} {_shown(value)}, out of range")
+    if "val_fraction" in meta and not 0 < meta["val_fraction"] < 1:
+        raise _damaged(d, f"has val_fraction {_shown(meta['val_fraction'])}, not between 0 and 1")
+    return meta
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, (dict, list)) else f"a JSON {type(value).__name__}"
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _check_ids(path: Path, dtype: np.dtype, vocab_size: int) -> None:
+    """DataError unless the file holds whole ids of ``dtype``, all below ``vocab_size``; read in chunks."""
+    info = path.stat()
+    size = info.st_size
+    if size % dtype.itemsize:
+        raise DataError(
+            f"{path} is {size:,} bytes, not a whole number of {dtype.name} ids ({dtype.itemsize} bytes each): "
+            "it is cut short or of another dtype; prepare the data again"
+        )
+    if size == 0:
+        raise DataError(f"{path} holds no tokens; prepare the data again from a longer text")
+    if vocab_size > np.iinfo(dtype).max:
+        return  # every id the dtype holds is in the vocabulary
+    key = (str(path.resolve()), info.st_dev, info.st_ino, size, info.st_mtime_ns, dtype.name, vocab_size)
+    if key in _checked:
+        return
+    data = MemmapTokens(path, dtype.name, vocab_size)._map()
+    for start in range(0, len(data), ID_CHUNK):
+        chunk = data[start : start + ID_CHUNK]
+        if int(chunk.max()) >= vocab_size:
+            at = start + int(np.argmax(chunk >= vocab_size))
+            raise DataError(
+                f"{path} holds token id {int(data[at]):,} at position {at:,}, but the vocabulary in "
+                f"{META} has {vocab_size:,} tokens: the ids and the vocabulary do not belong together; "
+                "prepare the data again"
+            )
+    del data
+    _checked[key] = None
+
+
 def load_prepared(directory: str | os.PathLike) -> Prepared:
-    """The splits and tokenizer of a folder written by ``prepare``; DataError when it is not one."""
+    """The splits and tokenizer of a folder written by ``prepare``; DataError (one line) when it is not one.
+
+    Everything is checked before it is used: see MAX_META_BYTES and ``_check_ids``.
+    """
     d = Path(directory)
     try:
-        meta = json.loads((d / META).read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError
-        tok = tokenizer_from_dict(meta["tokenizer"])
-        dtype = str(meta["dtype"])
-        if dtype not in ("uint16", "uint32"):
-            raise ValueError
-    except FileNotFoundError:
-        raise DataError(f"{d} has no {META}; run `python -m lmcore prepare --out {d}` first") from None
-    except (ValueError, KeyError, TypeError, OSError):
-        raise DataError(f"{d / META} is damaged or not from `lmcore prepare`; prepare the data again") from None
-    splits = []
-    for split in ("train", "val"):
-        path = d / f"{split}.bin"
-        if not path.is_file():
-            raise DataError(f"{path} is missing; prepare the data again")
-        splits.append(MemmapTokens(path, dtype, tok.vocab_size))
+        real_dir = d.resolve()
+        meta_path = _regular_inside(d, real_dir, META)
+        if meta_path is None:
+            raise DataError(f"{d} has no {META}; run `python -m lmcore prepare --out {d}` first")
+        meta = _read_meta(d, meta_path)
+        try:
+            tok = tokenizer_from_dict(meta["tokenizer"])
+        except LMCoreError as e:
+            raise _damaged(d, f"holds a tokenizer that cannot be read ({e})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
+            raise _damaged(d, "holds a tokenizer that cannot be read") from None
+        dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+        if meta["dtype"] != dtype.name:
+            raise _damaged(
+                d, f"says dtype {_shown(meta['dtype'])}, but prepare writes a vocabulary of {tok.vocab_size:,} "
+                f"as {dtype.name}"
+            )
+        if meta.get("vocab_size", tok.vocab_size) != tok.vocab_size:
+            raise _damaged(d, f"says vocab_size {meta['vocab_size']:,} but its tokenizer has {tok.vocab_size:,}")
+        splits = []
+        for split in ("train", "val"):
+            path = _regular_inside(d, real_dir, f"{split}.bin")
+            if path is None:
+                raise DataError(f"{d / (split + '.bin')} is missing; prepare the data again")
+            _check_ids(path, dtype, tok.vocab_size)
+            tokens = MemmapTokens(path, dtype.name, tok.vocab_size)
+            said = meta.get(f"{split}_tokens")
+            if said is not None and said != len(tokens):
+                raise _damaged(d, f"says {split}_tokens {said:,} but {split}.bin holds {len(tokens):,}")
+            splits.append(tokens)
+    except OSError as e:
+        raise DataError(f"{d} cannot be read ({e.strerror or e}); check the folder") from None
     return Prepared(splits[0], splits[1], tok, meta)
