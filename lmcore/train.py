@@ -48,6 +48,12 @@ OPTIMIZERS = ("adamw", "muon", "sgd")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
+# The most windows one step (batch_size x grad_accum) or one evaluation (eval_iters x
+# batch_size) may draw: far past any run that finishes (GPT-3 took 1,600 a step), and
+# their start offsets alone stay under 10 MB.
+MAX_WINDOWS = 1 << 20
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 12
@@ -130,6 +136,11 @@ class TrainConfig:
             raise ConfigError(f"eval_iters must be at least 1, got {self.eval_iters}")
         if not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool) or self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be a whole number of at least 1, got {self.grad_accum!r}")
+        # A step draws batch_size x grad_accum windows, an evaluation eval_iters x batch_size: bound both.
+        for what, n in (("batch_size x grad_accum", self.batch_size * self.grad_accum),
+                        ("eval_iters x batch_size", self.eval_iters * self.batch_size)):  # fmt: skip
+            if n > MAX_WINDOWS:
+                raise ConfigError(f"{what} is {n:,} windows, over the limit of {MAX_WINDOWS:,}; lower them")
         if self.patience is not None and (
             not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1
         ):

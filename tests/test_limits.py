@@ -24,7 +24,7 @@ from lmcore.cli import MAX_NEW_TOKENS, main
 from lmcore.errors import ConfigError
 from lmcore.jobs import FINISHED, JobRegistry, RunSpec
 from lmcore.models import ModelConfig, build_model
-from lmcore.models.estimate import MAX_PARAMS, available_memory, check_fits, estimate_memory, model_counts
+from lmcore.models.estimate import MAX_PARAMS, OVERHEAD_PER_TENSOR, available_memory, check_fits, estimate_memory, model_counts
 from lmcore.tokenizers import CharTokenizer
 from lmcore.train import TrainConfig
 
@@ -78,7 +78,8 @@ def test_a_million_layers_are_counted_without_building_them():
 def test_a_model_over_free_memory_is_refused_with_the_estimate():
     cfg = ModelConfig.preset("gpt2", vocab_size=65, n_layer=48, n_embd=4096)
     est = estimate_memory(cfg, 16)
-    assert est["total"] == est["weights"] * 4 + est["activations"] and est["weights"] == 4 * est["params"]
+    assert est["total"] == est["weights"] * 4 + est["activations"] + est["overhead"]
+    assert est["weights"] == 4 * est["params"] and est["overhead"] == (4 + 48 * 12) * OVERHEAD_PER_TENSOR  # wte, wpe, ln_f; 12 a block
     with pytest.raises(ConfigError) as e:
         check_fits(cfg, 16, free=20_300_000_000)
     message = str(e.value)
@@ -276,3 +277,12 @@ def test_the_error_boundary_shows_an_os_error_as_one_line(tmp_path, caplog):
     assert "\n" not in error.value and "File name too long" in error.value and "名名" in error.value
     assert not [m for m in at.markdown if m.value == "not reached"]
     assert any(r.exc_info for r in caplog.records)  # the traceback goes to the log
+
+
+def test_a_deep_narrow_model_counts_what_its_layers_cost_beyond_their_values():
+    # A million one-wide layers: 0.75 GB of values and activations, but about 16 kB of objects per tensor.
+    cfg = ModelConfig.preset("gpt2", vocab_size=65, n_layer=1_000_000, n_embd=1, n_head=1, block_size=2)
+    est = estimate_memory(cfg, 1)
+    assert est["total"] - est["overhead"] < 10**9 < 10**11 < est["overhead"]
+    with pytest.raises(ConfigError, match="per-tensor overhead 196.6 GB"):
+        check_fits(cfg, 1, free=8 * 10**9)

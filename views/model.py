@@ -205,8 +205,8 @@ with right:
     st.dataframe(
         pd.DataFrame(
             {
-                "part": ["weights", "gradients", "AdamW state", "activations", "total"],
-                "MiB": [mem[k] / 2**20 for k in ("weights", "gradients", "optimizer", "activations", "total")],
+                "part": ["weights", "gradients", "AdamW state", "activations", "per-tensor overhead", "total"],
+                "MiB": [mem[k] / 2**20 for k in ("weights", "gradients", "optimizer", "activations", "overhead", "total")],
             }
         ),
         hide_index=True,

@@ -30,6 +30,13 @@ from lmcore.models.config import ModelConfig
 # before activations).
 MAX_PARAMS = 2_000_000_000
 BYTES_PER_VALUE = 4  # fp32 weights, gradients and AdamW moments
+# What each parameter tensor costs beyond its values while training: its module,
+# the tensor objects of the weight, its gradient and AdamW's moments, and the
+# autograd graph of each step. Measured at 10-16 kB per tensor on CPU (GPT-2,
+# Mamba and LSTM at width 2, 500 and 2,500 layers: 118, 158 and 49 kB per layer);
+# nothing at ordinary widths, but it is what a model of a million one-wide layers
+# is made of (196 GB, where its values take 0.5 GB).
+OVERHEAD_PER_TENSOR = 16 * 1024
 
 
 class _SkipInit(TorchFunctionMode):
@@ -47,12 +54,21 @@ class _SkipInit(TorchFunctionMode):
 
 
 @lru_cache(maxsize=256)
-def _meta_counts(config_json: str) -> tuple[int, int, int]:
-    """(params, non-embedding params, training FLOPs per token) of a config built on the meta device."""
+def _meta_counts(config_json: str) -> tuple[int, int, int, int]:
+    """(params, non-embedding params, training FLOPs per token, parameter tensors) of a config on the meta device."""
     config = ModelConfig.from_json(config_json)
     with torch.device("meta"), _SkipInit():
         model = model_class(config.arch)(config)
-    return model.num_params(), model.num_params(non_embedding=True), int(model.flops_per_token(config.block_size))
+    flops = int(model.flops_per_token(config.block_size))
+    return model.num_params(), model.num_params(non_embedding=True), flops, len(list(model.parameters()))
+
+
+def _by_depth(config: ModelConfig) -> tuple[int, ...]:
+    """``_meta_counts`` of ``config`` at its depth, from its one- and two-layer versions."""
+    one = _meta_counts(config.replace(n_layer=1).to_json())
+    two = _meta_counts(config.replace(n_layer=2).to_json())
+    extra = config.n_layer - 1
+    return tuple(a + extra * (b - a) for a, b in zip(one, two))
 
 
 def model_counts(config: ModelConfig) -> dict[str, int]:
@@ -61,11 +77,13 @@ def model_counts(config: ModelConfig) -> dict[str, int]:
     Exact, and computed from one- and two-layer models on the meta device, so
     it costs the same for any depth and never allocates the weights.
     """
-    one = _meta_counts(config.replace(n_layer=1).to_json())
-    two = _meta_counts(config.replace(n_layer=2).to_json())
-    extra = config.n_layer - 1
-    params, non_embedding, flops = (a + extra * (b - a) for a, b in zip(one, two))
+    params, non_embedding, flops, _ = _by_depth(config)
     return {"params": params, "params_non_embedding": non_embedding, "flops_per_token": flops}
+
+
+def parameter_tensors(config: ModelConfig) -> int:
+    """How many parameter tensors the model of a valid config has (shared ones once), counted without building it."""
+    return _by_depth(config)[3]
 
 
 def activation_values(config: ModelConfig, batch_size: int) -> int:
@@ -83,11 +101,14 @@ def activation_values(config: ModelConfig, batch_size: int) -> int:
 def training_memory(
     config: ModelConfig, n_params: int, batch_size: int, bytes_per_value: int = BYTES_PER_VALUE
 ) -> dict[str, int]:
-    """Training memory in bytes: ``weights``, ``gradients``, ``optimizer`` (AdamW), ``activations``, ``total``.
+    """Training memory in bytes: ``weights``, ``gradients``, ``optimizer`` (AdamW), ``activations``,
+    ``overhead`` and ``total``.
 
     Weights and gradients take one value per parameter, AdamW two more (its
-    moments). It ignores allocator slack, temporary buffers and fused kernels:
-    the right order of magnitude, not a promise.
+    moments); ``overhead`` is ``OVERHEAD_PER_TENSOR`` per parameter tensor (the
+    objects around the values, which outweigh them in a deep, narrow model). It
+    ignores allocator slack, temporary buffers and fused kernels: the right
+    order of magnitude, not a promise.
     """
     weights = int(n_params) * bytes_per_value
     out = {
@@ -95,6 +116,7 @@ def training_memory(
         "gradients": weights,
         "optimizer": 2 * weights,
         "activations": activation_values(config, batch_size) * bytes_per_value,
+        "overhead": parameter_tensors(config) * OVERHEAD_PER_TENSOR,
     }
     out["total"] = sum(out.values())
     return out
@@ -159,7 +181,7 @@ def check_fits(
         parts = ", ".join(
             f"{label} {format_bytes(est[key])}"
             for key, label in (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "AdamW state"),
-                               ("activations", "activations"))
+                               ("activations", "activations"), ("overhead", "per-tensor overhead"))
         )
         raise ConfigError(
             f"this model needs about {format_bytes(est['total'])} to train ({parts}, for a batch of "

@@ -493,6 +493,12 @@ class Mamba(LanguageModel):
         for name in ("d_state", "d_conv", "expand"):
             if getattr(config, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 for a Mamba model, got {getattr(config, name)}")
+        # Taps past the context only ever meet padding, at a cost; Mamba's own 4 is always allowed.
+        if config.d_conv > max(config.block_size, 4):
+            raise ConfigError(
+                f"d_conv (the convolution width) must be at most the context, block_size {config.block_size}, "
+                f"got {config.d_conv:,}; Mamba uses 4"
+            )
         if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
             raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
         if config.dt_rank is not None and config.dt_rank < 1:
