@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sysconfig
 import tempfile
 import urllib.parse
@@ -319,10 +320,15 @@ def _load_file(path: Path, documents: bool, max_bytes: int, source: str) -> Corp
     if path.is_dir():
         raise DataError(f"{path} is a directory; give the path of one text file inside it")
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DataError(f"{path} is {_size(size)}, over the {_size(max_bytes)} limit; use a smaller part of it")
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, a device never end
+            raise DataError(f"{path} is not a regular file; give the path of a text file")
+        if info.st_size > max_bytes:
+            raise DataError(
+                f"{path} is {_size(info.st_size)}, over the {_size(max_bytes)} limit; use a smaller part of it"
+            )
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # a file that grows meanwhile is still refused, not read to the end
     except PermissionError:
         raise DataError(f"{path} cannot be read (permission denied); check its permissions") from None
     except OSError as e:

@@ -107,6 +107,8 @@ def _parts(source: str, workdir: Path, allow_local_urls: bool = False) -> tuple[
         return [_Part(path=f) for f in files], str(path)
     if not path.exists():
         raise DataError(f"no such file or folder: {path}; check the path")
+    if not path.is_file():  # a FIFO would block, a device never end
+        raise DataError(f"{path} is not a regular file; give a text file or a folder of .txt files")
     return [_Part(path=path)], str(path)
 
 

@@ -23,7 +23,7 @@ from lmcore.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTREMES = ["-1", "1e308", "nan", "2147483647", "99999999999"]
-GUARD_S = 120  # a case that runs longer was not bounded
+GUARD_S = 120  # a case that runs longer was not bounded (the guard interrupts Python code only)
 TINY = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--block-size", "8"]
 BASE = {
     "prepare": ["prepare", "--data", "small.txt", "--out", "shards", "--tokenizer", "bpe", "--vocab-size", "260"],
@@ -155,3 +155,17 @@ def test_flags_that_cost_a_machine_are_one_line_in_a_real_process(work, case):
                          timeout=300, preexec_fn=_limit_memory)  # fmt: skip
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and words in run.stderr, run.stderr
     assert "MemoryError" not in run.stderr and not (work / "m.safetensors").exists() and not (work / "s").exists()
+
+
+@pytest.mark.parametrize("source", ["fifo", "/dev/zero"])
+def test_a_data_path_that_is_no_regular_file_is_one_line(capsys, work, monkeypatch, tmp_path, source):
+    # A FIFO blocks a reader until someone writes; /dev/zero never ends: either held a command for good.
+    if source == "fifo":
+        source = str(tmp_path / "fifo")
+        os.mkfifo(source)
+    monkeypatch.chdir(work)
+    for args in (["train", "--data", source, *TINY, "--max-iters", "1", "--out", "m.safetensors"],
+                 ["prepare", "--data", source, "--out", "s"],
+                 ["eval", "--checkpoint", "ckpt.safetensors", "--data", source]):  # fmt: skip
+        status, _, err = _guarded(capsys, args)
+        assert status == 2 and err.count("\n") == 1 and "is not a regular file" in err, (args, err)
