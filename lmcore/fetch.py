@@ -31,6 +31,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -324,8 +325,6 @@ def fetch_to_file(
 
     For downloads larger than memory. The file is removed when the download fails.
     """
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as f:
