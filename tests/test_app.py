@@ -265,28 +265,46 @@ def test_switching_architecture_loads_its_preset_fields():
     assert [n.label for n in at.number_input] == ["Context length"]
 
 
-def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
+def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_a_run():
+    REGISTRY.max_concurrent = 1  # the operator's setting (LMCORE_MAX_RUNS); no widget changes it
     first = session("views/training.py")
-    first.number_input(key="train_max_concurrent").set_value(1)
     first.number_input(key="keep.train.iters").set_value(100_000)
     first.number_input(key="keep.train.eval").set_value(50_000)
     first.button(key="train_start").click().run()
     no_problems(first)
     job = REGISTRY.get(first.session_state[S.ACTIVE_JOB])
     assert job.status == RUNNING
+    assert first.query_params["run"] == job.key  # the owner's address holds the key, not the id
 
-    second = session("views/training.py")  # another tab, or the same one after a reload
+    second = session("views/training.py")  # another browser
     assert second.session_state.get(S.ACTIVE_JOB) is None
-    assert second.number_input(key="train_max_concurrent").value == 1  # the limit is the server's
+    assert not any(n.key == "train_max_concurrent" for n in second.number_input)  # no browser sets the limit
+    assert any("Runs at once:** 1" in m.value for m in second.markdown)
     second.button(key="train_start").click().run()
     assert not second.exception
     assert len(second.error) == 1 and "limit is 1" in second.error[0].value
-    second.selectbox(key="train_show").set_value(job.id).run()
-    no_problems(second)
-    assert second.session_state[S.ACTIVE_JOB] == job.id
-    assert any(md(job.name) in m.value and "running" in m.value for m in second.markdown)
+    # it sees that the run exists and what it trains, but cannot pick, stop or overlay it
+    table = second.dataframe[0].value
+    assert list(table["run"]) == [job.name] and list(table["yours"]) == [False]
+    assert job.id not in second.selectbox(key="train_show").options
+    assert second.button(key="train_stop").disabled
+    for guess in (job.id, job.id + "0" * 20, "0" * 32):  # an id, or a guessed key, in the address opens nothing
+        other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+        other.query_params["run"] = guess
+        other.run()
+        assert other.session_state.get(S.ACTIVE_JOB) is None
+        other.switch_page("views/training.py").run()
+        assert other.button(key="train_stop").disabled
+        assert other.query_params.get("run") is None
+    assert job.status == RUNNING
 
-    second.button(key="train_stop").click().run()
+    shared = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)  # the owner's own link: the key
+    shared.query_params.update(dict(first.query_params))
+    shared.run()
+    shared.switch_page("views/training.py").run()
+    no_problems(shared)
+    assert shared.session_state[S.ACTIVE_JOB] == job.id
+    shared.button(key="train_stop").click().run()
     wait_for(job)
     first.run()
     no_problems(first)
