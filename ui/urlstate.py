@@ -71,10 +71,12 @@ class AddressField:
             shown = ", ".join(str(c) for c in self.choices)
             raise ValueError(f"must be one of {shown}")
         try:
+            if len(text) > 40:
+                raise ValueError
             value = int(text) if self.kind == "int" else float(text)
         except ValueError:
             raise ValueError(f"must be {'a whole number' if self.kind == 'int' else 'a number'}") from None
-        if not (math.isfinite(value) and self.low <= value <= self.high):
+        if not (self.low <= value <= self.high and (self.kind == "int" or math.isfinite(value))):
             raise ValueError(f"must be from {_text(self.low)} to {_text(self.high)}")
         return value
 
