@@ -275,6 +275,8 @@ def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_
     job = REGISTRY.get(first.session_state[S.ACTIVE_JOB])
     assert job.status == RUNNING
     assert first.query_params["run"] == job.key  # the owner's address holds the key, not the id
+    assert any(f"run={job.key}" in c.value for c in first.code)  # and a link to hand the run over on purpose
+    assert not any(job.key in c.value for c in first.sidebar.code)  # never in the setup's "Copy link"
 
     second = session("views/training.py")  # another browser
     assert second.session_state.get(S.ACTIVE_JOB) is None
@@ -288,6 +290,7 @@ def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_
     assert job.name in list(table["run"]) and not any(table["yours"])
     assert job.id not in second.selectbox(key="train_show").options
     assert second.button(key="train_stop").disabled
+    assert not any(job.key in c.value or job.id in c.value for c in second.code)
     for guess in (job.id, job.id + "0" * 20, "0" * 32):  # an id, or a guessed key, in the address opens nothing
         other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
         other.query_params["run"] = guess

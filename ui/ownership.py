@@ -6,7 +6,7 @@ to anyone else) and a secret key (``job.key``, 32 random hex digits). The
 session keeps the keys of its runs (``state.OWNED_RUNS``); following a run,
 stopping it, resuming it and overlaying it need its key. The page address
 holds ``run=<key>``, so a reload, or a link the owner copies from the address
-bar on purpose ("Copy link" offers it separately, with a warning), hands the
+bar, or the one under "Runs on this server", with a warning) hands the
 controls over; an id, a guessed key or an ended run's key opens nothing.
 Other sessions see that a run exists and what it trains (name, model,
 progress), not its controls.

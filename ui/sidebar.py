@@ -15,7 +15,7 @@ from ui import state as S
 from ui.flow import ARCH_LABELS, describe_corpus, show_setup_with, tokenizer_is_current
 from ui.render import md
 from ui import ownership
-from ui.urlstate import control_link, share_link
+from ui.urlstate import share_link
 from ui.urlstate import save as save_to_address
 
 
@@ -82,13 +82,7 @@ def _share_control() -> None:
     with st.popover(":material/link: Copy link", use_container_width=True):
         st.caption("Opens this corpus, vocabulary, model, training and sampling setup in a fresh browser.")
         st.code(link, language=None, wrap_lines=True)
-        control = control_link()
-        if control is not None:
-            st.caption(
-                "The same with the controls of the run you follow: whoever opens this link can watch and stop "
-                "it (so can anyone who sees your address bar). Share it only on purpose."
-            )
-            st.code(control, language=None, wrap_lines=True)
+
         if not travels:
             st.warning(
                 "A pasted or uploaded corpus cannot travel in a link: this link restores it on this server "

@@ -395,6 +395,11 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
             on_change=_show_picked,
             help="The runs this browser started (or opened with a run's link); others' runs are theirs to control.",
         )
+        control = urlstate.control_link()
+        if control is not None and job is not None:
+            st.caption(f"Anyone who opens this link can follow and stop **{md(job.name)}** (so can anyone who sees "
+                       "your address bar, which holds the same key): share it only on purpose.")  # fmt: skip
+            st.code(control, language=None, wrap_lines=True)
 
 # Resume a checkpoint saved by an earlier server (or another session).
 with st.expander("Continue a saved checkpoint", key="train_continue_box"):
