@@ -281,7 +281,7 @@ def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_
     second = session("views/training.py")  # another browser
     assert second.session_state.get(S.ACTIVE_JOB) is None
     assert not any(n.key == "train_max_concurrent" for n in second.number_input)  # no browser sets the limit
-    assert any("Runs at once:** 1" in m.value for m in second.markdown)
+    assert any("Runs at once: **1**" in c.value and "LMCORE_MAX_RUNS=N" in c.value for c in second.caption)
     second.button(key="train_start").click().run()
     assert not second.exception
     assert len(second.error) == 1 and "limit is 1" in second.error[0].value

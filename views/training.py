@@ -306,9 +306,8 @@ run_name = c[1].text_input(
     help=f"Empty: named after the model ({auto_name}). A name already taken by a run or a saved file gets -2, -3 …",
 )
 # The operator's setting, shown, not changed here: one browser must not decide for everyone.
-c[2].markdown(f"**Runs at once:** {REGISTRY.max_concurrent}",
-              help=f"Set by whoever runs the server ({MAX_RUNS_ENV}=N in its environment); more runs than this "
-              "are refused until one ends, and a new run must fit in memory beside the runs already training.")  # fmt: skip
+c[2].caption(f"Runs at once: **{REGISTRY.max_concurrent}**, the server's setting (start it with {MAX_RUNS_ENV}=N to "
+             "change it); a new run must also fit in memory beside the runs already training.")  # fmt: skip
 name = run_name.strip() or auto_name
 try:
     base = sanitize_name(name)
