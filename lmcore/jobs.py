@@ -458,8 +458,8 @@ class JobRegistry:
 
     def by_key(self, key: str | None) -> TrainingJob | None:
         """The job whose secret ``key`` this is, or None (a wrong key, an id, or a job forgotten)."""
-        if not key or not isinstance(key, str):
-            return None
+        if not isinstance(key, str) or len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+            return None  # not a key (compare_digest wants plain ASCII of one length)
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:

@@ -291,7 +291,7 @@ def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_
     assert job.id not in second.selectbox(key="train_show").options
     assert second.button(key="train_stop").disabled
     assert not any(job.key in c.value or job.id in c.value for c in second.code)
-    for guess in (job.id, job.id + "0" * 20, "0" * 32):  # an id, or a guessed key, in the address opens nothing
+    for guess in (job.id, job.id + "0" * 20, "0" * 32, "é" * 32, job.key.upper(), "x" * 100_000):  # an id, or a guessed key, in the address opens nothing
         other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
         other.query_params["run"] = guess
         other.run()
