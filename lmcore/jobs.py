@@ -9,7 +9,15 @@ and records how the run ended in ``job.status`` / ``job.error``. A UI polls
 ``JobRegistry.start(spec, folder)`` starts the run a ``RunSpec`` describes.
 It keeps the jobs of the whole process, so a run outlives the
 browser tab or page that started it, and caps how many train at once.
-``REGISTRY`` is the process-level instance the app uses.
+``REGISTRY`` is the process-level instance the app uses; its limit of runs
+at once is the operator's: ``LMCORE_MAX_RUNS`` in the environment (default
+``DEFAULT_MAX_RUNS``). A new run must fit in the memory the device has free
+beside the estimates of the runs already training.
+
+Ownership: every job has a public ``id`` (it names the run) and a secret
+``key`` (32 hex digits, never derived from the id). Whoever holds the key may
+attach to the run and stop it; the app keeps the keys of the runs a browser
+session started in that session (``JobRegistry.by_key`` finds a run by its key).
 
 Status: "running" -> "stopping" (stop asked) -> "stopped"; "running" ->
 "finished" (max_iters or the time budget reached) or "failed" (a
@@ -33,6 +41,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import secrets
 import threading
 import time
 import uuid
@@ -55,9 +65,9 @@ from lmcore.checkpoint import (
 )
 from lmcore.data import as_source
 from lmcore.device import describe_device, resolve_device
-from lmcore.errors import LMCoreError, TrainingError
+from lmcore.errors import ConfigError, LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
-from lmcore.models.estimate import check_fits
+from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
 from lmcore.train import HeadScoresCallback, Trainer, TrainConfig, TrainEvent
@@ -67,6 +77,10 @@ logger = logging.getLogger(__name__)
 RUNNING, STOPPING, FINISHED, STOPPED, FAILED = "running", "stopping", "finished", "stopped", "failed"
 ACTIVE_STATUSES = (RUNNING, STOPPING)
 
+# Runs training at once when the operator sets no LMCORE_MAX_RUNS, and the most it may say.
+DEFAULT_MAX_RUNS = 2
+MAX_RUNS_CEILING = 64
+MAX_RUNS_ENV = "LMCORE_MAX_RUNS"
 # Length of the text sample generated at each eval, in tokens.
 SAMPLE_TOKENS = 120
 # Serialises seeded model construction (it uses torch's global generator).
@@ -111,6 +125,8 @@ class TrainingJob:
 
     def __init__(self, spec: RunSpec, checkpoint_path: Path, device: torch.device):
         self.id = uuid.uuid4().hex[:12]
+        self.key = secrets.token_hex(16)  # the capability to attach and stop: see the module's notes
+        self.memory_estimate = 0  # bytes the fit check counted for this run (JobRegistry.start)
         self.keep = spec.keep
         self._runlog = RunLogger(checkpoint_path)
         self.name = spec.name
@@ -359,10 +375,10 @@ class TrainingJob:
 class JobRegistry:
     """The training jobs of this process; at most ``max_concurrent`` train at once."""
 
-    def __init__(self, max_concurrent: int = 2, keep: int = 50):
+    def __init__(self, max_concurrent: int | None = None, keep: int = 50):
         self._lock = threading.Lock()
         self._jobs: dict[str, TrainingJob] = {}
-        self.max_concurrent = max_concurrent
+        self.max_concurrent = max_runs_from_env() if max_concurrent is None else max_concurrent
         self.keep = keep  # ended jobs beyond this many (oldest first) are forgotten
 
     @property
@@ -395,6 +411,10 @@ class JobRegistry:
             check_fits(spec.model_config, spec.train_config.batch_size, device)  # validates; refuses before building
         elif not resume.exists():
             raise TrainingError(f"cannot resume: {resume.name} is no longer in the checkpoint folder")
+        try:
+            needs = estimate_memory(spec.model_config, spec.train_config.batch_size)["total"]
+        except LMCoreError:
+            needs = 0  # a resumed run's config is checked when its checkpoint loads
         if init is not None and not init.exists():
             raise TrainingError(f"cannot fine-tune: {init.name} is no longer in the checkpoint folder")
         base = sanitize_name(spec.name)
@@ -405,8 +425,10 @@ class JobRegistry:
             if len(running) >= self.max_concurrent:
                 raise TrainingError(
                     f"{len(running)} run(s) are already training and the limit is {self.max_concurrent}; "
-                    "wait for one to finish, stop one, or raise the limit"
+                    "wait for one to finish or stop one (the limit is the server's setting, "
+                    f"{MAX_RUNS_ENV})"
                 )
+            _check_room(needs, running, device)
             taken = {j.checkpoint_path for j in running}
             path, k = checkpoint_path(directory, base), 1
             while path in taken or (path.exists() and path != resume):
@@ -415,6 +437,7 @@ class JobRegistry:
                 cut = sanitize_name(base[: MAX_NAME_CHARS - len(suffix)], MAX_NAME_BYTES - len(suffix))
                 path = checkpoint_path(directory, cut + suffix)
             job = TrainingJob(dataclasses.replace(spec, name=path.stem, resume_from=resume, init_from=init), path, device)
+            job.memory_estimate = needs
             self._jobs[job.id] = job
             self._forget_old()
             job._start()
@@ -433,6 +456,17 @@ class JobRegistry:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def by_key(self, key: str | None) -> TrainingJob | None:
+        """The job whose secret ``key`` this is, or None (a wrong key, an id, or a job forgotten)."""
+        if not isinstance(key, str) or len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+            return None  # not a key (compare_digest wants plain ASCII of one length)
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if secrets.compare_digest(job.key, key):
+                return job
+        return None
+
     def list(self) -> list[TrainingJob]:
         """Every job, newest first."""
         with self._lock:
@@ -445,6 +479,42 @@ class JobRegistry:
     def free_slots(self) -> int:
         """How many more runs may start now (``max_concurrent`` less those training)."""
         return max(0, self.max_concurrent - len(self.running()))
+
+
+def max_runs_from_env() -> int:
+    """The operator's limit of runs at once: ``LMCORE_MAX_RUNS`` (1 to ``MAX_RUNS_CEILING``), else the default.
+
+    A value that is not such a number is logged and the default used: a server
+    starts whatever its environment says.
+    """
+    text = os.environ.get(MAX_RUNS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_RUNS
+    if text.isdigit() and 1 <= int(text) <= MAX_RUNS_CEILING:
+        return int(text)
+    logger.warning("%s=%r is not a whole number from 1 to %d; using %d", MAX_RUNS_ENV, text[:40], MAX_RUNS_CEILING,
+                   DEFAULT_MAX_RUNS)  # fmt: skip
+    return DEFAULT_MAX_RUNS
+
+
+def _check_room(needs: int, running: list[TrainingJob], device: torch.device) -> None:
+    """ConfigError when a run needing ``needs`` bytes and the runs training would not fit in ``device``'s free memory.
+
+    The runs already going count at their estimates (a run that has not yet
+    allocated its memory still will), so several starts in a row cannot
+    together promise more than there is.
+    """
+    same = [j for j in running if j.device == device]
+    reserved = sum(j.memory_estimate for j in same)
+    if not reserved:
+        return  # alone on the device: check_fits has judged it
+    free = available_memory(device)
+    if free is not None and needs + reserved > free:
+        raise ConfigError(
+            f"this run needs about {format_bytes(needs)} to train and the {len(same)} run(s) already training "
+            f"on it are estimated at {format_bytes(reserved)}, together more than the {format_bytes(free)} free; "
+            "wait for a run to end, stop one, or train a smaller model"
+        )
 
 
 REGISTRY = JobRegistry()

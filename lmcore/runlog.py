@@ -23,7 +23,14 @@ began, across resumes), ``train_loss`` and ``lr``:
   that crashed has none.
 
 Reading never fails on a torn last line (a crash mid-write): it is ignored,
-and ``LogFollower`` reads only whole lines, from where it stopped.
+and ``LogFollower`` reads only whole lines, from where it stopped. A log is
+input like any other file: everything that reads one goes through one
+validating reader (``open_log``, ``check_record``) that opens regular files
+only (never blocking on a FIFO or a device), reads at most ``MAX_LOG_BYTES``,
+and keeps a line only when every field it knows has the type and range it
+can mean (a step is a whole number from 0, a loss a finite number...); a bad
+line is skipped and counted with its reason (``LogFollower.problem``), a bad
+file listed with its reason (``list_runs``).
 ``compare_runs`` builds the side-by-side table of runs, ``memorising`` spots a
 validation loss that rises while the training loss falls.
 """
@@ -33,15 +40,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat as stat_mod
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from lmcore.checkpoint import OPTIM_SUFFIX, SUFFIX, read_metadata
-from lmcore.errors import CheckpointError
+from lmcore.errors import CheckpointError, LMCoreError
 
 LOG_SUFFIX = ".metrics.jsonl"
+KINDS = ("start", "step", "eval", "end")
+MAX_LOG_BYTES = 64 << 20  # what a reader takes of one log: a million-step run writes about 150 MB, its first 64 are shown
+MAX_LINE_BYTES = 1 << 20  # a line with a text sample and head scores is a few kB
+MAX_COUNT = 2**53  # steps, tokens, parameters: exact in a float, far past any run here
+MAX_TEXT = 100_000  # characters of a sample, a source or an architecture's name
+# Fields with numbers: name -> whether the number is a count (a whole number from 0) or any finite number
+# ("time", "lr", rates and losses; a rate or a time below 0 means nothing, so they are bounded below too).
+COUNTS = ("step", "tokens", "params", "tokens_per_step", "world_size", "grad_accum", "train_tokens")
+NON_NEGATIVE = ("time", "lr", "grad_norm", "tokens_per_s", "val_ppl", "val_acc")
+REALS = ("train_loss", "val_loss")
+TEXTS = ("arch", "source", "sample")
+FLAGS = ("stopped_early", "early_stopped")
 
 
 def log_path(checkpoint: str | os.PathLike) -> Path:
@@ -188,21 +208,127 @@ class RunLogger:
 # --------------------------------------------------------------------------- reading
 
 
-def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
+def open_log(path: str | os.PathLike) -> IO[bytes]:
+    """The log at ``path`` opened for reading: a regular file only, without ever blocking.
+
+    FileNotFoundError when there is none; CheckpointError (one line) for a
+    FIFO, a device, a folder or a file that cannot be read.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot read the run log {path.name}: {e.strerror or e}") from None
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"the run log {path.name} is not a regular file; remove it from the folder")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _number(value: Any, count: bool, non_negative: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return (0 if non_negative else -MAX_COUNT) <= value <= MAX_COUNT
+    if count or not math.isfinite(value):
+        return False
+    return value >= 0 or not non_negative
+
+
+def _head_scores(value: Any) -> bool:
+    """{score: [[number per head] per layer]}, small."""
+    if not isinstance(value, dict) or len(value) > 16:
+        return False
+    for name, layers in value.items():
+        if not isinstance(name, str) or not isinstance(layers, list) or len(layers) > 1024:
+            return False
+        for heads in layers:
+            if not isinstance(heads, list) or len(heads) > 1024:
+                return False
+            if not all(h is None or _number(h, False, False) for h in heads):
+                return False
+    return True
+
+
+def _shallow(value: Any, depth: int = 3) -> bool:
+    """A JSON value nested at most ``depth`` deep (the training config: a dict of plain values)."""
+    todo = [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            if d >= depth:
+                return False
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def check_record(record: Any) -> str | None:
+    """Why ``record`` (one parsed line) is not a log record, in a few words; None when it is one."""
+    if not isinstance(record, dict):
+        return "a line is not a JSON object"
+    if record.get("kind") not in KINDS:
+        return "a line has no known kind"
+    if "step" not in record:
+        return "a line has no step"
+    for key, value in record.items():
+        if value is None and key != "step":
+            continue
+        if key in COUNTS and not _number(value, True, True):
+            return f"{key} is not a whole number from 0 to {MAX_COUNT:,}"
+        if key in NON_NEGATIVE and not _number(value, False, True):
+            return f"{key} is not a finite number from 0"
+        if key in REALS and not _number(value, False, False):
+            return f"{key} is not a finite number"
+        if key in TEXTS and not (isinstance(value, str) and len(value) <= MAX_TEXT):
+            return f"{key} is not a short text"
+        if key in FLAGS and not isinstance(value, bool):
+            return f"{key} is not true or false"
+        if key == "head_scores" and not _head_scores(value):
+            return "head_scores is not a table of numbers per layer and head"
+        if key == "config" and not (isinstance(value, dict) and _shallow(value)):
+            return "config is not a flat object"
+    return None
+
+
+def parse_lines(data: bytes, problems: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
     """The records in ``data`` and how many bytes they used; a torn (unfinished) last line is left.
 
-    A whole line that is not a JSON object (damaged by hand, say) is skipped.
+    A whole line that is not a valid record (damaged by hand or on purpose) is
+    skipped; its reason is appended to ``problems`` when given.
     """
     end = data.rfind(b"\n") + 1
     records = []
     for line in data[:end].splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        if not line.strip():
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if len(line) > MAX_LINE_BYTES:
+            reason = f"a line is longer than {MAX_LINE_BYTES:,} bytes"
+        else:
+            try:
+                record = json.loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                reason = "a line is not JSON (or nested too deep)"
+            else:
+                reason = check_record(record)
+        if reason is None:
             records.append(record)
+        elif problems is not None:
+            problems.append(reason)
     return records, end
+
+
+def describe_problems(problems: list[str]) -> str | None:
+    """One line for the lines a reader skipped: how many, and the first reason."""
+    if not problems:
+        return None
+    return f"{len(problems):,} line(s) skipped ({problems[0]})"
 
 
 def resolve(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -222,7 +348,8 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.name.endswith(LOG_SUFFIX):
         path = log_path(path)
     try:
-        data = path.read_bytes()
+        with open_log(path) as f:
+            data = f.read(MAX_LOG_BYTES)
     except FileNotFoundError:
         return []
     except OSError as e:
@@ -236,7 +363,9 @@ class LogFollower:
     It keeps the byte offset of the last whole line it read, so each poll reads
     only what was appended since; a half-written line waits for the next poll.
     ``records`` holds the run as it stands (see ``resolve``). A file that shrank
-    (deleted and started again) is read again from the beginning.
+    (deleted and started again) is read again from the beginning. ``problem``:
+    one line on what was skipped (bad lines, a file that is not a regular
+    file, the part past ``MAX_LOG_BYTES``), or None.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -244,20 +373,32 @@ class LogFollower:
         self.path = path if path.name.endswith(LOG_SUFFIX) else log_path(path)
         self.offset = 0
         self.records: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        self.error: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self.error or describe_problems(self.skipped)
 
     def poll(self) -> list[dict[str, Any]]:
         try:
-            size = self.path.stat().st_size
-            if size < self.offset:
-                self.offset, self.records = 0, []
-            if size == self.offset:
-                return []
-            with open(self.path, "rb") as f:
+            with open_log(self.path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:
+                    self.offset, self.records, self.skipped = 0, [], []
+                if size == self.offset:
+                    return []
+                if self.offset >= MAX_LOG_BYTES:
+                    self.error = f"only the first {MAX_LOG_BYTES >> 20} MB of this log are read"
+                    return []
                 f.seek(self.offset)
-                data = f.read(size - self.offset)
+                data = f.read(min(size, MAX_LOG_BYTES) - self.offset)
         except FileNotFoundError:
             return []
-        new, used = parse_lines(data)
+        except CheckpointError as e:
+            self.error = str(e)
+            return []
+        new, used = parse_lines(data, self.skipped)
         self.offset += used
         self.records = resolve(self.records + new) if any(r.get("kind") == "start" for r in new) else self.records + new
         return new
@@ -267,13 +408,13 @@ def is_running(log: str | os.PathLike, within_s: float = 120.0) -> bool:
     """Whether a run is still writing its log: written to in the last ``within_s`` seconds, and not ended."""
     path = Path(log)
     try:
-        stat = path.stat()
-        if time.time() - stat.st_mtime > within_s:
-            return False
-        with open(path, "rb") as f:
+        with open_log(path) as f:
+            stat = os.fstat(f.fileno())
+            if time.time() - stat.st_mtime > within_s:
+                return False
             f.seek(max(0, stat.st_size - (1 << 16)))
-            records, _ = parse_lines(f.read())
-    except OSError:
+            records, _ = parse_lines(f.read(1 << 16))
+    except (OSError, CheckpointError):
         return False
     return not records or records[-1].get("kind") != "end"
 
@@ -374,13 +515,15 @@ def run_summary(checkpoint: str | os.PathLike, records: Sequence[dict[str, Any]]
     }
     try:
         meta = read_metadata(checkpoint)
-    except CheckpointError:
+    except LMCoreError:
         meta = None
-    if meta is not None:
-        cfg = meta["config"]
-        row["arch"] = cfg.get("preset") or cfg.get("arch") or row["arch"]
+    if isinstance(meta, dict):  # shown only when each value is what it should be
+        cfg = meta.get("config")
+        if isinstance(cfg, dict):
+            arch = cfg.get("preset") or cfg.get("arch")
+            row["arch"] = arch if isinstance(arch, str) and len(arch) <= 100 else row["arch"]
         params = meta.get("params", "")
-        if params.isdigit():
+        if isinstance(params, str) and params.isdigit() and len(params) <= 16:
             row["params"] = int(params)
     last = records[-1] if records else None
     found = evals(records)
@@ -410,7 +553,8 @@ def list_runs(directory: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run in ``directory`` that has a log or a checkpoint, newest activity first.
 
     Each: name, checkpoint (Path, may not exist yet), log (Path or None),
-    has_checkpoint, mtime (of the newer file).
+    has_checkpoint, mtime (of the newer file), error (why its log cannot be
+    read: not a regular file; None when it can).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -427,15 +571,19 @@ def list_runs(directory: str | os.PathLike) -> list[dict[str, Any]]:
         else:
             continue
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
         except OSError:
             continue  # vanished while listing
+        mtime = st.st_mtime
         run = found.setdefault(
             stem,
-            {"name": stem, "checkpoint": directory / (stem + SUFFIX), "log": None, "has_checkpoint": False, "mtime": 0.0},
-        )
+            {"name": stem, "checkpoint": directory / (stem + SUFFIX), "log": None, "has_checkpoint": False,
+             "mtime": 0.0, "error": None},
+        )  # fmt: skip
         if name.endswith(LOG_SUFFIX):
             run["log"] = path
+            if not stat_mod.S_ISREG(st.st_mode):
+                run["error"] = "its log is not a regular file"
         else:
             run["has_checkpoint"] = True
         run["mtime"] = max(run["mtime"], mtime)

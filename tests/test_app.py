@@ -265,28 +265,49 @@ def test_switching_architecture_loads_its_preset_fields():
     assert [n.label for n in at.number_input] == ["Context length"]
 
 
-def test_runs_over_the_limit_are_refused_and_another_session_can_follow_a_run():
+def test_runs_over_the_limit_are_refused_and_only_the_starting_session_controls_a_run():
+    REGISTRY.max_concurrent = 1  # the operator's setting (LMCORE_MAX_RUNS); no widget changes it
     first = session("views/training.py")
-    first.number_input(key="train_max_concurrent").set_value(1)
     first.number_input(key="keep.train.iters").set_value(100_000)
     first.number_input(key="keep.train.eval").set_value(50_000)
     first.button(key="train_start").click().run()
     no_problems(first)
     job = REGISTRY.get(first.session_state[S.ACTIVE_JOB])
     assert job.status == RUNNING
+    assert first.query_params["run"] == job.key  # the owner's address holds the key, not the id
+    assert any(f"run={job.key}" in c.value for c in first.code)  # and a link to hand the run over on purpose
+    assert not any(job.key in c.value for c in first.sidebar.code)  # never in the setup's "Copy link"
 
-    second = session("views/training.py")  # another tab, or the same one after a reload
+    second = session("views/training.py")  # another browser
     assert second.session_state.get(S.ACTIVE_JOB) is None
-    assert second.number_input(key="train_max_concurrent").value == 1  # the limit is the server's
+    assert not any(n.key == "train_max_concurrent" for n in second.number_input)  # no browser sets the limit
+    assert any("Runs at once: **1**" in c.value and "LMCORE_MAX_RUNS=N" in c.value for c in second.caption)
     second.button(key="train_start").click().run()
     assert not second.exception
     assert len(second.error) == 1 and "limit is 1" in second.error[0].value
-    second.selectbox(key="train_show").set_value(job.id).run()
-    no_problems(second)
-    assert second.session_state[S.ACTIVE_JOB] == job.id
-    assert any(md(job.name) in m.value and "running" in m.value for m in second.markdown)
+    # it sees that the run exists and what it trains, but cannot pick, stop or overlay it
+    table = second.dataframe[0].value
+    assert job.name in list(table["run"]) and not any(table["yours"])
+    assert job.id not in second.selectbox(key="train_show").options
+    assert second.button(key="train_stop").disabled
+    assert not any(job.key in c.value or job.id in c.value for c in second.code)
+    for guess in (job.id, job.id + "0" * 20, "0" * 32, "é" * 32, job.key.upper(), "x" * 100_000):  # an id, or a guessed key, in the address opens nothing
+        other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)
+        other.query_params["run"] = guess
+        other.run()
+        assert other.session_state.get(S.ACTIVE_JOB) is None
+        other.switch_page("views/training.py").run()
+        assert other.button(key="train_stop").disabled
+        assert other.query_params.get("run") is None
+    assert job.status == RUNNING
 
-    second.button(key="train_stop").click().run()
+    shared = AppTest.from_file(str(ROOT / "app.py"), default_timeout=RUN_S)  # the owner's own link: the key
+    shared.query_params.update(dict(first.query_params))
+    shared.run()
+    shared.switch_page("views/training.py").run()
+    no_problems(shared)
+    assert shared.session_state[S.ACTIVE_JOB] == job.id
+    shared.button(key="train_stop").click().run()
     wait_for(job)
     first.run()
     no_problems(first)
@@ -360,6 +381,7 @@ def test_a_failed_run_shows_its_message_and_keeps_its_checkpoint(checkpoints):
     settings = TrainConfig(max_iters=60, batch_size=4, eval_interval=2, eval_iters=2, warmup_iters=0, lr=1e3, grad_clip=0.0)
     job = REGISTRY.start(RunSpec("diverges", cfg, tok, train_ids, val_ids, settings), checkpoints)
     wait_for(job)
+    at.session_state[S.OWNED_RUNS] = {job.id: job.key}  # handed to this session, as its link would
     at.session_state[S.ACTIVE_JOB] = job.id
     at.run()
     assert not at.exception

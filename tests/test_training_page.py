@@ -139,7 +139,7 @@ def test_the_induction_recipe_with_no_free_run_slot_says_so_and_keeps_the_sessio
         corpus, config = at.session_state[S.CORPUS], at.session_state[S.MODEL_CONFIG]
         at.button(key="train_induction").click().run()
         assert not at.exception
-        assert any("Runs at once" in e.value for e in at.error)
+        assert any("as many runs as the server allows" in e.value for e in at.error)
         assert at.session_state[S.CORPUS] is corpus and at.session_state[S.MODEL_CONFIG] == config
         assert not any(j.name.startswith("induction-head") for j in REGISTRY.running())
     finally:

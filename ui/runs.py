@@ -42,18 +42,22 @@ COLUMNS = {
 }
 
 
-def _records(path: Path) -> list[dict]:
-    """The run's records, reading only what was appended since the last rerun."""
+def _follower(path: Path) -> runlog.LogFollower:
+    """The run's log reader, polled: it reads only what was appended since the last rerun."""
     followers = st.session_state.setdefault(S.RUN_FOLLOWERS, {})
     follower = followers.get(str(path))
     if follower is None:
         follower = followers[str(path)] = runlog.LogFollower(path)
     follower.poll()
-    return follower.records
+    return follower
+
+
+def _records(path: Path) -> list[dict]:
+    return _follower(path).records
 
 
 def _is_live(run: dict) -> bool:
-    return run["log"] is not None and runlog.is_running(run["log"], LIVE_S)
+    return run["log"] is not None and not run.get("error") and runlog.is_running(run["log"], LIVE_S)
 
 
 def _view(directory: str, names: list[str]) -> None:
@@ -65,7 +69,10 @@ def _view(directory: str, names: list[str]) -> None:
         return
     series, rows, bests = {}, [], []
     for run in shown:
-        records = _records(run["log"]) if run["log"] is not None else []
+        follower = _follower(run["log"]) if run["log"] is not None else None
+        records = follower.records if follower is not None else []
+        if follower is not None and follower.problem:
+            st.caption(f"{md(run['name'])}: {md(follower.problem)}.")
         series[run["name"]] = runlog.series(records)
         rows.append(runlog.run_summary(run["checkpoint"], records))
         bests.append(runlog.best_eval(records))
@@ -118,10 +125,15 @@ def _view(directory: str, names: list[str]) -> None:
 
 def saved_runs_section(directory: Path) -> None:
     """The "Saved runs" expander: every run with a log or checkpoint in ``directory``."""
-    runs = runlog.list_runs(directory)
+    listed = runlog.list_runs(directory)
+    runs = [r for r in listed if not r.get("error")]
+    bad = [r for r in listed if r.get("error")]
     # Keyed, so an expander the user opened stays open when a rerun moves it (first-visit notes gone).
     with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK)),
                      key="runs_saved_box"):  # fmt: skip
+        if bad:
+            st.caption("Not shown: " + "; ".join(f"{md(r['name'])} ({r['error']})" for r in bad[:10])
+                       + (f" and {len(bad) - 10} more" if len(bad) > 10 else "") + ".")  # fmt: skip
         if not runs:
             st.caption("No saved runs yet. Runs from this app, the command line and torchrun appear here.")
             return

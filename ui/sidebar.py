@@ -14,6 +14,7 @@ from lmcore.models.estimate import model_counts
 from ui import state as S
 from ui.flow import ARCH_LABELS, describe_corpus, show_setup_with, tokenizer_is_current
 from ui.render import md
+from ui import ownership
 from ui.urlstate import share_link
 from ui.urlstate import save as save_to_address
 
@@ -64,7 +65,7 @@ def render_sidebar() -> None:
         if note:
             st.warning(note)
 
-        job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB) or "")
+        job = ownership.active()
         if job is not None:
             alive = job.is_alive
             st.fragment(_job_panel, run_every=2.0 if alive else None)(job.id, alive)
@@ -81,6 +82,7 @@ def _share_control() -> None:
     with st.popover(":material/link: Copy link", use_container_width=True):
         st.caption("Opens this corpus, vocabulary, model, training and sampling setup in a fresh browser.")
         st.code(link, language=None, wrap_lines=True)
+
         if not travels:
             st.warning(
                 "A pasted or uploaded corpus cannot travel in a link: this link restores it on this server "

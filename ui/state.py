@@ -18,7 +18,8 @@ CORPUS = "corpus"  # lmcore.data.Corpus chosen on the data page
 VAL_FRACTION = "val_fraction"  # float, the share of tokens kept for validation
 TOKENIZER = "tokenizer"  # lmcore.tokenizers.Tokenizer built on the vocabulary page
 MODEL_CONFIG = "model_config"  # lmcore.models.ModelConfig from the model page
-ACTIVE_JOB = "active_job"  # id of this session's current training job (lmcore.jobs)
+ACTIVE_JOB = "active_job"  # id of this session's current training job (lmcore.jobs); always one it owns
+OWNED_RUNS = "_owned_runs"  # {job id: job key}: the runs this session started or was handed (ui.ownership)
 COMPARE_JOBS = "compare_jobs"  # ids of runs overlaid on the training charts
 LOADED_CHECKPOINT = "loaded_checkpoint"  # path (str) of the checkpoint loaded into the session
 
@@ -49,6 +50,7 @@ VOCAB_TOP_N = KEEP + "vocab.topn"
 VOCAB_LOG = KEEP + "vocab.log"
 VOCAB_BY_USE = KEEP + "vocab.lenw"
 VOCAB_PROBE = KEEP + "vocab.probe"
+BPE_SIZES = (260, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # the BPE vocabulary sizes the page offers
 # Model page: the architecture, the size preset and every field (``model_field``)
 MODEL_ARCH = KEEP + "model.arch"
 MODEL_SIZE = KEEP + "model.size"
@@ -67,7 +69,6 @@ TRAIN_MUON_LR = KEEP + "train.muon_lr"
 TRAIN_DEVICE = KEEP + "train.device"
 TRAIN_NAME = KEEP + "train.name"
 TRAIN_X = KEEP + "train.x"
-MAX_CONCURRENT = "train_max_concurrent"  # widget showing the server's limit of runs at once
 SHOW_RUN = "train_show"  # widget: the run followed (mirrors ACTIVE_JOB)
 OVERLAY_RUNS = "train_compare"  # widget: the runs overlaid (mirrors COMPARE_JOBS)
 START_TOKEN = "train.start_token"  # int: starts made by this session (see the page's _press_start)

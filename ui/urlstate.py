@@ -15,45 +15,125 @@ evicted, a field out of range) is skipped with a note, never an error.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
 
-from lmcore.data import BUILTIN_CORPORA, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
+from lmcore.data import BUILTIN_CORPORA, DEFAULT_BPE_VOCAB, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
-from lmcore.models import FIELDS, SIZES, ModelConfig
-from lmcore.train import TrainConfig
+from lmcore.device import DEVICE_CHOICES
+from lmcore.models import FIELDS, SIZES, Field, ModelConfig, preset_family
+from lmcore.train import OPTIMIZERS, TrainConfig
 from ui import state as S
+from ui.ownership import address_key
 
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
 
 # Model fields that the model page shows, with their widget keys (state.model_field).
 MODEL_FIELDS = tuple(FIELDS)
-# Training settings: address key -> (widget key, type).
-TRAIN_FIELDS: dict[str, tuple[str, type]] = {
-    "iters": (S.TRAIN_ITERS, int),
-    "batch": (S.TRAIN_BATCH, int),
-    "lr": (S.TRAIN_LR, float),
-    "warmup": (S.TRAIN_WARMUP, int),
-    "eval": (S.TRAIN_EVAL, int),
-    "eval_iters": (S.TRAIN_EVAL_ITERS, int),
-    "seed": (S.TRAIN_SEED, int),
-    "budget": (S.TRAIN_BUDGET, int),
-    "device": (S.TRAIN_DEVICE, str),
-    "name": (S.TRAIN_NAME, str),
+
+
+@dataclass(frozen=True)
+class AddressField:
+    """One setting the address carries: its widget key and the values it may take.
+
+    kind: ``int`` or ``float`` (a finite number from ``low`` to ``high``),
+    ``choice`` (one of ``choices``, compared as text), ``bool`` ("1" or "0")
+    or ``str`` (at most ``high`` characters). The bounds are the widget's own:
+    a value the widget could not show is refused before it reaches it.
+    """
+
+    key: str
+    kind: str
+    low: float = 0
+    high: float = 0
+    choices: tuple[Any, ...] = ()
+
+    def parse(self, text: str) -> Any:
+        """The value ``text`` names; ValueError with the reason (a few words) when it is not allowed."""
+        if self.kind == "str":
+            if len(text) > self.high:
+                raise ValueError(f"longer than {int(self.high):,} characters")
+            return text
+        if self.kind == "bool":
+            if text not in ("0", "1"):
+                raise ValueError("must be 1 or 0")
+            return text == "1"
+        if self.kind == "choice":
+            for c in self.choices:
+                if text == str(c):
+                    return c
+            shown = ", ".join(str(c) for c in self.choices)
+            raise ValueError(f"must be one of {shown}")
+        try:
+            if len(text) > 40:
+                raise ValueError
+            value = int(text) if self.kind == "int" else float(text)
+        except ValueError:
+            raise ValueError(f"must be {'a whole number' if self.kind == 'int' else 'a number'}") from None
+        if not (self.low <= value <= self.high and (self.kind == "int" or math.isfinite(value))):
+            raise ValueError(f"must be from {_text(self.low)} to {_text(self.high)}")
+        return value
+
+
+def _model_field(f: Field) -> AddressField:
+    """A model field's address rule, from its declaration (lmcore.models.family.Field)."""
+    if f.kind in ("int", "float", "fraction"):
+        return AddressField(S.model_field(f.name), "int" if f.kind == "int" else "float", *f.limits)
+    if f.kind == "choice":
+        return AddressField(S.model_field(f.name), "choice", choices=f.choices)
+    return AddressField(S.model_field(f.name), "bool")
+
+
+# Training settings: address key -> rule (the bounds of the Training page's widgets).
+TRAIN_FIELDS: dict[str, AddressField] = {
+    "iters": AddressField(S.TRAIN_ITERS, "int", 1, 1_000_000),
+    "batch": AddressField(S.TRAIN_BATCH, "int", 1, 1024),
+    "lr": AddressField(S.TRAIN_LR, "float", 1e-6, 1.0),
+    "warmup": AddressField(S.TRAIN_WARMUP, "int", 0, 100_000),
+    "eval": AddressField(S.TRAIN_EVAL, "int", 1, 100_000),
+    "eval_iters": AddressField(S.TRAIN_EVAL_ITERS, "int", 1, 1000),
+    "seed": AddressField(S.TRAIN_SEED, "int", 0, 2**31 - 1),
+    "budget": AddressField(S.TRAIN_BUDGET, "int", 0, 86_400),
+    "optimizer": AddressField(S.TRAIN_OPTIMIZER, "choice", choices=OPTIMIZERS),
+    "muon_lr": AddressField(S.TRAIN_MUON_LR, "float", 1e-5, 10.0),
+    "device": AddressField(S.TRAIN_DEVICE, "choice", choices=DEVICE_CHOICES),
+    "name": AddressField(S.TRAIN_NAME, "str", high=100),
+    "x": AddressField(S.TRAIN_X, "choice", choices=("step", "tokens")),
 }
 # The generation page's prompt and sampling settings, the same way.
-SAMPLING_FIELDS: dict[str, tuple[str, type]] = {
-    "prompt": (S.GENERATION_PROMPT, str),
-    "temp": (S.GENERATION_TEMPERATURE, float),
-    "top_k": (S.GENERATION_TOP_K, int),
-    "top_p": (S.GENERATION_TOP_P, float),
-    "new": (S.GENERATION_MAX_NEW, int),
-    "gseed": (S.GENERATION_SEED, int),
+SAMPLING_FIELDS: dict[str, AddressField] = {
+    "prompt": AddressField(S.GENERATION_PROMPT, "str", high=5000),
+    "temp": AddressField(S.GENERATION_TEMPERATURE, "float", 0.0, 2.0),
+    "top_k": AddressField(S.GENERATION_TOP_K, "int", 0, 1_000_000),
+    "top_p": AddressField(S.GENERATION_TOP_P, "float", 0.05, 1.0),
+    "new": AddressField(S.GENERATION_MAX_NEW, "int", 1, 2000),
+    "gseed": AddressField(S.GENERATION_SEED, "int", 0, 2**31 - 1),
+    "etemp": AddressField(S.EXPLORER_TEMPERATURE, "float", 0.0, 2.0),
 }
+# The rest of the address: corpus, vocabulary and model choices (checked the same way).
+SETUP_FIELDS: dict[str, AddressField] = {
+    "docs": AddressField(S.DATA_DOCUMENTS, "bool"),
+    "val": AddressField(S.DATA_VAL, "float", 0.05, 0.5),
+    "cname": AddressField("", "str", high=200),
+    "tok": AddressField(S.VOCAB_KIND, "choice", choices=("char", "bpe")),
+    "vocab": AddressField(S.VOCAB_SIZE, "choice", choices=S.BPE_SIZES),
+    "size": AddressField(S.MODEL_SIZE, "choice", choices=tuple(SIZES)),
+}
+# Every address field with a rule, model fields included: the one table a hostile address is checked against.
+ADDRESS_FIELDS: dict[str, AddressField] = (
+    SETUP_FIELDS | {name: _model_field(f) for name, f in FIELDS.items()} | TRAIN_FIELDS | SAMPLING_FIELDS
+)
+
+
+def _refusal(name: str, text: str, reason: str) -> str:
+    shown = text if len(text) <= 24 else text[:21] + "…"
+    return f"{name}={shown!r} ({reason})"
 
 
 # ------------------------------------------------------------------ the text store
@@ -156,13 +236,13 @@ def current_params() -> dict[str, str]:
         if size:
             out["size"] = str(size)
         out.update(_model_params(cfg))
-    for name, (key, _) in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
-        v = _value(key)
+    for name, field in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
+        v = _value(field.key)
         if v is not None and v != "":
             out[name] = _text(v)
-    run = st.session_state.get(S.ACTIVE_JOB)
+    run = address_key()
     if run:
-        out["run"] = str(run)
+        out["run"] = run  # the run's key: a reload keeps its controls (ui.ownership)
     return out
 
 
@@ -208,17 +288,34 @@ def share_link() -> tuple[str, bool]:
     text is kept on this server only, so the link restores it here alone.
     """
     params = current_params()
-    params.pop("run", None)  # a run lives in one server's memory
+    params.pop("run", None)  # a run's key hands over its controls: only on purpose (control_link)
     base = (st.context.url or "").split("?")[0]
     travels = not params.get("corpus", "").startswith("text:")
     return f"{base}?{urlencode(params)}" if params else base, travels
 
 
+def control_link() -> str | None:
+    """The address with the followed run's key: whoever opens it can follow and stop that run."""
+    params = current_params()
+    if "run" not in params:
+        return None
+    base = (st.context.url or "").split("?")[0]
+    return f"{base}?{urlencode(params)}"
+
+
 # ------------------------------------------------------------------ restoring
-def _parse(text: str, kind: type) -> Any:
-    if kind is bool:
-        return text == "1"
-    return kind(text)
+_MISSING = object()
+
+
+def _checked(params: dict[str, str], name: str, refused: list[str]) -> Any:
+    """The allowed value of address field ``name``; ``_MISSING`` when absent or refused (added to ``refused``)."""
+    if name not in params:
+        return _MISSING
+    try:
+        return ADDRESS_FIELDS[name].parse(params[name])
+    except ValueError as e:
+        refused.append(_refusal(name, params[name], str(e)))
+        return _MISSING
 
 
 def restore() -> None:
@@ -231,50 +328,55 @@ def restore() -> None:
         return
     skipped = apply(params)
     if skipped:
-        st.session_state[S.URL_NOTE] = "Could not restore " + ", ".join(skipped) + " from the address."
+        from ui.render import md
+
+        st.session_state[S.URL_NOTE] = md("Could not restore " + "; ".join(skipped) + " from the address.")
 
 
 def apply(params: dict[str, str]) -> list[str]:
-    """Set up what ``params`` name (corpus, vocabulary, model, settings, run); what could not be, in words."""
+    """Set up what ``params`` name (corpus, vocabulary, model, settings, run); what could not be, in words.
+
+    Every field is checked against its rule in ``ADDRESS_FIELDS`` before it
+    reaches a widget or builds anything; a value outside it is left out and
+    named in the answer, with what it may be.
+    """
     skipped: list[str] = []
+    refused: list[str] = []
     with st.spinner("Setting up the corpus, vocabulary and model…"):
         try:
-            _restore_corpus(params)
+            _restore_corpus(params, refused)
         except (LMCoreError, ValueError):
             skipped.append("the corpus")
         if S.CORPUS in st.session_state:
             try:
-                _restore_tokenizer(params)
+                _restore_tokenizer(params, refused)
             except (LMCoreError, ValueError):
                 skipped.append("the vocabulary")
         if S.TOKENIZER in st.session_state:
             try:
-                _restore_model(params)
+                _restore_model(params, refused)
             except (LMCoreError, ValueError, TypeError):
                 skipped.append("the model")
-    for name, (key, kind) in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
-        if name in params:
-            try:
-                _set(key, _parse(params[name], kind))
-            except ValueError:
-                skipped.append(f"the setting {name}")
+    for name, field in (TRAIN_FIELDS | SAMPLING_FIELDS).items():
+        value = _checked(params, name, refused)
+        if value is not _MISSING:
+            _set(field.key, value)
     if params.get("name") and S.MODEL_CONFIG in st.session_state:
         st.session_state[S.NAME_FOR] = st.session_state[S.MODEL_CONFIG].to_json()  # the name belongs to this model
-    from lmcore.jobs import REGISTRY
-
     run = params.get("run")
-    if run and REGISTRY.get(run) is not None:
-        st.session_state[S.ACTIVE_JOB] = run
-    elif run:
-        skipped.append("the run (the server no longer knows it)")
-    return skipped
+    if run:
+        from ui.ownership import attach
+
+        if not attach(run):
+            skipped.append("the run (it has ended and is no longer kept, or this link does not open it)")
+    return [*refused, *skipped]
 
 
-def _restore_corpus(params: dict[str, str]) -> None:
+def _restore_corpus(params: dict[str, str], refused: list[str]) -> None:
     from ui.flow import load_builtin, set_corpus, use_prepared
 
     ref = params.get("corpus", "")
-    documents = params.get("docs") == "1"
+    documents = _checked(params, "docs", refused) is True
     if ref.startswith("builtin:"):
         name = ref.removeprefix("builtin:")
         set_corpus(load_builtin(name, documents))
@@ -292,7 +394,8 @@ def _restore_corpus(params: dict[str, str]) -> None:
         text = stored_text(ref.removeprefix("text:"))
         if text is None:
             raise ValueError("the stored text is gone")
-        name = params.get("cname") or "pasted text"
+        name = _checked(params, "cname", refused)
+        name = name if isinstance(name, str) and name else "pasted text"
         set_corpus(corpus_from_text(text, name=name, documents=documents))
         if name == "pasted text":
             _set(S.DATA_SOURCE, "Paste text")
@@ -302,22 +405,23 @@ def _restore_corpus(params: dict[str, str]) -> None:
     elif ref:
         raise ValueError(f"unknown corpus {ref!r}")
     _set(S.DATA_DOCUMENTS, st.session_state[S.CORPUS].documents if S.CORPUS in st.session_state else documents)
-    if "val" in params:
-        fraction = float(params["val"])
-        if 0.05 <= fraction <= 0.5:
-            st.session_state[S.VAL_FRACTION] = fraction
-            _set(S.DATA_VAL, fraction)
+    fraction = _checked(params, "val", refused)
+    if fraction is not _MISSING:
+        st.session_state[S.VAL_FRACTION] = fraction
+        _set(S.DATA_VAL, fraction)
 
 
-def _restore_tokenizer(params: dict[str, str]) -> None:
+def _restore_tokenizer(params: dict[str, str], refused: list[str]) -> None:
     from ui.flow import set_tokenizer
 
-    kind = params.get("tok")
-    if kind not in ("char", "bpe") or params.get("corpus", "").startswith("prepared:"):
+    kind = _checked(params, "tok", refused)
+    if kind is _MISSING or params.get("corpus", "").startswith("prepared:"):
         return  # a prepared folder brings its own vocabulary
     text = st.session_state[S.CORPUS].text
     if kind == "bpe":
-        size = int(params.get("vocab", "0"))
+        size = _checked(params, "vocab", refused) if "vocab" in params else DEFAULT_BPE_VOCAB
+        if size is _MISSING:
+            return  # a size the page does not offer is not trained
         set_tokenizer(build_tokenizer("bpe", text, vocab_size=size))
         st.session_state[S.BPE_ASKED] = size
         _set(S.VOCAB_SIZE, size)
@@ -326,25 +430,28 @@ def _restore_tokenizer(params: dict[str, str]) -> None:
     _set(S.VOCAB_KIND, kind)
 
 
-def _restore_model(params: dict[str, str]) -> None:
+def _restore_model(params: dict[str, str], refused: list[str]) -> None:
     from ui.flow import ARCH_CHOICES, set_model_config
 
     arch = params.get("arch")
     if arch not in ARCH_CHOICES:
         return
     base = ModelConfig.preset(arch)
+    own = {f.name for f in preset_family(arch).fields}
     fields = {}
     for f in MODEL_FIELDS:
-        if f in params:
-            default = getattr(base, f)
-            fields[f] = _parse(params[f], type(default) if default is not None else int)
+        if f in params and f in own:
+            value = _checked(params, f, refused)
+            if value is not _MISSING:
+                fields[f] = value
     if fields.get("n_kv_head") == fields.get("n_head", base.n_head):
         fields["n_kv_head"] = None
     vocab = st.session_state[S.TOKENIZER].vocab_size
     cfg = ModelConfig.preset(arch, vocab_size=vocab, **fields).validate()
     set_model_config(cfg)
     _set(S.MODEL_ARCH, arch)
-    if params.get("size") in SIZES:
-        _set(S.MODEL_SIZE, params["size"])
+    size = _checked(params, "size", refused)
+    if size is not _MISSING:
+        _set(S.MODEL_SIZE, size)
     for f in MODEL_FIELDS:
         _set(S.model_field(f), cfg.kv_heads if f == "n_kv_head" else getattr(cfg, f))

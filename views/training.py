@@ -12,12 +12,13 @@ from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path,
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
+from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_VOCAB, recipe
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
+from ui import ownership
 from ui import state as S
 from ui import urlstate
 from ui.boundary import user_errors
@@ -114,7 +115,7 @@ def _press_start(token: int) -> None:
     """
     last = st.session_state.get(S.START_TIME)
     recent = last is not None and time.monotonic() - last < START_GUARD_S
-    shown = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+    shown = ownership.active()
     if token != st.session_state.get(S.START_TOKEN, 0) or (recent and shown is not None and shown.is_alive):
         st.session_state[S.START_NOTE] = True
         return
@@ -160,7 +161,7 @@ def _start_lab(name: str, cfg: ModelConfig) -> bool:
     """AdamW vs Muon: the same model, seed and batches trained with each, as two runs on one chart."""
     tc = _train_config()
     if REGISTRY.free_slots() < 2:
-        st.error("The comparison trains two runs at once: stop a run or raise **Runs at once** first.")
+        st.error("The comparison trains two runs at once and the server allows fewer now: stop a run first.")
         return False
     for optimizer in ("adamw", "muon"):
         _start(f"{name}-{optimizer}", cfg, dataclasses.replace(tc, optimizer=optimizer))
@@ -169,15 +170,12 @@ def _start_lab(name: str, cfg: ModelConfig) -> bool:
 
 def _follow(job: TrainingJob) -> None:
     """Show ``job``; the run shown before stays on the charts for comparison."""
+    ownership.own(job)
     before = st.session_state.get(S.ACTIVE_JOB)
-    if before and before != job.id and REGISTRY.get(before) is not None:
+    if before and before != job.id and ownership.job(before) is not None:
         compare = st.session_state.get(S.COMPARE_JOBS, [])
         st.session_state[S.COMPARE_JOBS] = [before] + [i for i in compare if i != before]
     st.session_state[S.ACTIVE_JOB] = job.id
-
-
-def _set_limit() -> None:
-    REGISTRY.max_concurrent = int(st.session_state[S.MAX_CONCURRENT])
 
 
 def _save_compare() -> None:
@@ -215,8 +213,8 @@ def _watch_induction() -> None:
     """The induction recipe's corpus, vocabulary and model, set up as a shared link would, and its run started."""
     if REGISTRY.free_slots() < 1:  # said before the session's corpus and model are replaced
         st.session_state[S.START_ERROR] = (
-            "The recipe starts a run, and as many runs as allowed are training: stop one or raise "
-            "**Runs at once** first. Your corpus, vocabulary and model are as they were."
+            "The recipe starts a run, and as many runs as the server allows are training: stop one first. "
+            "Your corpus, vocabulary and model are as they were."
         )
         return
     model_cfg, tc = recipe("induction", INDUCTION_VOCAB)
@@ -232,8 +230,9 @@ def _watch_induction() -> None:
 
 
 def _show_picked() -> None:
-    if st.session_state.get(S.SHOW_RUN):
-        st.session_state[S.ACTIVE_JOB] = st.session_state[S.SHOW_RUN]
+    picked = ownership.job(st.session_state.get(S.SHOW_RUN))
+    if picked is not None:
+        st.session_state[S.ACTIVE_JOB] = picked.id
 
 
 require_app()
@@ -306,17 +305,9 @@ run_name = c[1].text_input(
     on_change=_name_typed,
     help=f"Empty: named after the model ({auto_name}). A name already taken by a run or a saved file gets -2, -3 …",
 )
-# A server-wide setting: the widget shows the registry's value and changes it only when edited.
-st.session_state[S.MAX_CONCURRENT] = REGISTRY.max_concurrent
-c[2].number_input(
-    "Runs at once (server-wide)",
-    1,
-    8,
-    step=1,
-    key=S.MAX_CONCURRENT,
-    on_change=_set_limit,
-    help="More runs than this are refused until one ends; they share the CPU or GPU.",
-)
+# The operator's setting, shown, not changed here: one browser must not decide for everyone.
+c[2].caption(f"Runs at once: **{REGISTRY.max_concurrent}**, the server's setting (start it with {MAX_RUNS_ENV}=N to "
+             "change it); a new run must also fit in memory beside the runs already training.")  # fmt: skip
 name = run_name.strip() or auto_name
 try:
     base = sanitize_name(name)
@@ -330,7 +321,7 @@ except LMCoreError as e:
     st.error(md(str(e)))
 
 # ------------------------------------------------------------------ buttons
-job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+job = ownership.active()
 alive = job is not None and job.is_alive
 b = st.columns([1, 1, 1, 3])
 b[0].button("Start", type="primary", key="train_start", on_click=_press_start, args=(st.session_state.get(S.START_TOKEN, 0),),
@@ -376,7 +367,7 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
         st.caption("No runs yet: press Start.")
     else:
         rows = []
-        for r in runs:
+        for r in runs:  # every visitor sees what trains; the controls are the starter's (ui.ownership)
             p, last = r.progress(), r.last_eval()
             rows.append(
                 {
@@ -387,10 +378,11 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
                     "val loss": None if last is None else round(last.val_loss, 4),
                     "started": time.strftime("%H:%M:%S", time.localtime(r.started_at)),
                     "device": r.device_name,
+                    "yours": ownership.owns(r),
                 }
             )
         st.dataframe(pd.DataFrame(rows), hide_index=True)
-        ids = [r.id for r in runs]
+        ids = [r.id for r in runs if ownership.owns(r)]
         # The picker mirrors the run shown; picking another one switches to it.
         st.session_state[S.SHOW_RUN] = job.id if job is not None and job.id in ids else None
         st.selectbox(
@@ -400,8 +392,13 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
             placeholder="Pick a run to follow",
             key=S.SHOW_RUN,
             on_change=_show_picked,
-            help="A run started in another tab or before a reload can be followed here.",
+            help="The runs this browser started (or opened with a run's link); others' runs are theirs to control.",
         )
+        control = urlstate.control_link()
+        if control is not None and job is not None:
+            st.caption(f"Anyone who opens this link can follow and stop **{md(job.name)}** (so can anyone who sees "
+                       "your address bar, which holds the same key): share it only on purpose.")  # fmt: skip
+            st.code(control, language=None, wrap_lines=True)
 
 # Resume a checkpoint saved by an earlier server (or another session).
 with st.expander("Continue a saved checkpoint", key="train_continue_box"):
@@ -445,13 +442,13 @@ with st.expander("Fine-tune a checkpoint", key="train_finetune_box"):
 # Runs as files: every run's log in the checkpoint folder, from any process.
 saved_runs_section(checkpoint_dir())
 
-job = REGISTRY.get(st.session_state.get(S.ACTIVE_JOB))
+job = ownership.active()
 if job is None:
     st.info("No run to show yet. The defaults train a tiny model in well under a minute on a CPU: press **Start**.")
     st.stop()
 
 # ------------------------------------------------------------------ live view
-others = [r.id for r in REGISTRY.list() if r.id != job.id]
+others = [r.id for r in ownership.mine() if r.id != job.id]
 st.session_state[S.OVERLAY_RUNS] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
 compare = st.multiselect(
     "Overlay other runs",

@@ -29,7 +29,7 @@ from ui.shell import require_app
 from ui.state import keep_default
 
 KINDS = {"char": "Characters", "bpe": "Byte-level BPE"}
-BPE_SIZES = (260, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+BPE_SIZES = S.BPE_SIZES
 PROBE_CHARS = 240
 
 require_app()
