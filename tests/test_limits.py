@@ -56,7 +56,7 @@ def work(tmp_path, small_text, monkeypatch) -> Path:
 
 
 # ------------------------------------------------------------------ counting and the estimate
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm", "bigram"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2", "lstm", "bigram"])
 def test_counting_on_the_meta_device_matches_the_built_model(preset):
     cfg = ModelConfig.preset(preset, vocab_size=50, n_layer=3, n_embd=32, n_head=4, n_kv_head=2, block_size=16)
     model = build_model(cfg)
