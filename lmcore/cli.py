@@ -13,7 +13,7 @@
 - ``generate`` prints the prompt and then the generated text on stdout, token by
   token, and nothing else. In documents mode (recorded in the checkpoint) it
   starts a new document at BOS and stops at the next BOS.
-- ``eval`` prints one JSON line: loss, perplexity, accuracy, tokens.
+- ``eval`` prints one JSON line: loss, perplexity, accuracy, tokens, bpb (bits per UTF-8 byte).
 - ``info`` prints one JSON line: config, tokenizer summary, train state, params.
 - ``import`` turns a transformers GPT-2, Llama or Mamba (a save_pretrained
   folder or a hub id) into a checkpoint; ``export`` writes a checkpoint as a
@@ -555,7 +555,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device=device)
     corpus = load_corpus(args.data, documents=ckpt.documents, allow_local_urls=args.allow_local_urls)
     ids = encode_corpus(ckpt.tokenizer, corpus)
-    result = evaluate_ids(ckpt.model, ids, batch_size=args.batch_size, device=device, max_tokens=args.max_tokens)
+    result = evaluate_ids(
+        ckpt.model, ids, batch_size=args.batch_size, device=device, max_tokens=args.max_tokens, tokenizer=ckpt.tokenizer
+    )
     print(_json_line(result), flush=True)
     return 0
 

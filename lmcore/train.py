@@ -832,18 +832,40 @@ class HeadScoresCallback:
         return {"head_scores": {k: [[round(x, 4) for x in row] for row in v.tolist()] for k, v in scores.items()}}
 
 
+def token_byte_lengths(tokenizer: Any) -> torch.Tensor:
+    """(V,) the UTF-8 length in bytes of every token's text (special tokens: 0)."""
+    return torch.tensor([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=torch.long)
+
+
+def bits_per_byte(loss: float, ids: torch.Tensor, tokenizer: Any) -> float:
+    """Bits per UTF-8 byte of a text: ``loss`` (mean nats per predicted token, ids[1:]) x tokens / bytes / ln 2.
+
+    A character model's nats per token and a BPE model's are different units;
+    bits per byte of the same text are not, so runs with different vocabularies
+    compare. Special tokens have no bytes: their loss counts, their length does not.
+    """
+    predicted = torch.as_tensor(ids)[1:].long().cpu()
+    n_bytes = int(token_byte_lengths(tokenizer)[predicted].sum())
+    if n_bytes == 0:
+        raise DataError("the evaluated text has no bytes (only special tokens); give it some text")
+    return loss * len(predicted) / n_bytes / math.log(2)
+
+
 def evaluate_ids(
     model: torch.nn.Module,
     ids: torch.Tensor,
     batch_size: int = 16,
     device: torch.device | str | None = None,
     max_tokens: int | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, float]:
-    """Loss, perplexity and accuracy of ``model`` over every token of ``ids``.
+    """Loss, perplexity and accuracy of ``model`` over every token of ``ids``; with ``tokenizer``, bits per byte.
 
     The ids are cut into consecutive windows of block_size + 1 tokens that
     overlap by one, so each token after the first is predicted exactly once
     (with up to block_size tokens of context). Deterministic: no sampling.
+    ``bpb`` (with a tokenizer): the total loss in bits over the UTF-8 bytes of
+    the predicted tokens (``bits_per_byte``).
     """
     ids = _as_ids(ids, "evaluation text")
     if max_tokens is not None:
@@ -863,4 +885,7 @@ def evaluate_ids(
     total_loss, total_correct, _ = score_windows(model, batches, device=device).tolist()
     n_pred = len(ids) - 1
     loss = total_loss / n_pred
-    return {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}
+    result = {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}
+    if tokenizer is not None:
+        result["bpb"] = bits_per_byte(loss, ids, tokenizer)
+    return result

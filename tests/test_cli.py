@@ -111,7 +111,11 @@ def test_eval_prints_one_json_line(trained, work):
     assert out.returncode == 0, text_of(out.stderr)
     (line,) = text_of(out.stdout).splitlines()
     result = json.loads(line)
-    assert set(result) == {"loss", "perplexity", "accuracy", "tokens"}
+    assert set(result) == {"loss", "perplexity", "accuracy", "tokens", "bpb"}
+    text = (work / "small.txt").read_text(encoding="utf-8")
+    # a character model: nats per character x characters / bytes, in bits
+    expected = result["loss"] * (len(text) - 1) / len(text[1:].encode("utf-8")) / math.log(2)
+    assert result["bpb"] == pytest.approx(expected, rel=1e-9)
     assert result["tokens"] == len((work / "small.txt").read_text(encoding="utf-8")) - 1
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert 0 < result["loss"] < 5 and 0 <= result["accuracy"] <= 1

@@ -351,3 +351,22 @@ def test_evaluate_ids_scores_every_token_once(corpus):
     assert out["perplexity"] == pytest.approx(math.exp(out["loss"]))
     with pytest.raises(DataError):
         evaluate_ids(model, ids[:1])
+
+
+def test_bits_per_byte_of_a_char_model_on_ascii_is_the_loss_in_bits():
+    from lmcore.tokenizers import BPETokenizer, CharTokenizer
+
+    text = "the cat sat on the mat; the dog sat on the log. " * 8
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    out = evaluate_ids(tiny_model(tok.vocab_size).eval(), ids, tokenizer=tok)
+    assert out["bpb"] == pytest.approx(out["loss"] / math.log(2), rel=1e-12)
+    assert "bpb" not in evaluate_ids(tiny_model(tok.vocab_size).eval(), ids)  # no tokenizer, no bytes to count
+    # A BPE token holds several bytes, and a character may be several bytes: total bits / bytes of the text.
+    text = "naïve café, déjà vu: the cat sat on the mat. " * 8
+    bpe = BPETokenizer.train(text, vocab_size=280)
+    ids = torch.tensor(bpe.encode(text))
+    out = evaluate_ids(tiny_model(bpe.vocab_size).eval(), ids, tokenizer=bpe)
+    n_bytes = len(text.encode("utf-8")) - len(bpe.token_bytes(int(ids[0])))  # the first token is not predicted
+    assert n_bytes < len(ids) * 3
+    assert out["bpb"] == pytest.approx(out["loss"] * (len(ids) - 1) / n_bytes / math.log(2), rel=1e-12)
