@@ -197,7 +197,9 @@ class ProgressBar:
         self._end_line()
         self.stream.write(
             f"step {e.step}: train loss {e.train_loss:.4f}, val loss {e.val_loss:.4f}, "
-            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}\n"
+            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}"
+            + (f", val bpb {e.val_bpb:.4f}" if getattr(e, "val_bpb", None) is not None else "")
+            + "\n"
         )
         self.stream.flush()
 
@@ -285,7 +287,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     from lmcore.models.estimate import check_fits
     from lmcore.runlog import RunLogger
     from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
+    from lmcore.train import BitsPerByteCallback, HeadScoresCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = dist.device
@@ -371,7 +373,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     callbacks: list[Any] = []
     if dist.is_main:  # rank 0 alone prints, logs and saves
         logger = RunLogger(out, {"source": source, "train_tokens": len(train_ids)})
-        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), saver, logger]
+        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), BitsPerByteCallback(tokenizer, val_ids), saver, logger]
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)

@@ -60,7 +60,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import check_fits
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import HeadScoresCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import BitsPerByteCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,8 @@ class TrainingJob:
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[HeadScoresCallback(), self, checkpointer, self._runlog],
+                callbacks=[HeadScoresCallback(), BitsPerByteCallback(self.tokenizer, self._val_ids), self, checkpointer,
+                           self._runlog],  # fmt: skip
                 device=self.device,
             )
             if resume_state is not None:

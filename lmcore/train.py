@@ -165,6 +165,7 @@ class TrainEvent:
     val_loss: float | None = None
     val_ppl: float | None = None
     val_acc: float | None = None
+    val_bpb: float | None = None  # bits per UTF-8 byte of the validation text, when a BitsPerByteCallback runs
     sample: str | None = None  # a short generated text, when a callback asks for one
     # per layer and head, at evals when a HeadScoresCallback runs: previous_token, first_token, induction
     head_scores: dict[str, list[list[float]]] | None = None
@@ -849,6 +850,28 @@ def bits_per_byte(loss: float, ids: torch.Tensor, tokenizer: Any) -> float:
     if n_bytes == 0:
         raise DataError("the evaluated text has no bytes (only special tokens); give it some text")
     return loss * len(predicted) / n_bytes / math.log(2)
+
+
+class BitsPerByteCallback:
+    """Adds ``val_bpb`` to every evaluation: the validation loss in bits per UTF-8 byte.
+
+    val_bpb = val_loss x tokens / bytes / ln 2, with the tokens-per-byte ratio of
+    the validation split (its first ``max_tokens``, once): the unit in which runs
+    with different vocabularies (characters, BPE, an imported tokenizer) compare.
+    """
+
+    def __init__(self, tokenizer: Any, val_ids: torch.Tensor | TokenSource, max_tokens: int = 1 << 21):
+        n = min(len(val_ids), max_tokens + 1)
+        ids = as_source(val_ids).windows(torch.zeros(1, dtype=torch.long), n)[0] if n >= 2 else None
+        try:
+            self.bits_per_nat_token = None if ids is None else bits_per_byte(1.0, ids, tokenizer)
+        except DataError:  # only special tokens: no bytes to count
+            self.bits_per_nat_token = None
+
+    def on_measure(self, trainer: Trainer) -> dict[str, Any]:
+        if self.bits_per_nat_token is None:
+            return {}
+        return {"val_bpb": trainer.last["val_loss"] * self.bits_per_nat_token}
 
 
 def evaluate_ids(

@@ -370,3 +370,27 @@ def test_bits_per_byte_of_a_char_model_on_ascii_is_the_loss_in_bits():
     n_bytes = len(text.encode("utf-8")) - len(bpe.token_bytes(int(ids[0])))  # the first token is not predicted
     assert n_bytes < len(ids) * 3
     assert out["bpb"] == pytest.approx(out["loss"] * (len(ids) - 1) / n_bytes / math.log(2), rel=1e-12)
+
+
+def test_training_reports_val_bpb_in_its_events_history_run_log_and_summary(tmp_path):
+    from lmcore.runlog import RunLogger, log_path, read_log, run_summary
+    from lmcore.tokenizers import CharTokenizer
+    from lmcore.train import BitsPerByteCallback
+
+    text = "the cat sat on the mat; the dog sat on the log. " * 40  # ASCII: one byte per character
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    tr, va = ids[:1600], ids[1600:]
+    rec = Recorder()
+    ckpt = tmp_path / "run.safetensors"
+    callbacks = [BitsPerByteCallback(tok, va), rec, RunLogger(ckpt, {"source": "test"})]
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, quick(max_iters=4, eval_interval=2), callbacks=callbacks)
+    trainer.fit()
+    assert len(rec.evals) == 2  # steps 2 and 4
+    for e in rec.evals:
+        assert e.val_bpb == pytest.approx(e.val_loss / math.log(2), rel=1e-9)
+    assert [h["val_bpb"] for h in trainer.history] == [e.val_bpb for e in rec.evals]
+    logged = [r for r in read_log(log_path(ckpt)) if r.get("kind") == "eval"]
+    assert [r["val_bpb"] for r in logged] == pytest.approx([e.val_bpb for e in rec.evals])
+    best = min(rec.evals, key=lambda e: e.val_loss)
+    assert run_summary(ckpt)["best_val_bpb"] == pytest.approx(best.val_bpb)
