@@ -45,6 +45,7 @@ from lmcore.models.base import lm_loss
 
 DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon", "sgd")
+SCHEDULES = ("steps", "time")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -73,6 +74,10 @@ class TrainConfig:
     # matrices at muon_lr, AdamW at lr on the rest. sgd: SGD with Nesterov momentum beta1.
     optimizer: str = "adamw"
     muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales lr
+    # steps: warmup and cosine follow the step count (max_iters). time: they follow the
+    # elapsed share of time_budget_s, so a run ends its decay inside the budget on a slow
+    # machine and a fast one alike; max_iters is then only a cap.
+    schedule: str = "steps"
 
     @property
     def final_lr(self) -> float:
@@ -138,6 +143,10 @@ class TrainConfig:
             t = self.time_budget_s
             if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
                 raise ConfigError(f"the time budget must be a positive number of seconds, got {t!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "time" and self.time_budget_s is None:
+            raise ConfigError("a schedule shaped by time needs a time budget; set time_budget_s, or use schedule=steps")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.device, str) or not (
@@ -175,14 +184,29 @@ class TrainEvent:
         return self.val_loss is not None
 
 
-def lr_schedule(step: int, cfg: TrainConfig) -> float:
+def lr_schedule(step: int, cfg: TrainConfig, elapsed_s: float | None = None) -> float:
     """The learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr.
 
     Warmup climbs lr/warmup, 2 lr/warmup, ... reaching ``lr`` at step warmup-1;
     the cosine then falls from ``lr`` to ``min_lr`` over the remaining steps
     and stays there past ``max_iters``.
+
+    With ``schedule="time"`` and ``elapsed_s`` (seconds of this run so far) the
+    same shape follows the elapsed share of ``time_budget_s`` instead: warmup
+    takes the share warmup_iters / max_iters of the budget (or warmup_iters
+    steps, whichever ends first, so that no step runs at a learning rate of
+    zero), the cosine the rest, and the budget's end is min_lr.
     """
     lr, min_lr = cfg.lr, cfg.final_lr
+    if cfg.schedule == "time" and elapsed_s is not None and cfg.time_budget_s:
+        share = elapsed_s / cfg.time_budget_s  # 0 .. 1
+        warm = cfg.warmup_iters / cfg.max_iters
+        if share < warm:
+            return lr * min(1.0, max(share / warm, (step + 1) / cfg.warmup_iters))
+        if share >= 1.0:
+            return min_lr
+        progress = (share - warm) / (1.0 - warm)  # 0 .. 1
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
     if step < cfg.warmup_iters:
         return lr * (step + 1) / cfg.warmup_iters
     span = cfg.max_iters - cfg.warmup_iters
@@ -487,6 +511,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed_s = 0.0  # across resumed runs
+        self.clock: Callable[[], float] = time.perf_counter  # what the time budget and a time schedule read
         self.best_val_loss: float | None = None
         self.history: list[dict[str, Any]] = []  # one entry per evaluation
         self.last: dict[str, Any] = {}  # the latest evaluation's numbers
@@ -622,6 +647,7 @@ class Trainer:
             # (each rank its own masks, as its micro-batches differ).
             torch.manual_seed(cfg.seed + self.rank)
         started = time.perf_counter()
+        budget_start = self.clock()
         elapsed_before = self.elapsed_s
         stopped_early = False
         last_event: TrainEvent | None = None
@@ -639,12 +665,13 @@ class Trainer:
             self.elapsed_s = elapsed_before + (time.perf_counter() - started)
         try:
             while self.step < cfg.max_iters:
-                over_budget = cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s
+                spent = self.clock() - budget_start
+                over_budget = cfg.time_budget_s is not None and spent >= cfg.time_budget_s
                 if self._should_stop(self._stop.is_set() or over_budget or self._early_stop):
                     stopped_early = True
                     break
                 t0 = time.perf_counter()
-                lr = lr_schedule(self.step, cfg)
+                lr = lr_schedule(self.step, cfg, spent)
                 loss, grad_norm = self._train_step(lr)
                 self.step += 1
                 self.tokens_seen += tokens_per_step

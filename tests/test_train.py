@@ -394,3 +394,44 @@ def test_training_reports_val_bpb_in_its_events_history_run_log_and_summary(tmp_
     assert [r["val_bpb"] for r in logged] == pytest.approx([e.val_bpb for e in rec.evals])
     best = min(rec.evals, key=lambda e: e.val_loss)
     assert run_summary(ckpt)["best_val_bpb"] == pytest.approx(best.val_bpb)
+
+
+class FakeClock:
+    """A clock that moves ``tick`` seconds each time it is read: a machine of a chosen speed."""
+
+    def __init__(self, tick: float):
+        self.tick, self.now = tick, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("tick", [1.0, 0.125], ids=["slow", "fast"])  # exact in binary: no drift
+def test_a_time_shaped_schedule_decays_to_min_lr_by_the_end_of_the_budget_at_any_speed(corpus, tick):
+    tok, tr, va = corpus
+    cfg = quick(max_iters=100_000, warmup_iters=5_000, eval_interval=100_000, time_budget_s=10.0, schedule="time",
+                lr=1e-3, min_lr=1e-4)  # fmt: skip
+    rec = Recorder()
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, cfg, callbacks=[rec])
+    trainer.clock = FakeClock(tick)
+    result = trainer.fit()
+    lrs = [e.lr for e in rec.steps]
+    assert result["stopped_early"] and len(lrs) == round(10 / tick) - 1  # the budget ends the run, not max_iters
+    assert lrs[0] > 0 and max(lrs) == pytest.approx(1e-3, rel=0.02)  # warmed up to the peak (5% of the budget)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[lrs.index(max(lrs)) :], lrs[lrs.index(max(lrs)) + 1 :]))
+    assert 1e-4 <= lrs[-1] <= 1e-4 + 0.03 * (1e-3 - 1e-4)  # decayed to the minimum by the budget's end
+    # The same recipe counted in steps is cut off by the budget on the slow machine, its learning rate still high.
+    steps_cfg = quick(max_iters=100, warmup_iters=5, eval_interval=100_000, time_budget_s=10.0, lr=1e-3, min_lr=1e-4)
+    rec = Recorder()
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, steps_cfg, callbacks=[rec])
+    trainer.clock = FakeClock(1.0)
+    trainer.fit()
+    assert len(rec.steps) == 9 and rec.steps[-1].lr > 5e-4
+
+
+def test_a_time_shaped_schedule_needs_a_budget():
+    with pytest.raises(ConfigError, match="needs a time budget"):
+        TrainConfig(schedule="time").validate()
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        TrainConfig(schedule="tokens").validate()
