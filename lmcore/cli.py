@@ -228,6 +228,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
              "optimizer", "muon_lr"]
     values = {name: getattr(args, name) for name in names}
     values["time_budget_s"] = args.time_budget
+    values["schedule"] = args.schedule
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -661,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
+    train.add_argument(
+        "--schedule", choices=["steps", "time"],
+        help="warmup and decay follow the steps (default) or the elapsed share of --time-budget",
+    )  # fmt: skip
     train.add_argument(
         "--grad-accum", type=_COUNT, metavar="K", help="micro-batches per process in each step (default 1)"
     )

@@ -83,6 +83,7 @@ def test_train_saves_a_checkpoint_and_reports_on_stderr(trained, work):
     stderr = text_of(trained.stderr)
     assert "Traceback" not in stderr
     assert "step 10: train loss" in stderr and "step 30: train loss" in stderr and "tok/s" in stderr
+    assert "val bpb" in stderr  # bits per byte at every evaluation
     lines = text_of(trained.stdout).splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
@@ -263,3 +264,14 @@ def test_bad_flags_are_one_line_argparse_errors(capsys, args):
     status, out, err = run_main(capsys, *args)
     assert status == 2 and out == "" and "usage:" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and err.rstrip().endswith("--help"), err
+
+
+def test_a_time_shaped_schedule_runs_within_its_budget_and_needs_one(work, capsys, tmp_path):
+    args = ["train", "--data", str(work / "small.txt"), *TINY, *FAST, "--max-iters", "100000", "--eval-interval",
+            "100000", "--device", "cpu", "--schedule", "time"]  # fmt: skip
+    status, _, err = run_main(capsys, *args, "--out", str(tmp_path / "no.safetensors"))
+    assert status == 2 and err.count("\n") == 1 and "needs a time budget" in err
+    status, out, err = run_main(capsys, *args, "--time-budget", "3", "--out", str(tmp_path / "t.safetensors"))
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["stopped_early"] and 0 < result["step"] < 100000  # the budget ended it
