@@ -253,7 +253,7 @@ def test_bad_input_through_a_real_process_has_no_traceback(trained, work):
     unknown = lmcore("train", "--preset", "gpt5", "--data", "small.txt", *OUT, cwd=work)
     err = text_of(unknown.stderr)
     assert unknown.returncode == 2 and unknown.stdout == b"" and err.count("\n") == 1, err
-    assert err.startswith("error: --preset: invalid choice 'gpt5' (choose from gpt2, llama, mamba, lstm, bigram, ngram)")
+    assert err.startswith("error: --preset: invalid choice 'gpt5' (choose from gpt2, llama, mamba, mamba2, lstm, bigram, ngram)")
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,7 @@ def test_a_huge_width_is_refused_with_the_estimate(capsys, work):
 
 
 BAD_FLAGS = [
-    (["train", "--preset", "gpt9"], "--preset: invalid choice 'gpt9' (choose from gpt2, llama, mamba, lstm, bigram, ngram)"),
+    (["train", "--preset", "gpt9"], "--preset: invalid choice 'gpt9' (choose from gpt2, llama, mamba, mamba2, lstm, bigram, ngram)"),
     (["train", "--keep", "middle"], "choose from best, last"),
     (["train", "--n-layer", "two"], "--n-layer: expected a whole number"),
     (["train", "--n-layer", "0"], "--n-layer: must be a whole number of at least 1, got 0"),
