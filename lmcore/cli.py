@@ -13,7 +13,7 @@
 - ``generate`` prints the prompt and then the generated text on stdout, token by
   token, and nothing else. In documents mode (recorded in the checkpoint) it
   starts a new document at BOS and stops at the next BOS.
-- ``eval`` prints one JSON line: loss, perplexity, accuracy, tokens.
+- ``eval`` prints one JSON line: loss, perplexity, accuracy, tokens, bpb (bits per UTF-8 byte).
 - ``info`` prints one JSON line: config, tokenizer summary, train state, params.
 - ``import`` turns a transformers GPT-2, Llama or Mamba (a save_pretrained
   folder or a hub id) into a checkpoint; ``export`` writes a checkpoint as a
@@ -209,7 +209,9 @@ class ProgressBar:
         self._end_line()
         self.stream.write(
             f"step {e.step}: train loss {e.train_loss:.4f}, val loss {e.val_loss:.4f}, "
-            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}\n"
+            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}"
+            + (f", val bpb {e.val_bpb:.4f}" if getattr(e, "val_bpb", None) is not None else "")
+            + "\n"
         )
         self.stream.flush()
 
@@ -238,6 +240,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
              "optimizer", "muon_lr"]
     values = {name: getattr(args, name) for name in names}
     values["time_budget_s"] = args.time_budget
+    values["schedule"] = args.schedule
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -297,7 +300,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     from lmcore.models.estimate import check_fits
     from lmcore.runlog import RunLogger
     from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
+    from lmcore.train import BitsPerByteCallback, HeadScoresCallback, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = dist.device
@@ -385,7 +388,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     callbacks: list[Any] = []
     if dist.is_main:  # rank 0 alone prints, logs and saves
         logger = RunLogger(out, {"source": source, "train_tokens": len(train_ids)})
-        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), saver, logger]
+        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), BitsPerByteCallback(tokenizer, val_ids), saver, logger]
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)
@@ -592,7 +595,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device=device)
     corpus = load_corpus(args.data, documents=ckpt.documents, allow_local_urls=args.allow_local_urls)
     ids = encode_corpus(ckpt.tokenizer, corpus)
-    result = evaluate_ids(ckpt.model, ids, batch_size=args.batch_size, device=device, max_tokens=args.max_tokens)
+    result = evaluate_ids(
+        ckpt.model, ids, batch_size=args.batch_size, device=device, max_tokens=args.max_tokens, tokenizer=ckpt.tokenizer
+    )
     print(_json_line(result), flush=True)
     return 0
 
@@ -709,6 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
+    train.add_argument(
+        "--schedule", choices=["steps", "time"],
+        help="warmup and decay follow the steps (default) or the elapsed share of --time-budget",
+    )  # fmt: skip
     train.add_argument(
         "--grad-accum", type=windows, metavar="K", help="micro-batches per process in each step (default 1)"
     )

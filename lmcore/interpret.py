@@ -157,8 +157,9 @@ def head_scores(model: LanguageModel, seed: int = 0, count: int = PROBE_COUNT) -
     the token before it (averaged over positions 1..), on position 0 (same
     positions), and, in the repeated half, on the token that followed the
     current token's first occurrence. Mamba's implicit attention maps (one per
-    channel group, magnitudes) are normalised per row first, so every score
-    is a share of attention. ConfigError for models without attention.
+    channel group, magnitudes) and Mamba-2's exact ones (signed: their
+    magnitudes) are normalised per row first, so every score is a share of
+    attention. ConfigError for models without attention.
     """
     if not model.has_attention:
         raise ConfigError(
@@ -171,7 +172,7 @@ def head_scores(model: LanguageModel, seed: int = 0, count: int = PROBE_COUNT) -
     repeat = torch.arange(S, T)  # query positions in the second copy
     totals = None
     for ids in probes:
-        maps = model.attention_maps(ids[None]).float()  # (L, H, T, T)
+        maps = model.attention_maps(ids[None]).float().abs()  # (L, H, T, T)
         maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-12)
         scores = torch.stack(
             [

@@ -70,7 +70,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
 from lmcore.runlog import RunLogger
 from lmcore.tokenizers import Tokenizer
-from lmcore.train import HeadScoresCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.train import BitsPerByteCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,8 @@ class TrainingJob:
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[HeadScoresCallback(), self, checkpointer, self._runlog],
+                callbacks=[HeadScoresCallback(), BitsPerByteCallback(self.tokenizer, self._val_ids), self, checkpointer,
+                           self._runlog],  # fmt: skip
                 device=self.device,
             )
             if resume_state is not None:

@@ -182,6 +182,8 @@ class RunLogger:
             "grad_norm": e.grad_norm,
             "tokens_per_s": round(e.tokens_per_s, 1),
         }
+        if getattr(e, "val_bpb", None) is not None:
+            record["val_bpb"] = e.val_bpb
         if e.sample is not None:
             record["sample"] = e.sample
         if getattr(e, "head_scores", None):
@@ -501,7 +503,8 @@ def run_summary(checkpoint: str | os.PathLike, records: Sequence[dict[str, Any]]
 
     Keys: run, arch, params, steps, tokens, epochs (passes over the training
     split, when the log says its size), wall_time_s, best_val_loss,
-    best_step, final_val_loss, val_acc (at the last evaluation), tokens_per_s
+    best_step, final_val_loss, best_val_bpb (bits per byte at the best evaluation,
+    the unit that compares vocabularies), val_acc (at the last evaluation), tokens_per_s
     (tokens over training time), memorising (bool).
     """
     checkpoint = Path(checkpoint)
@@ -537,6 +540,7 @@ def run_summary(checkpoint: str | os.PathLike, records: Sequence[dict[str, Any]]
         best_val_loss=best["val_loss"] if best else None,
         best_step=best["step"] if best else None,
         final_val_loss=found[-1]["val_loss"] if found else None,
+        best_val_bpb=best.get("val_bpb") if best else None,
         val_acc=found[-1].get("val_acc") if found else None,
         tokens_per_s=(last["tokens"] / steps_time) if last and last.get("tokens") and steps_time else None,
         memorising=memorising(records) is not None,

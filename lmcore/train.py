@@ -45,6 +45,7 @@ from lmcore.models.base import lm_loss
 
 DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon", "sgd")
+SCHEDULES = ("steps", "time")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -79,6 +80,10 @@ class TrainConfig:
     # matrices at muon_lr, AdamW at lr on the rest. sgd: SGD with Nesterov momentum beta1.
     optimizer: str = "adamw"
     muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales lr
+    # steps: warmup and cosine follow the step count (max_iters). time: they follow the
+    # elapsed share of time_budget_s, so a run ends its decay inside the budget on a slow
+    # machine and a fast one alike; max_iters is then only a cap.
+    schedule: str = "steps"
 
     @property
     def final_lr(self) -> float:
@@ -149,6 +154,10 @@ class TrainConfig:
             t = self.time_budget_s
             if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
                 raise ConfigError(f"the time budget must be a positive number of seconds, got {t!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "time" and self.time_budget_s is None:
+            raise ConfigError("a schedule shaped by time needs a time budget; set time_budget_s, or use schedule=steps")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.device, str) or not (
@@ -176,6 +185,7 @@ class TrainEvent:
     val_loss: float | None = None
     val_ppl: float | None = None
     val_acc: float | None = None
+    val_bpb: float | None = None  # bits per UTF-8 byte of the validation text, when a BitsPerByteCallback runs
     sample: str | None = None  # a short generated text, when a callback asks for one
     # per layer and head, at evals when a HeadScoresCallback runs: previous_token, first_token, induction
     head_scores: dict[str, list[list[float]]] | None = None
@@ -185,14 +195,29 @@ class TrainEvent:
         return self.val_loss is not None
 
 
-def lr_schedule(step: int, cfg: TrainConfig) -> float:
+def lr_schedule(step: int, cfg: TrainConfig, elapsed_s: float | None = None) -> float:
     """The learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr.
 
     Warmup climbs lr/warmup, 2 lr/warmup, ... reaching ``lr`` at step warmup-1;
     the cosine then falls from ``lr`` to ``min_lr`` over the remaining steps
     and stays there past ``max_iters``.
+
+    With ``schedule="time"`` and ``elapsed_s`` (seconds of this run so far) the
+    same shape follows the elapsed share of ``time_budget_s`` instead: warmup
+    takes the share warmup_iters / max_iters of the budget (or warmup_iters
+    steps, whichever ends first, so that no step runs at a learning rate of
+    zero), the cosine the rest, and the budget's end is min_lr.
     """
     lr, min_lr = cfg.lr, cfg.final_lr
+    if cfg.schedule == "time" and elapsed_s is not None and cfg.time_budget_s:
+        share = elapsed_s / cfg.time_budget_s  # 0 .. 1
+        warm = cfg.warmup_iters / cfg.max_iters
+        if share < warm:
+            return lr * min(1.0, max(share / warm, (step + 1) / cfg.warmup_iters))
+        if share >= 1.0:
+            return min_lr
+        progress = (share - warm) / (1.0 - warm)  # 0 .. 1
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
     if step < cfg.warmup_iters:
         return lr * (step + 1) / cfg.warmup_iters
     span = cfg.max_iters - cfg.warmup_iters
@@ -497,6 +522,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed_s = 0.0  # across resumed runs
+        self.clock: Callable[[], float] = time.perf_counter  # what the time budget and a time schedule read
         self.best_val_loss: float | None = None
         self.history: list[dict[str, Any]] = []  # one entry per evaluation
         self.last: dict[str, Any] = {}  # the latest evaluation's numbers
@@ -632,6 +658,7 @@ class Trainer:
             # (each rank its own masks, as its micro-batches differ).
             torch.manual_seed(cfg.seed + self.rank)
         started = time.perf_counter()
+        budget_start = self.clock()
         elapsed_before = self.elapsed_s
         stopped_early = False
         last_event: TrainEvent | None = None
@@ -649,12 +676,13 @@ class Trainer:
             self.elapsed_s = elapsed_before + (time.perf_counter() - started)
         try:
             while self.step < cfg.max_iters:
-                over_budget = cfg.time_budget_s is not None and time.perf_counter() - started >= cfg.time_budget_s
+                spent = self.clock() - budget_start
+                over_budget = cfg.time_budget_s is not None and spent >= cfg.time_budget_s
                 if self._should_stop(self._stop.is_set() or over_budget or self._early_stop):
                     stopped_early = True
                     break
                 t0 = time.perf_counter()
-                lr = lr_schedule(self.step, cfg)
+                lr = lr_schedule(self.step, cfg, spent)
                 loss, grad_norm = self._train_step(lr)
                 self.step += 1
                 self.tokens_seen += tokens_per_step
@@ -843,18 +871,62 @@ class HeadScoresCallback:
         return {"head_scores": {k: [[round(x, 4) for x in row] for row in v.tolist()] for k, v in scores.items()}}
 
 
+def token_byte_lengths(tokenizer: Any) -> torch.Tensor:
+    """(V,) the UTF-8 length in bytes of every token's text (special tokens: 0)."""
+    return torch.tensor([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=torch.long)
+
+
+def bits_per_byte(loss: float, ids: torch.Tensor, tokenizer: Any) -> float:
+    """Bits per UTF-8 byte of a text: ``loss`` (mean nats per predicted token, ids[1:]) x tokens / bytes / ln 2.
+
+    A character model's nats per token and a BPE model's are different units;
+    bits per byte of the same text are not, so runs with different vocabularies
+    compare. Special tokens have no bytes: their loss counts, their length does not.
+    """
+    predicted = torch.as_tensor(ids)[1:].long().cpu()
+    n_bytes = int(token_byte_lengths(tokenizer)[predicted].sum())
+    if n_bytes == 0:
+        raise DataError("the evaluated text has no bytes (only special tokens); give it some text")
+    return loss * len(predicted) / n_bytes / math.log(2)
+
+
+class BitsPerByteCallback:
+    """Adds ``val_bpb`` to every evaluation: the validation loss in bits per UTF-8 byte.
+
+    val_bpb = val_loss x tokens / bytes / ln 2, with the tokens-per-byte ratio of
+    the validation split (its first ``max_tokens``, once): the unit in which runs
+    with different vocabularies (characters, BPE, an imported tokenizer) compare.
+    """
+
+    def __init__(self, tokenizer: Any, val_ids: torch.Tensor | TokenSource, max_tokens: int = 1 << 21):
+        n = min(len(val_ids), max_tokens + 1)
+        ids = as_source(val_ids).windows(torch.zeros(1, dtype=torch.long), n)[0] if n >= 2 else None
+        try:
+            self.bits_per_nat_token = None if ids is None else bits_per_byte(1.0, ids, tokenizer)
+        except DataError:  # only special tokens: no bytes to count
+            self.bits_per_nat_token = None
+
+    def on_measure(self, trainer: Trainer) -> dict[str, Any]:
+        if self.bits_per_nat_token is None:
+            return {}
+        return {"val_bpb": trainer.last["val_loss"] * self.bits_per_nat_token}
+
+
 def evaluate_ids(
     model: torch.nn.Module,
     ids: torch.Tensor,
     batch_size: int = 16,
     device: torch.device | str | None = None,
     max_tokens: int | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, float]:
-    """Loss, perplexity and accuracy of ``model`` over every token of ``ids``.
+    """Loss, perplexity and accuracy of ``model`` over every token of ``ids``; with ``tokenizer``, bits per byte.
 
     The ids are cut into consecutive windows of block_size + 1 tokens that
     overlap by one, so each token after the first is predicted exactly once
     (with up to block_size tokens of context). Deterministic: no sampling.
+    ``bpb`` (with a tokenizer): the total loss in bits over the UTF-8 bytes of
+    the predicted tokens (``bits_per_byte``).
     """
     ids = _as_ids(ids, "evaluation text")
     if max_tokens is not None:
@@ -874,4 +946,7 @@ def evaluate_ids(
     total_loss, total_correct, _ = score_windows(model, batches, device=device).tolist()
     n_pred = len(ids) - 1
     loss = total_loss / n_pred
-    return {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}
+    result = {"loss": loss, "perplexity": _perplexity(loss), "accuracy": total_correct / n_pred, "tokens": n_pred}
+    if tokenizer is not None:
+        result["bpb"] = bits_per_byte(loss, ids, tokenizer)
+    return result

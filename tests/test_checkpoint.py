@@ -50,7 +50,7 @@ def tiny(tok, preset="gpt2", seed=0, **overrides):
     sizes = dict(vocab_size=tok.vocab_size, block_size=16)
     if preset in ("gpt2", "llama"):
         sizes.update(n_layer=2, n_head=2, n_embd=32)
-    elif preset in ("mamba", "lstm"):
+    elif preset in ("mamba", "mamba2", "lstm"):
         sizes.update(n_layer=2, n_embd=32)
     return build_model(ModelConfig.preset(preset, **{**sizes, **overrides})).eval()
 
@@ -76,7 +76,7 @@ def probe(tok):
 # ---------------------------------------------------------------- round trip and format
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "bigram", "mamba", "lstm"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "bigram", "mamba", "mamba2", "lstm"])
 def test_round_trip_gives_identical_logits(tmp_path, tok, preset):
     model = tiny(tok, preset)
     path = save_checkpoint(tmp_path / "m.safetensors", model, tok, train_state={"steps": 3})

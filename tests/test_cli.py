@@ -83,6 +83,7 @@ def test_train_saves_a_checkpoint_and_reports_on_stderr(trained, work):
     stderr = text_of(trained.stderr)
     assert "Traceback" not in stderr
     assert "step 10: train loss" in stderr and "step 30: train loss" in stderr and "tok/s" in stderr
+    assert "val bpb" in stderr  # bits per byte at every evaluation
     lines = text_of(trained.stdout).splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
@@ -111,7 +112,11 @@ def test_eval_prints_one_json_line(trained, work):
     assert out.returncode == 0, text_of(out.stderr)
     (line,) = text_of(out.stdout).splitlines()
     result = json.loads(line)
-    assert set(result) == {"loss", "perplexity", "accuracy", "tokens"}
+    assert set(result) == {"loss", "perplexity", "accuracy", "tokens", "bpb"}
+    text = (work / "small.txt").read_text(encoding="utf-8")
+    # a character model: nats per character x characters / bytes, in bits
+    expected = result["loss"] * (len(text) - 1) / len(text[1:].encode("utf-8")) / math.log(2)
+    assert result["bpb"] == pytest.approx(expected, rel=1e-9)
     assert result["tokens"] == len((work / "small.txt").read_text(encoding="utf-8")) - 1
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert 0 < result["loss"] < 5 and 0 <= result["accuracy"] <= 1
@@ -248,7 +253,7 @@ def test_bad_input_through_a_real_process_has_no_traceback(trained, work):
     unknown = lmcore("train", "--preset", "gpt5", "--data", "small.txt", *OUT, cwd=work)
     err = text_of(unknown.stderr)
     assert unknown.returncode == 2 and unknown.stdout == b"" and err.count("\n") == 1, err
-    assert err.startswith("error: --preset: invalid choice 'gpt5' (choose from gpt2, llama, mamba, lstm, bigram, ngram)")
+    assert err.startswith("error: --preset: invalid choice 'gpt5' (choose from gpt2, llama, mamba, mamba2, lstm, bigram, ngram)")
 
 
 @pytest.mark.parametrize(
@@ -259,3 +264,14 @@ def test_bad_flags_are_one_line_argparse_errors(capsys, args):
     status, out, err = run_main(capsys, *args)
     assert status == 2 and out == "" and "usage:" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and err.rstrip().endswith("--help"), err
+
+
+def test_a_time_shaped_schedule_runs_within_its_budget_and_needs_one(work, capsys, tmp_path):
+    args = ["train", "--data", str(work / "small.txt"), *TINY, *FAST, "--max-iters", "100000", "--eval-interval",
+            "100000", "--device", "cpu", "--schedule", "time"]  # fmt: skip
+    status, _, err = run_main(capsys, *args, "--out", str(tmp_path / "no.safetensors"))
+    assert status == 2 and err.count("\n") == 1 and "needs a time budget" in err
+    status, out, err = run_main(capsys, *args, "--time-budget", "3", "--out", str(tmp_path / "t.safetensors"))
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["stopped_early"] and 0 < result["step"] < 100000  # the budget ended it

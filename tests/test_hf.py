@@ -22,6 +22,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
     MambaConfig,
     MambaForCausalLM,
     PreTrainedTokenizerFast,
@@ -62,6 +64,11 @@ TINY = {
     ),
     "mamba": lambda V: MambaForCausalLM(
         MambaConfig(vocab_size=V + 3, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4)
+    ),
+    # 4 heads of 16 channels; chunks of 8, so that the prompt ends inside a chunk
+    "mamba2": lambda V: Mamba2ForCausalLM(
+        Mamba2Config(vocab_size=V, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+                     num_heads=4, head_dim=16, n_groups=1, chunk_size=8, layer_norm_epsilon=1e-6)  # fmt: skip
     ),
 }
 
@@ -119,7 +126,7 @@ def test_import_gives_transformers_logits(saved: dict[str, Path], name: str) -> 
     assert (ours - theirs).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-untied", "mamba"])
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-untied", "mamba", "mamba2"])
 def test_greedy_generation_equals_transformers(saved: dict[str, Path], name: str) -> None:
     imported = import_model(str(saved[name]))
     prompt = imported.tokenizer.encode("The quick")
@@ -161,6 +168,10 @@ EXPORTS = {
     "bpe-llama-untied-bias": (lambda: BPETokenizer.train("\n".join(CORPUS), vocab_size=300), "llama",
                               {"tie_weights": False, "bias": True, "norm_eps": 1e-6}),  # fmt: skip
     "bpe-mamba": (lambda: BPETokenizer.train("\n".join(CORPUS), vocab_size=300, pattern="gpt2"), "mamba", {}),
+    "bpe-mamba2-tied": (lambda: BPETokenizer.train("\n".join(CORPUS), vocab_size=300), "mamba2",
+                        {"ssm_head_dim": 16, "d_state": 8, "chunk_size": 8}),  # fmt: skip
+    "char-mamba2-untied": (lambda: CharTokenizer.train("\n".join(CORPUS), unk=True), "mamba2",
+                           {"ssm_head_dim": 8, "d_state": 4, "tie_weights": False, "norm_eps": 1e-6}),  # fmt: skip
 }
 
 
@@ -193,6 +204,8 @@ def test_export_loads_with_auto_classes(name: str, tmp_path: Path) -> None:
     same = {**model.config.to_dict(), "preset": preset, "dropout": 0.0, "mlp_ratio": came_back.mlp_ratio}
     if preset == "mamba":
         same.update(dt_rank=model.config.dt_rank_value, block_size=came_back.block_size)
+    if preset == "mamba2":
+        same.update(block_size=came_back.block_size)
     assert came_back.to_dict() == same
     mine, again = model.state_dict(), back.model.state_dict()
     assert mine.keys() == again.keys() and all(torch.equal(mine[k], again[k]) for k in mine)
@@ -212,6 +225,10 @@ REFUSED = [
     (MambaConfig(use_bias=True), "use_bias"),
     (MambaConfig(use_conv_bias=False), "use_conv_bias"),
     (MambaConfig(hidden_act="gelu"), "hidden_act"),
+    (Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=1, use_bias=True), "use_bias"),
+    (Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=1, time_step_limit=(0.0, 1.0)), "time_step_limit"),
+    (Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=3), "n_groups"),
+    (Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=1, rms_norm=False), "rms_norm"),
 ]
 
 
@@ -363,3 +380,32 @@ def test_an_imported_model_fine_tunes_as_a_new_run(saved: dict[str, Path], tmp_p
     assert tuned.train_state["steps"] == 6 and isinstance(tuned.tokenizer, HFTokenizer)
     assert not torch.equal(tuned.model.state_dict()["wte.weight"], before["wte.weight"])
     assert all(torch.equal(v, before[k]) for k, v in load_checkpoint(path).model.state_dict().items())
+
+
+def test_mamba2_with_groups_of_b_and_c_imports_with_their_grouped_norm(
+    hf_tokenizer: PreTrainedTokenizerFast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n_groups = 2: B and C land in their groups, and the gated norm is per group (mamba_ssm's, their CUDA kernel's)."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    torch.manual_seed(5)
+    config = Mamba2Config(vocab_size=len(hf_tokenizer), hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
+                          conv_kernel=4, num_heads=4, head_dim=16, n_groups=2, chunk_size=8)  # fmt: skip
+    theirs = Mamba2ForCausalLM(config)
+    _shake(theirs, 5)
+    theirs.save_pretrained(tmp_path / "grouped")
+    hf_tokenizer.save_pretrained(tmp_path / "grouped")
+    imported = import_model(str(tmp_path / "grouped"))
+    assert imported.model.config.n_groups == 2 and any("per group" in n for n in imported.notes)
+    ids = imported.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        ours = imported.model(torch.tensor([ids]))[0]
+
+    def grouped(self, hidden_states, gate=None):  # what their CUDA kernel computes: one norm per group
+        g = (hidden_states.float() * torch.nn.functional.silu(gate.float())).unflatten(-1, (2, -1))
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * g.flatten(-2).to(hidden_states.dtype)
+
+    monkeypatch.setattr(modeling_mamba2.MambaRMSNormGated, "forward", grouped)
+    expected = _their_logits(tmp_path / "grouped", ids)
+    assert expected.std() > 0.5 and (ours - expected).abs().max() <= TOL

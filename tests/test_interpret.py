@@ -23,7 +23,7 @@ def random_ids(n: int, vocab: int = 20, seed: int = 1) -> torch.Tensor:
     return torch.randint(vocab, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm", "bigram"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2", "lstm", "bigram"])
 def test_token_losses_mean_is_the_models_loss(preset: str) -> None:
     model = tiny(preset)
     ids = random_ids(12)
@@ -45,7 +45,7 @@ def test_token_losses_on_a_text_longer_than_the_context_matches_evaluation() -> 
     assert token_losses(model, ids).mean == pytest.approx(evaluate_ids(model, ids)["loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+@pytest.mark.parametrize("preset", ["gpt2", "mamba", "mamba2"])
 def test_token_losses_are_causal(preset: str) -> None:
     model = tiny(preset)
     ids = random_ids(14)
@@ -64,7 +64,7 @@ def test_token_losses_needs_two_known_tokens() -> None:
         token_losses(model, [3, 25])
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2"])
 def test_logit_lens_last_row_is_the_models_output(preset: str) -> None:
     model = tiny(preset)
     ids = random_ids(10)
@@ -142,6 +142,13 @@ def test_head_scores_for_mamba_and_refusal_for_lstm() -> None:
     scores = head_scores(tiny("mamba"))
     for value in scores.values():
         assert value.shape == (2, 4) and (value >= 0).all() and (value <= 1).all()
+    # Mamba-2's maps are exact and signed: scores are shares of their magnitudes
+    model = tiny("mamba2", ssm_head_dim=8)
+    assert (model.attention_maps(probe_ids(model, 0)[:1]) < 0).any()
+    scores = head_scores(model)
+    for value in scores.values():
+        assert value.shape == (2, 4) and (value > 0).all() and (value < 1).all()
+    assert sum(scores[k] for k in ("previous_token", "first_token")).max() < 1
     with pytest.raises(ConfigError, match="no attention heads"):
         head_scores(tiny("lstm"))
 

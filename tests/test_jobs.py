@@ -85,6 +85,15 @@ def test_a_run_finishes_saves_and_reports(registry, data, tmp_path):
     assert job.result["step"] == 30 and not job.result["stopped_early"]
 
 
+def test_a_run_reports_bits_per_byte_of_its_validation_text(registry, data, tmp_path):
+    job = start(registry, data, tmp_path, max_iters=10, eval_interval=10)
+    assert job.wait(WAIT_S) and job.status == FINISHED, job.error
+    tok, _, val_ids = data
+    n_bytes = sum(len(tok.token_bytes(int(i))) for i in val_ids[1:])
+    e = job.last_eval()
+    assert e.val_bpb == pytest.approx(e.val_loss * (len(val_ids) - 1) / n_bytes / math.log(2), rel=1e-9)
+
+
 def test_stop_ends_the_run_and_keeps_its_weights(registry, data, tmp_path):
     job = start(registry, data, tmp_path, max_iters=100_000, eval_interval=50_000)
     wait_for_steps(job, 5)

@@ -56,7 +56,7 @@ def work(tmp_path, small_text, monkeypatch) -> Path:
 
 
 # ------------------------------------------------------------------ counting and the estimate
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm", "bigram"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2", "lstm", "bigram"])
 def test_counting_on_the_meta_device_matches_the_built_model(preset):
     cfg = ModelConfig.preset(preset, vocab_size=50, n_layer=3, n_embd=32, n_head=4, n_kv_head=2, block_size=16)
     model = build_model(cfg)
@@ -154,7 +154,7 @@ def test_a_huge_width_is_refused_with_the_estimate(capsys, work):
 
 
 BAD_FLAGS = [
-    (["train", "--preset", "gpt9"], "--preset: invalid choice 'gpt9' (choose from gpt2, llama, mamba, lstm, bigram, ngram)"),
+    (["train", "--preset", "gpt9"], "--preset: invalid choice 'gpt9' (choose from gpt2, llama, mamba, mamba2, lstm, bigram, ngram)"),
     (["train", "--keep", "middle"], "choose from best, last"),
     (["train", "--n-layer", "two"], "--n-layer: expected a whole number"),
     (["train", "--n-layer", "0"], "--n-layer: must be a whole number of at least 1, got 0"),

@@ -29,7 +29,7 @@ def make(preset: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:
     sizes = dict(vocab_size=V, block_size=BLOCK)
     if preset in ("gpt2", "llama"):
         sizes.update(n_layer=2, n_head=2, n_embd=32)
-    elif preset in ("mamba", "lstm"):
+    elif preset in ("mamba", "mamba2", "lstm"):
         sizes.update(n_layer=2, n_embd=32)
     model = build_model(ModelConfig.preset(preset, **{**sizes, **overrides})).eval()
     # Random initial weights give nearly flat distributions; sharpen them so that
@@ -40,7 +40,7 @@ def make(preset: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(params=["gpt2", "llama", "bigram", "mamba", "lstm"])
+@pytest.fixture(params=["gpt2", "llama", "bigram", "mamba", "mamba2", "lstm"])
 def model(request):
     return make(request.param)
 

@@ -351,3 +351,87 @@ def test_evaluate_ids_scores_every_token_once(corpus):
     assert out["perplexity"] == pytest.approx(math.exp(out["loss"]))
     with pytest.raises(DataError):
         evaluate_ids(model, ids[:1])
+
+
+def test_bits_per_byte_of_a_char_model_on_ascii_is_the_loss_in_bits():
+    from lmcore.tokenizers import BPETokenizer, CharTokenizer
+
+    text = "the cat sat on the mat; the dog sat on the log. " * 8
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    out = evaluate_ids(tiny_model(tok.vocab_size).eval(), ids, tokenizer=tok)
+    assert out["bpb"] == pytest.approx(out["loss"] / math.log(2), rel=1e-12)
+    assert "bpb" not in evaluate_ids(tiny_model(tok.vocab_size).eval(), ids)  # no tokenizer, no bytes to count
+    # A BPE token holds several bytes, and a character may be several bytes: total bits / bytes of the text.
+    text = "naïve café, déjà vu: the cat sat on the mat. " * 8
+    bpe = BPETokenizer.train(text, vocab_size=280)
+    ids = torch.tensor(bpe.encode(text))
+    out = evaluate_ids(tiny_model(bpe.vocab_size).eval(), ids, tokenizer=bpe)
+    n_bytes = len(text.encode("utf-8")) - len(bpe.token_bytes(int(ids[0])))  # the first token is not predicted
+    assert n_bytes < len(ids) * 3
+    assert out["bpb"] == pytest.approx(out["loss"] * (len(ids) - 1) / n_bytes / math.log(2), rel=1e-12)
+
+
+def test_training_reports_val_bpb_in_its_events_history_run_log_and_summary(tmp_path):
+    from lmcore.runlog import RunLogger, log_path, read_log, run_summary
+    from lmcore.tokenizers import CharTokenizer
+    from lmcore.train import BitsPerByteCallback
+
+    text = "the cat sat on the mat; the dog sat on the log. " * 40  # ASCII: one byte per character
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    tr, va = ids[:1600], ids[1600:]
+    rec = Recorder()
+    ckpt = tmp_path / "run.safetensors"
+    callbacks = [BitsPerByteCallback(tok, va), rec, RunLogger(ckpt, {"source": "test"})]
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, quick(max_iters=4, eval_interval=2), callbacks=callbacks)
+    trainer.fit()
+    assert len(rec.evals) == 2  # steps 2 and 4
+    for e in rec.evals:
+        assert e.val_bpb == pytest.approx(e.val_loss / math.log(2), rel=1e-9)
+    assert [h["val_bpb"] for h in trainer.history] == [e.val_bpb for e in rec.evals]
+    logged = [r for r in read_log(log_path(ckpt)) if r.get("kind") == "eval"]
+    assert [r["val_bpb"] for r in logged] == pytest.approx([e.val_bpb for e in rec.evals])
+    best = min(rec.evals, key=lambda e: e.val_loss)
+    assert run_summary(ckpt)["best_val_bpb"] == pytest.approx(best.val_bpb)
+
+
+class FakeClock:
+    """A clock that moves ``tick`` seconds each time it is read: a machine of a chosen speed."""
+
+    def __init__(self, tick: float):
+        self.tick, self.now = tick, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("tick", [1.0, 0.125], ids=["slow", "fast"])  # exact in binary: no drift
+def test_a_time_shaped_schedule_decays_to_min_lr_by_the_end_of_the_budget_at_any_speed(corpus, tick):
+    tok, tr, va = corpus
+    cfg = quick(max_iters=100_000, warmup_iters=5_000, eval_interval=100_000, time_budget_s=10.0, schedule="time",
+                lr=1e-3, min_lr=1e-4)  # fmt: skip
+    rec = Recorder()
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, cfg, callbacks=[rec])
+    trainer.clock = FakeClock(tick)
+    result = trainer.fit()
+    lrs = [e.lr for e in rec.steps]
+    assert result["stopped_early"] and len(lrs) == round(10 / tick) - 1  # the budget ends the run, not max_iters
+    assert lrs[0] > 0 and max(lrs) == pytest.approx(1e-3, rel=0.02)  # warmed up to the peak (5% of the budget)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[lrs.index(max(lrs)) :], lrs[lrs.index(max(lrs)) + 1 :]))
+    assert 1e-4 <= lrs[-1] <= 1e-4 + 0.03 * (1e-3 - 1e-4)  # decayed to the minimum by the budget's end
+    # The same recipe counted in steps is cut off by the budget on the slow machine, its learning rate still high.
+    steps_cfg = quick(max_iters=100, warmup_iters=5, eval_interval=100_000, time_budget_s=10.0, lr=1e-3, min_lr=1e-4)
+    rec = Recorder()
+    trainer = Trainer(tiny_model(tok.vocab_size), tr, va, steps_cfg, callbacks=[rec])
+    trainer.clock = FakeClock(1.0)
+    trainer.fit()
+    assert len(rec.steps) == 9 and rec.steps[-1].lr > 5e-4
+
+
+def test_a_time_shaped_schedule_needs_a_budget():
+    with pytest.raises(ConfigError, match="needs a time budget"):
+        TrainConfig(schedule="time").validate()
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        TrainConfig(schedule="tokens").validate()

@@ -81,6 +81,9 @@ def test_a_run_shows_passes_over_the_data_and_its_accuracy_and_perplexity_curves
     # the same run read from its log: the saved runs table counts the passes too
     records = runlog.read_log(job.checkpoint_path)
     assert runlog.epochs(records) == pytest.approx(seen / train_tokens)
+    # and bits per byte, the unit in which runs with other vocabularies compare: in the log and the runs table
+    assert [r["val_bpb"] for r in runlog.evals(records)] == pytest.approx([e.val_bpb for e in evals])
+    assert any("val bits/byte" in d.value.columns for d in at.dataframe)
 
 
 def test_resume_continues_the_shown_run_from_its_checkpoint_up_to_the_iterations_set(checkpoints: Path) -> None:

@@ -117,7 +117,7 @@ def test_training_memory_adds_up_and_scales_with_the_batch():
     assert training_memory(bigram, 65 * 65, 8)["activations"] == 2 * 8 * 64 * 65 * 4  # only the logits
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm", "bigram"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2", "lstm", "bigram"])
 def test_model_diagram_is_a_dot_graph_of_the_config(preset):
     cfg = ModelConfig.preset(preset, vocab_size=99, block_size=32, n_layer=3)
     dot = model_diagram(cfg)
@@ -129,6 +129,7 @@ def test_model_diagram_is_a_dot_graph_of_the_config(preset):
         "gpt2": ["× 3 layers", "LayerNorm", "GELU", "multi-head"],
         "llama": ["× 3 layers", "RMSNorm", "SwiGLU", "RoPE"],
         "mamba": ["× 3 layers", "selective scan", "state N = 16"],
+        "mamba2": ["× 3 layers", "SSD: 16 heads × 16 channels", "state 16×64", "RMSNorm(y × SiLU(z))"],
         "lstm": ["× 3 layers", "LSTM layer"],
         "bigram": ["lookup table\\n99 × 99"],
     }[preset]

@@ -37,6 +37,7 @@ COLUMNS = {
     "best_val_loss": "best val loss",
     "best_step": "best at step",
     "final_val_loss": "final val loss",
+    "best_val_bpb": "best val bits/byte",
     "val_acc": "val accuracy",
     "tokens_per_s": "tokens / s",
 }

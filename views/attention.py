@@ -82,6 +82,8 @@ if family.attention == "implicit attention":
         f"This model has no attention heads; these are its implicit attention maps, one per {unit}: "
         f"how much each earlier token contributes to a token's output through the state-space recurrence.{signed}"
     )
+if family.attention_note:
+    st.caption(family.attention_note)
 
 tab_one, tab_grid, tab_avg = st.tabs([f"One {unit}", f"All {unit}s", f"Average over {unit}s"])
 

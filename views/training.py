@@ -376,6 +376,8 @@ with st.expander("Runs on this server", expanded=job is None and bool(runs)):
                     "status": r.status,
                     "steps": f"{p['step']:,} / {p['max_iters']:,}",
                     "val loss": None if last is None else round(last.val_loss, 4),
+                    # bits per byte of the validation text: runs with different vocabularies compare by it
+                    "val bits/byte": None if last is None or last.val_bpb is None else round(last.val_bpb, 4),
                     "started": time.strftime("%H:%M:%S", time.localtime(r.started_at)),
                     "device": r.device_name,
                     "yours": ownership.owns(r),
@@ -491,7 +493,9 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         change = 0.0 if len(evals) < 2 else evals[-1].val_loss - evals[-2].val_loss
         delta = f"{change:+.3f}" if round(change, 3) != 0 else None  # no red "+0.000"
         m[1].metric("Validation loss", f"{evals[-1].val_loss:.3f}", delta=delta, delta_color="inverse",
-                    help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}.")  # fmt: skip
+                    help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}."
+                    + ("" if evals[-1].val_bpb is None else f" {evals[-1].val_bpb:.3f} bits per byte of text: the "
+                       "unit in which runs with different vocabularies compare."))  # fmt: skip
     else:
         m[1].metric("Validation loss", "–", help="Measured at the first evaluation.")
     m[2].metric("Tokens per second", "–" if last is None else f"{last.tokens_per_s:,.0f}")

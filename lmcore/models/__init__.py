@@ -18,6 +18,7 @@ from lmcore.models.bigram import Bigram
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import SIZES, Family, Field
 from lmcore.models.mamba import Mamba
+from lmcore.models.mamba2 import Mamba2
 from lmcore.models.ngram import NGram
 from lmcore.models.rnn import LSTM
 from lmcore.models.transformer import Transformer
@@ -26,6 +27,7 @@ from lmcore.models.transformer import Transformer
 ARCHITECTURES: dict[str, type[LanguageModel]] = {
     "transformer": Transformer,
     "mamba": Mamba,
+    "mamba2": Mamba2,
     "lstm": LSTM,
     "bigram": Bigram,
     "ngram": NGram,

@@ -53,6 +53,10 @@ class ModelConfig:
     d_conv: int = 4  # width of the causal depthwise convolution
     expand: int = 2  # E: the inner width is E * D
     dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
+    # mamba2 (Dao & Gu 2024; it reads d_state, d_conv and expand too)
+    ssm_head_dim: int = 16  # P, channels per SSM head: the inner width splits into E / P heads
+    n_groups: int = 1  # groups of heads that share B and C (like grouped-query attention's key/value heads)
+    chunk_size: int = 64  # time steps per chunk of the SSD algorithm: changes the speed, never the result
     # n-gram counting baseline
     ngram_n: int = 3  # n: the next token is predicted from the previous n - 1
     add_k: float = 0.1  # add-k smoothing: k is added to every count

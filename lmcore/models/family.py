@@ -118,6 +118,7 @@ class Family:
       backward pass; None when there are no layers to count;
     - attention: the maps the Attention page shows ("attention", "implicit
       attention") or None; attention_unit: what one map belongs to;
+      attention_note: what the maps mean, shown beside them, when the family has more to say;
     - run_shape: config -> the shape part of a run name;
     - hf_names: the transformers families that can hold it (``lmcore.hf``);
     - training_note: how its training differs from gradient steps, if it does;
@@ -132,6 +133,7 @@ class Family:
     activations: Callable[[ModelConfig, int], int] | None = None
     attention: str | None = None
     attention_unit: str = "head"
+    attention_note: str = ""
     run_shape: Callable[[ModelConfig], str] = layers_by_width
     hf_names: tuple[str, ...] = ()
     training_note: str = ""
