@@ -49,6 +49,7 @@ VOCAB_TOP_N = KEEP + "vocab.topn"
 VOCAB_LOG = KEEP + "vocab.log"
 VOCAB_BY_USE = KEEP + "vocab.lenw"
 VOCAB_PROBE = KEEP + "vocab.probe"
+VOCAB_PROBE_FOR = "vocab.probe_for"  # CORPUS_ID of the corpus the token explorer's text was taken from
 # Model page: the architecture, the size preset and every field (``model_field``)
 MODEL_ARCH = KEEP + "model.arch"
 MODEL_SIZE = KEEP + "model.size"

@@ -1,0 +1,46 @@
+"""What the pages keep and follow: the corpus in use, the user's choices across page switches, the recipe's
+settings and what a chart leaves out; driven through app.py with AppTest on real tiny models and runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui import state as S
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+DATA, VOCABULARY, TRAINING = "views/data.py", "views/vocabulary.py", "views/training.py"
+
+
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def go(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def paste_corpus(at: AppTest, text: str) -> None:
+    go(at, DATA)
+    at.radio(key=S.DATA_SOURCE).set_value("Paste text").run()
+    at.text_area(key=S.DATA_PASTE).set_value(text).run()
+    at.button[[b.label for b in at.button].index("Use this text")].click().run()
+    assert not at.exception and at.session_state[S.CORPUS].text == text
+
+
+def test_the_token_explorer_follows_a_newly_pasted_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), VOCABULARY)
+    first = at.text_area(key=S.VOCAB_PROBE).value
+    assert first and first == at.session_state[S.CORPUS].text[: len(first)]
+    text = "abba cab\nbad cab abba\n" * 20
+    paste_corpus(at, text)
+    go(at, VOCABULARY)
+    assert not at.error, [e.value for e in at.error]  # no "never seen" for the old corpus's characters
+    probe = at.text_area(key=S.VOCAB_PROBE).value
+    assert probe == text[: len(probe)] and probe
