@@ -44,3 +44,41 @@ def test_the_token_explorer_follows_a_newly_pasted_corpus(tmp_path: Path, monkey
     assert not at.error, [e.value for e in at.error]  # no "never seen" for the old corpus's characters
     probe = at.text_area(key=S.VOCAB_PROBE).value
     assert probe == text[: len(probe)] and probe
+
+
+# ---------------------------------------------------------------- choices kept across page switches
+from tests.test_app_views import ckpt_dir, saved  # noqa: E402, F401  (a folder of tiny saved models)
+
+ATTENTION, CHECKPOINTS = "views/attention.py", "views/checkpoints.py"
+
+
+def test_the_attention_model_picker_keeps_its_choice_across_a_page_switch(ckpt_dir: Path) -> None:
+    at = go(app(), ATTENTION)
+    picker = at.selectbox(key=S.ATTENTION_MODEL)
+    other = "ckpt:" + str(ckpt_dir / "names.safetensors")
+    assert picker.value != other and any(o.startswith("Saved: names") for o in picker.options)
+    picker.set_value(other).run()
+    go(at, DATA)
+    go(at, ATTENTION)
+    assert at.selectbox(key=S.ATTENTION_MODEL).value == other
+
+
+def test_the_checkpoints_pick_the_hf_source_and_the_saved_runs_pick_survive_a_page_switch(ckpt_dir: Path) -> None:
+    at = go(app(), CHECKPOINTS)
+    picker = at.selectbox(key=S.CHECKPOINT_SELECTED)
+    assert picker.value != "snake"
+    picker.set_value("snake").run()
+    typed = str(ckpt_dir / "not-a-model-folder")
+    at.text_input(key=S.HF_SOURCE).set_value(typed).run()
+    go(at, DATA)
+    go(at, CHECKPOINTS)
+    assert at.selectbox(key=S.CHECKPOINT_SELECTED).value == "snake"
+    assert at.text_input(key=S.HF_SOURCE).value == typed
+
+    go(at, TRAINING)
+    at.multiselect(key=S.SAVED_RUNS_PICK).set_value(["tiny", "flat"]).run()
+    go(at, DATA)
+    go(at, TRAINING)
+    assert at.multiselect(key=S.SAVED_RUNS_PICK).value == ["tiny", "flat"]
+    box = next(e for e in at.expander if e.label.startswith("Saved runs"))
+    assert box.proto.expanded

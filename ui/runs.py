@@ -116,17 +116,30 @@ def _view(directory: str, names: list[str]) -> None:
     )
 
 
+SAVED_BOX = "runs_saved_box"  # the expander's key; its open state is kept in S.KEPT
+
+
+def _keep_open() -> None:
+    st.session_state.setdefault(S.KEPT, {})[SAVED_BOX] = bool(st.session_state.get(SAVED_BOX))
+
+
 def saved_runs_section(directory: Path) -> None:
     """The "Saved runs" expander: every run with a log or checkpoint in ``directory``."""
     runs = runlog.list_runs(directory)
+    # The pick and the open box are kept by hand: Streamlit drops a widget's state on a page switch.
+    kept = st.session_state.setdefault(S.KEPT, {})
+    if S.SAVED_RUNS_PICK not in st.session_state and S.SAVED_RUNS_PICK in kept:
+        st.session_state[S.SAVED_RUNS_PICK] = kept[S.SAVED_RUNS_PICK]
+    opened = kept.get(SAVED_BOX) or bool(st.session_state.get(S.SAVED_RUNS_PICK))
     # Keyed, so an expander the user opened stays open when a rerun moves it (first-visit notes gone).
-    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK)),
-                     key="runs_saved_box"):  # fmt: skip
+    with st.expander("Saved runs (from files, any process)", expanded=bool(opened), key=SAVED_BOX,
+                     on_change=_keep_open):  # fmt: skip
         if not runs:
             st.caption("No saved runs yet. Runs from this app, the command line and torchrun appear here.")
             return
         names = [r["name"] for r in runs]
         st.session_state[S.SAVED_RUNS_PICK] = [n for n in st.session_state.get(S.SAVED_RUNS_PICK, []) if n in names]
+        kept[S.SAVED_RUNS_PICK] = st.session_state[S.SAVED_RUNS_PICK]
         picked = st.multiselect(
             "Runs to compare",
             names,

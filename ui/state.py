@@ -102,6 +102,7 @@ SEEN_DEFAULTS = "models.seen_defaults"  # {picker key: (active job, loaded check
 PROMPT_DEFAULTS = "models.prompt_defaults"  # {prompt box key: the default prompt it was given last}
 # Checkpoints page
 CHECKPOINT_SELECTED = KEEP + "checkpoints.selected"
+HF_SOURCE = "checkpoints.hf.source"  # widget: the hub id or folder to open (kept across page switches by hand)
 CHECKPOINT_SELECT_NEXT = "checkpoints.select_next"  # a name to select on the next run (set after an upload)
 CHECKPOINTS_FLASH = "checkpoints.flash"  # (kind, message) shown once after an action that reruns the page
 UPLOADS_CHECKED = "checkpoints.checked"  # {upload file_id: None if it is a valid checkpoint, else the reason}
