@@ -82,3 +82,42 @@ def test_the_checkpoints_pick_the_hf_source_and_the_saved_runs_pick_survive_a_pa
     assert at.multiselect(key=S.SAVED_RUNS_PICK).value == ["tiny", "flat"]
     box = next(e for e in at.expander if e.label.startswith("Saved runs"))
     assert box.proto.expanded
+
+
+# ---------------------------------------------------------------- the logit lens says what it draws
+from tests.test_surprise_page import folder  # noqa: E402, F401  (tiny: a gpt2 with head scores; table: a 3-gram)
+
+SURPRISE = "views/surprise.py"
+
+
+def test_the_logit_lens_text_and_figure_agree_and_its_cells_are_legible(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.interpret import logit_lens
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
+    at = go(app(), SURPRISE)
+    text = "The value of the expression is returned when the function ends, and then some more."
+    at.text_area(key=S.SURPRISE_TEXT).set_value(text).run()
+    assert not at.exception
+    said = " ".join(m.value for m in at.markdown)
+    assert "top row reads the embedding" in said and "bottom row (after the last block) is the model's real prediction" in said
+    lens = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap")
+    rows, layout = lens["data"][0]["y"], lens["layout"]
+    # Drawn top down: the embedding first, the output last, at the bottom.
+    assert rows[0] == "embedding" and rows[-1].endswith("= output")
+    assert layout["yaxis"]["autorange"] == "reversed"
+    # The bottom row's guesses are the model's real next-token predictions.
+    ckpt = load_checkpoint(folder / "tiny.safetensors")
+    ids = ckpt.tokenizer.encode(text)
+    cells = lens["data"][0]["text"]
+    shown = len(cells[-1])
+    real = logit_lens(ckpt.model, ids[:shown])[-1].argmax(-1)
+    assert [c for c in cells[-1]] == [ckpt.tokenizer.token_str(int(i)).replace("<", "&lt;") for i in real]
+    # Few enough positions for a legible cell each, written large enough to read; the rest by a slider.
+    assert shown <= 24 < len(ids)
+    assert lens["data"][0]["textfont"]["size"] >= 12
+    at.slider(key="surprise.lens_start").set_value(5).run()
+    lens = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap")
+    assert lens["layout"]["xaxis"]["ticktext"][0] == ckpt.tokenizer.token_str(ids[5])
