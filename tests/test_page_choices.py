@@ -121,3 +121,69 @@ def test_the_logit_lens_text_and_figure_agree_and_its_cells_are_legible(folder: 
     at.slider(key="surprise.lens_start").set_value(5).run()
     lens = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap")
     assert lens["layout"]["xaxis"]["ticktext"][0] == ckpt.tokenizer.token_str(ids[5])
+
+
+# ---------------------------------------------------------------- the induction recipe's settings
+def test_the_induction_recipe_says_what_it_sets_and_gives_the_settings_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmcore.jobs import REGISTRY
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), TRAINING)
+    try:
+        at.number_input(key=S.TRAIN_ITERS).set_value(77).run()
+        at.number_input(key=S.TRAIN_BATCH).set_value(5).run()
+        box = next(e for e in at.expander if e.label.startswith("Recipe"))
+        said = " ".join(m.value for m in box.markdown)
+        for setting in ("1,500 iterations", "batch 64", "learning rate 0.003", "seed 1337", "weight decay 0"):
+            assert setting in said
+        assert "come back when you choose another corpus" in said
+
+        at.button(key="train_induction").click().run()
+        REGISTRY.get(at.session_state[S.ACTIVE_JOB]).stop()
+        assert at.number_input(key=S.TRAIN_ITERS).value == 1500 and at.number_input(key=S.TRAIN_BATCH).value == 64
+        at.number_input(key=S.TRAIN_SEED).set_value(9).run()  # changed after the recipe: stays
+        # Leaving the recipe by choosing another corpus gives the user's settings back.
+        paste_corpus(at, "abba cab\nbad cab abba\n" * 40)
+        go(at, TRAINING)
+        assert at.number_input(key=S.TRAIN_ITERS).value == 77 and at.number_input(key=S.TRAIN_BATCH).value == 5
+        assert at.number_input(key=S.TRAIN_LR).value == pytest.approx(2e-3)  # never set: the page's default
+        assert at.number_input(key=S.TRAIN_SEED).value == 9
+        assert any("your own training settings are back" in i.value for i in at.info)
+
+        # Or with the button, staying on the recipe's corpus.
+        at.button(key="train_induction").click().run()
+        REGISTRY.get(at.session_state[S.ACTIVE_JOB]).stop()
+        assert at.number_input(key=S.TRAIN_ITERS).value == 1500
+        at.button(key="train_recipe_back").click().run()
+        assert not at.exception
+        assert at.number_input(key=S.TRAIN_ITERS).value == 77 and at.number_input(key=S.TRAIN_BATCH).value == 5
+        assert at.session_state[S.CORPUS].source == "builtin:induction"
+        assert not any(b.key == "train_recipe_back" for b in at.button)
+    finally:
+        for job in REGISTRY.list():
+            job.stop()
+            job.wait(60)
+
+
+# ---------------------------------------------------------------- tokens per second, named
+def test_the_two_tokens_per_second_figures_are_named_and_the_overall_ones_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from lmcore.jobs import FINISHED
+    from tests.test_training_page import start_run
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), TRAINING)
+    job = start_run(at, "speed", iters=12, eval_every=4, eval_iters=2)
+    assert job.wait(120) and job.status == FINISHED
+    at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Tokens / s while stepping" in metrics and "Tokens per second" not in metrics
+    line = next(c.value for c in at.caption if c.value.startswith("Overall: "))
+    live_overall = float(re.match(r"Overall: ([\d,]+) tokens / s", line).group(1).replace(",", ""))
+    last = job.events[-1]
+    assert live_overall == pytest.approx(last.tokens_seen / last.elapsed_s, rel=0.01, abs=1)
+    at.multiselect(key=S.SAVED_RUNS_PICK).set_value(["speed"]).run()
+    table = next(d.value for d in at.dataframe if "tokens / s overall" in d.value.columns)
+    assert "tokens / s" not in table.columns  # no second figure under the live view's name
+    assert float(table["tokens / s overall"].iloc[0]) == pytest.approx(live_overall, rel=0.25)

@@ -38,7 +38,7 @@ COLUMNS = {
     "best_step": "best at step",
     "final_val_loss": "final val loss",
     "val_acc": "val accuracy",
-    "tokens_per_s": "tokens / s",
+    "tokens_per_s": "tokens / s overall",  # tokens over wall time, evaluations included (the live view: steps only)
 }
 
 

@@ -15,7 +15,7 @@ from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
-from lmcore.recipes import INDUCTION_VOCAB, recipe
+from lmcore.recipes import INDUCTION_VOCAB, recipe, train_settings
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import state as S
@@ -29,6 +29,7 @@ from ui.flow import (
     PAGE_GENERATION,
     PAGE_MODEL,
     encoded_split,
+    leave_recipe,
     preset_config,
     require_corpus,
     require_model_config,
@@ -39,6 +40,9 @@ from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
 REFRESH_S = 1.0
+SETTING_NAMES = {S.TRAIN_ITERS: "iterations", S.TRAIN_BATCH: "batch size", S.TRAIN_LR: "learning rate",
+                 S.TRAIN_WARMUP: "warm-up", S.TRAIN_EVAL: "evaluation interval", S.TRAIN_EVAL_ITERS: "evaluation batches",
+                 S.TRAIN_SEED: "seed"}  # fmt: skip
 START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 INDUCTION_RUN = "induction-head"
 
@@ -220,10 +224,17 @@ def _watch_induction() -> None:
         )
         return
     model_cfg, tc = recipe("induction", INDUCTION_VOCAB)
-    skipped = urlstate.apply(urlstate.recipe_params("builtin:induction", "char", model_cfg, tc))
+    params = urlstate.recipe_params("builtin:induction", "char", model_cfg, tc)
+    keys = [urlstate.TRAIN_FIELDS[n][0] for n in params if n in urlstate.TRAIN_FIELDS]
+    saved = st.session_state.get(S.RECIPE_SAVED)
+    # The user's own settings, given back when they leave the recipe (kept from the first press).
+    before = saved["before"] if saved is not None else {k: _value(k) for k in keys}
+    skipped = urlstate.apply(params)
     if skipped:
         st.session_state[S.START_ERROR] = "Could not set up " + ", ".join(skipped) + " for the recipe."
         return
+    st.session_state[S.RECIPE_SAVED] = {"corpus": st.session_state[S.CORPUS_ID], "before": before,
+                                        "set": {k: _value(k) for k in keys}}  # fmt: skip
     try:
         tc = dataclasses.replace(tc, device=st.session_state[S.TRAIN_DEVICE])
         _start(free_name(INDUCTION_RUN), st.session_state[S.MODEL_CONFIG], tc)
@@ -259,6 +270,18 @@ st.page_link(PAGE_MODEL, label="Change the model", icon=":material/arrow_back:")
 
 # ------------------------------------------------------------------ settings
 st.subheader("Settings")
+back = st.session_state.pop(S.RECIPE_NOTE, None)
+if back:
+    st.info("You left the induction recipe: your own training settings are back ("
+            + ", ".join(SETTING_NAMES.get(k, k) for k in back) + ").", icon=":material/undo:")  # fmt: skip
+elif back is not None:
+    st.caption("You left the induction recipe; the settings you changed since it set them stay as they are.")
+if st.session_state.get(S.RECIPE_SAVED) is not None:
+    r = st.columns([3, 1])
+    r[0].info("These are the induction recipe's settings. Yours come back when you choose another corpus, "
+              "or now:", icon=":material/science:")  # fmt: skip
+    r[1].button("Back to my settings", key="train_recipe_back", on_click=leave_recipe, icon=":material/undo:",
+                help="The iterations, batch, learning rate, warm-up, evaluation and seed you had before the recipe.")  # fmt: skip
 c = st.columns(4)
 c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default(S.TRAIN_ITERS, 300),
                   help="Optimizer steps in total (a resumed run continues up to this number).")  # fmt: skip
@@ -363,7 +386,10 @@ with st.expander("Recipe: watch an induction head form", icon=":material/science
         "random symbols where each segment is repeated twice (the built-in *induction* corpus), 1,500 steps, "
         "a few minutes on a CPU. The loss sits on a plateau for about 1,200 steps, then drops as a head in "
         "layer 1 starts copying: watch its score climb on the Attention page, under *Head roles over training*. "
-        "It replaces this session's corpus, vocabulary and model."
+        "It replaces this session's corpus, vocabulary and model, and sets the training settings: "
+        + ", ".join(train_settings("induction"))
+        + " (the last two for its run only: the page has no field for them). Your own settings come back "
+        "when you choose another corpus, or with **Back to my settings** above."
     )
     st.button("Set up and train", key="train_induction", on_click=_watch_induction, icon=":material/play_arrow:")
     if job is not None and job.name.startswith(INDUCTION_RUN):
@@ -497,7 +523,12 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
                     help=f"Perplexity {evals[-1].val_ppl:.1f}, next-token accuracy {evals[-1].val_acc:.1%}.")  # fmt: skip
     else:
         m[1].metric("Validation loss", "–", help="Measured at the first evaluation.")
-    m[2].metric("Tokens per second", "–" if last is None else f"{last.tokens_per_s:,.0f}")
+    overall = last.tokens_seen / last.elapsed_s if last is not None and last.elapsed_s else None
+    m[2].metric(
+        "Tokens / s while stepping",
+        "–" if last is None else f"{last.tokens_per_s:,.0f}",
+        help="Training speed over the recent steps; evaluations, samples and saving are not counted.",
+    )
     m[3].metric("Tokens seen", "–" if last is None else f"{last.tokens_seen:,}")
     m[4].metric(
         "Passes over the data",
@@ -505,6 +536,12 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         help="Epochs: tokens seen over the tokens of the training split. Past one pass the model sees "
         "text it has seen before; watch the validation loss.",
     )
+
+    if overall is not None:
+        st.caption(
+            f"Overall: {overall:,.0f} tokens / s (tokens seen over the {_duration(last.elapsed_s)} the run has "
+            "taken, evaluations and saving included; the Saved runs table's figure)."
+        )
 
     runs = {job.name: series}
     for cid in compare_ids:
@@ -524,7 +561,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         st.caption("Learning rate")
         show_figure(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
     with c[1]:
-        st.caption("Throughput")
+        st.caption("Throughput while stepping (evaluations not counted)")
         show_figure(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
     with c[2]:
         st.caption("Gradient norm (before clipping)")
