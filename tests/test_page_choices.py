@@ -187,3 +187,42 @@ def test_the_two_tokens_per_second_figures_are_named_and_the_overall_ones_agree(
     table = next(d.value for d in at.dataframe if "tokens / s overall" in d.value.columns)
     assert "tokens / s" not in table.columns  # no second figure under the live view's name
     assert float(table["tokens / s overall"].iloc[0]) == pytest.approx(live_overall, rel=0.25)
+
+
+# ---------------------------------------------------------------- live charts: runs on the same data
+def test_live_charts_overlay_runs_on_the_same_data_and_name_the_hidden_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from lmcore.jobs import REGISTRY
+    from tests.test_training_page import start_run
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), TRAINING)
+    try:
+        first = start_run(at, "docs-run", iters=4, eval_every=4, eval_iters=1)
+        assert first.wait(120)
+        twin = start_run(at, "docs-twin", iters=4, eval_every=4, eval_iters=1)
+        assert twin.wait(120)
+        at.run()
+        assert at.multiselect(key=S.OVERLAY_RUNS).value == [first.id]  # the same corpus: overlaid
+        paste_corpus(at, "abba cab\nbad cab abba\n" * 40)
+        go(at, TRAINING)
+        other = start_run(at, "abba-run", iters=4, eval_every=4, eval_iters=1)
+        assert other.wait(120)
+        at.run()
+        assert not at.exception
+        overlay = at.multiselect(key=S.OVERLAY_RUNS)
+        assert overlay.value == [] and not overlay.options  # nothing on this data to compare with
+        note = next(c.value for c in at.caption if c.value.startswith("Not offered")).replace("\\", "")
+        assert "docs-twin" in note and "docs-run" in note
+        loss = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert {t.get("legendgroup") or t.get("name") for t in loss["data"]} <= {"abba-run", None}
+        # Asked for, they are overlaid again, as they were chosen before.
+        at.toggle(key=S.TRAIN_OVERLAY_ALL).set_value(True).run()
+        assert set(at.multiselect(key=S.OVERLAY_RUNS).value) == {first.id, twin.id}
+        loss = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert "docs-twin" in json.dumps(loss["data"])
+    finally:
+        for job in REGISTRY.list():
+            job.stop()
+            job.wait(60)

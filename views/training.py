@@ -94,7 +94,17 @@ def _train_config() -> TrainConfig:
 
 def _data_info() -> dict:
     corpus = require_corpus()
-    return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name}
+    return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name,
+            "corpus_id": st.session_state.get(S.CORPUS_ID)}  # fmt: skip
+
+
+def same_data(a: TrainingJob, b: TrainingJob) -> bool:
+    """Whether two runs trained on the same corpus (read the same way): only those share the live charts by default."""
+    x, y = a.data_info or {}, b.data_info or {}
+    if x.get("corpus_id") and y.get("corpus_id"):
+        return x["corpus_id"] == y["corpus_id"]
+    keys = ("source", "name", "documents")
+    return all(x.get(k) == y.get(k) for k in keys)
 
 
 def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
@@ -185,7 +195,10 @@ def _set_limit() -> None:
 
 
 def _save_compare() -> None:
-    st.session_state[S.COMPARE_JOBS] = list(st.session_state[S.OVERLAY_RUNS])
+    # Runs the picker did not offer (on other data, hidden) stay chosen for when they are shown again.
+    offered = st.session_state.get(S.OVERLAY_OFFERED, [])
+    hidden = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i not in offered]
+    st.session_state[S.COMPARE_JOBS] = list(st.session_state[S.OVERLAY_RUNS]) + hidden
 
 
 def _resume(path, name: str) -> bool:
@@ -478,15 +491,31 @@ if job is None:
 
 # ------------------------------------------------------------------ live view
 others = [r.id for r in REGISTRY.list() if r.id != job.id]
-st.session_state[S.OVERLAY_RUNS] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
+# Runs on other data are not overlaid unless asked for: their losses are not comparable.
+other_data = [i for i in others if not same_data(REGISTRY.get(i), job)]
+show_all = bool(other_data) and st.toggle(
+    "Also offer runs trained on other data", key=keep_default(S.TRAIN_OVERLAY_ALL, False),
+    help="A loss on another corpus or vocabulary measures another task; such runs are left off the charts by default.",
+)  # fmt: skip
+offered = others if show_all else [i for i in others if i not in other_data]
+st.session_state[S.OVERLAY_OFFERED] = offered
+chosen = st.session_state.get(S.COMPARE_JOBS, [])
+st.session_state[S.OVERLAY_RUNS] = [i for i in chosen if i in offered]
 compare = st.multiselect(
     "Overlay other runs",
-    others,
+    offered,
     format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
-    help="Compare architectures or settings on the same axes.",
+    help="Compare architectures or settings on the same axes (runs on the same data).",
     key=S.OVERLAY_RUNS,
     on_change=_save_compare,
 )
+hidden = [REGISTRY.get(i).name for i in other_data if i not in offered]
+if hidden:
+    st.caption(
+        f"Not offered, trained on other data than {md(job.name)}: " + ", ".join(md(n) for n in hidden[:8])
+        + (f" and {len(hidden) - 8} more" if len(hidden) > 8 else "")
+        + ". Switch on **Also offer runs trained on other data** to overlay them."
+    )
 x_axis = st.radio("Horizontal axis", ["step", "tokens"], horizontal=True, format_func={"step": "steps", "tokens": "tokens seen"}.get,
                   key=keep_default(S.TRAIN_X, "step"))  # fmt: skip
 
