@@ -226,3 +226,75 @@ def test_live_charts_overlay_runs_on_the_same_data_and_name_the_hidden_ones(tmp_
         for job in REGISTRY.list():
             job.stop()
             job.wait(60)
+
+
+# ---------------------------------------------------------------- smaller things
+GENERATION = "views/generation.py"
+
+
+def test_a_finished_run_says_why_it_saved_at_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmcore.jobs import FINISHED
+    from tests.test_training_page import start_run
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), TRAINING)
+    job = start_run(at, "why", iters=8, eval_every=4, eval_iters=1)
+    assert job.wait(120) and job.status == FINISHED
+    at.run()
+    saved = next(s.value for s in at.success if s.value.startswith("Saved to"))
+    assert f"at step {job.saved_step:,}: its best validation point (validation loss" in saved
+
+
+def test_documents_mode_writes_n_documents_and_judges_short_ones_whole(ckpt_dir: Path) -> None:
+    names = "\n".join(sorted({n for n in dir(str) + dir(list) + dir(dict) if not n.startswith("_")}))
+    at = app()
+    paste_corpus(at, names)
+    at.toggle(key=S.DATA_DOCUMENTS).set_value(True).run()
+    assert at.session_state[S.CORPUS].documents
+    go(at, GENERATION)
+    at.selectbox(key=S.GENERATION_MODEL).set_value("ckpt:" + str(ckpt_dir / "names.safetensors")).run()
+    at.text_area(key=S.GENERATION_PROMPT).input("").run()
+    at.number_input(key=S.GENERATION_N_DOCS).set_value(4).run()
+    at.number_input(key=S.GENERATION_MAX_NEW).set_value(6).run()  # short documents: under the 8-token window
+    at.button(key="generation.go").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state[S.GENERATION_RESULT]
+    assert len(result["more"]) == 3 and all("\n" not in d for d in result["more"])
+    said = " ".join(m.value for m in at.markdown)
+    assert "is one of the documents of" in said or "is new" in said
+    assert "shorter than the 8-token window" in " ".join(c.value for c in at.caption)
+
+
+def test_the_surprise_comparison_starts_with_a_model_that_reads_the_text(ckpt_dir: Path, tmp_path: Path) -> None:
+    from tests.test_app_views import train_and_save
+
+    # A newer model whose vocabulary lacks the text's characters: listed first, so the old default.
+    train_and_save(ckpt_dir / "digits", "0123456789 " * 200, "gpt2", steps=2)
+    at = go(app(), "views/surprise.py")
+    at.selectbox(key=S.SURPRISE_MODEL_A).set_value("ckpt:" + str(ckpt_dir / "tiny.safetensors")).run()
+    at.text_area(key=S.SURPRISE_TEXT).set_value("The value is returned.").run()
+    at.checkbox(key=S.SURPRISE_COMPARE).check().run()
+    assert not at.exception
+    second = at.selectbox(key=S.SURPRISE_MODEL_B).value
+    assert not second.endswith("digits.safetensors") and second != at.selectbox(key=S.SURPRISE_MODEL_A).value
+    assert not any("reads fewer than two tokens" in i.value for i in at.info)
+    assert not at.error
+
+
+def test_the_attention_page_follows_a_run_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmcore.jobs import REGISTRY
+    from tests.test_training_page import start_run
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = go(app(), TRAINING)
+    try:
+        job = start_run(at, "going", iters=100_000, eval_every=2, eval_iters=1)
+        while not job.saved:
+            job.wait(0.2)
+        go(at, ATTENTION)
+        assert at.selectbox(key=S.ATTENTION_MODEL).value == "job:" + job.id
+        assert any("is training" in c.value and "redraws at each of its evaluations" in c.value for c in at.caption)
+    finally:
+        for j in REGISTRY.list():
+            j.stop()
+            j.wait(60)

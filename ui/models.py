@@ -144,6 +144,19 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
     return where.selectbox(label, keys, format_func=lambda k: labels.get(k, k), key=widget_key)
 
 
+def running_job(key: str) -> Any:
+    """The run behind a choice while it is still training, else None (a saved file, a run that ended)."""
+    if not key.startswith(JOB_PREFIX):
+        return None
+    job = REGISTRY.get(key[len(JOB_PREFIX) :])
+    return job if job is not None and job.is_alive else None
+
+
+def job_step(job: Any) -> int:
+    """The last step a run reported."""
+    return _job_step(job)
+
+
 def choice_name(key: str) -> str:
     """A short name for a model choice, for titles and file names: the run's name or the file's stem."""
     if key.startswith(CKPT_PREFIX):

@@ -93,6 +93,7 @@ GENERATION_TOP_K = KEEP + "generation.top_k"
 GENERATION_TOP_P = KEEP + "generation.top_p"
 GENERATION_MAX_NEW = KEEP + "generation.max_new_tokens"
 GENERATION_SEED = KEEP + "generation.seed"
+GENERATION_N_DOCS = KEEP + "generation.n_docs"  # documents written per Generate click (documents-mode models)
 EXPLORER_TEMPERATURE = KEEP + "generation.explorer_temperature"
 GENERATION_POSITION = "generation.position"  # widget: the generated token whose candidates are shown
 GENERATION_RESULT = "generation.result"  # the last generation: text and, per token, the top candidates

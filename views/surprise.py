@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lmcore import viz
+from lmcore.errors import LMCoreError
 from lmcore.interpret import embedding_map, logit_lens, token_losses
 from ui import models, state
 from ui.boundary import user_errors
@@ -65,6 +66,20 @@ def show_surprise(model, tokenizer, ids: list[int], tokens: list[str]) -> None:
     )
 
 
+def reads_text(text: str, avoid: str, tries: int = 8) -> str | None:
+    """The first model choice other than ``avoid`` whose tokenizer reads ``text`` as two tokens or more."""
+    for _, key in models.model_choices()[:tries]:
+        if key == avoid:
+            continue
+        try:
+            _, tok, info = models.load_choice(key)
+            if len(models.encode_prompt(tok, text, info)) >= 2:
+                return key
+        except LMCoreError:
+            continue
+    return None
+
+
 tab_surprise, tab_lens, tab_emb = st.tabs(["Surprise", "Logit lens", "Embedding map"])
 
 with tab_surprise:
@@ -79,6 +94,11 @@ with tab_surprise:
             with user_errors(stop=False):
                 show_surprise(model, tokenizer, ids, tokens)
         with right:
+            kept = st.session_state.setdefault(state.KEPT, {})
+            if state.SURPRISE_MODEL_B not in st.session_state and state.SURPRISE_MODEL_B not in kept:
+                readable = reads_text(text, avoid=choice)  # first time: a model whose vocabulary reads the text
+                if readable is not None:
+                    st.session_state[state.SURPRISE_MODEL_B] = readable
             other = models.select_model(state.SURPRISE_MODEL_B, label="Second model", avoid=choice)
             with user_errors(stop=False):
                 model_b, tokenizer_b, info_b = models.load_choice(other)

@@ -255,6 +255,20 @@ def _watch_induction() -> None:
         st.session_state[S.START_ERROR] = str(e)
 
 
+def _why_saved(job: TrainingJob) -> str:
+    """Why the checkpoint holds the weights of its step: the best validation point, or the last evaluation."""
+    evals = [e for e in job.events_since(0) if e.val_loss is not None]
+    at = next((e for e in evals if e.step == job.saved_step), None)
+    loss = f" (validation loss {at.val_loss:.3f})" if at is not None else ""
+    if job.keep != "best":
+        return f"its last evaluation{loss}"
+    later = [e for e in evals if e.step > job.saved_step]
+    if later:
+        return (f"its best validation point{loss}; the {len(later)} later evaluation{'s' if len(later) > 1 else ''}, "
+                f"up to step {later[-1].step:,}, did worse, so the file keeps the best model")  # fmt: skip
+    return f"its best validation point{loss}, the last evaluation (a run keeps its best model)"
+
+
 def _show_picked() -> None:
     if st.session_state.get(S.SHOW_RUN):
         st.session_state[S.ACTIVE_JOB] = st.session_state[S.SHOW_RUN]
@@ -538,7 +552,8 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         if job.saved:
             st.caption(f"The last good checkpoint (step {job.saved_step:,}) is kept in `{job.checkpoint_path.name}`.")
     elif job.status in (FINISHED, STOPPED) and job.saved:
-        st.success(f"Saved to `{job.checkpoint_path.name}` at step {job.saved_step:,}.", icon=":material/save:")
+        st.success(f"Saved to `{job.checkpoint_path.name}` at step {job.saved_step:,}: {_why_saved(job)}.",
+                   icon=":material/save:")  # fmt: skip
 
     events = job.events_since(0)
     series = series_from_events(events)
