@@ -1,4 +1,4 @@
-"""The bridge to Hugging Face transformers: import GPT-2, Llama, Mamba and Mamba-2 models, export ours.
+"""The bridge to Hugging Face transformers: import GPT-2, Llama and Mamba models, export ours.
 
 Import reads a folder saved with ``save_pretrained`` (or a hub id, fetched into
 huggingface_hub's own cache) and builds the lmcore model that computes the same
@@ -20,10 +20,8 @@ The weight mapping, per family (ours <- transformers'):
   rotates the channel pairs (i, i + hd/2) of each head (the half-split layout)
   where we rotate (2i, 2i + 1), so the rows of q and k are permuted within each
   head; attention scores are unchanged, as both sides get the same permutation.
-- Mamba and Mamba-2: the same names under ``backbone.`` (``embeddings`` for
-  ``embedding``, ``lm_head`` for ``head``). Mamba-2's gated norm is per group
-  of B and C, as in mamba_ssm and transformers' CUDA kernels; transformers'
-  CPU code normalises the whole inner width, the same thing when n_groups = 1.
+- Mamba: the same names under ``backbone.`` (``embeddings`` for ``embedding``,
+  ``lm_head`` for ``head``).
 Every mapping is a transpose, a permutation or a concatenation: exporting and
 importing again gives bit-identical weights.
 
@@ -52,11 +50,7 @@ from lmcore.tokenizers import BOS_TOKEN, UNK_TOKEN, BPETokenizer, CharTokenizer,
 from lmcore.tokenizers.bpe import PATTERNS
 from lmcore.tokenizers.hf import byte_encoder
 
-FAMILIES = {
-    "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"
-}  # fmt: skip
-# The state-space families: no context limit, a head named "head", the rest under "backbone.".
-_SSM_FAMILIES = ("mamba", "mamba2")
+FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM"}
 # Rotary models keep their trained context, but at most this many positions: the
 # key/value cache and the rotary table are sized by it (Llama 3's 131072 would
 # take gigabytes). Learned positions (GPT-2) always keep their full table.
@@ -245,40 +239,6 @@ def config_from_hf(cfg: Any) -> tuple[ModelConfig, list[str]]:
             norm_eps=float(cfg.rms_norm_eps),
             tie_weights=bool(cfg.tie_word_embeddings),
         )
-    elif family == "mamba2":
-        _require(cfg, "hidden_act", ("silu",), "is not the SiLU lmcore's Mamba-2 uses")
-        _require(cfg, "use_bias", (False,), "(biases in in_proj and out_proj) has no lmcore equivalent")
-        _require(cfg, "use_conv_bias", (True,), "(a convolution without bias) has no lmcore equivalent")
-        _require(cfg, "rms_norm", (True,), "(no gated RMSNorm after the scan) has no lmcore equivalent")
-        limit = tuple(float(v) for v in cfg.time_step_limit)
-        if limit != (0.0, math.inf):
-            raise _refuse("time_step_limit", cfg.time_step_limit, "(clamped step sizes) has no lmcore equivalent")
-        expand = cfg.expand
-        if expand != int(expand) or cfg.num_heads * cfg.head_dim != int(expand) * cfg.hidden_size:
-            why = f"times hidden_size ({cfg.hidden_size}) is not a whole num_heads x head_dim"
-            raise _refuse("expand", expand, why)
-        if cfg.n_groups < 1 or cfg.num_heads % cfg.n_groups:
-            raise _refuse("n_groups", cfg.n_groups, f"does not divide num_heads ({cfg.num_heads})")
-        if cfg.n_groups > 1:
-            notes.append(
-                f"n_groups={cfg.n_groups}: the gated norm is computed per group, as mamba_ssm and transformers' "
-                "CUDA kernels do (transformers' CPU code normalises the whole width)"
-            )
-        ours = ModelConfig.preset(
-            "mamba2",
-            vocab_size=cfg.vocab_size,
-            block_size=MAMBA_CONTEXT,
-            n_layer=cfg.num_hidden_layers,
-            n_embd=cfg.hidden_size,
-            d_state=cfg.state_size,
-            d_conv=cfg.conv_kernel,
-            expand=int(expand),
-            ssm_head_dim=cfg.head_dim,
-            n_groups=cfg.n_groups,
-            chunk_size=cfg.chunk_size,
-            norm_eps=float(cfg.layer_norm_epsilon),
-            tie_weights=bool(cfg.tie_word_embeddings),
-        )
     else:  # mamba
         _require(cfg, "hidden_act", ("silu",), "is not the SiLU lmcore's Mamba uses")
         _require(cfg, "use_bias", (False,), "(biases in in_proj and out_proj) has no lmcore equivalent")
@@ -369,28 +329,6 @@ def _hf_config_for(config: ModelConfig, family: str, bos_id: int) -> Any:
             attention_dropout=config.dropout,
             **ids,
         )
-    if family == "mamba2":
-        from transformers import Mamba2Config
-
-        return Mamba2Config(
-            vocab_size=config.vocab_size,
-            hidden_size=config.n_embd,
-            state_size=config.d_state,
-            num_hidden_layers=config.n_layer,
-            layer_norm_epsilon=config.norm_eps,
-            expand=config.expand,
-            conv_kernel=config.d_conv,
-            num_heads=config.d_inner // config.ssm_head_dim,
-            head_dim=config.ssm_head_dim,
-            n_groups=config.n_groups,
-            chunk_size=config.chunk_size,
-            use_bias=False,
-            use_conv_bias=True,
-            hidden_act="silu",
-            rms_norm=True,
-            pad_token_id=bos_id,
-            **ids,
-        )
     from transformers import MambaConfig
 
     return MambaConfig(
@@ -445,19 +383,13 @@ def _names(family: str, config: ModelConfig) -> dict[str, str]:
                 out[f"h.{i}.mlp.c_proj.{kind}"] = f"model.layers.{i}.mlp.down_proj.{kind}"
     else:
         out.update({"embedding.weight": "backbone.embeddings.weight", "norm_f.weight": "backbone.norm_f.weight"})
-        parts = (
-            ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
-             "A_log", "D", "out_proj.weight")
-            if family == "mamba"
-            else ("in_proj.weight", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight",
-                  "out_proj.weight")
-        )  # fmt: skip
         for i in range(config.n_layer):
             out[f"layers.{i}.norm.weight"] = f"backbone.layers.{i}.norm.weight"
-            for part in parts:
+            for part in ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+                         "dt_proj.bias", "A_log", "D", "out_proj.weight"):  # fmt: skip
                 out[f"layers.{i}.mixer.{part}"] = f"backbone.layers.{i}.mixer.{part}"
     if not config.tie_weights:
-        out["head.weight" if family in _SSM_FAMILIES else "lm_head.weight"] = "lm_head.weight"
+        out["head.weight" if family == "mamba" else "lm_head.weight"] = "lm_head.weight"
     return out
 
 
@@ -500,7 +432,7 @@ def state_from_hf(family: str, config: ModelConfig, theirs: dict[str, torch.Tens
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise CheckpointError(f"the model's weights hold tensors lmcore's {family} has no place for: {shown}")
-    if config.tie_weights and family not in _SSM_FAMILIES:  # the transformer's head is the embedding under a second name
+    if config.tie_weights and family != "mamba":  # the transformer's head is the embedding under a second name
         ours["lm_head.weight"] = ours["wte.weight"]
     return ours
 
@@ -750,9 +682,8 @@ def model_card(model: LanguageModel, tokenizer: Tokenizer, family: str, train_st
     data = data_info.get("name") or data_info.get("source") or "unknown"
     shape = (
         f"{c.n_layer} layers x {c.n_head} heads ({c.kv_heads} key/value), width {c.n_embd}, context {c.block_size}"
-        if family not in _SSM_FAMILIES
+        if family != "mamba"
         else f"{c.n_layer} layers, width {c.n_embd}, state {c.d_state}, conv {c.d_conv}, expand {c.expand}"
-        + (f", {c.d_inner // c.ssm_head_dim} heads of {c.ssm_head_dim}, {c.n_groups} groups" if family == "mamba2" else "")
     )
     rows = [
         ("Architecture", f"{FAMILIES[family]} ({shape})"),
@@ -838,7 +769,7 @@ def export_model(
                 eos_token=bos_text,
                 pad_token=bos_text,
                 unk_token=UNK_TOKEN if getattr(tokenizer, "unk_id", None) is not None else None,
-                model_max_length=config.block_size if family not in _SSM_FAMILIES else int(1e30),
+                model_max_length=config.block_size if family != "mamba" else int(1e30),
                 clean_up_tokenization_spaces=False,
             )
             fast.save_pretrained(tmp)

@@ -13,7 +13,7 @@ from ui.figure import show_figure
 from ui.shell import require_app
 
 MAX_TOKENS = 512  # surprise is computed for at most this many tokens of the text
-LENS_TOKENS = 48  # positions a logit-lens heatmap can show legibly
+LENS_TOKENS = 24  # positions of one-character tokens a logit-lens heatmap shows legibly (half as many longer ones)
 TEXTS = (
     "The value of the expression is returned when the function ends.",
     "def main(): return 0",
@@ -112,16 +112,24 @@ with tab_lens:
     st.write(
         "Each row passes the residual stream after one layer through the model's final norm and "
         "output head: the cell writes the token it would predict next, its colour that token's probability. "
-        "The bottom row is the model's real prediction."
+        "Read it from the top down: the top row reads the embedding alone (before any block), each row below "
+        "adds one block, and the bottom row (after the last block) is the model's real prediction."
     )
-    limit = min(LENS_TOKENS, model.max_context or LENS_TOKENS)
-    lens_ids = ids[:limit]
+    # Guesses stay legible in cells at most this many to a row: one-character tokens, or longer ones.
+    fits = LENS_TOKENS if tokenizer.kind == "char" else LENS_TOKENS // 2
+    available = min(len(ids), model.max_context or len(ids))  # positions the model reads in one pass
+    limit = min(fits, available)
+    start = 0
+    if available > limit:
+        start = st.slider("First position shown", 0, available - limit, 0, key="surprise.lens_start",
+                          help=f"{limit} positions fit the width with their guesses legible.")  # fmt: skip
     if len(ids) > limit:
-        st.caption(f"Showing the first {limit} tokens.")
+        beyond = f"; the model reads at most {available} at once" if available < len(ids) else ""
+        st.caption(f"Showing positions {start} to {start + limit - 1} of {len(ids)}{beyond}.")
     with user_errors(stop=False):
-        lens = logit_lens(model, lens_ids)
+        lens = logit_lens(model, ids[: start + limit])[:, start:]
         show_figure(
-            viz.logit_lens_heatmap(lens, tokens[:limit], tokenizer.token_str, title="logit lens"),
+            viz.logit_lens_heatmap(lens, tokens[start : start + limit], tokenizer.token_str, title="logit lens"),
             key="surprise.lens", model=models.choice_name(choice), prompt=text,
         )
 
