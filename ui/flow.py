@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 
 import streamlit as st
@@ -98,7 +99,7 @@ def leave_recipe() -> list[str]:
         else:
             st.session_state[key] = kept[key] = before
         back.append(key)
-    st.session_state[S.RECIPE_NOTE] = back
+    st.session_state[S.RECIPE_NOTE] = (time.monotonic(), back)
     return back
 
 

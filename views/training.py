@@ -43,6 +43,7 @@ REFRESH_S = 1.0
 SETTING_NAMES = {S.TRAIN_ITERS: "iterations", S.TRAIN_BATCH: "batch size", S.TRAIN_LR: "learning rate",
                  S.TRAIN_WARMUP: "warm-up", S.TRAIN_EVAL: "evaluation interval", S.TRAIN_EVAL_ITERS: "evaluation batches",
                  S.TRAIN_SEED: "seed"}  # fmt: skip
+NOTE_S = 20.0  # how long the note that the user's settings came back stays
 START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 INDUCTION_RUN = "induction-head"
 
@@ -297,7 +298,12 @@ st.page_link(PAGE_MODEL, label="Change the model", icon=":material/arrow_back:")
 
 # ------------------------------------------------------------------ settings
 st.subheader("Settings")
-back = st.session_state.pop(S.RECIPE_NOTE, None)
+note = st.session_state.get(S.RECIPE_NOTE)
+back = None
+if note is not None and time.monotonic() - note[0] < NOTE_S:
+    back = note[1]  # shown for a while: a run that ends redraws the page right after a press
+else:
+    st.session_state.pop(S.RECIPE_NOTE, None)
 if back:
     st.info("You left the induction recipe: your own training settings are back ("
             + ", ".join(SETTING_NAMES.get(k, k) for k in back) + ").", icon=":material/undo:")  # fmt: skip
@@ -306,7 +312,7 @@ elif back is not None:
 if st.session_state.get(S.RECIPE_SAVED) is not None:
     r = st.columns([3, 1])
     r[0].info("These are the induction recipe's settings. Yours come back when you choose another corpus, "
-              "or now:", icon=":material/science:")  # fmt: skip
+              "or with the button beside.", icon=":material/science:")  # fmt: skip
     r[1].button("Back to my settings", key="train_recipe_back", on_click=leave_recipe, icon=":material/undo:",
                 help="The iterations, batch, learning rate, warm-up, evaluation and seed you had before the recipe.")  # fmt: skip
 c = st.columns(4)
