@@ -93,3 +93,17 @@ def recipe(name: str, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
     model_cfg = ModelConfig.preset(spec["preset"], vocab_size=vocab_size, **spec["model"]).validate()
     train_cfg = TrainConfig(**spec["train"]).validate()
     return model_cfg, train_cfg
+
+
+def train_settings(name: str) -> list[str]:
+    """The training settings recipe ``name`` sets, in words ("1,500 iterations", "batch 64", ...)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    tc = TrainConfig(**RECIPES[name]["train"])
+    out = [f"{tc.max_iters:,} iterations", f"batch {tc.batch_size}", f"learning rate {tc.lr:g}"]
+    out.append(f"{tc.warmup_iters} warm-up steps")
+    out.append(f"an evaluation every {tc.eval_interval} steps on {tc.eval_iters} batches")
+    out.append(f"seed {tc.seed}")
+    out.append("a constant learning rate" if tc.min_lr == tc.lr else f"a cosine decay to {tc.min_lr:g}")
+    out.append(f"weight decay {tc.weight_decay:g}")
+    return out

@@ -639,29 +639,45 @@ def surprise_html(tokens: Sequence[str], result: TokenLosses, token_str: Callabl
     return f'<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">{body}</div>'
 
 
+LENS_CELL_CHARS = 4  # a predicted token longer than this is cut (with …) inside its cell; the hover has it whole
+LENS_FONT_SIZE = 13
+
+
 def logit_lens_heatmap(lens: torch.Tensor, tokens: Sequence[str], token_str: Callable[[int], str], title: str = "") -> go.Figure:
     """Layers x positions: each cell writes the top next-token guess, coloured by its probability.
 
-    lens: (L+1, T, V) log-probabilities from ``interpret.logit_lens``.
+    lens: (L+1, T, V) log-probabilities from ``interpret.logit_lens``. The rows
+    read from the top down as the text flows through the model: the embedding
+    first, then each block; the bottom row, after the last block, is the
+    model's own output (its real prediction). Positions: as many as the caller
+    passes; on a page's width about 24 one-character guesses stay legible, or
+    12 of up to ``LENS_CELL_CHARS`` characters.
     """
     probs = lens.exp()
     top_p, top_i = probs.max(-1)  # (L+1, T)
     layers, T = top_p.shape
-    text = [[plot_label(token_str(int(i))) for i in row] for row in top_i]
+    guesses = [[token_str(int(i)) for i in row] for row in top_i]
+    cut = [[g if len(g) <= LENS_CELL_CHARS else g[: LENS_CELL_CHARS - 1] + "…" for g in row] for row in guesses]
     rows = ["embedding"] + [f"after block {i}" for i in range(layers - 1)]
+    rows[-1] += " = output"
     fig = go.Figure(
         go.Heatmap(
             z=top_p.numpy(),
             x=list(range(T)),
             y=rows,
-            text=text,
+            text=[[plot_label(g) for g in row] for row in cut],
             texttemplate="%{text}",
-            customdata=np.array([[plot_label(t) for t in tokens]] * layers),
-            hovertemplate="%{y}, after #%{x} %{customdata}: guesses %{text} (p = %{z:.2f})<extra></extra>",
+            textfont=dict(size=LENS_FONT_SIZE),
+            customdata=np.array(
+                [[[plot_label(t), plot_label(g)] for t, g in zip(tokens, row)] for row in guesses], dtype=object
+            ),
+            hovertemplate="%{y}, after #%{x} %{customdata[0]}: guesses %{customdata[1]} (p = %{z:.2f})<extra></extra>",
             colorscale="Blues",
             zmin=0.0,
             zmax=1.0,
             colorbar=dict(title="p(top)"),
+            xgap=1,
+            ygap=1,
         )
     )
     fig.update_xaxes(
@@ -669,9 +685,11 @@ def logit_lens_heatmap(lens: torch.Tensor, tokens: Sequence[str], token_str: Cal
         tickmode="array",
         tickvals=list(range(T)),
         ticktext=[plot_label(t) for t in tokens],
-        tickangle=-60,
+        tickangle=0 if max((len(t) for t in tokens), default=0) <= 2 else -60,
+        tickfont=dict(size=LENS_FONT_SIZE),
     )
-    fig.update_layout(title=plot_label(title) or None, height=160 + 40 * layers, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(autorange="reversed")  # the embedding on top, the output at the bottom
+    fig.update_layout(title=plot_label(title) or None, height=170 + 46 * layers, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 
 import streamlit as st
@@ -70,8 +71,36 @@ def set_corpus(corpus: Corpus) -> bool:
         return False
     st.session_state[S.CORPUS] = corpus
     st.session_state[S.CORPUS_ID] = cid
+    recipe = st.session_state.get(S.RECIPE_SAVED)
+    if recipe is not None and recipe["corpus"] != cid:
+        leave_recipe()  # another corpus: the recipe's training settings do not follow it
     _redraw_setup()
     return True
+
+
+def leave_recipe() -> list[str]:
+    """Give back the training settings a recipe replaced; the keys given back.
+
+    A setting the user changed since the recipe set it stays as it is. A
+    short note for the training page says what came back.
+    """
+    recipe = st.session_state.pop(S.RECIPE_SAVED, None)
+    if recipe is None:
+        return []
+    kept = st.session_state.setdefault(S.KEPT, {})
+    back = []
+    for key, before in recipe["before"].items():
+        now = st.session_state.get(key, kept.get(key))
+        if now != recipe["set"].get(key):
+            continue  # changed by the user after the recipe: theirs
+        if before is None:  # never set before the recipe: the page's default
+            st.session_state.pop(key, None)
+            kept.pop(key, None)
+        else:
+            st.session_state[key] = kept[key] = before
+        back.append(key)
+    st.session_state[S.RECIPE_NOTE] = (time.monotonic(), back)
+    return back
 
 
 def set_tokenizer(tok: Tokenizer) -> None:

@@ -121,6 +121,9 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
         return None
     labels = dict((key, text) for text, key in choices)
     keys = list(labels)
+    kept = st.session_state.setdefault(state.KEPT, {})
+    if widget_key not in st.session_state and widget_key in kept:
+        st.session_state[widget_key] = kept[widget_key]  # dropped while another page was shown: the user's pick
     seen = st.session_state.setdefault(state.SEEN_DEFAULTS, {})
     now = (st.session_state.get(state.ACTIVE_JOB), st.session_state.get(state.LOADED_CHECKPOINT))
     before = seen.get(widget_key, now)
@@ -137,7 +140,21 @@ def select_model(widget_key: str, label: str = "Model", container: Any = None, a
         if default == avoid:
             default = next((k for k in keys if k != avoid), default)
         st.session_state[widget_key] = default
+    kept[widget_key] = st.session_state[widget_key]
     return where.selectbox(label, keys, format_func=lambda k: labels.get(k, k), key=widget_key)
+
+
+def running_job(key: str) -> Any:
+    """The run behind a choice while it is still training, else None (a saved file, a run that ended)."""
+    if not key.startswith(JOB_PREFIX):
+        return None
+    job = REGISTRY.get(key[len(JOB_PREFIX) :])
+    return job if job is not None and job.is_alive else None
+
+
+def job_step(job: Any) -> int:
+    """The last step a run reported."""
+    return _job_step(job)
 
 
 def choice_name(key: str) -> str:

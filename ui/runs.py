@@ -39,7 +39,7 @@ COLUMNS = {
     "final_val_loss": "final val loss",
     "best_val_bpb": "best val bits/byte",
     "val_acc": "val accuracy",
-    "tokens_per_s": "tokens / s",
+    "tokens_per_s": "tokens / s overall",  # tokens over wall time, evaluations included (the live view: steps only)
 }
 
 
@@ -124,14 +124,26 @@ def _view(directory: str, names: list[str]) -> None:
     )
 
 
+SAVED_BOX = "runs_saved_box"  # the expander's key; its open state is kept in S.KEPT
+
+
+def _keep_open() -> None:
+    st.session_state.setdefault(S.KEPT, {})[SAVED_BOX] = bool(st.session_state.get(SAVED_BOX))
+
+
 def saved_runs_section(directory: Path) -> None:
     """The "Saved runs" expander: every run with a log or checkpoint in ``directory``."""
     listed = runlog.list_runs(directory)
     runs = [r for r in listed if not r.get("error")]
     bad = [r for r in listed if r.get("error")]
+    # The pick and the open box are kept by hand: Streamlit drops a widget's state on a page switch.
+    kept = st.session_state.setdefault(S.KEPT, {})
+    if S.SAVED_RUNS_PICK not in st.session_state and S.SAVED_RUNS_PICK in kept:
+        st.session_state[S.SAVED_RUNS_PICK] = kept[S.SAVED_RUNS_PICK]
+    opened = kept.get(SAVED_BOX) or bool(st.session_state.get(S.SAVED_RUNS_PICK))
     # Keyed, so an expander the user opened stays open when a rerun moves it (first-visit notes gone).
-    with st.expander("Saved runs (from files, any process)", expanded=bool(st.session_state.get(S.SAVED_RUNS_PICK)),
-                     key="runs_saved_box"):  # fmt: skip
+    with st.expander("Saved runs (from files, any process)", expanded=bool(opened), key=SAVED_BOX,
+                     on_change=_keep_open):  # fmt: skip
         if bad:
             st.caption("Not shown: " + "; ".join(f"{md(r['name'])} ({r['error']})" for r in bad[:10])
                        + (f" and {len(bad) - 10} more" if len(bad) > 10 else "") + ".")  # fmt: skip
@@ -140,6 +152,7 @@ def saved_runs_section(directory: Path) -> None:
             return
         names = [r["name"] for r in runs]
         st.session_state[S.SAVED_RUNS_PICK] = [n for n in st.session_state.get(S.SAVED_RUNS_PICK, []) if n in names]
+        kept[S.SAVED_RUNS_PICK] = st.session_state[S.SAVED_RUNS_PICK]
         picked = st.multiselect(
             "Runs to compare",
             names,

@@ -22,6 +22,29 @@ MAX_GRID_PANELS = 48
 # Starting prompts, tried in order: the first the model's tokenizer can encode is used.
 ATTENTION_PROMPTS = ("The value of x is returned.", "def main(): return 0", "get_value", "name")
 
+FOLLOW_S = 3.0  # how often the page checks a run in progress for a new evaluation
+
+
+def _pick_head() -> None:
+    """A click on the head-score chart: the "One head" tab's selectors move to that layer and head."""
+    event = st.session_state.get("attention.scores")
+    points = (event.get("selection", {}).get("points") if event else None) or []
+    if points and points[0].get("customdata"):
+        layer, head = (int(v) for v in points[0]["customdata"])
+        st.session_state["attention.layer"], st.session_state["attention.head"] = layer, head
+
+
+def _follow_run(job_id: str, evals_seen: int) -> None:
+    """While the chosen run trains, redraw the page when it has a new evaluation (new weights and head scores)."""
+    from lmcore.jobs import REGISTRY
+
+    job = REGISTRY.get(job_id)
+    if job is None:
+        return
+    if sum(1 for e in job.events_since(0) if e.is_eval) != evals_seen or not job.is_alive:
+        st.rerun()
+
+
 require_app()
 st.title("Attention")
 st.write(
@@ -39,6 +62,11 @@ if choice is None:
 with user_errors():
     model, tokenizer, data_info = models.load_choice(choice)
 name = models.choice_name(choice)
+run = models.running_job(choice)
+if run is not None:
+    evals_seen = sum(1 for e in run.events_since(0) if e.is_eval)
+    st.caption(f"{md(run.name)} is training (step {models.job_step(run):,}): the page redraws at each of its evaluations.")
+    st.fragment(_follow_run, run_every=FOLLOW_S)(run.id, evals_seen)
 
 family = model.family  # which attention views apply: "attention", "implicit attention" or none
 if family.attention is None:
@@ -134,17 +162,23 @@ else:
     )
     score = st.radio("Score", HEAD_SCORE_KEYS, horizontal=True, key="attention.score",
                      format_func=lambda k: k.replace("_", "-"))  # fmt: skip
-    picked = show_figure(
-        viz.head_score_figure(points, score, unit), key="attention.scores", model=name,
-        on_select="rerun", selection_mode="points",
-    )
-    chosen = (picked.selection.points if picked else None) or []
-    if chosen and chosen[0].get("customdata"):
-        p_layer, p_head = (int(v) for v in chosen[0]["customdata"])
-        show_figure(
-            viz.attention_heatmap(maps[p_layer, p_head], tokens, title=f"layer {p_layer} · {unit} {p_head}"),
-            key="attention.picked", model=name, prompt=prompt,
+    chart, beside = st.columns([3, 2])
+    with chart:
+        picked = show_figure(
+            viz.head_score_figure(points, score, unit), key="attention.scores", model=name,
+            on_select=_pick_head, selection_mode="points",
         )
+    chosen = (picked.selection.points if picked else None) or []
+    with beside:  # beside the chart, where the click was: not below it
+        if chosen and chosen[0].get("customdata"):
+            p_layer, p_head = (int(v) for v in chosen[0]["customdata"])
+            show_figure(
+                viz.attention_heatmap(maps[p_layer, p_head], tokens, title=f"layer {p_layer} · {unit} {p_head}"),
+                key="attention.picked", model=name, prompt=prompt,
+            )
+            st.caption(f"The **One {unit}** tab shows it too, with a token to highlight.")
+        else:
+            st.caption(f"Click a point of the chart: that {unit}'s map for your prompt appears here.")
 
 if family.attention == "attention":
     with st.expander("How it works"):

@@ -23,6 +23,7 @@ from ui import state
 from ui.boundary import user_errors
 from ui.flow import PAGE_ATTENTION, PAGE_GENERATION, PAGE_TRAINING
 from ui.shell import require_app
+from ui.state import keep_default
 from ui.render import md
 
 
@@ -139,10 +140,12 @@ else:
         },
     )
     by_name = {r["name"]: r for r in rows}
+    keep_default(state.CHECKPOINT_SELECTED, rows[0]["name"])  # the pick made before a page switch
     if st.session_state.get(state.CHECKPOINT_SELECT_NEXT) in by_name:
         st.session_state[state.CHECKPOINT_SELECTED] = st.session_state.pop(state.CHECKPOINT_SELECT_NEXT)
     if st.session_state.get(state.CHECKPOINT_SELECTED) not in by_name:
         st.session_state[state.CHECKPOINT_SELECTED] = rows[0]["name"]
+    st.session_state[state.KEPT][state.CHECKPOINT_SELECTED] = st.session_state[state.CHECKPOINT_SELECTED]
     name = st.selectbox(
         "Checkpoint",
         list(by_name),
@@ -203,7 +206,12 @@ st.write(
     "exactly (the same logits) and saved here as a checkpoint, with its own tokenizer; settings "
     "lmcore cannot reproduce are refused, never approximated."
 )
-source = st.text_input("Hub id or folder", key="checkpoints.hf.source", placeholder="gpt2  or  /path/to/folder").strip()
+kept = st.session_state.setdefault(state.KEPT, {})
+if state.HF_SOURCE not in st.session_state and state.HF_SOURCE in kept:
+    st.session_state[state.HF_SOURCE] = kept[state.HF_SOURCE]  # typed before a page switch
+source = st.text_input("Hub id or folder", key=state.HF_SOURCE, placeholder="gpt2  or  /path/to/folder")
+kept[state.HF_SOURCE] = source
+source = source.strip()
 if source:
     with user_errors(stop=False):
         info = _describe(source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from itertools import zip_longest
@@ -21,6 +22,7 @@ from ui.shell import require_app
 from ui.render import md, novelty_html
 
 N_CANDIDATES = 10  # candidates kept per generated token
+MAX_DOCS = 50  # documents one Generate click may write in documents mode
 REFRESH_S = 0.05  # how often streamed text is redrawn: smooth, without a message per token
 
 require_app()
@@ -47,11 +49,14 @@ prompt = st.text_area(
     height=90,
     help="The text the model continues. Characters its tokenizer never saw are reported, not guessed.",
 )
+n_docs = 1
 if documents:
     st.caption(
         "This model learnt separate documents (one per line). An empty prompt starts a new document "
         "at the beginning-of-document token; generation stops at the end of the document."
     )
+    n_docs = int(st.number_input("Documents per click", 1, MAX_DOCS, step=1, key=state.keep_default(state.GENERATION_N_DOCS, 5),
+                                 help="Each Generate writes this many documents, with seeds seed, seed + 1, …"))  # fmt: skip
 
 c1, c2, c3, c4, c5 = st.columns(5)
 temperature = c1.slider(
@@ -124,6 +129,12 @@ def corpus_index(tokenizer: Any) -> tuple[str, np.ndarray] | None:
     return (corpus.name, cached[1]) if cached[1] is not None else None
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _corpus_docs(corpus_id: str | None, _corpus: Any) -> frozenset[str]:
+    """The documents of a documents-mode corpus, stripped, for whole-document lookups (one set per corpus)."""
+    return frozenset(d.strip() for d in _corpus.docs)
+
+
 def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
     """The generated text with the spans found word for word in the training text marked."""
     st.subheader("Memorised or new?")
@@ -132,6 +143,19 @@ def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
         st.caption("Choose a corpus on the Data page that this model's tokenizer can read to see what it copied.")
         return
     name, index = found
+    corpus = st.session_state.get(state.CORPUS)
+    if documents and corpus is not None and corpus.documents:
+        # A whole document is judged whole: is it one of the corpus's, word for word?
+        doc = tokenizer.decode([i for i in ids if i != tokenizer.bos_id]).strip()
+        known = doc in _corpus_docs(st.session_state.get(state.CORPUS_ID), corpus)
+        st.markdown(f"`{md(doc)}` " + ("**is one of the documents of** " if known else "**is new**: not a document of ")
+                    + md(name) + ".")  # fmt: skip
+        if len(ids) < NOVELTY_MIN_LEN:
+            st.caption(
+                f"This document is {len(ids)} tokens long, shorter than the {NOVELTY_MIN_LEN}-token window used to "
+                "find copied passages inside longer texts, so it is judged as a whole instead."
+            )
+            return
     blank = [i for i in set(ids) if not tokenizer.decode([i]).strip()]  # runs of spaces are in any text
     marks = novelty(ids, index, NOVELTY_MIN_LEN, filler_ids=blank)
     st.markdown(novelty_html(tokenizer, ids, marks.span), unsafe_allow_html=True)
@@ -164,7 +188,15 @@ with tab_gen:
                     if time.monotonic() - last > REFRESH_S:
                         show_text(out, prompt, text)
                         last = time.monotonic()
+            more: list[str] = []
+            with user_errors(stop=False):
+                for k in range(1, n_docs):  # the other documents of this click, each with its own seed
+                    cfg_k = dataclasses.replace(cfg, seed=cfg.seed + k)
+                    ids_k = [int(e.token_id) for e in generate(model, prompt_ids, max_new_tokens=int(max_new),
+                                                               sampling=cfg_k, stop_ids=models.stop_ids(tokenizer, data_info))]  # fmt: skip
+                    more.append(prompt + tokenizer.decode(ids_k))
             st.session_state[state.GENERATION_RESULT] = dict(
+                more=more,
                 key=choice,
                 model=labels.get(choice, choice),
                 tokenizer=tokenizer,
@@ -184,6 +216,9 @@ with tab_gen:
         n = len(result["ids"])
         ended = " (the document ended)" if result["ended"] else ""
         st.caption(f"{n} new token{'' if n == 1 else 's'}{ended} from {md(result['model'])}.")
+        if result.get("more"):
+            st.markdown(f"**{len(result['more'])} more documents** from the same click (each with the next seed):")
+            st.code("\n".join(result["more"]), language=None, wrap_lines=True)
         if n:
             memorised_or_new(result["tokenizer"], result["ids"])
         if n:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lmcore import viz
+from lmcore.errors import LMCoreError
 from lmcore.interpret import embedding_map, logit_lens, token_losses
 from ui import models, state
 from ui.boundary import user_errors
@@ -12,7 +13,7 @@ from ui.figure import show_figure
 from ui.shell import require_app
 
 MAX_TOKENS = 512  # surprise is computed for at most this many tokens of the text
-LENS_TOKENS = 48  # positions a logit-lens heatmap can show legibly
+LENS_TOKENS = 24  # positions of one-character tokens a logit-lens heatmap shows legibly (half as many longer ones)
 TEXTS = (
     "The value of the expression is returned when the function ends.",
     "def main(): return 0",
@@ -65,6 +66,20 @@ def show_surprise(model, tokenizer, ids: list[int], tokens: list[str]) -> None:
     )
 
 
+def reads_text(text: str, avoid: str, tries: int = 8) -> str | None:
+    """The first model choice other than ``avoid`` whose tokenizer reads ``text`` as two tokens or more."""
+    for _, key in models.model_choices()[:tries]:
+        if key == avoid:
+            continue
+        try:
+            _, tok, info = models.load_choice(key)
+            if len(models.encode_prompt(tok, text, info)) >= 2:
+                return key
+        except LMCoreError:
+            continue
+    return None
+
+
 tab_surprise, tab_lens, tab_emb = st.tabs(["Surprise", "Logit lens", "Embedding map"])
 
 with tab_surprise:
@@ -79,6 +94,11 @@ with tab_surprise:
             with user_errors(stop=False):
                 show_surprise(model, tokenizer, ids, tokens)
         with right:
+            kept = st.session_state.setdefault(state.KEPT, {})
+            if state.SURPRISE_MODEL_B not in st.session_state and state.SURPRISE_MODEL_B not in kept:
+                readable = reads_text(text, avoid=choice)  # first time: a model whose vocabulary reads the text
+                if readable is not None:
+                    st.session_state[state.SURPRISE_MODEL_B] = readable
             other = models.select_model(state.SURPRISE_MODEL_B, label="Second model", avoid=choice)
             with user_errors(stop=False):
                 model_b, tokenizer_b, info_b = models.load_choice(other)
@@ -92,16 +112,24 @@ with tab_lens:
     st.write(
         "Each row passes the residual stream after one layer through the model's final norm and "
         "output head: the cell writes the token it would predict next, its colour that token's probability. "
-        "The bottom row is the model's real prediction."
+        "Read it from the top down: the top row reads the embedding alone (before any block), each row below "
+        "adds one block, and the bottom row (after the last block) is the model's real prediction."
     )
-    limit = min(LENS_TOKENS, model.max_context or LENS_TOKENS)
-    lens_ids = ids[:limit]
+    # Guesses stay legible in cells at most this many to a row: one-character tokens, or longer ones.
+    fits = LENS_TOKENS if tokenizer.kind == "char" else LENS_TOKENS // 2
+    available = min(len(ids), model.max_context or len(ids))  # positions the model reads in one pass
+    limit = min(fits, available)
+    start = 0
+    if available > limit:
+        start = st.slider("First position shown", 0, available - limit, 0, key="surprise.lens_start",
+                          help=f"{limit} positions fit the width with their guesses legible.")  # fmt: skip
     if len(ids) > limit:
-        st.caption(f"Showing the first {limit} tokens.")
+        beyond = f"; the model reads at most {available} at once" if available < len(ids) else ""
+        st.caption(f"Showing positions {start} to {start + limit - 1} of {len(ids)}{beyond}.")
     with user_errors(stop=False):
-        lens = logit_lens(model, lens_ids)
+        lens = logit_lens(model, ids[: start + limit])[:, start:]
         show_figure(
-            viz.logit_lens_heatmap(lens, tokens[:limit], tokenizer.token_str, title="logit lens"),
+            viz.logit_lens_heatmap(lens, tokens[start : start + limit], tokenizer.token_str, title="logit lens"),
             key="surprise.lens", model=models.choice_name(choice), prompt=text,
         )
 

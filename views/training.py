@@ -15,7 +15,7 @@ from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
-from lmcore.recipes import INDUCTION_VOCAB, recipe
+from lmcore.recipes import INDUCTION_VOCAB, recipe, train_settings
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import ownership
@@ -30,6 +30,7 @@ from ui.flow import (
     PAGE_GENERATION,
     PAGE_MODEL,
     encoded_split,
+    leave_recipe,
     preset_config,
     require_corpus,
     require_model_config,
@@ -40,6 +41,10 @@ from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
 REFRESH_S = 1.0
+SETTING_NAMES = {S.TRAIN_ITERS: "iterations", S.TRAIN_BATCH: "batch size", S.TRAIN_LR: "learning rate",
+                 S.TRAIN_WARMUP: "warm-up", S.TRAIN_EVAL: "evaluation interval", S.TRAIN_EVAL_ITERS: "evaluation batches",
+                 S.TRAIN_SEED: "seed"}  # fmt: skip
+NOTE_S = 20.0  # how long the note that the user's settings came back stays
 START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 INDUCTION_RUN = "induction-head"
 
@@ -91,7 +96,17 @@ def _train_config() -> TrainConfig:
 
 def _data_info() -> dict:
     corpus = require_corpus()
-    return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name}
+    return {"documents": corpus.documents, "source": corpus.source or corpus.name, "name": corpus.name,
+            "corpus_id": st.session_state.get(S.CORPUS_ID)}  # fmt: skip
+
+
+def same_data(a: TrainingJob, b: TrainingJob) -> bool:
+    """Whether two runs trained on the same corpus (read the same way): only those share the live charts by default."""
+    x, y = a.data_info or {}, b.data_info or {}
+    if x.get("corpus_id") and y.get("corpus_id"):
+        return x["corpus_id"] == y["corpus_id"]
+    keys = ("source", "name", "documents")
+    return all(x.get(k) == y.get(k) for k in keys)
 
 
 def _start(name: str, cfg: ModelConfig, tc: TrainConfig | None = None) -> None:
@@ -179,7 +194,10 @@ def _follow(job: TrainingJob) -> None:
 
 
 def _save_compare() -> None:
-    st.session_state[S.COMPARE_JOBS] = list(st.session_state[S.OVERLAY_RUNS])
+    # Runs the picker did not offer (on other data, hidden) stay chosen for when they are shown again.
+    offered = st.session_state.get(S.OVERLAY_OFFERED, [])
+    hidden = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i not in offered]
+    st.session_state[S.COMPARE_JOBS] = list(st.session_state[S.OVERLAY_RUNS]) + hidden
 
 
 def _resume(path, name: str) -> bool:
@@ -218,15 +236,36 @@ def _watch_induction() -> None:
         )
         return
     model_cfg, tc = recipe("induction", INDUCTION_VOCAB)
-    skipped = urlstate.apply(urlstate.recipe_params("builtin:induction", "char", model_cfg, tc))
+    params = urlstate.recipe_params("builtin:induction", "char", model_cfg, tc)
+    keys = [urlstate.TRAIN_FIELDS[n][0] for n in params if n in urlstate.TRAIN_FIELDS]
+    saved = st.session_state.get(S.RECIPE_SAVED)
+    # The user's own settings, given back when they leave the recipe (kept from the first press).
+    before = saved["before"] if saved is not None else {k: _value(k) for k in keys}
+    skipped = urlstate.apply(params)
     if skipped:
         st.session_state[S.START_ERROR] = "Could not set up " + ", ".join(skipped) + " for the recipe."
         return
+    st.session_state[S.RECIPE_SAVED] = {"corpus": st.session_state[S.CORPUS_ID], "before": before,
+                                        "set": {k: _value(k) for k in keys}}  # fmt: skip
     try:
         tc = dataclasses.replace(tc, device=st.session_state[S.TRAIN_DEVICE])
         _start(free_name(INDUCTION_RUN), st.session_state[S.MODEL_CONFIG], tc)
     except LMCoreError as e:
         st.session_state[S.START_ERROR] = str(e)
+
+
+def _why_saved(job: TrainingJob) -> str:
+    """Why the checkpoint holds the weights of its step: the best validation point, or the last evaluation."""
+    evals = [e for e in job.events_since(0) if e.val_loss is not None]
+    at = next((e for e in evals if e.step == job.saved_step), None)
+    loss = f" (validation loss {at.val_loss:.3f})" if at is not None else ""
+    if job.keep != "best":
+        return f"its last evaluation{loss}"
+    later = [e for e in evals if e.step > job.saved_step]
+    if later:
+        return (f"its best validation point{loss}; the {len(later)} later evaluation{'s' if len(later) > 1 else ''}, "
+                f"up to step {later[-1].step:,}, did worse, so the file keeps the best model")  # fmt: skip
+    return f"its best validation point{loss}, the last evaluation (a run keeps its best model)"
 
 
 def _show_picked() -> None:
@@ -258,6 +297,23 @@ st.page_link(PAGE_MODEL, label="Change the model", icon=":material/arrow_back:")
 
 # ------------------------------------------------------------------ settings
 st.subheader("Settings")
+note = st.session_state.get(S.RECIPE_NOTE)
+back = None
+if note is not None and time.monotonic() - note[0] < NOTE_S:
+    back = note[1]  # shown for a while: a run that ends redraws the page right after a press
+else:
+    st.session_state.pop(S.RECIPE_NOTE, None)
+if back:
+    st.info("You left the induction recipe: your own training settings are back ("
+            + ", ".join(SETTING_NAMES.get(k, k) for k in back) + ").", icon=":material/undo:")  # fmt: skip
+elif back is not None:
+    st.caption("You left the induction recipe; the settings you changed since it set them stay as they are.")
+if st.session_state.get(S.RECIPE_SAVED) is not None:
+    r = st.columns([3, 1])
+    r[0].info("These are the induction recipe's settings. Yours come back when you choose another corpus, "
+              "or with the button beside.", icon=":material/science:")  # fmt: skip
+    r[1].button("Back to my settings", key="train_recipe_back", on_click=leave_recipe, icon=":material/undo:",
+                help="The iterations, batch, learning rate, warm-up, evaluation and seed you had before the recipe.")  # fmt: skip
 c = st.columns(4)
 c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default(S.TRAIN_ITERS, 300),
                   help="Optimizer steps in total (a resumed run continues up to this number).")  # fmt: skip
@@ -354,7 +410,10 @@ with st.expander("Recipe: watch an induction head form", icon=":material/science
         "random symbols where each segment is repeated twice (the built-in *induction* corpus), 1,500 steps, "
         "a few minutes on a CPU. The loss sits on a plateau for about 1,200 steps, then drops as a head in "
         "layer 1 starts copying: watch its score climb on the Attention page, under *Head roles over training*. "
-        "It replaces this session's corpus, vocabulary and model."
+        "It replaces this session's corpus, vocabulary and model, and sets the training settings: "
+        + ", ".join(train_settings("induction"))
+        + " (the last two for its run only: the page has no field for them). Your own settings come back "
+        "when you choose another corpus, or with **Back to my settings** above."
     )
     st.button("Set up and train", key="train_induction", on_click=_watch_induction, icon=":material/play_arrow:")
     if job is not None and job.name.startswith(INDUCTION_RUN):
@@ -451,15 +510,31 @@ if job is None:
 
 # ------------------------------------------------------------------ live view
 others = [r.id for r in ownership.mine() if r.id != job.id]
-st.session_state[S.OVERLAY_RUNS] = [i for i in st.session_state.get(S.COMPARE_JOBS, []) if i in others]
+# Runs on other data are not overlaid unless asked for: their losses are not comparable.
+other_data = [i for i in others if not same_data(REGISTRY.get(i), job)]
+show_all = bool(other_data) and st.toggle(
+    "Also offer runs trained on other data", key=keep_default(S.TRAIN_OVERLAY_ALL, False),
+    help="A loss on another corpus or vocabulary measures another task; such runs are left off the charts by default.",
+)  # fmt: skip
+offered = others if show_all else [i for i in others if i not in other_data]
+st.session_state[S.OVERLAY_OFFERED] = offered
+chosen = st.session_state.get(S.COMPARE_JOBS, [])
+st.session_state[S.OVERLAY_RUNS] = [i for i in chosen if i in offered]
 compare = st.multiselect(
     "Overlay other runs",
-    others,
+    offered,
     format_func=lambda i: _job_label(REGISTRY.get(i)) if REGISTRY.get(i) else i,
-    help="Compare architectures or settings on the same axes.",
+    help="Compare architectures or settings on the same axes (runs on the same data).",
     key=S.OVERLAY_RUNS,
     on_change=_save_compare,
 )
+hidden = [REGISTRY.get(i).name for i in other_data if i not in offered]
+if hidden:
+    st.caption(
+        f"Not offered, trained on other data than {md(job.name)}: " + ", ".join(md(n) for n in hidden[:8])
+        + (f" and {len(hidden) - 8} more" if len(hidden) > 8 else "")
+        + ". Switch on **Also offer runs trained on other data** to overlay them."
+    )
 x_axis = st.radio("Horizontal axis", ["step", "tokens"], horizontal=True, format_func={"step": "steps", "tokens": "tokens seen"}.get,
                   key=keep_default(S.TRAIN_X, "step"))  # fmt: skip
 
@@ -482,7 +557,8 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         if job.saved:
             st.caption(f"The last good checkpoint (step {job.saved_step:,}) is kept in `{job.checkpoint_path.name}`.")
     elif job.status in (FINISHED, STOPPED) and job.saved:
-        st.success(f"Saved to `{job.checkpoint_path.name}` at step {job.saved_step:,}.", icon=":material/save:")
+        st.success(f"Saved to `{job.checkpoint_path.name}` at step {job.saved_step:,}: {_why_saved(job)}.",
+                   icon=":material/save:")  # fmt: skip
 
     events = job.events_since(0)
     series = series_from_events(events)
@@ -498,7 +574,12 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
                        "unit in which runs with different vocabularies compare."))  # fmt: skip
     else:
         m[1].metric("Validation loss", "–", help="Measured at the first evaluation.")
-    m[2].metric("Tokens per second", "–" if last is None else f"{last.tokens_per_s:,.0f}")
+    overall = last.tokens_seen / last.elapsed_s if last is not None and last.elapsed_s else None
+    m[2].metric(
+        "Tokens / s while stepping",
+        "–" if last is None else f"{last.tokens_per_s:,.0f}",
+        help="Training speed over the recent steps; evaluations, samples and saving are not counted.",
+    )
     m[3].metric("Tokens seen", "–" if last is None else f"{last.tokens_seen:,}")
     m[4].metric(
         "Passes over the data",
@@ -506,6 +587,12 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         help="Epochs: tokens seen over the tokens of the training split. Past one pass the model sees "
         "text it has seen before; watch the validation loss.",
     )
+
+    if overall is not None:
+        st.caption(
+            f"Overall: {overall:,.0f} tokens / s (tokens seen over the {_duration(last.elapsed_s)} the run has "
+            "taken, evaluations and saving included; the Saved runs table's figure)."
+        )
 
     runs = {job.name: series}
     for cid in compare_ids:
@@ -525,7 +612,7 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         st.caption("Learning rate")
         show_figure(metric_figure(runs, "lr", "learning rate", x=x), key="train_lr_chart")
     with c[1]:
-        st.caption("Throughput")
+        st.caption("Throughput while stepping (evaluations not counted)")
         show_figure(metric_figure(runs, "tokens_per_s", "tokens / s", x=x), key="train_tps_chart")
     with c[2]:
         st.caption("Gradient norm (before clipping)")

@@ -165,6 +165,10 @@ st.caption("Click a column title to sort by it.")
 
 st.subheader("Token explorer")
 default_probe = "\n".join(corpus.docs[:4]) if corpus.documents else corpus.text[:PROBE_CHARS]
+if st.session_state.get(S.VOCAB_PROBE_FOR) != st.session_state.get(S.CORPUS_ID):
+    # A new corpus: the explorer starts from its text (an old corpus's may hold characters this one lacks).
+    st.session_state[S.VOCAB_PROBE] = st.session_state.setdefault(S.KEPT, {})[S.VOCAB_PROBE] = default_probe
+    st.session_state[S.VOCAB_PROBE_FOR] = st.session_state.get(S.CORPUS_ID)
 probe = st.text_area("Type any text to see how it is cut into tokens", key=keep_default(S.VOCAB_PROBE, default_probe), height=110)
 with user_errors(stop=False):
     probe_ids = tok.encode(probe or "")
