@@ -237,7 +237,7 @@ def _watch_induction() -> None:
         return
     model_cfg, tc = recipe("induction", INDUCTION_VOCAB)
     params = urlstate.recipe_params("builtin:induction", "char", model_cfg, tc)
-    keys = [urlstate.TRAIN_FIELDS[n][0] for n in params if n in urlstate.TRAIN_FIELDS]
+    keys = [urlstate.TRAIN_FIELDS[n].key for n in params if n in urlstate.TRAIN_FIELDS]
     saved = st.session_state.get(S.RECIPE_SAVED)
     # The user's own settings, given back when they leave the recipe (kept from the first press).
     before = saved["before"] if saved is not None else {k: _value(k) for k in keys}
