@@ -735,6 +735,25 @@ def _special_token(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _tokenizer_file(folder: Path, root: Path | None, vocab_size: int) -> tuple[Path, str, int, str]:
+    """(path, name, size limit, what) of tokenizer.json, as ``_read_bytes`` takes them."""
+    limit = min(MAX_TOKENIZER_JSON_CHARS, _TOKENIZER_BASE_BYTES + _TOKENIZER_BYTES_PER_TOKEN * vocab_size)
+    path = _checked_path(folder, "tokenizer.json", root)
+    return path, "tokenizer.json", limit, f"the tokenizer of a {vocab_size:,}-token model"
+
+
+def _check_tokenizer_size(folder: Path, root: Path | None, vocab_size: int) -> None:
+    """The size check of ``tokenizer_from_folder``, without reading the file (when there is one)."""
+    if (folder / "tokenizer.json").exists():
+        path, name, limit, what = _tokenizer_file(folder, root, vocab_size)
+        with _open_regular(path, name) as f:
+            size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise CheckpointError(
+                f"{name} is {size:,} bytes, more than {what} can need ({limit:,}); the folder is damaged or hostile"
+            )
+
+
 def tokenizer_from_folder(folder: Path, vocab_size: int, cfg: Any, name: str, root: Path | None = None) -> HFTokenizer:
     """The folder's fast tokenizer (tokenizer.json) as an lmcore tokenizer for a model of ``vocab_size``.
 
@@ -754,9 +773,7 @@ def tokenizer_from_folder(folder: Path, vocab_size: int, cfg: Any, name: str, ro
             data = _read_json(folder / extra, root=root)
             for key in tokens:
                 tokens[key] = _special_token(data.get(key)) or tokens[key]
-    limit = min(MAX_TOKENIZER_JSON_CHARS, _TOKENIZER_BASE_BYTES + _TOKENIZER_BYTES_PER_TOKEN * vocab_size)
-    raw = _read_bytes(_checked_path(folder, "tokenizer.json", root), "tokenizer.json", limit,
-                      f"the tokenizer of a {vocab_size:,}-token model")  # fmt: skip
+    raw = _read_bytes(*_tokenizer_file(folder, root, vocab_size))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -856,6 +873,7 @@ def describe_source(source: str, allowed_root: str | os.PathLike | None = None) 
     config, notes = _checked_config(cfg)
     params, _ = _model_size(config)
     weights = _check_weights(folder, root, config)
+    _check_tokenizer_size(folder, root, config.vocab_size)
     disk = weights.disk_bytes if weights is not None else 0
     if not disk and not Path(source).expanduser().is_dir():
         disk = _hub_weights_bytes(source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,74 @@ def test_the_pages_of_an_opened_export_report_unseen_characters(tmp_path: Path, 
     at.text_input(key="keep.attention.prompt").set_value("hello " + UNSEEN).run()
     assert not at.exception, at.exception
     assert [e.value for e in at.error if "never seen" in e.value], [e.value for e in at.error]
+
+
+def test_opening_an_exported_folder_keeps_its_name_free_its_sizes_readable_and_its_steps(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from lmcore.checkpoint import list_checkpoints, save_checkpoint
+    from lmcore.hf import export_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    tok = CharTokenizer.train(TEXT)
+    model = build_model(ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=1, n_embd=16, block_size=32))
+    original = save_checkpoint(folder / "mymodel.safetensors", model, tok, train_state={"steps": 420, "val_loss": 2.0})
+    exported = export_checkpoint(original, tmp_path / "exports" / "mymodel")  # the zip's folder has the same name
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(folder))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("views/checkpoints.py").run()
+    at.text_input(key="checkpoints.hf.source").set_value(str(exported)).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.text_input(key="checkpoints.hf.name").value == "mymodel-2"
+    shown = {m.label: m.value for m in at.metric}
+    for label in ("Download / on disk", "Memory"):
+        assert not shown[label].startswith(("0 ", "0.00 ")), shown
+    assert "KB" in shown["Memory"], shown
+    at.button(key="checkpoints.hf.open").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    rows = {r["name"]: r for r in list_checkpoints(folder)}
+    assert rows["mymodel-2"]["steps"] == 420 and rows["mymodel"]["steps"] == 420
+    table = at.dataframe[0].value
+    assert list(table.loc[table["name"] == "mymodel-2", "steps"]) == ["420"]
+    # The next suggestion moves on: the name just taken is not offered again.
+    at.text_input(key="checkpoints.hf.source").set_value(str(exported) + "/").run()
+    assert at.text_input(key="checkpoints.hf.name").value == "mymodel-3"
+
+
+def test_a_model_from_elsewhere_is_listed_as_imported_not_as_zero_steps(tmp_path: Path) -> None:
+    from lmcore.checkpoint import list_checkpoints
+
+    out = _export(tmp_path)
+    (out / "lmcore.json").unlink()  # as any transformers model: no training record of ours
+    import_checkpoint(str(out), tmp_path / "ck" / "other.safetensors")
+    [row] = list_checkpoints(tmp_path / "ck")
+    assert row["steps"] is None and row["imported"]
+
+
+def test_served_to_a_network_the_folder_box_opens_only_the_operators_folder(tmp_path: Path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    out = _export(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("views/checkpoints.py").run()
+    import streamlit as st
+
+    answers = []
+    try:
+        st.config.set_option("server.address", "0.0.0.0")
+        for source in (str(out), "/etc", str(tmp_path / "nowhere")):
+            at.text_input(key="checkpoints.hf.source").set_value(source).run()
+            assert not at.exception and len(at.error) == 1, [e.value for e in at.error]
+            answers.append(re.sub(r"'[^']*'", "SOURCE", at.error[0].value, count=1))
+        monkeypatch.setenv("PLAYGROUND_HF_DIR", str(tmp_path))
+        at.text_input(key="checkpoints.hf.source").set_value(str(out) + "/").run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+    finally:
+        st.config.set_option("server.address", "127.0.0.1")
+    assert len(set(answers)) == 1, answers
