@@ -684,7 +684,14 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
     return header, metadata or {}
 
 
-def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) -> dict[str, Any]:
+# The tokenizer's type in its JSON text: the one "type" key outside a string (every tokenizer's
+# dict is flat; text inside strings has its quotes escaped).
+_TOKENIZER_TYPE = re.compile(r'(?<!\\)"type":\s*"(\w{1,20})"')
+
+
+def _parse_metadata(
+    raw: dict[str, str], where: str, stored: int | None = None, listing: bool = False
+) -> dict[str, Any]:
     """Check the lmcore keys and parse the JSON ones; CheckpointError naming the problem.
 
     ``stored``: how many tensors the file holds; the ``tied`` aliases of them must not
@@ -707,6 +714,10 @@ def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) 
     for key, kind in (("config", dict), ("tokenizer", dict), ("train", dict), ("data", dict), ("tied", dict)):
         if key not in raw:
             meta[key] = {}
+            continue
+        if listing and key == "tokenizer":  # a listing shows only its type: the merges stay unparsed
+            found = _TOKENIZER_TYPE.findall(raw[key][:MAX_HEADER_BYTES])
+            meta[key] = {"type": found[0]} if len(found) == 1 else {}
             continue
         max_chars, max_containers = _FIELD_LIMITS[key]
         text = raw[key]
@@ -1062,7 +1073,8 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
             "_mtime": stat.st_mtime,
         }
         try:
-            meta = read_metadata(path)
+            _, raw = _read_header(path)
+            meta = _parse_metadata(raw, path.name, listing=True)
         except CheckpointError as e:
             row["error"] = str(e)
         else:

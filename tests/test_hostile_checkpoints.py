@@ -282,3 +282,21 @@ def test_a_counting_model_cannot_pad_a_small_tokenizer_to_a_huge_vocabulary(tmp_
         else:
             with pytest.raises(CheckpointError, match="cannot pad"):
                 load_checkpoint(path)
+
+
+@pytest.mark.parametrize("train", ['{"steps": 5, "val_loss": "low"}', '{"steps": "many", "val_loss": 1.5}'])
+def test_pages_list_a_checkpoint_with_a_mistyped_record_and_go_on(tmp_path, monkeypatch, train):
+    """Uploaded by one visitor, it once broke the Training page for everyone."""
+    from streamlit.testing.v1 import AppTest
+
+    src = hostile.valid(tmp_path, "fine")
+    hostile.rewrite(src, tmp_path / "typed.safetensors", train=train, params="12x")
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    for page in ("views/training.py", "views/checkpoints.py", "views/generation.py", "views/attention.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("views/checkpoints.py").run()
+    at.selectbox(key="keep.checkpoints.selected").set_value("typed").run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error if "typed" in e.value and "training record" in e.value], at.error
