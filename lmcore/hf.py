@@ -651,14 +651,16 @@ def _check_header(path: Path, limit: int, entries_left: int) -> tuple[dict[str, 
     return header, size
 
 
-def _check_weights(folder: Path, root: Path | None, config: ModelConfig) -> _Weights | None:
+def _check_weights(folder: Path, root: Path | None, config: ModelConfig, missing_ok: bool = False) -> _Weights | None:
     """Check the headers of the folder's weights against what ``config`` needs, before reading any tensor.
 
     The weights must hold at least as many values as the model has parameters,
     so a config cannot make the import build a model larger than its files.
+    None when the folder has no weights (or, ``missing_ok``, not all of its shards: a hub
+    snapshot described before its weights are fetched).
     """
     files = _weight_files(folder, root)
-    if files is None:
+    if files is None or (missing_ok and not all(os.path.lexists(f) for f in files)):
         return None
     params, n_tensors = _model_size(config)
     # transformers may store a few more tensors than we have (GPT-2's attention masks, Llama's q/k/v apart).
@@ -872,7 +874,7 @@ def describe_source(source: str, allowed_root: str | os.PathLike | None = None) 
     cfg = hf_config(folder, root)
     config, notes = _checked_config(cfg)
     params, _ = _model_size(config)
-    weights = _check_weights(folder, root, config)
+    weights = _check_weights(folder, root, config, missing_ok=True)
     _check_tokenizer_size(folder, root, config.vocab_size)
     disk = weights.disk_bytes if weights is not None else 0
     if not disk and not Path(source).expanduser().is_dir():

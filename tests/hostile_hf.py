@@ -170,7 +170,7 @@ for args in json.loads(sys.argv[2]):
                 rc = main(args)
     except BaseException as e:
         rc, err = 1, io.StringIO(f"{type(e).__name__}: {e}")
-    print(json.dumps({"rc": rc, "stderr": err.getvalue()[-400:], "peak_mb": round(peak_mb()),
+    print("MEASURED " + json.dumps({"rc": rc, "stderr": err.getvalue()[-400:], "peak_mb": round(peak_mb()),
                       "growth_mb": round(peak_mb() - before)}), flush=True)
 """
 
@@ -187,7 +187,7 @@ def measure_cli(commands: list[list[str]], root: Path, timeout_s: float = 120, m
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         run = None
-    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    results = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("MEASURED {")]
     if len(results) < len(commands):
         why = f"still running after {timeout_s:g} s (killed)" if run is None else f"crashed: {run.stderr[-300:]}"
         results.append({"rc": None, "stderr": why, "peak_mb": None})

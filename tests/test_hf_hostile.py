@@ -186,3 +186,12 @@ def test_a_pattern_the_check_lets_through_still_ends_in_a_tokenizer_error(tmp_pa
     with pytest.raises(TokenizerError, match="cannot encode"):
         tok.encode("a" * 300 + "!")
     assert time.process_time() - start < 30
+
+
+def test_a_sharded_hub_snapshot_is_described_before_its_weights_are_fetched(tmp_path: Path) -> None:
+    folder = hostile.fifo_shard(tmp_path)
+    (folder / "model-00001-of-00001.safetensors").unlink()  # the index came, the shard not yet
+    info = describe_source(str(folder))
+    assert info["params"] > 0 and info["disk_bytes"] is None
+    with pytest.raises(CheckpointError, match="cannot read"):
+        import_model(str(folder))
