@@ -130,7 +130,8 @@ def test_opening_an_exported_folder_keeps_its_name_free_its_sizes_readable_and_i
     rows = {r["name"]: r for r in list_checkpoints(folder)}
     assert rows["mymodel-2"]["steps"] == 420 and rows["mymodel"]["steps"] == 420
     table = at.dataframe[0].value
-    assert list(table.loc[table["name"] == "mymodel-2", "steps"]) == ["420"]
+    assert list(table.loc[table["name"] == "mymodel-2", "steps"]) == [420]
+    assert list(table.loc[table["name"] == "mymodel-2", "architecture"]) == ["gpt2 (imported)"]
     # The next suggestion moves on: the name just taken is not offered again.
     at.text_input(key="checkpoints.hf.source").set_value(str(exported) + "/").run()
     assert at.text_input(key="checkpoints.hf.name").value == "mymodel-3"

@@ -88,7 +88,8 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "name": [r["name"] for r in rows],
-            "architecture": [r.get("preset") or r.get("arch") or "" for r in rows],
+            "architecture": [(r.get("preset") or r.get("arch") or "") + (" (imported)" if r.get("imported") else "")
+                             for r in rows],  # fmt: skip
             "parameters": [r.get("params") for r in rows],
             "tokenizer": [
                 f"{r['tokenizer']} ({r['vocab_size']})" if r.get("tokenizer") and r.get("vocab_size") else (r.get("tokenizer") or "")
@@ -105,12 +106,10 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
-def _steps(row: dict[str, Any]) -> str:
-    """Training steps as shown: a count, "imported" for a model not trained here, or nothing."""
+def _steps(row: dict[str, Any]) -> int | None:
+    """Training steps as shown: a count, or nothing (a model from elsewhere: its architecture says "imported")."""
     steps = row.get("steps")
-    if isinstance(steps, int) and not isinstance(steps, bool):
-        return f"{steps:,}"
-    return "imported" if row.get("imported") else ""
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def _size(n: int | float) -> str:
