@@ -805,7 +805,8 @@ def load_checkpoint(
             f"but its model {config.vocab_size}"
         )
     own = tokenizer.summary().get("tokenizer_size")
-    if model_class(config.arch).sized_by_data and isinstance(own, int) and config.vocab_size > own + MAX_COUNTING_PADDING:
+    padded = isinstance(own, int) and config.vocab_size > own + MAX_COUNTING_PADDING
+    if padded and model_class(config.arch).sized_by_data:
         raise CheckpointError(
             f"{where} declares a vocabulary of {config.vocab_size:,} for a tokenizer of {own:,} tokens; "
             "a counting model cannot pad it that far (its cost would not be bounded by the file)"

@@ -630,7 +630,9 @@ def _check_header(path: Path, limit: int, entries_left: int) -> tuple[dict[str, 
             raise CheckpointError(f"cannot read {name} ({e.strerror or e})") from None
     # Each entry has four keys, so four colons: counted in C before anything is parsed.
     if raw.count(b":") > 4 * entries_left + 64:
-        raise CheckpointError(f"{name} holds more tensor entries than the model can need; the file is damaged or hostile")
+        raise CheckpointError(
+            f"{name} holds more tensor entries than the model can need; the file is damaged or hostile"
+        )
     try:
         header = _loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, _JSONRefused) as e:

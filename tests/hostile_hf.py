@@ -175,7 +175,9 @@ for args in json.loads(sys.argv[2]):
 """
 
 
-def measure_cli(commands: list[list[str]], root: Path, timeout_s: float = 120, memory_cap_bytes: int = 8 << 30) -> list[dict]:
+def measure_cli(
+    commands: list[list[str]], root: Path, timeout_s: float = 120, memory_cap_bytes: int = 8 << 30
+) -> list[dict]:
     """Per CLI command, run one after another in one fresh process: exit status, stderr, and the
     process's peak RSS so far (whole, and growth past the imports); a command still running at the
     timeout is reported as such, and the ones after it are not run."""

@@ -1,4 +1,4 @@
-"""An exported character model works with transformers' usual idioms, and opened back it reports unseen text in one line."""
+"""Exports work with transformers' usual idioms; opened back, they report unseen text in one line and keep their record."""
 
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def _size(n: int | float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= scale:
             value = n / scale
-            return f"{value:,.2f} {unit}" if value < 10 else f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:,.{digits}f} {unit}"
     return f"{int(n)} bytes"
 
 
