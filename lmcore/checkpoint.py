@@ -84,6 +84,22 @@ _MAX_TENSORS_PER_LAYER = 32
 # An optimizer-state file holds a few tensors per parameter (Adam: step, two moments).
 MAX_OPTIM_TENSORS = 4 * MAX_TENSORS
 MAX_JSON_DEPTH = 32  # lmcore writes at most 5 levels
+# What each metadata field can need, checked on its text before it is parsed: characters, and
+# JSON containers ('{' or '['), which bound the objects a parse creates. A run's "train" keeps one
+# small object per evaluation; a BPE tokenizer one pair per merge (at most 262,144).
+_FIELD_LIMITS = {
+    "config": (64 << 10, 1_000),
+    "data": (64 << 10, 1_000),
+    "train": (32 << 20, 200_000),
+    "tokenizer": (MAX_HEADER_BYTES, 300_000),
+    "tied": (4 << 20, 1_000),
+}
+# Numbers in a run's "train" metadata: counts, and measurements (None where not measured).
+_TRAIN_COUNTS = ("steps", "max_iters", "tokens_seen", "seed")
+_TRAIN_NUMBERS = ("train_loss", "val_loss", "val_ppl", "val_acc", "best_val_loss", "elapsed_s")
+# A tokenizer.json may leave ids past its own tokens unused (a padded embedding); a counting
+# model has no weights to bound such padding, so it may add at most this many.
+MAX_COUNTING_PADDING = 1024
 MAX_NUMBER_CHARS = 40  # a seed, a token count or a float's repr is far shorter
 # A temporary file whose writer is still alive is only removed once it is this old.
 _STALE_TEMP_S = 24 * 3600
@@ -668,7 +684,14 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
     return header, metadata or {}
 
 
-def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) -> dict[str, Any]:
+# The tokenizer's type in its JSON text: the one "type" key outside a string (every tokenizer's
+# dict is flat; text inside strings has its quotes escaped).
+_TOKENIZER_TYPE = re.compile(r'(?<!\\)"type":\s*"(\w{1,20})"')
+
+
+def _parse_metadata(
+    raw: dict[str, str], where: str, stored: int | None = None, listing: bool = False
+) -> dict[str, Any]:
     """Check the lmcore keys and parse the JSON ones; CheckpointError naming the problem.
 
     ``stored``: how many tensors the file holds; the ``tied`` aliases of them must not
@@ -692,6 +715,18 @@ def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) 
         if key not in raw:
             meta[key] = {}
             continue
+        if listing and key == "tokenizer":  # a listing shows only its type: the merges stay unparsed
+            found = _TOKENIZER_TYPE.findall(raw[key][:MAX_HEADER_BYTES])
+            meta[key] = {"type": found[0]} if len(found) == 1 else {}
+            continue
+        max_chars, max_containers = _FIELD_LIMITS[key]
+        text = raw[key]
+        containers = text.count("{") + text.count("[")
+        if len(text) > max_chars or containers > max_containers:
+            what = f"{len(text):,} characters" if len(text) > max_chars else f"{containers:,} JSON objects and lists"
+            raise CheckpointError(
+                f"{where} has {what} in its {key!r} metadata, more than it can need; the file is damaged or hostile"
+            )
         try:
             value = _loads(raw[key])
         except _JSONRefused as e:
@@ -714,9 +749,30 @@ def _parse_metadata(raw: dict[str, str], where: str, stored: int | None = None) 
         )
     if not all(type(k) is str and type(v) is str for k, v in meta["tied"].items()):
         raise CheckpointError(f"{where} has a malformed 'tied' metadata; the file is damaged")
+    _check_train(meta["train"], where)
+    params = raw.get("params")
+    if params is not None and not (params.isdigit() and len(params) <= MAX_NUMBER_CHARS):
+        raise CheckpointError(f"{where} has a 'params' metadata that is not a count; the file is damaged")
     data = meta["data"]
     data["documents"] = bool(data.get("documents", False))
     return meta
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    """CheckpointError when a known field of the training record has the wrong type."""
+    for key in _TRAIN_COUNTS:
+        value = train.get(key)
+        if value is not None and not (type(value) is int and value >= 0):
+            raise CheckpointError(f"{where} has a {key!r} in its training record that is not a count; it is damaged")
+    for key in _TRAIN_NUMBERS:
+        value = train.get(key)
+        if value is not None and type(value) not in (int, float):
+            raise CheckpointError(f"{where} has a {key!r} in its training record that is not a number; it is damaged")
+    for key, kind in (("config", dict), ("history", list)):
+        if train.get(key) is not None and not isinstance(train[key], kind):
+            raise CheckpointError(f"{where} has a malformed {key!r} in its training record; it is damaged")
+    if any(not isinstance(entry, dict) for entry in train.get("history") or []):
+        raise CheckpointError(f"{where} has a malformed 'history' in its training record; it is damaged")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -747,6 +803,13 @@ def load_checkpoint(
         raise CheckpointError(
             f"{where} is inconsistent: its tokenizer has {tokenizer.vocab_size} tokens "
             f"but its model {config.vocab_size}"
+        )
+    own = tokenizer.summary().get("tokenizer_size")
+    padded = isinstance(own, int) and config.vocab_size > own + MAX_COUNTING_PADDING
+    if padded and model_class(config.arch).sized_by_data:
+        raise CheckpointError(
+            f"{where} declares a vocabulary of {config.vocab_size:,} for a tokenizer of {own:,} tokens; "
+            "a counting model cannot pad it that far (its cost would not be bounded by the file)"
         )
     # Check names, dtypes and shapes against a weightless ("meta") model first, so a
     # hostile config cannot make us allocate a huge model before the file is checked.
@@ -1006,18 +1069,20 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
             "steps": None,
             "val_loss": None,
             "documents": None,
+            "imported": False,
             "error": None,
             "_mtime": stat.st_mtime,
         }
         try:
-            meta = read_metadata(path)
+            _, raw = _read_header(path)
+            meta = _parse_metadata(raw, path.name, listing=True)
         except CheckpointError as e:
             row["error"] = str(e)
         else:
             cfg, train = meta["config"], meta["train"]
-            params = meta.get("params", "")
+            params = meta.get("params") or ""
             row.update(
-                created=meta.get("created") or row["created"],
+                created=meta.get("created") if isinstance(meta.get("created"), str) else row["created"],
                 arch=cfg.get("arch"),
                 preset=cfg.get("preset") or None,
                 params=int(params) if params.isdigit() and len(params) <= MAX_NUMBER_CHARS else None,
@@ -1026,6 +1091,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
                 steps=train.get("steps"),
                 val_loss=train.get("val_loss"),
                 documents=meta["data"]["documents"],
+                imported="imported_from" in train,
             )
         rows.append(row)
     rows.sort(key=lambda r: (r["_mtime"], r["name"]), reverse=True)

@@ -50,7 +50,7 @@ from lmcore.models import LanguageModel, ModelConfig, build_model, family_of
 from lmcore.models.layers import swiglu_hidden
 from lmcore.tokenizers import BOS_TOKEN, UNK_TOKEN, BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from lmcore.tokenizers.bpe import PATTERNS
-from lmcore.tokenizers.hf import byte_encoder
+from lmcore.tokenizers.hf import MAX_TOKENIZER_JSON_CHARS, byte_encoder, check_tokenizer_json
 
 FAMILIES = {
     "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"
@@ -73,7 +73,10 @@ HUB_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "lmcore.json",
 ]
+# What an export keeps of its training, read back by an import: lmcore.json beside the weights.
+EXPORT_FORMAT = "lmcore-export/1"
 
 
 @dataclass
@@ -85,13 +88,85 @@ class Imported:
     source: str
     family: str
     notes: list[str] = field(default_factory=list)  # what a user should know (a capped context...)
+    # An lmcore export's own training record (steps, tokens seen, losses, documents mode), else empty.
+    train_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_info(self) -> dict[str, Any]:
-        return {"documents": False, "name": f"imported from {self.source}"}
+        return {"documents": bool(self.train_state.get("documents")), "name": f"imported from {self.source}"}
 
 
 # --------------------------------------------------------------------------- sources
+
+
+# Bounds on what a folder can make an import read or build, all checked before anything is
+# allocated: the cost of an import is bounded by the size of the folder's weights.
+MAX_SMALL_JSON_BYTES = 1 << 20  # config.json, tokenizer_config.json, special_tokens_map.json
+MAX_INDEX_BYTES = 16 << 20  # model.safetensors.index.json (a 405B model's is under 100 KB)
+# More layers than any published model (Llama 3.1 405B has 126): module objects cost memory
+# even without weights, so a config cannot ask for a million of them.
+MAX_IMPORT_LAYERS = 1024
+# A safetensors header: its fixed part, and per tensor (name, dtype, shape, offsets).
+_HEADER_BASE_BYTES = 1 << 20
+_HEADER_BYTES_PER_TENSOR = 1024
+# A tokenizer.json: its fixed part (normalizers, added tokens), and per token of the model's vocabulary.
+_TOKENIZER_BASE_BYTES = 1 << 20
+_TOKENIZER_BYTES_PER_TOKEN = 256
+# Element sizes of the safetensors dtypes an import accepts.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def no_folder(source: str) -> ConfigError:
+    """The one answer for a folder that does not exist and for one that cannot be opened here."""
+    return ConfigError(
+        f"no model folder {source!r} that can be opened here, and it is not a hub id like 'gpt2' or 'owner/name'; "
+        "pass a folder saved with save_pretrained (with config.json) or a hub id"
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def _local_folder(path: Path, allowed_root: Path | None) -> tuple[Path, Path] | None:
+    """(folder, the root its files must stay in) for a local model folder, or None when there is none to open."""
+    try:
+        if not path.is_dir() or not (path / "config.json").exists():
+            return None
+    except OSError:
+        return None
+    if allowed_root is not None and not _inside(path, allowed_root):
+        return None
+    folder = path.resolve()
+    # A snapshot in huggingface_hub's cache links its files to the repository's blobs/.
+    repo = folder.parent.parent
+    if folder.parent.name == "snapshots" and (repo / "blobs").is_dir():
+        return path, repo
+    return path, folder
+
+
+def locate_source(
+    source: str, download_weights: bool = True, allowed_root: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """(folder, root) for ``source``: a local folder (its own root), or a hub snapshot (the repository's cache).
+
+    Every file the import reads must lie inside root, symlinks resolved. With
+    ``allowed_root`` only folders under it are opened; a folder outside it, one
+    that does not exist and one without config.json get the same answer.
+    """
+    source = str(source).strip()
+    path = Path(source).expanduser()
+    found = _local_folder(path, Path(allowed_root).expanduser() if allowed_root is not None else None)
+    if found is not None:
+        return found
+    if not source or not HUB_ID.match(source) or source.count("/") > 1 or source.startswith("."):
+        raise no_folder(source)
+    snapshot = _download(source, download_weights)
+    return snapshot, snapshot.resolve().parent.parent
 
 
 def resolve_source(source: str, download_weights: bool = True) -> Path:
@@ -99,14 +174,10 @@ def resolve_source(source: str, download_weights: bool = True) -> Path:
 
     Without ``download_weights`` only the small files (config, tokenizer) are fetched.
     """
-    source = str(source).strip()
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ConfigError(f"{source} is a file; pass the folder that save_pretrained wrote (with config.json)")
-    if not HUB_ID.match(source) or source.count("/") > 1:
-        raise ConfigError(f"no folder {source!r} and it is not a hub id like 'gpt2' or 'owner/name'; check the name")
+    return locate_source(source, download_weights)[0]
+
+
+def _download(source: str, download_weights: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -135,22 +206,67 @@ def resolve_source(source: str, download_weights: bool = True) -> Path:
         raise ConfigError(f"cannot fetch {source!r} from the hub ({first})") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _checked_path(folder: Path, name: str, root: Path | None) -> Path:
+    """``folder / name`` when ``name`` is a relative path that stays inside ``root`` (symlinks resolved)."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or rel.drive or ".." in rel.parts or "\\" in name:
+        raise CheckpointError(f"the folder names a file outside itself ({name!r}); it is damaged or hostile")
+    path = folder / rel
+    if root is not None and not _inside(path, root):
+        raise CheckpointError(f"{name} lies outside the model folder (a link elsewhere); copy the real file in")
+    return path
+
+
+def _open_regular(path: Path, name: str) -> Any:
+    """``path`` opened for reading when it is a regular file; never blocks on a pipe or device."""
+    import stat
+
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = getattr(e, "msg", None) or e
-        raise CheckpointError(f"cannot read {path.name} ({reason}); the file is damaged") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {name} ({e.strerror or e})") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise CheckpointError(f"{name} is not a regular file (a pipe, device or folder); the folder is damaged")
+    return f
+
+
+def _read_bytes(path: Path, name: str, limit: int, what: str = "") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; CheckpointError otherwise."""
+    with _open_regular(path, name) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise CheckpointError(
+                f"{name} is {size:,} bytes, more than {what or 'such a file'} can need ({limit:,}); "
+                "the folder is damaged or hostile"
+            )
+        try:
+            return f.read(limit + 1)[:limit]
+        except OSError as e:
+            raise CheckpointError(f"cannot read {name} ({e.strerror or e})") from None
+
+
+def _read_json(path: Path, limit: int = MAX_SMALL_JSON_BYTES, root: Path | None = None) -> dict[str, Any]:
+    from lmcore.checkpoint import _JSONRefused, _loads
+
+    if root is not None:
+        path = _checked_path(path.parent, path.name, root)
+    raw = _read_bytes(path, path.name, limit)
+    try:
+        value = _loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, _JSONRefused) as e:
+        raise CheckpointError(f"cannot read {path.name} ({e}); the file is damaged") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path.name} is not a JSON object; the file is damaged")
     return value
 
 
-def hf_config(folder: Path) -> Any:
+def hf_config(folder: Path, root: Path | None = None) -> Any:
     """The transformers config of a save_pretrained folder, with every default filled in."""
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json; pass a folder that save_pretrained wrote")
-    raw = _read_json(folder / "config.json")
+    raw = _read_json(folder / "config.json", root=root if root is not None else folder)
     kind = raw.get("model_type")
     if kind not in FAMILIES:
         raise ConfigError(
@@ -160,8 +276,9 @@ def hf_config(folder: Path) -> Any:
 
     try:
         return AutoConfig.for_model(**raw)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.json cannot be read by transformers ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config.json cannot be read by transformers ({first})") from None
 
 
 # --------------------------------------------------------------------------- configs
@@ -526,28 +643,131 @@ def state_to_hf(family: str, config: ModelConfig, ours: dict[str, torch.Tensor])
     return {k: v.contiguous().clone() for k, v in theirs.items()}
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's model.safetensors (or its shards), as stored."""
+@dataclass
+class _Weights:
+    """The folder's safetensors files, their headers checked: what reading them will cost."""
+
+    files: list[Path]
+    tensors: int  # entries in all headers
+    elements: int  # values in all tensors
+    disk_bytes: int
+    dtypes: set[str]
+
+
+def _weight_files(folder: Path, root: Path | None) -> list[Path] | None:
+    """The folder's model.safetensors, or the shards its index names (inside the folder); None when it has none."""
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        return [_checked_path(folder, "model.safetensors", root)]
+    if index.exists():
+        weight_map = _read_json(index, MAX_INDEX_BYTES, root).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index.name} has no weight_map of file names; the file is damaged")
+        return [_checked_path(folder, name, root) for name in sorted(set(weight_map.values()))]
+    return None
+
+
+def _check_header(path: Path, limit: int, entries_left: int) -> tuple[dict[str, Any], int]:
+    """The tensor entries of one safetensors file, read by hand within ``limit`` header bytes, and the file size.
+
+    Refused before parsing when the header is larger than the model can need or
+    holds more entries than ``entries_left``; every entry must have a known dtype
+    and lie inside the file with exactly the bytes its shape needs.
+    """
+    import struct
+
+    from lmcore.checkpoint import _JSONRefused, _loads
+
+    name = path.name
+    with _open_regular(path, name) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{name} is too short to be a safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise CheckpointError(f"{name} is truncated: it declares a {n:,}-byte header in a {size:,}-byte file")
+            if n > limit:
+                raise CheckpointError(
+                    f"{name} declares a {n:,}-byte header, more than this model's tensors can need ({limit:,}); "
+                    "the file is damaged or hostile"
+                )
+            raw = f.read(n)
+        except OSError as e:
+            raise CheckpointError(f"cannot read {name} ({e.strerror or e})") from None
+    # Each entry has four keys, so four colons: counted in C before anything is parsed.
+    if raw.count(b":") > 4 * entries_left + 64:
+        raise CheckpointError(
+            f"{name} holds more tensor entries than the model can need; the file is damaged or hostile"
+        )
+    try:
+        header = _loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, _JSONRefused) as e:
+        raise CheckpointError(f"{name} is not a valid safetensors file (its header: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name} is not a valid safetensors file (its header is not an object)")
+    header.pop("__metadata__", None)
+    data = size - 8 - n
+    for key, entry in header.items():
+        ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and len(shape) <= 8 and all(type(d) is int and d >= 0 for d in shape)
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+        if not ok or not 0 <= offsets[0] <= offsets[1] <= data or offsets[1] - offsets[0] != math.prod(
+            shape
+        ) * _DTYPE_BYTES[entry["dtype"]]:
+            raise CheckpointError(f"{name} is damaged: tensor {key!r} has a bad dtype, shape or place in the file")
+    return header, size
+
+
+def _check_weights(folder: Path, root: Path | None, config: ModelConfig, missing_ok: bool = False) -> _Weights | None:
+    """Check the headers of the folder's weights against what ``config`` needs, before reading any tensor.
+
+    The weights must hold at least as many values as the model has parameters,
+    so a config cannot make the import build a model larger than its files.
+    None when the folder has no weights (or, ``missing_ok``, not all of its shards: a hub
+    snapshot described before its weights are fetched).
+    """
+    files = _weight_files(folder, root)
+    if files is None or (missing_ok and not all(os.path.lexists(f) for f in files)):
+        return None
+    params, n_tensors = _model_size(config)
+    # transformers may store a few more tensors than we have (GPT-2's attention masks, Llama's q/k/v apart).
+    entries_left = 3 * n_tensors + 16
+    limit = _HEADER_BASE_BYTES + _HEADER_BYTES_PER_TENSOR * entries_left
+    tensors = elements = disk = 0
+    dtypes: set[str] = set()
+    for path in files:
+        header, size = _check_header(path, limit, entries_left - tensors)
+        tensors += len(header)
+        elements += sum(math.prod(e["shape"]) for e in header.values())
+        dtypes |= {e["dtype"] for e in header.values()}
+        disk += size
+    if elements < params:
+        raise CheckpointError(
+            f"the config asks for {params:,} parameters but the weights hold {elements:,} values; "
+            "config.json does not belong to these weights"
+        )
+    return _Weights(files, tensors, elements, disk, dtypes)
+
+
+def _model_size(config: ModelConfig) -> tuple[int, int]:
+    """(parameters, tensors in the state dict) of ``config``'s model, built without weights."""
+    with torch.device("meta"):
+        model = build_model(config)
+        return model.num_params(), len(model.state_dict())
+
+
+def _read_weights(weights: _Weights) -> dict[str, torch.Tensor]:
+    """Every tensor of the checked files, as stored."""
     from safetensors import SafetensorError, safe_open
 
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index.name} has no weight_map; the file is damaged")
-        files = [folder / name for name in sorted(set(map(str, weight_map.values())))]
-    elif any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-        raise CheckpointError(
-            f"{folder} holds only pickled PyTorch weights; lmcore never unpickles files: "
-            "save the model again with save_pretrained(safe_serialization=True)"
-        )
-    else:
-        raise CheckpointError(f"{folder} has no model.safetensors; pass a folder that save_pretrained wrote")
     state: dict[str, torch.Tensor] = {}
-    for path in files:
+    for path in weights.files:
         try:
+            with _open_regular(path, path.name):  # the file may have been swapped for a pipe since the check
+                pass
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():
                     state[name] = f.get_tensor(name)
@@ -555,6 +775,26 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({reason})") from None
     return state
+
+
+def _no_weights(folder: Path) -> CheckpointError:
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        return CheckpointError(
+            f"{folder} holds only pickled PyTorch weights; lmcore never unpickles files: "
+            "save the model again with save_pretrained(safe_serialization=True)"
+        )
+    return CheckpointError(f"{folder} has no model.safetensors; pass a folder that save_pretrained wrote")
+
+
+def _checked_config(cfg: Any) -> tuple[ModelConfig, list[str]]:
+    """config_from_hf, with the layer count bounded before any model is built."""
+    config, notes = config_from_hf(cfg)
+    if config.n_layer > MAX_IMPORT_LAYERS:
+        raise ConfigError(
+            f"cannot import: the config declares {config.n_layer:,} layers, more than any model lmcore opens "
+            f"(at most {MAX_IMPORT_LAYERS:,}); the config is damaged or hostile"
+        )
+    return config, notes
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -567,24 +807,50 @@ def _special_token(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def tokenizer_from_folder(folder: Path, vocab_size: int, cfg: Any, name: str) -> HFTokenizer:
-    """The folder's fast tokenizer (tokenizer.json) as an lmcore tokenizer for a model of ``vocab_size``."""
+def _tokenizer_file(folder: Path, root: Path | None, vocab_size: int) -> tuple[Path, str, int, str]:
+    """(path, name, size limit, what) of tokenizer.json, as ``_read_bytes`` takes them."""
+    limit = min(MAX_TOKENIZER_JSON_CHARS, _TOKENIZER_BASE_BYTES + _TOKENIZER_BYTES_PER_TOKEN * vocab_size)
+    path = _checked_path(folder, "tokenizer.json", root)
+    return path, "tokenizer.json", limit, f"the tokenizer of a {vocab_size:,}-token model"
+
+
+def _check_tokenizer_size(folder: Path, root: Path | None, vocab_size: int) -> None:
+    """The size check of ``tokenizer_from_folder``, without reading the file (when there is one)."""
+    if (folder / "tokenizer.json").exists():
+        path, name, limit, what = _tokenizer_file(folder, root, vocab_size)
+        with _open_regular(path, name) as f:
+            size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise CheckpointError(
+                f"{name} is {size:,} bytes, more than {what} can need ({limit:,}); the folder is damaged or hostile"
+            )
+
+
+def tokenizer_from_folder(folder: Path, vocab_size: int, cfg: Any, name: str, root: Path | None = None) -> HFTokenizer:
+    """The folder's fast tokenizer (tokenizer.json) as an lmcore tokenizer for a model of ``vocab_size``.
+
+    tokenizer.json may take a fixed allowance plus a few hundred bytes per token of the
+    model's vocabulary, checked before it is read.
+    """
+    root = root if root is not None else folder
     path = folder / "tokenizer.json"
-    if not path.is_file():
+    if not path.exists():
         raise TokenizerError(
             f"{name} has no tokenizer.json (a fast tokenizer); save one beside the model with "
             "AutoTokenizer.from_pretrained(...).save_pretrained(folder)"
         )
     tokens: dict[str, str | None] = {"bos_token": None, "eos_token": None}
     for extra in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
-        if (folder / extra).is_file():
-            data = _read_json(folder / extra)
+        if (folder / extra).exists():
+            data = _read_json(folder / extra, root=root)
             for key in tokens:
                 tokens[key] = _special_token(data.get(key)) or tokens[key]
+    raw = _read_bytes(*_tokenizer_file(folder, root, vocab_size))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise TokenizerError(f"cannot read {name}'s tokenizer.json ({e})") from None
+    check_tokenizer_json(text)
     if not any(tokens.values()):  # no tokenizer config: the model config's ids name the tokens
         from tokenizers import Tokenizer as FastTokenizer
 
@@ -611,7 +877,11 @@ def tokenizer_json(tok: Tokenizer) -> str:
         vocab[BOS_TOKEN] = tok.bos_id
         if tok.unk_id is not None:
             vocab[UNK_TOKEN] = tok.unk_id
-        fast = FastTokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
+        # The unknown token must be in the vocabulary, or the library fails on any unseen
+        # character. Without an UNK of its own, unseen characters become the separator
+        # (for transformers); lmcore reports them when it reads the file back.
+        unk = UNK_TOKEN if tok.unk_id is not None else BOS_TOKEN
+        fast = FastTokenizer(models.WordLevel(vocab, unk_token=unk))
         # Every character is a word of its own (newlines too), and decoding joins them with nothing.
         fast.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         fast.decoder = decoders.Fuse()
@@ -649,23 +919,6 @@ def tokenizer_json(tok: Tokenizer) -> str:
 # --------------------------------------------------------------------------- import
 
 
-def _weights_summary(folder: Path) -> tuple[int, str]:
-    """(bytes on disk, stored dtype) of the folder's safetensors weights, read from their headers."""
-    import struct
-
-    total, dtypes = 0, set()
-    for path in sorted(folder.glob("*.safetensors")):
-        total += path.stat().st_size
-        try:
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(min(n, 100_000_000)))
-            dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-        except (OSError, ValueError, KeyError, struct.error):
-            continue
-    return total, "/".join(sorted(dtypes)) or "?"
-
-
 def _hub_weights_bytes(repo: str) -> int:
     """Total size of a hub model's safetensors files, or 0 when the hub cannot say."""
     from huggingface_hub import HfApi
@@ -677,20 +930,23 @@ def _hub_weights_bytes(repo: str) -> int:
     return sum(f.size or 0 for f in info.siblings or [] if f.rfilename.endswith(".safetensors"))
 
 
-def describe_source(source: str) -> dict[str, Any]:
+def describe_source(source: str, allowed_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """What importing ``source`` would give, without loading weights: family, sizes, memory.
 
     For a hub id only the config and tokenizer are fetched, and the size of
-    the weights is asked of the hub (None when it cannot be reached).
+    the weights is asked of the hub (None when it cannot be reached). Local
+    weights are checked against the config from their headers, so a config
+    that its weights cannot fill is refused here already.
     ``memory_bytes`` is the float32 model; converting holds up to three
     copies for a moment (the file's tensors, the mapped ones, the model).
     """
-    folder = resolve_source(source, download_weights=False)
-    cfg = hf_config(folder)
-    config, notes = config_from_hf(cfg)
-    with torch.device("meta"):
-        params = build_model(config).num_params()
-    disk, dtype = _weights_summary(folder)
+    folder, root = locate_source(source, download_weights=False, allowed_root=allowed_root)
+    cfg = hf_config(folder, root)
+    config, notes = _checked_config(cfg)
+    params, _ = _model_size(config)
+    weights = _check_weights(folder, root, config, missing_ok=True)
+    _check_tokenizer_size(folder, root, config.vocab_size)
+    disk = weights.disk_bytes if weights is not None else 0
     if not disk and not Path(source).expanduser().is_dir():
         disk = _hub_weights_bytes(source)
     return {
@@ -701,19 +957,29 @@ def describe_source(source: str) -> dict[str, Any]:
         "params": params,
         "memory_bytes": params * 4,
         "disk_bytes": disk or None,
-        "stored_dtype": dtype if disk else None,
+        "stored_dtype": "/".join(sorted(weights.dtypes)) if weights is not None and weights.dtypes else None,
         "notes": notes,
+        "train": _lmcore_train_state(folder, root),
     }
 
 
-def import_model(source: str) -> Imported:
-    """Build the lmcore model and tokenizer of a transformers GPT-2, Llama or Mamba (float32, eval mode)."""
-    folder = resolve_source(source)
-    cfg = hf_config(folder)
-    config, notes = config_from_hf(cfg)
+def import_model(source: str, allowed_root: str | os.PathLike | None = None) -> Imported:
+    """Build the lmcore model and tokenizer of a transformers GPT-2, Llama or Mamba (float32, eval mode).
+
+    Everything is checked from the declared sizes before it is allocated: the
+    layer count, each safetensors header against the model the config asks
+    for, the weights' total against its parameters, tokenizer.json against the
+    vocabulary. Only regular files inside the folder are read.
+    """
+    folder, root = locate_source(source, allowed_root=allowed_root)
+    cfg = hf_config(folder, root)
+    config, notes = _checked_config(cfg)
     family = cfg.model_type
-    theirs = _read_weights(folder)
-    tokenizer = tokenizer_from_folder(folder, config.vocab_size, cfg, str(source))
+    weights = _check_weights(folder, root, config)
+    if weights is None:
+        raise _no_weights(folder)
+    tokenizer = tokenizer_from_folder(folder, config.vocab_size, cfg, str(source), root)
+    theirs = _read_weights(weights)
     state = state_from_hf(family, config, theirs)
     model = build_model(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -721,15 +987,49 @@ def import_model(source: str) -> Imported:
         if tuple(t.shape) != expected[name]:
             raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)} but the config needs {expected[name]}")
     model.load_state_dict(state, strict=True)  # copies into the model's own (tied) parameters
-    return Imported(model.eval(), tokenizer, str(source), family, notes)
+    imported = Imported(model.eval(), tokenizer, str(source), family, notes)
+    imported.train_state = _lmcore_train_state(folder, root)
+    return imported
 
 
-def import_checkpoint(source: str, out: str | os.PathLike) -> tuple[Path, Imported]:
-    """Import ``source`` and save it as an lmcore checkpoint at ``out``."""
+def _lmcore_train_state(folder: Path, root: Path | None) -> dict[str, Any]:
+    """The training record an lmcore export left in lmcore.json: only known fields of the right types."""
+    path = folder / "lmcore.json"
+    if not path.exists():
+        return {}
+    try:
+        raw = _read_json(path, root=root)
+    except CheckpointError:
+        return {}  # a damaged record loses the history, not the model
+    if raw.get("format") != EXPORT_FORMAT or not isinstance(raw.get("train"), dict):
+        return {}
+    train, out = raw["train"], {}
+    for key in ("steps", "tokens_seen"):
+        value = train.get(key)
+        if type(value) is int and 0 <= value < 10**15:
+            out[key] = value
+    for key in ("val_loss", "best_val_loss", "train_loss"):
+        value = train.get(key)
+        if type(value) in (int, float) and math.isfinite(value):
+            out[key] = float(value)
+    if type(train.get("documents")) is bool:
+        out["documents"] = train["documents"]
+    return out
+
+
+def import_checkpoint(
+    source: str, out: str | os.PathLike, allowed_root: str | os.PathLike | None = None
+) -> tuple[Path, Imported]:
+    """Import ``source`` and save it as an lmcore checkpoint at ``out``.
+
+    An lmcore export keeps its steps, tokens seen and losses; any other model has
+    no step count (it was not trained here), only where it came from.
+    """
     from lmcore.checkpoint import save_checkpoint
 
-    imported = import_model(source)
-    train_state = {"steps": 0, "imported_from": imported.source, "notes": imported.notes}
+    imported = import_model(source, allowed_root)
+    kept = {k: v for k, v in imported.train_state.items() if k != "documents"}
+    train_state = {**kept, "imported_from": imported.source, "notes": imported.notes}
     path = save_checkpoint(
         out, imported.model, imported.tokenizer, train_state=train_state, data_info=imported.data_info
     )
@@ -797,6 +1097,27 @@ source of facts. `python -m lmcore import` reads this folder back.
 """
 
 
+def _export_record(train_state: dict[str, Any], data_info: dict[str, Any]) -> str:
+    """lmcore.json: the training record an import reads back (steps, tokens seen, losses, documents mode)."""
+    keep = ("steps", "tokens_seen", "val_loss", "best_val_loss", "train_loss")
+    train = {
+        k: train_state[k]
+        for k in keep
+        if type(train_state.get(k)) in (int, float) and math.isfinite(train_state[k])
+    }
+    train["documents"] = bool(data_info.get("documents", False))
+    record = {"format": EXPORT_FORMAT, "train": train}
+    return json.dumps(record, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def _unk_text(tokenizer: Tokenizer, bos_text: str | None) -> str | None:
+    """The unknown token the exported tokenizer declares: its own UNK, the separator for a
+    character vocabulary without one (see ``tokenizer_json``), none for byte-level BPE."""
+    if isinstance(tokenizer, CharTokenizer):
+        return UNK_TOKEN if tokenizer.unk_id is not None else bos_text
+    return None
+
+
 def export_model(
     model: LanguageModel,
     tokenizer: Tokenizer,
@@ -837,14 +1158,17 @@ def export_model(
                 bos_token=bos_text,
                 eos_token=bos_text,
                 pad_token=bos_text,
-                unk_token=UNK_TOKEN if getattr(tokenizer, "unk_id", None) is not None else None,
+                unk_token=_unk_text(tokenizer, bos_text),
                 model_max_length=config.block_size if family not in _SSM_FAMILIES else int(1e30),
                 clean_up_tokenization_spaces=False,
+                # No token_type_ids: none of the exported families takes them (generate would refuse).
+                model_input_names=["input_ids", "attention_mask"],
             )
             fast.save_pretrained(tmp)
             (tmp / "README.md").write_text(
                 model_card(model, tokenizer, family, train_state or {}, data_info or {}), encoding="utf-8"
             )
+            (tmp / "lmcore.json").write_text(_export_record(train_state or {}, data_info or {}), encoding="utf-8")
             if out.exists():
                 out.rmdir()
             os.replace(tmp, out)

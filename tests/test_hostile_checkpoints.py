@@ -62,7 +62,7 @@ def test_long_merge_chains_and_many_special_tokens_are_refused(tmp_path, maker):
 def test_nested_json_in_any_metadata_field_is_a_checkpoint_error(tmp_path, field, depth):
     path = hostile.nested(tmp_path, field, depth)
     for read in (load_checkpoint, read_metadata):
-        with pytest.raises(CheckpointError, match="nested more than") as info:
+        with pytest.raises(CheckpointError, match="nested more than|more than it can need") as info:
             read(path)
         assert "\n" not in str(info.value)
 
@@ -217,3 +217,86 @@ def test_out_of_a_folder_writes_inside_it(tmp_path):
     assert load_checkpoint(tmp_path / "models" / "gpt2-2.safetensors").config.n_layer == 1
     assert load_checkpoint(tmp_path / "new" / "gpt2.safetensors").config.n_layer == 1
     assert not (tmp_path / "models.safetensors").exists() and not (tmp_path / "new.safetensors").exists()
+
+
+def test_huge_but_valid_metadata_is_refused_before_it_is_parsed_and_the_listing_survives(tmp_path):
+    """A 'train' record of millions of empty objects took 19 s and 2.5 GB to list."""
+    src = hostile.valid(tmp_path, "huge-base")
+    huge = hostile.rewrite(src, tmp_path / "huge.safetensors", train="[" + ",".join(["{}"] * 3_000_000) + "]")
+    start = time.process_time()
+    rows = {r["name"]: r for r in list_checkpoints(tmp_path)}
+    assert time.process_time() - start < 5
+    assert "more than it can need" in rows["huge"]["error"] and rows["huge-base"]["error"] is None
+    with pytest.raises(CheckpointError, match="more than it can need"):
+        load_checkpoint(huge)
+
+
+@pytest.mark.parametrize(
+    "train, field",
+    [
+        ({"steps": 5, "val_loss": "low"}, "val_loss"),
+        ({"steps": "many"}, "steps"),
+        ({"steps": -3}, "steps"),
+        ({"steps": 1, "history": "none"}, "history"),
+        ({"steps": 1, "best_val_loss": [1.0]}, "best_val_loss"),
+    ],
+)
+def test_a_training_record_of_the_wrong_types_is_listed_with_its_reason(tmp_path, train, field):
+    import json
+
+    src = hostile.valid(tmp_path, "typed-base")
+    bad = hostile.rewrite(src, tmp_path / "typed.safetensors", train=json.dumps(train))
+    rows = {r["name"]: r for r in list_checkpoints(tmp_path)}
+    assert field in rows["typed"]["error"] and "\n" not in rows["typed"]["error"]
+    with pytest.raises(CheckpointError, match=field):
+        load_checkpoint(bad)
+
+
+def test_a_params_metadata_that_is_not_a_count_is_listed_with_its_reason(tmp_path):
+    src = hostile.valid(tmp_path, "params-base")
+    hostile.rewrite(src, tmp_path / "params.safetensors", params="lots")
+    rows = {r["name"]: r for r in list_checkpoints(tmp_path)}
+    assert "'params'" in rows["params"]["error"]
+
+
+def test_a_counting_model_cannot_pad_a_small_tokenizer_to_a_huge_vocabulary(tmp_path):
+    """An n-gram's cost grows with its vocabulary and it has no weights to bound it by the file."""
+    import json
+
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import models as tk_models
+
+    from lmcore.models import ModelConfig
+    from lmcore.tokenizers import HFTokenizer
+
+    fast = FastTokenizer(tk_models.WordLevel({"a": 0, "<|endoftext|>": 1}, unk_token="<|endoftext|>"))
+    fast.add_special_tokens(["<|endoftext|>"])
+    for vocab, ok in ((300_000, False), (64, True)):
+        tok = HFTokenizer(fast.to_str(), vocab_size=vocab, bos_token="<|endoftext|>")
+        model = build_model(ModelConfig.preset("ngram", vocab_size=vocab, ngram_n=2))
+        model.fit_counts(torch.tensor([0, 1, 0, 0, 1]))
+        path = save_checkpoint(tmp_path / f"ngram-{vocab}.safetensors", model, tok)
+        assert path.stat().st_size < 100_000
+        if ok:
+            load_checkpoint(path)
+        else:
+            with pytest.raises(CheckpointError, match="cannot pad"):
+                load_checkpoint(path)
+
+
+@pytest.mark.parametrize("train", ['{"steps": 5, "val_loss": "low"}', '{"steps": "many", "val_loss": 1.5}'])
+def test_pages_list_a_checkpoint_with_a_mistyped_record_and_go_on(tmp_path, monkeypatch, train):
+    """Uploaded by one visitor, it once broke the Training page for everyone."""
+    from streamlit.testing.v1 import AppTest
+
+    src = hostile.valid(tmp_path, "fine")
+    hostile.rewrite(src, tmp_path / "typed.safetensors", train=train, params="12x")
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    for page in ("views/training.py", "views/checkpoints.py", "views/generation.py", "views/attention.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("views/checkpoints.py").run()
+    at.selectbox(key="keep.checkpoints.selected").set_value("typed").run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error if "typed" in e.value and "training record" in e.value], at.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,14 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "name": [r["name"] for r in rows],
-            "architecture": [r.get("preset") or r.get("arch") or "" for r in rows],
+            "architecture": [(r.get("preset") or r.get("arch") or "") + (" (imported)" if r.get("imported") else "")
+                             for r in rows],  # fmt: skip
             "parameters": [r.get("params") for r in rows],
             "tokenizer": [
                 f"{r['tokenizer']} ({r['vocab_size']})" if r.get("tokenizer") and r.get("vocab_size") else (r.get("tokenizer") or "")
                 for r in rows
             ],
-            "steps": [r.get("steps") for r in rows],
+            "steps": [_steps(r) for r in rows],
             "val loss": [r.get("val_loss") for r in rows],
             "created": [_created(r.get("created")) for r in rows],
             "size (MB)": [round(r.get("size_bytes", 0) / 1e6, 2) for r in rows],
@@ -105,11 +107,50 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+def _steps(row: dict[str, Any]) -> int | None:
+    """Training steps as shown: a count, or nothing (a model from elsewhere: its architecture says "imported")."""
+    steps = row.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def _size(n: int | float) -> str:
+    """A size in bytes in the unit that shows it best: 812 KB, 3.4 MB, 1.25 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:,.{digits}f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _free_name(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... : the first name no checkpoint has (the rule runs follow)."""
+    name, k = base, 1
+    while checkpoint_path(directory, name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
+# Served beyond this machine, the box opens only folders under the one the operator names here.
+HF_DIR_ENV = "PLAYGROUND_HF_DIR"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def hf_folder_root() -> str | None:
+    """None when the app listens on loopback only (any folder of this machine's user may be opened);
+    else $PLAYGROUND_HF_DIR, or a place holding nothing when the operator set none (hub ids only)."""
+    address = (st.get_option("server.address") or "").strip().strip("[]")
+    if address in _LOOPBACK or address.startswith("127."):
+        return None
+    return os.environ.get(HF_DIR_ENV) or os.devnull
+
+
 @st.cache_data(max_entries=16, show_spinner="Reading the model's config...")
-def _describe(source: str) -> dict[str, Any]:
+def _describe(source: str, allowed_root: str | None) -> dict[str, Any]:
     from lmcore.hf import describe_source
 
-    return describe_source(source)
+    return describe_source(source, allowed_root)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -213,8 +254,9 @@ source = st.text_input("Hub id or folder", key=state.HF_SOURCE, placeholder="gpt
 kept[state.HF_SOURCE] = source
 source = source.strip()
 if source:
+    allowed_root = hf_folder_root()
     with user_errors(stop=False):
-        info = _describe(source)
+        info = _describe(source, allowed_root)
         cfg = info["config"]
         shape = (
             f"{cfg.n_layer} layers x {cfg.n_head} heads, width {cfg.n_embd}"
@@ -226,13 +268,19 @@ if source:
         params = info["params"]
         cols[1].metric("Parameters", f"{params / 1e6:,.1f} M" if params >= 1e6 else f"{params:,}")
         on_disk = info["disk_bytes"]
-        cols[2].metric("Download / on disk", f"{on_disk / 1e6:,.0f} MB" if on_disk else "not yet known")
-        memory = f"{info['memory_bytes'] / 1e9:,.2f} GB"
+        cols[2].metric("Download / on disk", _size(on_disk) if on_disk else "not yet known")
+        memory = _size(info["memory_bytes"])
         cols[3].metric("Memory", memory, help="float32 weights; up to three times this for a moment while converting")
-        st.caption(f"{shape} · vocabulary {cfg.vocab_size:,} · context {cfg.block_size:,}"
+        trained = info.get("train") or {}
+        history = f" · trained {trained['steps']:,} steps with lmcore" if "steps" in trained else ""
+        st.caption(f"{shape} · vocabulary {cfg.vocab_size:,} · context {cfg.block_size:,}{history}"
                    + "".join(f" · {md(n)}" for n in info["notes"]))  # fmt: skip
-        suggested = sanitize_name(source.rstrip("/").split("/")[-1])
-        hf_name = st.text_input("Save as", value=suggested, key="checkpoints.hf.name")
+        suggested = _free_name(sanitize_name(source.rstrip("/").split("/")[-1]))
+        # The box follows the suggestion (a free name) until the user types a name of their own.
+        if st.session_state.get("checkpoints.hf.name") in (None, st.session_state.get("checkpoints.hf.suggested")):
+            st.session_state["checkpoints.hf.name"] = suggested
+        st.session_state["checkpoints.hf.suggested"] = suggested
+        hf_name = st.text_input("Save as", key="checkpoints.hf.name")
         if st.button("Open this model", key="checkpoints.hf.open", type="primary"):
             target = checkpoint_path(directory, hf_name)
             if target.exists():
@@ -241,7 +289,7 @@ if source:
                 from lmcore.hf import import_checkpoint as import_hf
 
                 with st.spinner(f"Converting {md(source)}..."):
-                    saved, _ = import_hf(source, target)
+                    saved, _ = import_hf(source, target, allowed_root)
                 st.session_state[state.LOADED_CHECKPOINT] = str(saved)
                 st.session_state[state.CHECKPOINT_SELECT_NEXT] = saved.stem
                 opened = f"{md(source)} is open as {md(saved.stem)}: every page can use it now."
