@@ -693,3 +693,80 @@ def logit_attribution(
     return Attribution(
         logit=float(logits[0, pos, token]), embed=embed, heads=heads, mlps=mlps, mixers=mixers, rest=rest
     )
+
+
+# ------------------------------------------------------------------ what the playground's page needs
+
+
+def ablation_table(
+    model: nn.Module,
+    ids: Sequence[int] | torch.Tensor,
+    unit: str = "head",
+    mode: str = "zero",
+    positions: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Mean loss change (L, U) over a text when each unit alone is ablated (``ablation_sweep``).
+
+    ``positions``: the predictions averaged (index i predicts token i + 1); None: all.
+    """
+    losses, clean = ablation_sweep(model, ids, unit=unit, mode=mode)
+    change = losses - clean  # (L, U, T-1)
+    if positions is not None:
+        change = change[:, :, torch.as_tensor(list(positions), dtype=torch.long)]
+    return change.mean(-1)
+
+
+def top_next_tokens(model: nn.Module, ids: Sequence[int] | torch.Tensor, position: int = -1, k: int = 10):
+    """The k most likely next tokens after ``position`` as (token id, probability), best first."""
+    x = _batch(model, ids)[:1]
+    with _evaluating(model):
+        logits = model(x)[0, position]
+    return _top(logits[None], k)[0]
+
+
+def repeated_pair(vocab_size: int, length: int = 25, seed: int = 0, avoid: Sequence[int] = ()) -> tuple:
+    """The induction pair: clean = S random distinct tokens then the same S again; corrupted = the
+    first copy shuffled, then the same second copy. Returns (clean, corrupted, positions), positions
+    being the predictions of the second copy's tokens 2..S (what copying predicts and a shuffle breaks).
+    """
+    pool = [t for t in range(vocab_size) if t not in set(avoid)]
+    S = min(length, len(pool))
+    if S < 3:
+        raise DataError("the vocabulary is too small for a repeated sequence; use a model with more tokens")
+    gen = torch.Generator().manual_seed(seed)
+    seg = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:S].tolist()]
+    shuffled = [seg[i] for i in torch.randperm(S, generator=gen).tolist()]
+    if shuffled == seg:
+        shuffled = seg[1:] + seg[:1]
+    return seg + seg, shuffled + seg, list(range(S, 2 * S - 1))
+
+
+def swap_pair(encode: Callable[[str], list[int]], names: Sequence[str], sep: str = "\n", seed: int = 0) -> tuple:
+    """A name swap: clean = name A, a separator, A again; corrupted = name B (as many tokens as A), the
+    separator, A. Returns (clean, corrupted, positions, (A, B)); positions predict A's second copy from its
+    second token on. Names the tokenizer cannot write are skipped.
+    """
+    from lmcore.errors import LMCoreError
+
+    by_length: dict[int, list[tuple[str, list[int]]]] = {}
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            ids = encode(name)
+        except LMCoreError:
+            continue
+        if len(ids) >= 3:
+            by_length.setdefault(len(ids), []).append((name, ids))
+    lengths = sorted(n for n, group in by_length.items() if len(group) >= 2)
+    if not lengths:
+        raise DataError("this model's tokenizer cannot write two names of the same length; use your own two texts")
+    gen = torch.Generator().manual_seed(seed)
+    group = by_length[lengths[int(torch.randint(len(lengths), (1,), generator=gen))]]
+    i, j = torch.randperm(len(group), generator=gen)[:2].tolist()
+    (a, a_ids), (b, b_ids) = group[i], group[j]
+    s = encode(sep)
+    n = len(a_ids)
+    start = n + len(s)
+    return a_ids + s + a_ids, b_ids + s + a_ids, list(range(start, start + n - 1)), (a, b)
