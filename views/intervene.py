@@ -15,6 +15,9 @@ from ui.render import md
 from ui.shell import require_app
 
 MAX_TOKENS = 96  # longer texts keep their first this many tokens
+# Above this many parameters a sweep (one forward per head, or per layer and position) takes
+# long enough on a CPU that it waits for a click instead of running on every change.
+SWEEP_FREE_PARAMS = 5_000_000
 TEXTS = ("The value of the expression is returned when the function ends.", "def main(): return 0", "get_value", "name")
 STEER_A = "def \nreturn \nimport "
 STEER_B = "The \nIt was \nIn the "
@@ -48,6 +51,13 @@ name = models.choice_name(choice)
 has_heads = bool(layer_names(model, "attn.hook_z"))
 has_channels = bool(layer_names(model, "mixer.hook_y"))
 n_layer = model.config.n_layer
+heavy = model.num_params() > SWEEP_FREE_PARAMS
+
+
+def sweep_wanted(key: str, what: str) -> bool:
+    """Small models sweep on every change; a big one waits until the box is ticked."""
+    return not heavy or st.checkbox(f"Run {what} (one forward pass per row: slow for a model this size)", key=key)
+
 
 if has_channels:
     st.info(
@@ -129,7 +139,7 @@ with tab_ablate:
             else:
                 st.caption("Nothing is switched off yet: pick heads or layers above. All tokens are white.")
         st.markdown("**Every unit alone**: the mean loss change over this text when only that one is switched off.")
-        with user_errors(stop=False):
+        if sweep_wanted("intervene.sweep_on", "the sweep over every unit"):
             unit = "head" if has_heads else "layer"
             table = iv.ablation_table(model, ids, unit=unit, mode=mode)
             columns = [f"head {h}" for h in range(table.shape[1])] if has_heads else ["whole layer"]
@@ -176,7 +186,7 @@ with tab_patch:
             else:
                 positions = [len(clean_ids) - 2]
                 st.caption("The metric is the loss on the clean text's last token.")
-    if clean_ids is not None:
+    if clean_ids is not None and sweep_wanted("intervene.patch_on", "the patching sweeps"):
         with user_errors(stop=False):
             metric = iv.loss_metric(clean_ids, positions)
             tokens = [tokenizer.token_str(i) for i in corrupted_ids]
