@@ -170,3 +170,26 @@ def test_hooks_attached_in_one_thread_leave_another_threads_forward_alone() -> N
         done.set()
         thread.join()
     assert not torch.allclose(result["in_thread"], clean)
+
+
+def test_an_imported_hugging_face_gpt2_has_the_same_points_and_its_patterns_match_transformers() -> None:
+    transformers = pytest.importorskip("transformers")
+    from lmcore.hf import config_from_hf, state_from_hf
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=4)
+    theirs = transformers.GPT2LMHeadModel(cfg).eval()
+    theirs.config._attn_implementation = "eager"  # attention weights written out, as ours on the pattern point
+    config, _ = config_from_hf(theirs.config)
+    ours = build_model(config)
+    weights = {k: v for k, v in theirs.state_dict().items() if k != "lm_head.weight"}  # tied: saved once
+    ours.load_state_dict(state_from_hf("gpt2", config, weights))
+    ours.eval()
+    assert hook_names(ours) == hook_names(tiny("gpt2"))
+    x = ids(1, 9)
+    logits, cache = run_with_cache(ours, x)
+    with torch.no_grad():
+        out = theirs(x, output_attentions=True)
+    torch.testing.assert_close(logits, out.logits, rtol=1e-4, atol=1e-4)
+    for i, att in enumerate(out.attentions):
+        torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], att, rtol=1e-4, atol=1e-5)
