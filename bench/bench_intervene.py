@@ -16,10 +16,11 @@ Run: python3 bench/bench_intervene.py [--skip-induction] [--skip-overhead] [--sk
    mamba, this tree against ``--base`` (default: the merge base with main, the
    code before hook points), each in its own process, alternated three times;
    the ratio of medians. Beside them, the same in this tree with one no-op hook
-   attached to every layer's residual point.
+   attached to every layer's residual point. Rates are per CPU second of the
+   process (one thread), so other work on a shared machine does not skew them.
 3. A full head-ablation sweep (every head of every layer zeroed in turn,
    per-token losses of each) at GPT-2 small's shape (12 layers x 12 heads x 768,
-   vocabulary 50257, random weights) on a 64-token text: seconds.
+   vocabulary 50257, random weights) on a 64-token text: wall and CPU seconds.
 
 Prints one JSON object on stdout; progress goes to stderr. One thread.
 """
@@ -148,16 +149,16 @@ for preset in ("gpt2", "mamba"):
     for _ in range(3):
         train_step()
     n = 20
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(n):
         train_step()
-    steps = n / (time.perf_counter() - t0)
+    steps = n / (time.process_time() - t0)
     model.eval()
     cfg = SamplingConfig(temperature=0.8, seed=0)
     list(generate(model, [1, 2, 3], max_new_tokens=20, sampling=cfg))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     k = sum(1 for _ in generate(model, [1, 2, 3], max_new_tokens=200, sampling=cfg))
-    out[preset] = {"train_steps_per_s": steps, "gen_tokens_per_s": k / (time.perf_counter() - t0)}
+    out[preset] = {"train_steps_per_s": steps, "gen_tokens_per_s": k / (time.process_time() - t0)}
 print(json.dumps(out))
 """
 
@@ -203,11 +204,11 @@ def gpt2_small_sweep(batch_size: int) -> dict:
         t0 = time.perf_counter()
         model(ids[None])
         one = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses, clean = ablation_sweep(model, ids, unit="head", batch_size=batch_size)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert losses.shape == (12, 12, 63)
-    return {"heads": 144, "tokens": 64, "batch_size": batch_size, "sweep_s": round(seconds, 1),
+    return {"heads": 144, "tokens": 64, "batch_size": batch_size, "sweep_s": round(seconds, 1), "sweep_cpu_s": round(cpu, 1),
             "one_forward_s": round(one, 3), "params_m": round(model.num_params() / 1e6, 1)}  # fmt: skip
 
 

@@ -392,6 +392,11 @@ class PatchResult:
     corrupted: float  # the metric of the corrupted run, nothing restored
 
     @property
+    def change(self) -> torch.Tensor:
+        """The metric's change from the corrupted run, per patch."""
+        return self.table - self.corrupted
+
+    @property
     def restored(self) -> torch.Tensor:
         """The share of the clean-corrupted gap each patch closes: 0 = no effect, 1 = fully restored."""
         gap = self.clean - self.corrupted

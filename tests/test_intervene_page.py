@@ -45,6 +45,7 @@ def test_switching_a_head_off_colours_the_loss_change_and_patches_the_induction_
     assert "residual stream restored" in patch_resid["layout"]["title"]["text"]
     assert len(patch_resid["data"][0]["x"]) == 50  # 25 + 25 tokens
     assert "Nothing is switched off" in texts(at.caption)
+    assert "little to restore" in texts(at.caption)  # an untrained model: no clean-corrupted gap
     text = at.text_area(key="keep.intervene.text").value
     html = next(m.value for m in at.markdown if "<span" in m.value)
     assert html.count("<span") == len(text)  # a char model: one span per character

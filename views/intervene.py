@@ -18,6 +18,7 @@ MAX_TOKENS = 96  # longer texts keep their first this many tokens
 # Above this many parameters a sweep (one forward per head, or per layer and position) takes
 # long enough on a CPU that it waits for a click instead of running on every change.
 SWEEP_FREE_PARAMS = 5_000_000
+MIN_GAP_NATS = 0.1  # below this clean-corrupted gap the patching charts show raw loss changes, not shares
 TEXTS = ("The value of the expression is returned when the function ends.", "def main(): return 0", "get_value", "name")
 STEER_A = "def \nreturn \nimport "
 STEER_B = "The \nIt was \nIn the "
@@ -192,18 +193,28 @@ with tab_patch:
             tokens = [tokenizer.token_str(i) for i in corrupted_ids]
             result = iv.patch_residual(model, clean_ids, corrupted_ids, metric)
             st.caption(f"Loss on the measured tokens: clean {result.clean:.3f}, corrupted {result.corrupted:.3f} nats.")
+            # With no gap between the two runs a share restored is noise divided by nearly nothing.
+            shares = abs(result.clean - result.corrupted) >= MIN_GAP_NATS
+            if not shares:
+                st.caption(
+                    "This model scores both texts almost the same, so there is little to restore: the charts show "
+                    "the loss change from the corrupted run in nats instead of a share (a trained model shows more)."
+                )
+            value = "restored" if shares else "Δ loss (nats)"
             streams = [f"into layer {i}" for i in range(result.table.shape[0])]
             show_figure(
-                viz.intervention_heatmap(result.restored.numpy(), streams, tokens, title="residual stream restored",
-                                         value="restored", x_title="position (corrupted token)"),
+                viz.intervention_heatmap((result.restored if shares else result.change).numpy(), streams, tokens,
+                                         title="residual stream restored", value=value,
+                                         x_title="position (corrupted token)"),
                 key="intervene.patch_resid", model=name,
             )  # fmt: skip
             if has_heads:
                 heads_result = iv.patch_heads(model, clean_ids, corrupted_ids, metric)
                 show_figure(
-                    viz.intervention_heatmap(heads_result.restored.numpy(), [f"layer {i}" for i in range(n_layer)],
+                    viz.intervention_heatmap((heads_result.restored if shares else heads_result.change).numpy(),
+                                             [f"layer {i}" for i in range(n_layer)],
                                              [f"head {h}" for h in range(model.config.n_head)],
-                                             title="one head's output restored (all positions)", value="restored"),
+                                             title="one head's output restored (all positions)", value=value),
                     key="intervene.patch_heads", model=name,
                 )  # fmt: skip
             elif has_channels:
