@@ -5,7 +5,9 @@ Run: python3 bench/bench_intervene.py [--skip-induction] [--skip-overhead] [--sk
 
 1. The induction recipe (``recipes.recipe("induction")``, 2 layers, on
    ``recipes.induction_data``), trained as bench_interpret.py trains it; then on
-   the head-score probe (4 x 25 random tokens, the same 25 again): the loss on
+   the head-score probe (4 x 25 random tokens, the same 25 again), with the
+   vocabulary the app's run has (257: the recipe's 256 and the character
+   tokenizer's separator, never in the data): the loss on
    the repeated half with nothing ablated, with the head of the highest
    induction score zeroed, with the head of the lowest zeroed (and every head's
    row, from one ``ablation_sweep``). ``--save`` writes the trained model as a
@@ -57,7 +59,13 @@ def induction(steps: int | None, save: str | None) -> dict:
     from lmcore.recipes import INDUCTION_VOCAB, induction_data, recipe
     from lmcore.train import TrainConfig, Trainer
 
-    model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB)
+    from lmcore.data import load_corpus
+    from lmcore.tokenizers import CharTokenizer
+
+    # The vocabulary of the app's run: the built-in induction corpus through the character
+    # tokenizer gives the recipe's ids 0..255 and one more, its document separator (never in the data).
+    tok = CharTokenizer.train(load_corpus("builtin:induction").text)
+    model_cfg, train_cfg = recipe("induction", tok.vocab_size)
     if steps is not None:
         train_cfg = TrainConfig(**{**train_cfg.to_dict(), "max_iters": steps})
     train_ids, val_ids = induction_data()
@@ -72,11 +80,16 @@ def induction(steps: int | None, save: str | None) -> dict:
     Trainer(model, train_ids, val_ids, train_cfg, callbacks=[Watch()]).fit()
     seconds = time.perf_counter() - t0
     model.eval()
+    if save:
+        from lmcore.checkpoint import save_checkpoint
+
+        save_checkpoint(save, model, tok, train_state={"steps": train_cfg.max_iters})
+        log(f"saved {save}")
     scores = head_scores(model)["induction"]  # (L, H)
     flat = scores.flatten()
     H = scores.size(1)
     top, low = divmod(int(flat.argmax()), H), divmod(int(flat.argmin()), H)
-    probe = probe_ids(model)  # (4, 2 S)
+    probe = probe_ids(model)  # (4, 2 S); segments drawn from the whole vocabulary, as bench_interpret.py's
     S = probe.size(1) // 2
 
     def repeated_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
@@ -93,15 +106,6 @@ def induction(steps: int | None, save: str | None) -> dict:
             rows["lowest"].append(repeated_loss(ablate_heads(model, ids, [low]), ids))
             losses, _ = ablation_sweep(model, ids, unit="head")  # (L, H, 2S-1)
             sweep += losses[:, :, S:].mean(-1) / len(probe)
-    if save:
-        from lmcore.checkpoint import save_checkpoint
-        from lmcore.data import load_corpus
-        from lmcore.tokenizers import CharTokenizer
-
-        tok = CharTokenizer.train(load_corpus("builtin:induction").text)
-        assert tok.vocab_size == INDUCTION_VOCAB
-        save_checkpoint(save, model, tok, train_state={"steps": train_cfg.max_iters})
-        log(f"saved {save}")
     base = statistics.mean(rows["none"])
     return {
         "steps": train_cfg.max_iters,
