@@ -12,7 +12,8 @@ Run: python3 bench/bench_intervene.py [--skip-induction] [--skip-overhead] [--sk
    induction score zeroed, with the head of the lowest zeroed (and every head's
    row, from one ``ablation_sweep``). ``--save`` writes the trained model as a
    checkpoint the app opens (the character tokenizer of the built-in
-   ``induction`` corpus gives the same ids).
+   ``induction`` corpus gives the same ids). ``--resume CKPT --induction-steps N``
+   trains a saved run N steps more (its optimizer state starts afresh).
 2. Hook points with nothing attached: training steps/s (baby-GPT shape, batch
    12, block 64) and generation tokens/s (the same model, 200 tokens), gpt2 and
    mamba, this tree against ``--base`` (default: the merge base with main, the
@@ -52,7 +53,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- 1. the induction head, knocked out
 
 
-def induction(steps: int | None, save: str | None) -> dict:
+def induction(steps: int | None, save: str | None, resume: str | None = None) -> dict:
     from lmcore.interpret import head_scores, probe_ids
     from lmcore.intervene import ablate_heads, ablation_sweep
     from lmcore.models import build_model
@@ -71,6 +72,11 @@ def induction(steps: int | None, save: str | None) -> dict:
     train_ids, val_ids = induction_data()
     torch.manual_seed(0)
     model = build_model(model_cfg)
+    if resume:  # a saved run of the recipe, trained ``steps`` more (fresh optimizer state)
+        from lmcore.checkpoint import load_checkpoint
+
+        model = load_checkpoint(resume).model
+        model.train()
 
     class Watch:
         def on_eval(self, e) -> None:
@@ -223,6 +229,7 @@ def main() -> None:
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--induction-steps", type=int, default=None)
     parser.add_argument("--save", default=None, help="write the trained induction model to this checkpoint")
+    parser.add_argument("--resume", default=None, help="train this saved induction model --induction-steps more")
     parser.add_argument("--base", default=None, help="git ref of the code without hook points")
     parser.add_argument("--sweep-batch", type=int, default=32)
     args = parser.parse_args()
@@ -237,7 +244,7 @@ def main() -> None:
         out["hooks_overhead"] = overhead(base)
         log(json.dumps(out["hooks_overhead"]))
     if not args.skip_induction:
-        out["induction"] = induction(args.induction_steps, args.save)
+        out["induction"] = induction(args.induction_steps, args.save, args.resume)
     print(json.dumps(out, indent=1))
 
 
