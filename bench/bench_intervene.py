@@ -53,7 +53,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- 1. the induction head, knocked out
 
 
-def induction(steps: int | None, save: str | None, resume: str | None = None) -> dict:
+def induction(steps: int | None, save: str | None, resume: str | None = None, vocab: int | None = None) -> dict:
     from lmcore.interpret import head_scores, probe_ids
     from lmcore.intervene import ablate_heads, ablation_sweep
     from lmcore.models import build_model
@@ -66,7 +66,7 @@ def induction(steps: int | None, save: str | None, resume: str | None = None) ->
     # The vocabulary of the app's run: the built-in induction corpus through the character
     # tokenizer gives the recipe's ids 0..255 and one more, its document separator (never in the data).
     tok = CharTokenizer.train(load_corpus("builtin:induction").text)
-    model_cfg, train_cfg = recipe("induction", tok.vocab_size)
+    model_cfg, train_cfg = recipe("induction", vocab or tok.vocab_size)
     if steps is not None:
         train_cfg = TrainConfig(**{**train_cfg.to_dict(), "max_iters": steps})
     train_ids, val_ids = induction_data()
@@ -86,7 +86,7 @@ def induction(steps: int | None, save: str | None, resume: str | None = None) ->
     Trainer(model, train_ids, val_ids, train_cfg, callbacks=[Watch()]).fit()
     seconds = time.perf_counter() - t0
     model.eval()
-    if save:
+    if save and model.config.vocab_size == tok.vocab_size:
         from lmcore.checkpoint import save_checkpoint
 
         save_checkpoint(save, model, tok, train_state={"steps": train_cfg.max_iters})
@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--induction-steps", type=int, default=None)
     parser.add_argument("--save", default=None, help="write the trained induction model to this checkpoint")
     parser.add_argument("--resume", default=None, help="train this saved induction model --induction-steps more")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="the model's vocabulary (256: the recipe's own, as bench_interpret.py; not saved)")
     parser.add_argument("--base", default=None, help="git ref of the code without hook points")
     parser.add_argument("--sweep-batch", type=int, default=32)
     args = parser.parse_args()
@@ -244,7 +246,7 @@ def main() -> None:
         out["hooks_overhead"] = overhead(base)
         log(json.dumps(out["hooks_overhead"]))
     if not args.skip_induction:
-        out["induction"] = induction(args.induction_steps, args.save, args.resume)
+        out["induction"] = induction(args.induction_steps, args.save, args.resume, args.vocab)
     print(json.dumps(out, indent=1))
 
 
