@@ -32,6 +32,7 @@ PAGES = [
     st.Page(flow.PAGE_ATTENTION, title="Attention", icon=":material/grid_on:"),
     st.Page(flow.PAGE_GENERATION, title="Generation", icon=":material/edit_note:"),
     st.Page(flow.PAGE_SURPRISE, title="Surprise", icon=":material/psychology:"),
+    st.Page("views/intervene.py", title="Intervene", icon=":material/science:"),
     st.Page(flow.PAGE_CHECKPOINTS, title="Checkpoints", icon=":material/save:"),
 ]
 

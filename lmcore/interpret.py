@@ -6,8 +6,9 @@ family where the idea applies, and a ``ConfigError`` saying why otherwise.
 - ``token_losses``: how surprised the model is by each token of a text, with
   the rank and probability of the true token and the model's top candidates.
 - ``logit_lens``: what the model would predict if it stopped after the
-  embedding or after block l: each residual stream passed through the final
-  norm and the output head (nostalgebraist 2020).
+  embedding or after block l: each residual stream (read at the model's hook
+  points, ``lmcore.hooks``) passed through the final norm and the output head
+  (nostalgebraist 2020).
 - ``head_scores``: per layer and head, how much attention goes to the previous
   token, to the first token (an attention sink) and to the token after the
   current token's earlier occurrence (an induction head, Olsson et al. 2022),
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import ConfigError, DataError
+from lmcore.hooks import hook_names, layer_names, run_with_cache
 from lmcore.models.base import LanguageModel
 
 # Length of the repeated segment of the head-score probe. The induction recipe
@@ -111,28 +113,35 @@ def token_losses(model: LanguageModel, ids: Sequence[int] | torch.Tensor, k: int
 def logit_lens(model: LanguageModel, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Log-probabilities (L+1, T, V): row 0 reads the embedding, row l the stream after block l.
 
-    Each residual stream goes through the model's own final norm and head
+    The streams are the ``blocks.0.hook_resid_pre`` and ``blocks.{l}.hook_resid_post``
+    hook points; each goes through the model's own final norm and head
     (``model.readout``), so the last row is the model's output distribution.
     Transformers and Mamba; ConfigError for models without a residual stream.
     """
-    blocks = model.residual_blocks()  # ConfigError where there is none
+    names = residual_stream_names(model)
     t = _as_ids(ids, model, 1)
-    streams: list[torch.Tensor] = []
-    first = blocks[0].register_forward_pre_hook(lambda _m, args: streams.append(args[0]))
-    hooks = [first] + [
-        b.register_forward_hook(lambda _m, _a, out: streams.append(out[0] if isinstance(out, tuple) else out))
-        for b in blocks
-    ]
     was_training = model.training
     model.eval()
     try:
-        model(t[None])
-        rows = [model.readout(x)[0].float().log_softmax(-1) for x in streams]
+        _, cache = run_with_cache(model, t[None], names)
+        rows = [model.readout(cache[n])[0].float().log_softmax(-1) for n in names]
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
     return torch.stack(rows).cpu()  # (L+1, T, V)
+
+
+def residual_stream_names(model: LanguageModel) -> list[str]:
+    """The hook points of the residual stream: the first block's input, then every block's output.
+
+    ConfigError for a model without a residual stream (the LSTM, the bigram, the n-gram).
+    """
+    post = layer_names(model, "hook_resid_post")
+    if not post or "blocks.0.hook_resid_pre" not in hook_names(model):
+        raise ConfigError(
+            f"the {model.config.arch} architecture has no residual stream to read layer by layer; "
+            "pick a transformer or Mamba model"
+        )
+    return ["blocks.0.hook_resid_pre", *post]
 
 
 def probe_ids(model: LanguageModel, seed: int = 0, count: int = PROBE_COUNT) -> torch.Tensor:

@@ -801,3 +801,100 @@ def surprise_summary(result: TokenLosses) -> dict[str, float]:
         "perplexity": math.exp(mean) if mean < 700 else math.inf,
         "top1": float((result.ranks == 1).float().mean()),
     }
+
+
+# --- interventions: ablation, patching, attribution (lmcore.intervene) ---
+
+# Loss change (nats) at which a token's background is fully coloured.
+LOSS_CHANGE_FULL_NATS = 3.0
+
+
+def loss_change_html(
+    tokens: Sequence[str],
+    change: Sequence[float],
+    before: Sequence[float],
+    after: Sequence[float],
+    top_before: Sequence[Sequence[tuple[int, float]]],
+    top_after: Sequence[Sequence[tuple[int, float]]],
+    token_str: Callable[[int], str],
+) -> str:
+    """The text as HTML, each predicted token red where an intervention raised its loss, blue where it lowered it.
+
+    Index i of the sequences is about tokens[i + 1]; hovering a token shows
+    its loss before and after and the model's top guesses both ways.
+    """
+    spans = [f'<span title="first token: nothing to predict it from">{html.escape(tokens[0])}</span>']
+    for i, tok in enumerate(tokens[1:]):
+        d = float(change[i])
+        shade = min(1.0, abs(d) / LOSS_CHANGE_FULL_NATS)
+        rgb = "220, 40, 40" if d > 0 else "40, 90, 220"
+        guesses = lambda top: ", ".join(f"{token_str(int(t))!r} {float(p):.0%}" for t, p in top)  # noqa: E731
+        tip = (
+            f"loss {float(before[i]):.2f} -> {float(after[i]):.2f} nats ({d:+.2f}); "
+            f"before: {guesses(top_before[i])}; after: {guesses(top_after[i])}"
+        )
+        style = f"background: rgba({rgb}, {shade:.2f}); border-radius: 2px"
+        spans.append(f'<span title="{html.escape(tip)}" style="{style}">{html.escape(tok)}</span>')
+    body = "".join(spans)
+    return f'<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">{body}</div>'
+
+
+def intervention_heatmap(
+    table: np.ndarray | torch.Tensor,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str = "",
+    value: str = "value",
+    x_title: str = "",
+    diverging: bool = True,
+) -> go.Figure:
+    """A (rows, columns) table of an intervention's effect (patching or ablation), one cell per part.
+
+    Diverging colours around 0 (red up, blue down) unless ``diverging`` is False.
+    Columns are positions or heads; their labels are shown as they are (escaped).
+    """
+    z = np.asarray(table, dtype=float)
+    if z.shape != (len(rows), len(columns)):
+        raise ValueError(f"a table of shape {z.shape} does not match {len(rows)} rows and {len(columns)} columns")
+    finite = z[np.isfinite(z)]
+    if diverging:
+        bound = float(np.abs(finite).max()) if finite.size else 1.0
+        colors = dict(colorscale="RdBu_r", zmin=-(bound or 1.0), zmax=bound or 1.0, zmid=0.0)
+    else:
+        colors = _color_args(z)
+    labels = [plot_label(c) for c in columns]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(len(columns))),
+            y=list(rows),
+            customdata=np.array([labels] * len(rows), dtype=object),
+            hovertemplate=f"%{{y}}, %{{customdata}}: {value} %{{z:.3f}}<extra></extra>",
+            hoverongaps=False,
+            colorbar=dict(title=value),
+            **colors,
+        )
+    )
+    fig.update_xaxes(title=x_title, tickmode="array", tickvals=list(range(len(columns))), ticktext=labels,
+                     tickangle=-60 if len(columns) > 12 else 0, showgrid=False)  # fmt: skip
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    fig.update_layout(title=plot_label(title) or None, height=140 + 34 * len(rows),
+                      margin=dict(l=10, r=10, t=50 if title else 20, b=10), plot_bgcolor="white")  # fmt: skip
+    return fig
+
+
+def attribution_figure(parts: Mapping[str, float], title: str = "") -> go.Figure:
+    """Direct logit attribution as bars: what each part wrote toward the chosen token's logit."""
+    names = list(parts)
+    values = [float(parts[n]) for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=[plot_label(n) for n in names],
+            y=values,
+            marker_color=["#dc2626" if v > 0 else "#2563eb" for v in values],
+            hovertemplate="%{x}: %{y:+.3f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(title="contribution to the logit", zeroline=True)
+    fig.update_layout(title=plot_label(title) or None, height=340, margin=dict(l=10, r=10, t=50 if title else 20, b=10))
+    return fig

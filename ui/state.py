@@ -104,6 +104,10 @@ SURPRISE_TEXT = KEEP + "surprise.text"
 SURPRISE_MODEL_A = KEEP + "surprise.model_a"
 SURPRISE_MODEL_B = KEEP + "surprise.model_b"
 SURPRISE_COMPARE = KEEP + "surprise.compare"
+# Intervene page
+INTERVENE_MODEL = KEEP + "intervene.model"
+INTERVENE_TEXT = KEEP + "intervene.text"
+INTERVENE_STEER_PROMPT = KEEP + "intervene.steer_prompt"
 SEEN_DEFAULTS = "models.seen_defaults"  # {picker key: (active job, loaded checkpoint) it last followed}
 PROMPT_DEFAULTS = "models.prompt_defaults"  # {prompt box key: the default prompt it was given last}
 # Checkpoints page

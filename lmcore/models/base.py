@@ -8,6 +8,9 @@ Every architecture subclasses ``LanguageModel`` and provides:
   giving the same logits as ``forward`` over the whole sequence;
 - ``attention_maps(idx)``: (1, T) -> (n_layer, n_groups, T, T), or a
   ``ConfigError`` when the architecture has no such maps (``has_attention``);
+  by default read from the ``blocks.{i}.attn.hook_pattern`` hook points;
+- named hook points (``lmcore.hooks.HookPoint``) on the forward path, which
+  every view and intervention reads;
 - ``family``: its ``Family``, what the app, figures and estimates know about it.
 The trainer, sampler, checkpoint code and app never branch on the architecture.
 """
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import ConfigError
+from lmcore.hooks import layer_names, run_with_cache
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import Family
 
@@ -69,10 +73,33 @@ class LanguageModel(nn.Module):
     def step(self, idx_t: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:  # (B, 1) -> (B, 1, V)
         raise NotImplementedError
 
-    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:  # (1, T) -> (L, H, T, T)
-        raise ConfigError(
-            f"the {self.config.arch} architecture has no attention maps; pick a transformer or Mamba model to see them"
-        )
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:  # (1, T) or (T,) -> (L, H, T, T)
+        """Attention weights of every layer and head, in eval mode, read from the ``attn.hook_pattern`` points.
+
+        Row i of a map is how position i spreads its attention over positions
+        0..i: non-negative, zero above the diagonal, summing to 1. A family
+        without pattern points raises ConfigError (or overrides this).
+        """
+        names = layer_names(self, "attn.hook_pattern")
+        if not names:
+            raise ConfigError(
+                f"the {self.config.arch} architecture has no attention maps; "
+                "pick a transformer or Mamba model to see them"
+            )
+        if idx.dim() == 1:
+            idx = idx[None]
+        if idx.size(0) != 1:
+            raise ValueError(f"attention_maps takes one sequence, got a batch of {idx.size(0)}")
+        if idx.size(1) < 1:
+            raise ConfigError("attention maps need at least one token; enter some text")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                _, cache = run_with_cache(self, idx, names)
+        finally:
+            self.train(was_training)
+        return torch.stack([cache[n][0] for n in names]).float()  # (L, H, T, T)
 
     def residual_blocks(self) -> nn.ModuleList:
         """The blocks that update the residual stream, in order; each takes the stream as its first input.

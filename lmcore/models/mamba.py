@@ -36,7 +36,14 @@ context is not limited by ``block_size``.
 
 ``attention_maps`` shows the hidden attention of Ali, Zimerman & Wolf (2024),
 "The Hidden Attention of Mamba Models": the scan is y_i = Σ_{j<=i} α_ij u_j
-per channel, with α_ij = C_i · (Π_{k=j+1..i} Ā_k) B̄_j.
+per channel, with α_ij = C_i · (Π_{k=j+1..i} Ā_k) B̄_j, computed from the Δ, B
+and C its hook points give.
+
+Hook points (``lmcore.hooks``): ``embed``; per block ``hook_resid_pre``,
+``mixer.hook_delta`` (B, T, E), ``mixer.hook_B`` and ``mixer.hook_C`` (B, T, N),
+``mixer.hook_y`` (the gated scan output per channel, (B, T, E)),
+``hook_mixer_out`` and ``hook_resid_post`` (B, T, D); ``final.hook_normalized``.
+They fire in ``step`` too.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from lmcore.errors import ConfigError
+from lmcore.hooks import HookPoint, layer_names, run_with_cache
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import (
@@ -326,8 +334,13 @@ class MambaCache:
 class MambaMixer(nn.Module):
     """The selective SSM mixer of one block: (B, T, D) -> (B, T, D)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        # Hook points (lmcore.hooks): the scan's Δ (B, T, E), B and C (B, T, N), and its gated output y (B, T, E).
+        self.hook_delta = HookPoint(f"blocks.{layer}.mixer.hook_delta")
+        self.hook_B = HookPoint(f"blocks.{layer}.mixer.hook_B")
+        self.hook_C = HookPoint(f"blocks.{layer}.mixer.hook_C")
+        self.hook_y = HookPoint(f"blocks.{layer}.mixer.hook_y")
         D, E, N, R, K = config.n_embd, config.d_inner, config.d_state, config.dt_rank_value, config.d_conv
         self.d_inner, self.d_state, self.dt_rank, self.d_conv = E, N, R, K
         self.in_proj = nn.Linear(D, 2 * E, bias=False)
@@ -387,24 +400,30 @@ class MambaMixer(nn.Module):
         """x (B, T, D), optional (conv, ssm) state -> (B, T, D) and the state after x."""
         conv_state, ssm_state = state if state is not None else (None, None)
         u, delta, A, B, C, z, new_conv = self.ssm_inputs(x, conv_state)
+        delta, B, C = self.hook_delta(delta), self.hook_B(B), self.hook_C(C)
         y, h = _scan(u, delta, A, B, C, h0=ssm_state)  # (B, T, E), (B, E, N)
-        y = torch.addcmul(y, u, self.D) * F.silu(z)  # (y + D u) gated, (B, T, E)
+        y = self.hook_y(torch.addcmul(y, u, self.D) * F.silu(z))  # (y + D u) gated, (B, T, E)
         return self.out_proj(y), (new_conv, h)
 
 
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x + mixer(rmsnorm(x))."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        # Hook points (lmcore.hooks), each (B, T, D); they fire in generation too (step runs this forward).
+        self.hook_resid_pre = HookPoint(f"blocks.{layer}.hook_resid_pre")
+        self.hook_mixer_out = HookPoint(f"blocks.{layer}.hook_mixer_out")
+        self.hook_resid_post = HookPoint(f"blocks.{layer}.hook_resid_post")
         self.norm = RMSNorm(config.n_embd, eps=config.norm_eps)
-        self.mixer = MambaMixer(config)
+        self.mixer = MambaMixer(config, layer)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = self.hook_resid_pre(x)
         out, state = self.mixer(self.norm(x), state)
-        return x + out, state  # (B, T, D)
+        return self.hook_resid_post(x + self.hook_mixer_out(out)), state  # (B, T, D)
 
 
 def _diagram(c: ModelConfig) -> Diagram:
@@ -477,7 +496,9 @@ class Mamba(LanguageModel):
         super().__init__(config)
         _keep_scan_out_of_compile()
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
-        self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
+        self.hook_embed = HookPoint("embed")  # (B, T, D)
+        self.hook_normalized = HookPoint("final.hook_normalized")  # (B, T, D) after the final norm
+        self.layers = nn.ModuleList(MambaBlock(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, eps=config.norm_eps)
         # Tied: the logits use the embedding matrix itself, so no second name holds it.
         self.head = None if config.tie_weights else nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -505,17 +526,18 @@ class Mamba(LanguageModel):
             raise ConfigError(f"dt_rank must be at least 1 (or unset for ceil(n_embd / 16)), got {config.dt_rank}")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.norm_f(x)
+        x = self.hook_normalized(self.norm_f(x))
         return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
     def residual_blocks(self) -> nn.ModuleList:
         return self.layers
 
     def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        return self._logits(x)
+        x = self.norm_f(x)
+        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(idx)  # (B, T, D)
+        x = self.hook_embed(self.embedding(idx))  # (B, T, D)
         for layer in self.layers:
             x, _ = layer(x)
         return self._logits(x)  # (B, T, V)
@@ -536,7 +558,7 @@ class Mamba(LanguageModel):
         t = 1 is the usual case; a longer t (a whole prompt) goes through the fast
         scan in one call, starting from the cached state.
         """
-        x = self.embedding(idx_t)  # (B, t, D)
+        x = self.hook_embed(self.embedding(idx_t))  # (B, t, D)
         conv, ssm = [], []
         for layer, c, h in zip(self.layers, cache.conv, cache.ssm):
             x, (c, h) = layer(x, (c, h))
@@ -563,10 +585,18 @@ class Mamba(LanguageModel):
         n_groups = max(1, min(n_groups, self.config.d_inner))
         T = idx.shape[1]
         maps = []
-        x = self.embedding(idx)  # (1, T, D)
-        for layer in self.layers:
-            u, delta, A, B, C, _, _ = layer.mixer.ssm_inputs(layer.norm(x))
-            delta, B, C = delta[0].float(), B[0].float(), C[0].float()
+        # Δ, B and C of every layer from one pass through the hook points.
+        names = [layer_names(self, f"mixer.hook_{k}") for k in ("delta", "B", "C")]
+        was_training = self.training
+        self.eval()
+        try:
+            _, cache = run_with_cache(self, idx, [n for group in names for n in group])
+        finally:
+            self.train(was_training)
+        for i, layer in enumerate(self.layers):
+            delta, B, C = (cache[group[i]][0].float() for group in names)
+            A_log = layer.mixer.A_log
+            A = -torch.exp(A_log if A_log.dtype in (torch.float32, torch.float64) else A_log.float())  # (E, N)
             per_group = []
             for channels in torch.arange(self.config.d_inner, device=idx.device).tensor_split(n_groups):
                 total = torch.zeros(T, T, device=idx.device)
@@ -575,7 +605,6 @@ class Mamba(LanguageModel):
                     total += hidden_attention(delta[:, block], A[block], B, C).abs_().sum(0)
                 per_group.append(total / len(channels))
             maps.append(torch.stack(per_group))
-            x, _ = layer(x)
         return torch.stack(maps)  # (n_layer, G, T, T)
 
     def num_params(self, non_embedding: bool = False) -> int:

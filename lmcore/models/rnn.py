@@ -13,6 +13,11 @@ its position, and the context is not limited by ``block_size``.
 There is no attention to show: its family names none, ``has_attention`` is False and
 ``attention_maps`` raises the base class's ``ConfigError`` ("has no attention
 maps ..."), which the app shows as not available for this architecture.
+
+Hook points (``lmcore.hooks``): ``embed`` and ``blocks.{i}.hook_hidden`` (B, T, D),
+the hidden state layer i outputs at every position. While one of them is
+hooked, the layers run one call each (the same kernel, so the same numbers);
+otherwise the stack runs as one ``nn.LSTM`` call.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import _VF, nn
 
+from lmcore.hooks import HookPoint
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import BLOCK_SIZE, DROPOUT, N_EMBD, N_LAYER, Diagram, Family, Preset, embedding_node
@@ -66,6 +72,10 @@ class LSTM(LanguageModel):
         # nn.LSTM applies its dropout between layers only, and warns when there is one layer.
         self.lstm = nn.LSTM(D, D, num_layers=L, batch_first=True, dropout=config.dropout if L > 1 else 0.0)
         self.head = None if config.tie_weights else nn.Linear(D, V)
+        self.hook_embed = HookPoint("embed")  # (B, T, D)
+        for i in range(L):
+            setattr(self, f"hook_hidden_{i}", HookPoint(f"blocks.{i}.hook_hidden"))  # (B, T, D)
+        self._hidden_points = tuple(getattr(self, f"hook_hidden_{i}") for i in range(L))
         nn.init.normal_(self.embedding.weight, std=0.02)
         with torch.no_grad():
             # Forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers by default,
@@ -78,9 +88,31 @@ class LSTM(LanguageModel):
         x = self.drop(x)
         return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
+    def _run(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The LSTM stack over x (B, T, D) from state (h, c) (L, B, D) or zeros; layer by layer when hooked."""
+        if not any(p.active() for p in self._hidden_points):
+            return self.lstm(x, state)
+        L, B, D = self.config.n_layer, x.size(0), self.config.n_embd
+        if state is None:
+            zeros = x.new_zeros(L, B, D)
+            state = (zeros, zeros)
+        hs, cs = [], []
+        for i, point in enumerate(self._hidden_points):
+            weights = [getattr(self.lstm, f"{w}_l{i}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            x, h, c = _VF.lstm(x, (state[0][i : i + 1], state[1][i : i + 1]), weights, True, 1, 0.0,
+                               self.training, False, True)  # fmt: skip
+            x = point(x)  # (B, T, D)
+            hs.append(h)
+            cs.append(c)
+            if i < L - 1 and self.lstm.dropout and self.training:
+                x = F.dropout(x, self.lstm.dropout, True)
+        return x, (torch.cat(hs), torch.cat(cs))
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.embedding(idx))  # (B, T, D)
-        out, _ = self.lstm(x)  # (B, T, D)
+        x = self.drop(self.hook_embed(self.embedding(idx)))  # (B, T, D)
+        out, _ = self._run(x, None)  # (B, T, D)
         return self._logits(out)  # (B, T, V)
 
     def init_cache(
@@ -95,8 +127,8 @@ class LSTM(LanguageModel):
         self, idx_t: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """idx_t (B, t) -> logits (B, t, V) and (h, c) after those tokens; t may be > 1."""
-        x = self.drop(self.embedding(idx_t))  # (B, t, D)
-        out, (h, c) = self.lstm(x, cache)  # (B, t, D), (L, B, D) each
+        x = self.drop(self.hook_embed(self.embedding(idx_t)))  # (B, t, D)
+        out, (h, c) = self._run(x, cache)  # (B, t, D), (L, B, D) each
         return self._logits(out), (h, c)
 
     def num_params(self, non_embedding: bool = False) -> int:
