@@ -92,6 +92,7 @@ _BUILD_LOCK = threading.Lock()
 # the last ETA_RECENT_S seconds of training (at least ETA_MIN_STEPS steps).
 ETA_WINDOW = 2000
 ETA_RECENT_S = 30.0
+ETA_RECENT_SHARE = 0.0
 ETA_MIN_STEPS = 10
 # How often a RunProcess reads its run's log and state file.
 FOLLOW_S = 0.2
@@ -123,7 +124,8 @@ def remaining_seconds(events: list[TrainEvent], cfg: TrainConfig) -> float | Non
             plain.append((b.elapsed_s, gap))
     if not plain:
         return None
-    recent = [d for t, d in plain if t >= plain[-1][0] - ETA_RECENT_S]
+    window = max(ETA_RECENT_S, ETA_RECENT_SHARE * plain[-1][0])
+    recent = [d for t, d in plain if t >= plain[-1][0] - window]
     if len(recent) < ETA_MIN_STEPS:
         recent = [d for _, d in plain[-ETA_MIN_STEPS:]]
     step_s = sum(recent) / len(recent)
@@ -474,7 +476,7 @@ class RunProcess(TrainingJob):
         self._state_mtime: int | None = None
         self._last_loss = math.nan
         self._asked = 0
-        self._snapshot: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._final: dict[str, torch.Tensor] | None = None  # the weights it ended with
         self._thread = threading.Thread(target=self._follow, name=f"lmcore-follow-{self.id}", daemon=True)
 
     @property
@@ -567,6 +569,9 @@ class RunProcess(TrainingJob):
         if state.get("crashed") or not state.get("ended"):
             tail = state.get("crashed") or self._output_tail()
             logger.error("training run %s (%s) crashed", self.id, self.name, exc_info=RunCrashed(tail))
+        # Keep the weights it ended with (for snapshots, as a thread's run keeps its model), not its folder.
+        self._final = self._read_snapshot()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def _output_tail(self, n: int = 4000) -> str:
         try:
@@ -585,23 +590,39 @@ class RunProcess(TrainingJob):
 
     def snapshot_model(self) -> LanguageModel:
         """A CPU copy of the model in eval mode: the weights the run process has now (or ended with)."""
-        from safetensors import safe_open
-
         path = self._dir / "snapshot.safetensors"
         if self.is_alive:
             self._asked += 1
-            tmp = self._dir / "snapshot.request.tmp"
-            tmp.write_text(str(self._asked))
-            os.replace(tmp, self._dir / "snapshot.request")
+            with contextlib.suppress(OSError):  # the run may be ending: its folder goes
+                tmp = self._dir / "snapshot.request.tmp"
+                tmp.write_text(str(self._asked))
+                os.replace(tmp, self._dir / "snapshot.request")
             deadline = time.monotonic() + SNAPSHOT_WAIT_S
-            while time.monotonic() < deadline:
-                if self._snapshot_seq(path) >= self._asked or not self.is_alive:
-                    break
+            while self.is_alive and time.monotonic() < deadline:
+                if self._snapshot_seq(path) >= self._asked:
+                    state = self._read_snapshot()
+                    if state is not None:
+                        return self._model_from(state)
                 time.sleep(0.02)
+        if not self.is_alive:
+            return self._model_from(self._final)
+        return self._model_from(self._read_snapshot())
+
+    def _read_snapshot(self) -> dict[str, torch.Tensor] | None:
+        from safetensors import safe_open
+
+        path = self._dir / "snapshot.safetensors"
         if self._snapshot_seq(path) < 0:
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception:  # noqa: BLE001 - replaced or removed while read
+            return None
+
+    def _model_from(self, state: dict[str, torch.Tensor] | None) -> LanguageModel:
+        if state is None:
             raise TrainingError(f"the run '{self.name}' has no model yet ({self.error or 'it is still starting'})")
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
         copy = build_model(self.model_config, device="cpu")
         copy.load_state_dict(state)
         return copy.eval()
@@ -615,11 +636,6 @@ class RunProcess(TrainingJob):
                 return int((f.metadata() or {}).get("seq", 0))
         except Exception:  # noqa: BLE001 - missing, or not yet whole: no snapshot
             return -1
-
-    def _forget(self) -> None:
-        """Remove the private folder of an ended run."""
-        if not self.is_alive:
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class JobRegistry:
@@ -697,8 +713,6 @@ class JobRegistry:
         ended.sort(key=lambda j: j.started_at)
         for j in ended[: max(0, len(self._jobs) - self.keep)]:
             del self._jobs[j.id]
-            if isinstance(j, RunProcess):
-                j._forget()
 
     def get(self, job_id: str | None) -> TrainingJob | None:
         """The job with this id, or None (unknown, or forgotten)."""
