@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", action="store_true", help="run in a thread of this process")
+    ap.add_argument("--save-log", type=Path, default=None, help="keep a copy of the run's log here")
     args = ap.parse_args()
     corpus = load_corpus("builtin:python-docs")
     tok = build_tokenizer("char", corpus.text)
@@ -57,6 +59,8 @@ def main() -> None:
             time.sleep(0.5)
         t_end = time.monotonic()
         assert job.status == "finished", job.error
+        if args.save_log:
+            shutil.copy(Path(tmp) / "eta.metrics.jsonl", args.save_log)
 
     def errors(kind: str) -> list[float]:
         out = []
