@@ -88,11 +88,13 @@ ACTIVE_STATUSES = (RUNNING, STOPPING)
 SAMPLE_TOKENS = 120
 # Serialises seeded model construction (it uses torch's global generator).
 _BUILD_LOCK = threading.Lock()
-# The time-left estimate reads this many of the latest events, and times steps over
-# the last ETA_RECENT_S seconds of training (at least ETA_MIN_STEPS steps).
-ETA_WINDOW = 2000
+# The time-left estimate reads this many of the latest events, and times steps over the
+# later ETA_RECENT_SHARE of the training time so far, at least the last ETA_RECENT_S
+# seconds and ETA_MIN_STEPS steps: it leaves a slow start behind, follows a lasting change
+# of pace, and does not chase every busy half-minute of a shared machine (bench/RESULTS.md).
+ETA_WINDOW = 4000
 ETA_RECENT_S = 30.0
-ETA_RECENT_SHARE = 0.0
+ETA_RECENT_SHARE = 0.5
 ETA_MIN_STEPS = 10
 # How often a RunProcess reads its run's log and state file.
 FOLLOW_S = 0.2
@@ -103,9 +105,10 @@ SNAPSHOT_WAIT_S = 60.0
 def remaining_seconds(events: list[TrainEvent], cfg: TrainConfig) -> float | None:
     """Seconds until a run reaches ``cfg.max_iters``, from its latest events; None until two steps are seen.
 
-    The steps still to take at the recent step time (the mean over the last
-    ``ETA_RECENT_S`` seconds of steps, so a run that speeds up or slows down is
-    followed within that time and the first, slower steps soon drop out), plus
+    The steps still to take at the recent step time (the mean over the later
+    half of the steps' time so far, at least ``ETA_RECENT_S`` seconds: a run that
+    speeds up or slows down for good is followed, the first, slower steps drop
+    out, a busy minute of the machine is averaged over), plus
     the evaluations still to come at their measured cost: the gap between the
     step before an evaluation and the step after it, less one step (a guess from
     the step time and ``eval_iters`` until one has been seen).

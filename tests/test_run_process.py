@@ -131,15 +131,15 @@ def _timeline(n: int, step_s, eval_every: int, eval_s: float) -> list[float]:
 
 def test_the_time_left_counts_the_recent_step_time_and_the_evaluations_to_come():
     cfg = TrainConfig(max_iters=1000, eval_interval=100, eval_iters=10)
-    # A slow start (the first 50 steps at 1 s: start-up, another run beside it), then 0.1 s a step;
-    # each evaluation costs 3 s. After 300 steps: 700 steps and 7 evaluations are left.
-    slow_then_fast = lambda i: 1.0 if i <= 50 else 0.1  # noqa: E731
-    times = _timeline(300, slow_then_fast, 100, 3.0)
-    events = _steps(times, {100: 0, 200: 0, 300: 0}, 1000)
-    truth = 700 * 0.1 + 7 * 3.0
+    # A slow start (the first 30 steps at 1 s: start-up, another run beside it), then 0.1 s a step;
+    # each evaluation costs 3 s. After 500 steps: 500 steps and 5 evaluations are left.
+    slow_then_fast = lambda i: 1.0 if i <= 30 else 0.1  # noqa: E731
+    times = _timeline(500, slow_then_fast, 100, 3.0)
+    events = _steps(times, {100: 0, 200: 0, 300: 0, 400: 0, 500: 0}, 1000)
+    truth = 500 * 0.1 + 5 * 3.0
     assert remaining_seconds(events, cfg) == pytest.approx(truth, rel=0.05)
     # the average since the start (what a plain steps/elapsed estimate gives) is far off
-    assert abs(700 / (300 / times[-1]) - truth) / truth > 0.5
+    assert abs(500 / (500 / times[-1]) - truth) / truth > 0.3
 
     # No evaluation yet: the step time alone, plus a guess for the evaluations; none left at the end.
     early = _steps(_timeline(20, lambda i: 0.1, 100, 3.0), {}, 1000)

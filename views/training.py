@@ -125,6 +125,8 @@ def _press_start(token: int) -> None:
         _start(str(_value(S.TRAIN_NAME) or "").strip() or default_run_name(cfg), cfg)
     except LMCoreError as e:
         st.session_state[S.START_ERROR] = str(e)
+    # Counted again from when the run has started (its process may take a while to launch on a busy machine).
+    st.session_state[S.START_TIME] = time.monotonic()
 
 
 def _name_typed() -> None:
