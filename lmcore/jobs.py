@@ -562,6 +562,8 @@ class RunProcess(TrainingJob):
             if state.get("ended") and state.get("status") in (FINISHED, STOPPED, FAILED):
                 self.status = state["status"]
                 self.error = state.get("error")
+            elif self._stop_requested and self._proc.returncode == -signal.SIGTERM:
+                self.status = STOPPED  # stopped while it was starting, before it could catch the signal
             else:
                 self.status = FAILED
                 self.error = (
@@ -569,7 +571,7 @@ class RunProcess(TrainingJob):
                     "the last checkpoint it saved is kept"
                 )
             self.finished_at = time.time()
-        if state.get("crashed") or not state.get("ended"):
+        if state.get("crashed") or self.status == FAILED and not state.get("ended"):
             tail = state.get("crashed") or self._output_tail()
             logger.error("training run %s (%s) crashed", self.id, self.name, exc_info=RunCrashed(tail))
         # Keep the weights it ended with (for snapshots, as a thread's run keeps its model), not its folder.
