@@ -33,6 +33,14 @@ app's default corpus with many iterations, so it keeps training throughout.
 
 The machine may be shared: the load average at the start and at the end is
 reported, and the idle page switches give a same-run reference (ratios).
+
+0. Open against closed (first, right after the first evaluation): the
+   Training page open for ``--oc-seconds``, then the Data page (the live view
+   closed) as long, ``--oc-windows`` times each, alternating. Steps are read
+   from the run's log in the checkpoint folder (what the run wrote, whatever
+   the page shows). Reported: steps/s in each window, the median of each
+   side, and open over closed (1.0: watching costs the run nothing).
+   ``--open-closed-only`` stops after it.
 Prints one JSON object on stdout; progress goes to stderr. Without Playwright
 or Chromium it prints {"skipped": reason} and exits 0.
 """
@@ -319,6 +327,36 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
     return None if den == 0 else round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3)
 
 
+def logged_step(log_file: Path) -> tuple[int, float]:
+    """(the last step in a run log, now): what the run itself has done, read from its file."""
+    step = 0
+    with open(log_file, "rb") as f:
+        f.seek(max(0, log_file.stat().st_size - 4096))
+        for line in f.read().splitlines()[1:] or []:
+            try:
+                step = max(step, int(json.loads(line).get("step") or 0))
+            except (ValueError, AttributeError):
+                continue
+    return step, time.monotonic()
+
+
+def open_closed(page: Any, log_file: Path, windows: int, seconds: float) -> dict[str, Any]:
+    """Steps/s with the Training page open and with the Data page shown instead, alternating."""
+    rows: list[dict[str, Any]] = []
+    for i in range(windows):
+        for side, (label, content) in (("closed", PAGES[0]), ("open", PAGES[-1])):
+            switch(page, label, content)
+            page.wait_for_timeout(1000)  # the switch itself is not counted
+            s0, t0 = logged_step(log_file)
+            page.wait_for_timeout(int(seconds * 1000))
+            s1, t1 = logged_step(log_file)
+            rows.append({"side": side, "steps_per_s": round((s1 - s0) / (t1 - t0), 2), "load1": round(os.getloadavg()[0], 2)})
+            log(f"  {side:6s} window {i + 1}: {rows[-1]['steps_per_s']} steps/s (load {rows[-1]['load1']})")
+    med = {side: statistics.median(r["steps_per_s"] for r in rows if r["side"] == side) for side in ("open", "closed")}
+    return {"windows": rows, "open_median": med["open"], "closed_median": med["closed"],
+            "open_over_closed": round(med["open"] / med["closed"], 3) if med["closed"] else None}  # fmt: skip
+
+
 def torch_threads() -> int | None:
     try:
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
@@ -368,7 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     page.set_default_timeout(60_000)
                     page.goto(app.url)
                     expect(page.locator("h1", has_text="Data")).to_be_visible(timeout=120_000)
-                    result.update(session(page, context, app.proc.pid, args))
+                    result.update(session(page, context, app.proc.pid, args, folder))
                 finally:
                     browser.close()
         except BaseException:
@@ -380,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def session(page: Any, context: Any, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+def session(page: Any, context: Any, pid: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Everything that happens in the one browser session; the measured figures."""
     from playwright.sync_api import expect
 
@@ -402,7 +440,7 @@ def session(page: Any, context: Any, pid: int, args: argparse.Namespace) -> dict
     box = page.get_by_label("Run name (the checkpoint's file name)", exact=True)
     box.fill(RUN_NAME)
     box.press("Enter")
-    expect(page.get_by_text(f"{RUN_NAME}.safetensors").first).to_be_visible()
+    expect(page.get_by_text(f"{RUN_NAME}.safetensors").first).to_be_visible(timeout=120_000)
     wait_idle(page)
     out["settings"]["train"] = {label: page.get_by_label(label, exact=True).input_value()
                                 for label in ("Iterations", "Batch size", "Evaluate every", "Evaluation batches")}  # fmt: skip
@@ -421,6 +459,18 @@ def session(page: Any, context: Any, pid: int, args: argparse.Namespace) -> dict
     while progress(page)[0] <= eval_every and time.monotonic() < deadline:
         page.wait_for_timeout(500)
     wait_idle(page)
+
+    if args.oc_windows:
+        log(f"open against closed: {args.oc_windows} x {args.oc_seconds:.0f} s each side")
+        out["open_vs_closed"] = open_closed(page, folder / f"{RUN_NAME}.metrics.jsonl", args.oc_windows, args.oc_seconds)
+        log(f"  open/closed: {out['open_vs_closed']['open_over_closed']}")
+        if args.open_closed_only:
+            sampler.halt()
+            switch(page, *PAGES[-1])
+            wait_idle(page)
+            page.locator(".st-key-train_stop button").click()
+            expect(page.get_by_text(re.compile(rf"{RUN_NAME}: stopped")).first).to_be_visible(timeout=120_000)
+            return out
 
     try:
         # 1. Page switches while the run trains.
@@ -546,6 +596,9 @@ def main() -> None:
     ap.add_argument("--sample-every", type=float, default=30.0, help="seconds between memory samples")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between two page switches")
     ap.add_argument("--quick", action="store_true", help="1 minute, 1 round: checks that it runs")
+    ap.add_argument("--oc-windows", type=int, default=3, help="open/closed windows of each side (0: none)")
+    ap.add_argument("--oc-seconds", type=float, default=15.0, help="length of each open/closed window")
+    ap.add_argument("--open-closed-only", action="store_true", help="stop after the open/closed windows")
     args = ap.parse_args()
     if args.quick:
         args.minutes, args.rounds, args.refresh_seconds, args.sample_every = 1.0, 1, 10.0, 15.0

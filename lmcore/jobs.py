@@ -1,4 +1,14 @@
-"""Training runs in background threads, safe to poll from a user interface.
+"""Training runs in their own processes (or background threads), safe to poll from a user interface.
+
+``JobRegistry.start(spec, folder)`` starts the run a ``RunSpec`` describes as
+its own process (``python -m lmcore.runs``, see ``lmcore.runs``) and returns a
+``RunProcess`` that follows it through its run log and state file: the pages
+that watch a run never share an interpreter (nor its lock) with it, Stop is
+SIGTERM (the run evaluates, saves and ends "stopped"), and a run goes on when
+the server that started it stops. ``JobRegistry(processes=False)`` runs each
+in a thread of this process instead (what the run process itself does).
+Both kinds of job answer the same questions (``events_since``, ``progress``,
+``snapshot_model``, ``stop``, ``wait``...).
 
 A ``TrainingJob`` wraps one ``Trainer.fit()`` in a daemon thread. The thread
 never touches the UI: it appends every ``TrainEvent`` to ``job.events`` (under
@@ -41,8 +51,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -68,7 +84,7 @@ from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
-from lmcore.runlog import RunLogger
+from lmcore.runlog import RunLogger, log_path, parse_lines
 from lmcore.tokenizers import Tokenizer
 from lmcore.train import BitsPerByteCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
@@ -85,6 +101,62 @@ MAX_RUNS_ENV = "LMCORE_MAX_RUNS"
 SAMPLE_TOKENS = 120
 # Serialises seeded model construction (it uses torch's global generator).
 _BUILD_LOCK = threading.Lock()
+# The time-left estimate reads this many of the latest events, and times steps over the
+# later ETA_RECENT_SHARE of the training time so far, at least the last ETA_RECENT_S
+# seconds and ETA_MIN_STEPS steps: it leaves a slow start behind, follows a lasting change
+# of pace, and does not chase every busy half-minute of a shared machine (bench/RESULTS.md).
+ETA_WINDOW = 4000
+ETA_RECENT_S = 30.0
+ETA_RECENT_SHARE = 0.5
+ETA_MIN_STEPS = 10
+# How often a RunProcess reads its run's log and state file.
+FOLLOW_S = 0.2
+# How long snapshot_model waits for the run process to write the weights.
+SNAPSHOT_WAIT_S = 60.0
+
+
+def remaining_seconds(events: list[TrainEvent], cfg: TrainConfig) -> float | None:
+    """Seconds until a run reaches ``cfg.max_iters``, from its latest events; None until two steps are seen.
+
+    The steps still to take at the recent step time (the mean over the later
+    half of the steps' time so far, at least ``ETA_RECENT_S`` seconds: a run that
+    speeds up or slows down for good is followed, the first, slower steps drop
+    out, a busy minute of the machine is averaged over), plus
+    the evaluations still to come at their measured cost: the gap between the
+    step before an evaluation and the step after it, less one step (a guess from
+    the step time and ``eval_iters`` until one has been seen).
+    """
+    steps = [e for e in events if e.val_loss is None]
+    evaluated = {e.step for e in events if e.val_loss is not None}
+    plain: list[tuple[float, float]] = []  # (time, seconds of one step)
+    spanning: list[float] = []  # seconds from a step to the next when an evaluation came between
+    for a, b in zip(steps, steps[1:]):
+        gap = b.elapsed_s - a.elapsed_s
+        if b.step != a.step + 1 or not gap >= 0:
+            continue
+        if a.step in evaluated:
+            spanning.append(gap)
+        else:
+            plain.append((b.elapsed_s, gap))
+    if not plain:
+        return None
+    window = max(ETA_RECENT_S, ETA_RECENT_SHARE * plain[-1][0])
+    recent = [d for t, d in plain if t >= plain[-1][0] - window]
+    if len(recent) < ETA_MIN_STEPS:
+        recent = [d for _, d in plain[-ETA_MIN_STEPS:]]
+    step_s = sum(recent) / len(recent)
+    if spanning:
+        last = spanning[-3:]
+        eval_s = max(0.0, sum(last) / len(last) - step_s)
+    else:
+        eval_s = step_s * 2 * cfg.eval_iters / 3  # forward passes over eval_iters batches of each split
+    step, end, every = events[-1].step, int(cfg.max_iters), int(cfg.eval_interval)
+    evals = max(0, end // every - step // every)  # the evaluations at multiples of eval_interval still ahead
+    if end % every and end not in evaluated:
+        evals += 1  # the final evaluation
+    if step and step % every == 0 and step not in evaluated:
+        evals += 1  # the one under way
+    return max(0, end - step) * step_s + evals * eval_s
 
 
 @dataclass(frozen=True)
@@ -155,6 +227,7 @@ class TrainingJob:
         self._stop_requested = False
         self._checkpointer: CheckpointCallback | None = None
         self._first_step: int | None = None  # step of the first event (resumed runs start later)
+        self._last_event_at: float | None = None  # wall time the last event was seen
         self._thread = threading.Thread(target=self._run, name=f"lmcore-train-{self.id}", daemon=True)
 
     # ------------------------------------------------------------------ control
@@ -213,8 +286,7 @@ class TrainingJob:
         fraction = step / max_iters if max_iters > 0 else 0.0
         eta = None
         if last is not None and first_step is not None and step > first_step and self.is_alive:
-            rate = (step - first_step) / max(elapsed, 1e-9)  # steps per second since this run began
-            eta = (max_iters - step) / rate if rate > 0 else None
+            eta = self._eta(cfg)
         budget = cfg.time_budget_s
         if budget:
             fraction = max(fraction, elapsed / budget)
@@ -224,6 +296,13 @@ class TrainingJob:
         if eta is not None:
             eta = max(0.0, eta)
         return {"step": step, "max_iters": max_iters, "fraction": min(1.0, max(0.0, fraction)), "elapsed_s": elapsed, "eta_s": eta}
+
+    def _eta(self, cfg: TrainConfig) -> float | None:
+        with self._lock:
+            events = list(self.events[-ETA_WINDOW:])
+        since = time.time() - self._last_event_at if self._last_event_at is not None else 0.0
+        left = remaining_seconds(events, cfg)
+        return None if left is None else left - since
 
     def snapshot_model(self) -> LanguageModel:
         """A CPU copy of the model in eval mode, safe to take while training goes on.
@@ -251,6 +330,7 @@ class TrainingJob:
             if self._first_step is None:
                 self._first_step = event.step - 1
             self.events.append(event)
+            self._last_event_at = time.time()
 
     def on_eval(self, event: TrainEvent) -> None:
         if event.sample is None and self.sample_tokens > 0:
@@ -260,6 +340,7 @@ class TrainingJob:
             if self._first_step is None:
                 self._first_step = event.step
             self.events.append(event)
+            self._last_event_at = time.time()
 
     def _sample(self) -> str:
         """A short text from the model as it is now, seeded so that evals compare."""
@@ -373,10 +454,221 @@ class TrainingJob:
             self.error = message or "training failed"
 
 
-class JobRegistry:
-    """The training jobs of this process; at most ``max_concurrent`` train at once."""
+class RunCrashed(Exception):
+    """An unexpected error inside a run process; its message is the process's traceback."""
 
-    def __init__(self, max_concurrent: int | None = None, keep: int = 50):
+
+def _event(record: dict[str, Any], max_iters: int, loss: float) -> TrainEvent:
+    """The TrainEvent a step or eval line of a run log stands for (nulls, NaN in the log, back to NaN)."""
+
+    def num(key: str, default: float = math.nan) -> float:
+        v = record.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+
+    common = dict(step=int(record["step"]), max_iters=max_iters, lr=num("lr"), tokens_seen=int(record.get("tokens") or 0),
+                  tokens_per_s=num("tokens_per_s", 0.0), grad_norm=num("grad_norm"), elapsed_s=num("time", 0.0))  # fmt: skip
+    if record.get("kind") == "step":
+        return TrainEvent(loss=num("train_loss"), **common)
+    return TrainEvent(loss=loss, train_loss=num("train_loss"), val_loss=num("val_loss"), val_ppl=num("val_ppl"),
+                      val_acc=num("val_acc"), val_bpb=record.get("val_bpb") if isinstance(record.get("val_bpb"), float) else None,
+                      sample=record.get("sample"), head_scores=record.get("head_scores"),
+                      **common)  # fmt: skip
+
+
+class RunProcess(TrainingJob):
+    """One training run in its own process (``python -m lmcore.runs``), followed through its files.
+
+    The same public attributes and methods as ``TrainingJob``; a thread of this
+    process reads the run's log (the events) and state file (status, error,
+    saved step, result) every ``FOLLOW_S`` seconds. ``stop`` sends SIGTERM;
+    ``snapshot_model`` asks the process for its weights and waits for them.
+    """
+
+    def __init__(self, spec: RunSpec, checkpoint_path: Path, device: torch.device):
+        super().__init__(spec, checkpoint_path, device)
+        self._train_ids = self._val_ids = None  # the process has them
+        self._spec = spec
+        self._dir = Path(tempfile.mkdtemp(prefix="lmcore-run-"))
+        self._log = log_path(checkpoint_path)
+        self._offset = self._log.stat().st_size if self._log.exists() else 0  # a resumed run appends
+        self._proc: subprocess.Popen | None = None
+        self._state: dict[str, Any] = {}
+        self._state_mtime: int | None = None
+        self._last_loss = math.nan
+        self._asked = 0
+        self._final: dict[str, torch.Tensor] | None = None  # the weights it ended with
+        self._thread = threading.Thread(target=self._follow, name=f"lmcore-follow-{self.id}", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The run process's id (None before it starts)."""
+        return None if self._proc is None else self._proc.pid
+
+    def _start(self) -> None:
+        from lmcore.runs import write_spec
+
+        write_spec(self._dir, self._spec, self.checkpoint_path, self.device)
+        self._spec = None  # the ids live in the file now, then in the process
+        # The process imports what this one can (the same sys.path), and a server's
+        # Ctrl-C does not reach it (a session of its own): it outlives the server.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        with open(self._dir / "output.log", "wb") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lmcore.runs", str(self._dir)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step (SIGTERM); it saves and ends as "stopped"."""
+        with self._lock:
+            if self.status != RUNNING:
+                return
+            self.status = STOPPING
+            self._stop_requested = True
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+
+    # -- following the process --
+    def _read(self) -> None:
+        try:
+            with open(self._log, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            data = b""
+        records, used = parse_lines(data)
+        self._offset += used
+        events = []
+        for r in records:
+            if r.get("kind") not in ("step", "eval") or not isinstance(r.get("step"), int):
+                continue
+            e = _event(r, int(self.train_config.max_iters), self._last_loss)
+            if not e.is_eval:
+                self._last_loss = e.loss
+            events.append(e)
+        state_path = self._dir / "state.json"
+        with contextlib.suppress(OSError):
+            mtime = state_path.stat().st_mtime_ns
+            if mtime != self._state_mtime:
+                from lmcore.runs import read_json
+
+                self._state = read_json(state_path) or self._state
+                self._state_mtime = mtime
+        with self._lock:
+            if events:
+                if self._first_step is None:
+                    first = events[0]
+                    self._first_step = first.step if first.is_eval else first.step - 1
+                self.events.extend(events)
+                self._last_event_at = time.time()
+            if self._state.get("model_config"):
+                with contextlib.suppress(LMCoreError):
+                    self.model_config = ModelConfig.from_dict(self._state["model_config"])
+
+    def _follow(self) -> None:
+        assert self._proc is not None
+        while self._proc.poll() is None:
+            self._read()
+            time.sleep(FOLLOW_S)
+        self._read()
+        state = self._state
+        with self._lock:
+            self.result = state.get("result")
+            if state.get("ended") and state.get("status") in (FINISHED, STOPPED, FAILED):
+                self.status = state["status"]
+                self.error = state.get("error")
+            elif self._stop_requested and self._proc.returncode == -signal.SIGTERM:
+                self.status = STOPPED  # stopped while it was starting, before it could catch the signal
+            else:
+                self.status = FAILED
+                self.error = (
+                    f"the training process ended unexpectedly (exit code {self._proc.returncode}); "
+                    "the last checkpoint it saved is kept"
+                )
+            self.finished_at = time.time()
+        if state.get("crashed") or self.status == FAILED and not state.get("ended"):
+            tail = state.get("crashed") or self._output_tail()
+            logger.error("training run %s (%s) crashed", self.id, self.name, exc_info=RunCrashed(tail))
+        # Keep the weights it ended with (for snapshots, as a thread's run keeps its model), not its folder.
+        self._final = self._read_snapshot()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _output_tail(self, n: int = 4000) -> str:
+        try:
+            return (self._dir / "output.log").read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    @property
+    def saved_step(self) -> int | None:
+        step = self._state.get("saved_step")
+        return step if isinstance(step, int) else None
+
+    @property
+    def saved(self) -> bool:
+        return self.saved_step is not None
+
+    def snapshot_model(self) -> LanguageModel:
+        """A CPU copy of the model in eval mode: the weights the run process has now (or ended with)."""
+        path = self._dir / "snapshot.safetensors"
+        if self.is_alive:
+            self._asked += 1
+            with contextlib.suppress(OSError):  # the run may be ending: its folder goes
+                tmp = self._dir / "snapshot.request.tmp"
+                tmp.write_text(str(self._asked))
+                os.replace(tmp, self._dir / "snapshot.request")
+            deadline = time.monotonic() + SNAPSHOT_WAIT_S
+            while self.is_alive and time.monotonic() < deadline:
+                if self._snapshot_seq(path) >= self._asked:
+                    state = self._read_snapshot()
+                    if state is not None:
+                        return self._model_from(state)
+                time.sleep(0.02)
+        if not self.is_alive:
+            return self._model_from(self._final)
+        return self._model_from(self._read_snapshot())
+
+    def _read_snapshot(self) -> dict[str, torch.Tensor] | None:
+        from safetensors import safe_open
+
+        path = self._dir / "snapshot.safetensors"
+        if self._snapshot_seq(path) < 0:
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception:  # noqa: BLE001 - replaced or removed while read
+            return None
+
+    def _model_from(self, state: dict[str, torch.Tensor] | None) -> LanguageModel:
+        if state is None:
+            raise TrainingError(f"the run '{self.name}' has no model yet ({self.error or 'it is still starting'})")
+        copy = build_model(self.model_config, device="cpu")
+        copy.load_state_dict(state)
+        return copy.eval()
+
+    @staticmethod
+    def _snapshot_seq(path: Path) -> int:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int((f.metadata() or {}).get("seq", 0))
+        except Exception:  # noqa: BLE001 - missing, or not yet whole: no snapshot
+            return -1
+
+
+class JobRegistry:
+    """The training jobs of this process; at most ``max_concurrent`` train at once.
+
+    ``processes=True`` (the default): each run is a process of its own
+    (``RunProcess``); False: a thread of this process (``TrainingJob``).
+    """
+
+    def __init__(self, max_concurrent: int | None = None, keep: int = 50, processes: bool = True):
+        self.processes = processes
         self._lock = threading.Lock()
         self._jobs: dict[str, TrainingJob] = {}
         self.max_concurrent = max_runs_from_env() if max_concurrent is None else max_concurrent
@@ -393,7 +685,7 @@ class JobRegistry:
         self._max_concurrent = n
 
     def start(self, spec: RunSpec, checkpoint_dir: str | Path) -> TrainingJob:
-        """Start the run ``spec`` describes in a background thread and return its job.
+        """Start the run ``spec`` describes in a process of its own (or a thread) and return its job.
 
         Settings that can be checked at once raise here (ConfigError for the
         model or device, or a model whose training would not fit in the
@@ -437,7 +729,8 @@ class JobRegistry:
                 suffix = f"-{k}"  # the base is cut, never the suffix, so every k names a new file
                 cut = sanitize_name(base[: MAX_NAME_CHARS - len(suffix)], MAX_NAME_BYTES - len(suffix))
                 path = checkpoint_path(directory, cut + suffix)
-            job = TrainingJob(dataclasses.replace(spec, name=path.stem, resume_from=resume, init_from=init), path, device)
+            kind = RunProcess if self.processes else TrainingJob
+            job = kind(dataclasses.replace(spec, name=path.stem, resume_from=resume, init_from=init), path, device)
             job.memory_estimate = needs
             self._jobs[job.id] = job
             self._forget_old()

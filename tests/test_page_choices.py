@@ -134,13 +134,13 @@ def test_the_induction_recipe_says_what_it_sets_and_gives_the_settings_back(tmp_
         at.number_input(key=S.TRAIN_BATCH).set_value(5).run()
         box = next(e for e in at.expander if e.label.startswith("Recipe"))
         said = " ".join(m.value for m in box.markdown)
-        for setting in ("1,500 iterations", "batch 64", "learning rate 0.003", "seed 1337", "weight decay 0"):
+        for setting in ("3,000 iterations", "batch 64", "learning rate 0.003", "seed 1337", "weight decay 0"):
             assert setting in said
         assert "come back when you choose another corpus" in said
 
         at.button(key="train_induction").click().run()
         REGISTRY.get(at.session_state[S.ACTIVE_JOB]).stop()
-        assert at.number_input(key=S.TRAIN_ITERS).value == 1500 and at.number_input(key=S.TRAIN_BATCH).value == 64
+        assert at.number_input(key=S.TRAIN_ITERS).value == 3000 and at.number_input(key=S.TRAIN_BATCH).value == 64
         at.number_input(key=S.TRAIN_SEED).set_value(9).run()  # changed after the recipe: stays
         # Leaving the recipe by choosing another corpus gives the user's settings back.
         paste_corpus(at, "abba cab\nbad cab abba\n" * 40)
@@ -153,7 +153,7 @@ def test_the_induction_recipe_says_what_it_sets_and_gives_the_settings_back(tmp_
         # Or with the button, staying on the recipe's corpus.
         at.button(key="train_induction").click().run()
         REGISTRY.get(at.session_state[S.ACTIVE_JOB]).stop()
-        assert at.number_input(key=S.TRAIN_ITERS).value == 1500
+        assert at.number_input(key=S.TRAIN_ITERS).value == 3000
         at.button(key="train_recipe_back").click().run()
         assert not at.exception
         assert at.number_input(key=S.TRAIN_ITERS).value == 77 and at.number_input(key=S.TRAIN_BATCH).value == 5

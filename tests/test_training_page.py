@@ -121,11 +121,11 @@ def test_the_induction_recipe_sets_up_its_corpus_vocabulary_and_model_and_trains
     assert job.model_config == at.session_state[S.MODEL_CONFIG] == model_cfg
     # the recipe's own schedule (constant rate, no weight decay), not the page's defaults
     tc = job.train_config
-    assert (tc.max_iters, tc.batch_size, tc.lr, tc.min_lr, tc.weight_decay) == (1500, 64, 3e-3, 3e-3, 0.0)
+    assert (tc.max_iters, tc.batch_size, tc.lr, tc.min_lr, tc.weight_decay) == (3000, 64, 3e-3, 3e-3, 0.0)
     assert job.name.startswith("induction-head")
     # the page's settings and the data page's choice show the recipe too
     at.run()
-    assert at.number_input(key="keep.train.iters").value == 1500
+    assert at.number_input(key="keep.train.iters").value == 3000
     assert at.number_input(key="keep.train.batch").value == 64
     at.switch_page("views/data.py").run()
     assert not at.exception

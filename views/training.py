@@ -15,7 +15,7 @@ from lmcore.errors import LMCoreError
 from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
-from lmcore.recipes import INDUCTION_VOCAB, recipe, train_settings
+from lmcore.recipes import INDUCTION_FORMED, INDUCTION_VOCAB, best_induction, recipe, train_settings
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import ownership
@@ -141,6 +141,8 @@ def _press_start(token: int) -> None:
         _start(str(_value(S.TRAIN_NAME) or "").strip() or default_run_name(cfg), cfg)
     except LMCoreError as e:
         st.session_state[S.START_ERROR] = str(e)
+    # Counted again from when the run has started (its process may take a while to launch on a busy machine).
+    st.session_state[S.START_TIME] = time.monotonic()
 
 
 def _name_typed() -> None:
@@ -407,9 +409,10 @@ with st.expander("Recipe: watch an induction head form", icon=":material/science
     st.markdown(
         "An **induction head** is how a transformer copies from its context: on seeing a token again, it looks at "
         "what followed that token last time and predicts the same. This recipe trains a 2-layer, 4-head model on "
-        "random symbols where each segment is repeated twice (the built-in *induction* corpus), 1,500 steps, "
-        "a few minutes on a CPU. The loss sits on a plateau for about 1,200 steps, then drops as a head in "
-        "layer 1 starts copying: watch its score climb on the Attention page, under *Head roles over training*. "
+        "random symbols where each segment is repeated twice (the built-in *induction* corpus), 3,000 steps, "
+        "a few minutes on a CPU. The loss sits on a plateau (about 1,200 steps under the default seed, longer "
+        "under some others), then drops as a head in layer 1 starts copying: watch its score climb on the "
+        "Attention page, under *Head roles over training*. The page says so if a run ends before it forms. "
         "It replaces this session's corpus, vocabulary and model, and sets the training settings: "
         + ", ".join(train_settings("induction"))
         + " (the last two for its run only: the page has no field for them). Your own settings come back "
@@ -563,6 +566,14 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
     events = job.events_since(0)
     series = series_from_events(events)
     last, evals = (events[-1] if events else None), [e for e in events if e.val_loss is not None]
+    best = best_induction(evals) if job.name.startswith(INDUCTION_RUN) else None
+    if best is not None and not job.is_alive and job.status in (FINISHED, STOPPED) and best[0] < INDUCTION_FORMED:
+        st.warning(
+            f"This run ended before its induction head formed: the best induction score was {best[0]:.2f} "
+            f"(at step {best[1]:,}; a head that copies scores over {INDUCTION_FORMED}). The phase change comes "
+            "later for some seeds: raise **Iterations** and press **Resume** to continue this run.",
+            icon=":material/hourglass_top:",
+        )
     m = st.columns(5)
     m[0].metric("Training loss (batch)", "–" if not series["loss"] else f"{series['loss'][-1]:.3f}")
     if evals:
