@@ -104,6 +104,38 @@ def test_mamba_hidden_attention_reads_the_hook_points() -> None:
     assert not torch.allclose(maps[0], doubled[0])
 
 
+def test_mamba2_points_hold_per_head_delta_grouped_b_and_c_and_the_stream_adds_up() -> None:
+    model = tiny("mamba2", d_state=4, n_groups=2, ssm_head_dim=8)  # E = 32: 4 heads in 2 groups
+    _, cache = run_with_cache(model, ids())
+    B, T, D, E = 2, 11, 16, 32
+    assert cache["embed"].shape == cache["final.hook_normalized"].shape == (B, T, D)
+    for i in range(2):
+        for name in ("hook_resid_pre", "hook_mixer_out", "hook_resid_post"):
+            assert cache[f"blocks.{i}.{name}"].shape == (B, T, D)
+        assert cache[f"blocks.{i}.mixer.hook_delta"].shape == (B, T, 4)  # one Δ per head
+        assert cache[f"blocks.{i}.mixer.hook_B"].shape == cache[f"blocks.{i}.mixer.hook_C"].shape == (B, T, 2, 4)
+        assert cache[f"blocks.{i}.mixer.hook_y"].shape == (B, T, E)
+    assert (cache["blocks.0.mixer.hook_delta"] > 0).all()  # softplus
+    c = cache
+    assert torch.equal(c["embed"], c["blocks.0.hook_resid_pre"])
+    assert torch.equal(c["blocks.0.hook_resid_pre"] + c["blocks.0.hook_mixer_out"], c["blocks.0.hook_resid_post"])
+    assert torch.equal(c["blocks.0.hook_resid_post"], c["blocks.1.hook_resid_pre"])
+    # y is what out_proj reads
+    mixer = model.layers[1].mixer
+    torch.testing.assert_close(mixer.out_proj(c["blocks.1.mixer.hook_y"]), c["blocks.1.hook_mixer_out"])
+
+
+def test_mamba2_attention_maps_read_the_hook_points() -> None:
+    model = tiny("mamba2", d_state=4)
+    x = ids(1, 7)
+    maps = model.attention_maps(x)
+    # Δ twice as large through its hook: the SSD matrices change with it, in that layer and the next
+    with hooked(model, [("blocks.0.mixer.hook_delta", lambda t, n: 2 * t)]):
+        doubled = model.attention_maps(x)
+    assert maps.shape == (2, 2, 7, 7)
+    assert not torch.allclose(maps[0], doubled[0]) and not torch.allclose(maps[1], doubled[1])
+
+
 def test_a_returned_tensor_replaces_the_activation_and_none_keeps_it() -> None:
     model = tiny("gpt2")
     x = ids()
@@ -135,8 +167,8 @@ def test_replacing_the_pattern_with_itself_gives_the_fused_output() -> None:
 
 
 def test_hooks_fire_while_generating() -> None:
-    for preset in ("gpt2", "mamba", "lstm"):
-        model = tiny(preset, d_state=4) if preset == "mamba" else tiny(preset)
+    for preset in ("gpt2", "mamba", "mamba2", "lstm"):
+        model = tiny(preset, d_state=4) if preset in ("mamba", "mamba2") else tiny(preset)
         prompt = ids(1, 5)[0].tolist()
         cfg = SamplingConfig(temperature=0, seed=0)
         seen = []

@@ -17,7 +17,7 @@ V = 20
 def tiny(preset: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     values = dict(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=16)
-    if preset == "mamba":
+    if preset in ("mamba", "mamba2"):
         values["d_state"] = 4
     values.update(kw)
     model = build_model(ModelConfig.preset(preset, **values))
@@ -71,7 +71,7 @@ def test_mean_ablation_puts_the_heads_mean_output_in_its_place() -> None:
     torch.testing.assert_close(I.ablate_heads(model, ids, [(0, 1)], mode="mean", reference=reference), by_hand)
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+@pytest.mark.parametrize("preset", ["gpt2", "mamba", "mamba2"])
 def test_ablating_at_one_position_changes_only_the_positions_that_can_see_it(preset: str) -> None:
     model = tiny(preset)
     ids = text()
@@ -79,14 +79,16 @@ def test_ablating_at_one_position_changes_only_the_positions_that_can_see_it(pre
     with torch.no_grad():
         clean = model(ids[None])
     if preset == "gpt2":
-        ablated = I.ablate_heads(model, ids, heads=[(0, 3)], positions=[p])
+        runs = [I.ablate_heads(model, ids, heads=[(0, 3)], positions=[p])]
     else:
-        ablated = I.ablate_channels(model, ids, channels=[(0, 3), (0, 7)], positions=[p])
-    assert torch.equal(ablated[:, :p], clean[:, :p])  # earlier positions cannot see position p
-    assert (ablated[:, p:] - clean[:, p:]).abs().amax(-1).min() > 0  # p and every later one can
+        runs = [I.ablate_channels(model, ids, channels=[(0, 3), (0, 7)], positions=[p])]
+        runs.append(I.ablate_layers(model, ids, layers=[0], positions=[p]))
+    for ablated in runs:
+        assert torch.equal(ablated[:, :p], clean[:, :p])  # earlier positions cannot see position p
+        assert (ablated[:, p:] - clean[:, p:]).abs().amax(-1).min() > 0  # p and every later one can
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "lstm"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2", "lstm"])
 def test_patching_the_clean_activation_everywhere_gives_back_the_clean_output(preset: str) -> None:
     model = tiny(preset, n_kv_head=2) if preset == "llama" else tiny(preset)
     clean, corrupted = text(seed=1), text(seed=2)
@@ -101,7 +103,7 @@ def test_patching_the_clean_activation_everywhere_gives_back_the_clean_output(pr
     assert not torch.allclose(half[:, 6:], clean_logits[:, 6:])
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+@pytest.mark.parametrize("preset", ["gpt2", "mamba", "mamba2"])
 def test_residual_patching_table_finds_the_corrupted_position(preset: str) -> None:
     model = tiny(preset)
     clean = text(seed=1)
@@ -137,11 +139,13 @@ def test_head_patching_table_and_logit_difference() -> None:
     assert result.table[1, 2] == pytest.approx(float(metric(one)[0]), abs=1e-5)
     with pytest.raises(ConfigError, match="attention heads"):
         I.patch_heads(tiny("mamba"), clean, corrupted, metric)
+    with pytest.raises(ConfigError, match="attention heads"):
+        I.patch_heads(tiny("mamba2"), clean, corrupted, metric)
     with pytest.raises(DataError, match="same length"):
         I.patch_residual(model, clean, corrupted[:-1], metric)
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba", "mamba2"])
 def test_direct_logit_attribution_adds_up_to_the_logit(preset: str) -> None:
     model = tiny(preset, n_kv_head=2) if preset == "llama" else tiny(preset)
     ids = text()
@@ -151,13 +155,13 @@ def test_direct_logit_attribution_adds_up_to_the_logit(preset: str) -> None:
     total = a.embed + a.rest + sum(float(t.sum()) for t in (a.heads, a.mlps, a.mixers) if t is not None)
     assert a.logit == pytest.approx(logit, abs=1e-6)
     assert total == pytest.approx(logit, abs=1e-4)
-    if preset == "mamba":
+    if preset in ("mamba", "mamba2"):
         assert a.heads is None and a.mixers.shape == (2,)
     else:
         assert a.heads.shape == (2, 4) and a.mlps.shape == (2,)
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "mamba", "lstm"])
+@pytest.mark.parametrize("preset", ["gpt2", "mamba", "mamba2", "lstm"])
 def test_steering_adds_a_direction_while_generating(preset: str) -> None:
     model = tiny(preset)
     prompt = text(4).tolist()

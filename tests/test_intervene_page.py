@@ -91,3 +91,30 @@ def test_a_mamba_gets_layers_and_channels_and_says_what_differs(ckpt_dir: Path) 
     assert any("residual stream restored" in t for t in titles)
     assert not any("head's output" in t for t in titles)
     assert "no heads to patch" in texts(at.caption)
+
+
+@pytest.fixture
+def mamba2_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    corpus = corpus_from_text("\n".join(topics[k] for k in sorted(topics)[:12]), name="topics")
+    tok = build_tokenizer("char", corpus.text)
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("mamba2", vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_embd=32, d_state=8)
+    save_checkpoint(tmp_path / "m2", build_model(cfg), tok)
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_a_mamba2_gets_layers_and_channels_like_a_mamba(mamba2_dir: Path) -> None:
+    at = open_page(PAGE)
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="keep.intervene.model").value.endswith("m2.safetensors")
+    assert "no attention heads" in texts(at.info)
+    at.button_group(key="intervene.layers").set_value([1]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Mean loss" in texts(at.caption)
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any("residual stream restored" in t for t in titles)
+    assert "no heads to patch" in texts(at.caption)

@@ -31,6 +31,14 @@ which the Attention page shows, exact rather than approximate.
 
 Generation carries, per layer, the last K-1 conv inputs (B, K-1, E + 2 G N)
 and the state (B, H, P, N); a single token takes the loop's one step.
+
+Hook points (``lmcore.hooks``), named as Mamba-1's: ``embed``; per block
+``hook_resid_pre``, ``mixer.hook_delta`` (B, T, H: one Δ per head, after
+softplus), ``mixer.hook_B`` and ``mixer.hook_C`` (B, T, G, N: one B and one C
+per group of heads), ``mixer.hook_y`` (B, T, E: the gated, normalised SSM
+output per channel, the input of ``out_proj``), ``hook_mixer_out`` and
+``hook_resid_post`` (B, T, D); ``final.hook_normalized``. They fire in
+``step`` too, and ``attention_maps`` reads Δ, B and C from them.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import ConfigError
+from lmcore.hooks import HookPoint, layer_names, run_with_cache
 from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import (
@@ -236,8 +245,14 @@ class GatedRMSNorm(nn.Module):
 class Mamba2Mixer(nn.Module):
     """The SSD mixer of one block: (B, T, D) -> (B, T, D)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        # Hook points (lmcore.hooks): Δ per head (B, T, H); B and C per group (B, T, G, N);
+        # y, the gated and normalised output per channel, before out_proj (B, T, E).
+        self.hook_delta = HookPoint(f"blocks.{layer}.mixer.hook_delta")
+        self.hook_B = HookPoint(f"blocks.{layer}.mixer.hook_B")
+        self.hook_C = HookPoint(f"blocks.{layer}.mixer.hook_C")
+        self.hook_y = HookPoint(f"blocks.{layer}.mixer.hook_y")
         D, E, N, K = config.n_embd, config.d_inner, config.d_state, config.d_conv
         P, G = config.ssm_head_dim, config.n_groups
         H = E // P
@@ -293,7 +308,7 @@ class Mamba2Mixer(nn.Module):
     def finish(self, y: torch.Tensor, s: SSMInputs) -> torch.Tensor:
         """The SSM's output y (B, T, H, P) -> the mixer's output (B, T, D): D skip, gated norm, projection."""
         y = y + s.x * self.D[:, None].to(y.dtype)  # (B, T, H, P)
-        return self.out_proj(self.norm(y.flatten(-2).to(s.z.dtype), s.z))
+        return self.out_proj(self.hook_y(self.norm(y.flatten(-2).to(s.z.dtype), s.z)))  # y: (B, T, E)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -301,6 +316,7 @@ class Mamba2Mixer(nn.Module):
         """x (B, T, D), optional (conv, ssm) state -> (B, T, D) and the state after x."""
         conv_state, ssm_state = state if state is not None else (None, None)
         s = self.ssm_inputs(x, conv_state)
+        s.dt, s.B, s.C = self.hook_delta(s.dt), self.hook_B(s.B), self.hook_C(s.C)
         y, h = ssd_chunked(s.x, s.dt, s.A, s.B, s.C, h0=ssm_state, chunk_size=self.chunk_size)
         out = self.finish(y, s)
         return out, (s.conv_state, h)
@@ -309,17 +325,21 @@ class Mamba2Mixer(nn.Module):
 class Mamba2Block(nn.Module):
     """Pre-norm residual block: x + mixer(rmsnorm(x))."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        # Hook points (lmcore.hooks), each (B, T, D); they fire in generation too (step runs this forward).
+        self.hook_resid_pre = HookPoint(f"blocks.{layer}.hook_resid_pre")
+        self.hook_mixer_out = HookPoint(f"blocks.{layer}.hook_mixer_out")
+        self.hook_resid_post = HookPoint(f"blocks.{layer}.hook_resid_post")
         self.norm = RMSNorm(config.n_embd, eps=config.norm_eps)
-        self.mixer = Mamba2Mixer(config)
+        self.mixer = Mamba2Mixer(config, layer)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        residual = x  # (B, T, D)
+        residual = self.hook_resid_pre(x)  # (B, T, D)
         mixed, state = self.mixer(self.norm(residual), state)
-        return residual + mixed, state
+        return self.hook_resid_post(residual + self.hook_mixer_out(mixed)), state
 
 
 def _diagram(c: ModelConfig) -> Diagram:
@@ -421,7 +441,9 @@ class Mamba2(LanguageModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
-        self.layers = nn.ModuleList(Mamba2Block(config) for _ in range(config.n_layer))
+        self.hook_embed = HookPoint("embed")  # (B, T, D)
+        self.hook_normalized = HookPoint("final.hook_normalized")  # (B, T, D) after the final norm
+        self.layers = nn.ModuleList(Mamba2Block(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, eps=config.norm_eps)
         self.head = None if config.tie_weights else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -451,17 +473,18 @@ class Mamba2(LanguageModel):
             )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.norm_f(x)
+        x = self.hook_normalized(self.norm_f(x))
         return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
     def residual_blocks(self) -> nn.ModuleList:
         return self.layers
 
     def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        return self._logits(x)
+        x = self.norm_f(x)
+        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(idx)  # (B, T, D)
+        x = self.hook_embed(self.embedding(idx))  # (B, T, D)
         for layer in self.layers:
             x, _ = layer(x)
         return self._logits(x)  # (B, T, V)
@@ -486,7 +509,7 @@ class Mamba2(LanguageModel):
         t = 1 is the usual case (the recurrence's one step); a longer t (a whole
         prompt) goes through the chunked SSD in one call, from the cached state.
         """
-        x = self.embedding(idx_t)  # (B, t, D)
+        x = self.hook_embed(self.embedding(idx_t))  # (B, t, D)
         conv, ssm = [], []
         for layer, c, h in zip(self.layers, cache.conv, cache.ssm):
             x, (c, h) = layer(x, (c, h))
@@ -506,12 +529,20 @@ class Mamba2(LanguageModel):
             idx = idx[None]
         if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
             raise ConfigError(f"attention maps need one non-empty sequence of token ids, got shape {tuple(idx.shape)}")
+        # Δ, B and C of every layer from one pass through the hook points.
+        names = [layer_names(self, f"mixer.hook_{k}") for k in ("delta", "B", "C")]
+        was_training = self.training
+        self.eval()
+        try:
+            _, cache = run_with_cache(self, idx, [n for group in names for n in group])
+        finally:
+            self.train(was_training)
         maps = []
-        x = self.embedding(idx)  # (1, T, D)
-        for layer in self.layers:
-            s = layer.mixer.ssm_inputs(layer.norm(x))
-            maps.append(ssd_attention(s.dt[0].float(), s.A.float(), s.B[0].float(), s.C[0].float()))
-            x, _ = layer(x)
+        for i, layer in enumerate(self.layers):
+            dt, B, C = (cache[group[i]][0].float() for group in names)
+            A_log = layer.mixer.A_log
+            A = -torch.exp(A_log if A_log.dtype in (torch.float32, torch.float64) else A_log.float())  # (H,)
+            maps.append(ssd_attention(dt, A.float(), B, C))
         return torch.stack(maps)  # (n_layer, H, T, T)
 
     def num_params(self, non_embedding: bool = False) -> int:
