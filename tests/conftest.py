@@ -12,16 +12,25 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-@pytest.fixture
-def shakespeare_text() -> str:
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"the standard corpus {SHAKESPEARE} is not present on this machine")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+@pytest.fixture(scope="session")
+def english_text() -> str:
+    """About 465 KB of English: the built-in corpus (Python's own docs), on every machine.
+
+    Tests read nothing outside the repository: no ``../shared``, no download.
+    """
+    from lmcore.data import load_corpus
+
+    return load_corpus("builtin:python-docs").text
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(english_text: str) -> str:
+    """The older name of ``english_text`` (it once read tiny Shakespeare from outside the repository)."""
+    return english_text
 
 
 @pytest.fixture
@@ -45,7 +54,7 @@ def corpus(small_text: str) -> tuple:
     return tok, train_ids, val_ids
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def small_text() -> str:
     """A few KB of English with structure, always available (no network, no shared/)."""
     import pydoc_data.topics
