@@ -10,7 +10,8 @@ BASE_PYTHON ?= python3
 LOCK := requirements.lock
 # What test-fast leaves out: browser tests and tests that train for more than a second.
 FAST := -m "not slow and not browser"
-# Two pytest workers: one per core of a small machine (pytest-xdist).
+# Two pytest workers, one per core of a small machine (pytest-xdist); each test file runs
+# on one worker, so a module's fixtures (a trained model, the browser and its server) are made once.
 WORKERS ?= 2
 
 .PHONY: run test test-fast test-latest lock setup setup-dev chromium bench
@@ -21,11 +22,11 @@ run: setup
 
 # Set up and run every test: unit, CLI, app and browser tests (CI runs this).
 test: setup-dev chromium
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(FAST)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile $(FAST)
 
 # The newest versions pyproject.toml allows, in a throwaway environment, against the fast
 # tests: finds drift on purpose (not part of CI). Prints how they differ from the lock.
@@ -36,7 +37,7 @@ test-latest:
 	.venv-latest/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' > .venv-latest/versions.txt
 	@echo "newest allowed versions against $(LOCK) (< lock, > newest):"; \
 	  grep -v '^#' $(LOCK) | diff - .venv-latest/versions.txt || true
-	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) $(FAST)
+	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) --dist loadfile $(FAST)
 	rm -rf .venv-latest
 
 # Write the newest versions pyproject.toml allows into requirements.lock; then run

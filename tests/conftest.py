@@ -15,6 +15,49 @@ ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# ----------------------------------------------------------------------- test tiers
+# `make test-fast` runs `-m "not slow and not browser"`: a test is fast unless it is
+# marked. Marks come from the tests themselves (@pytest.mark.slow) and from here:
+# - `browser`: every test that uses the browser (the `browser` or `server` fixtures);
+# - `slow`: every test of the modules below, which drive the whole app (Streamlit's
+#   AppTest, real training runs behind its pages), and the tests listed, which train
+#   for more than a second or run the command line in a subprocess.
+# A fast-tier run names the unmarked tests that took longer than FAST_LIMIT_S.
+SLOW_MODULES = {
+    "test_app.py",
+    "test_app_views.py",
+    "test_keep_share.py",
+    "test_model_page_views.py",
+    "test_surprise_page.py",
+    "test_training_page.py",
+}
+SLOW_TESTS: set[str] = set()
+FAST_LIMIT_S = 2.0
+_slow_in_fast: list[tuple[str, float]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"browser", "server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if item.path.name in SLOW_MODULES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > FAST_LIMIT_S and "slow" not in report.keywords:
+        _slow_in_fast.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if _slow_in_fast:
+        write = terminalreporter.write_line  # type: ignore[attr-defined]
+        write(f"unmarked tests slower than {FAST_LIMIT_S:.0f} s (mark them slow, or list them in tests/conftest.py):")
+        for nodeid, seconds in sorted(_slow_in_fast, key=lambda x: -x[1]):
+            write(f"  {seconds:6.1f} s  {nodeid}")
+
 
 @pytest.fixture(scope="session")
 def english_text() -> str:
