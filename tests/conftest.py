@@ -20,18 +20,32 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 # marked. Marks come from the tests themselves (@pytest.mark.slow) and from here:
 # - `browser`: every test that uses the browser (the `browser` or `server` fixtures);
 # - `slow`: every test of the modules below, which drive the whole app (Streamlit's
-#   AppTest, real training runs behind its pages), and the tests listed, which train
-#   for more than a second or run the command line in a subprocess.
+#   AppTest, real training runs behind its pages), run the command line in fresh
+#   Python processes (each pays for importing torch) or serve hostile servers and
+#   files; and the tests listed, which train for more than a second.
 # A fast-tier run names the unmarked tests that took longer than FAST_LIMIT_S.
 SLOW_MODULES = {
+    # the app
     "test_app.py",
     "test_app_views.py",
     "test_keep_share.py",
     "test_model_page_views.py",
     "test_surprise_page.py",
     "test_training_page.py",
+    # the command line and other processes
+    "test_cli.py",
+    "test_distributed.py",
+    "test_hf.py",
+    "test_hostile_checkpoints.py",
+    "test_limits.py",
+    "test_url_security.py",
 }
-SLOW_TESTS: set[str] = set()
+SLOW_TESTS = {
+    "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
+    "test_optim.py::test_each_optimizer_trains_below_the_unigram_loss",
+    "test_package.py::test_the_readme_library_example_runs_in_a_core_install",
+    "test_train.py::test_short_run_beats_the_unigram_loss",
+}
 FAST_LIMIT_S = 2.0
 _slow_in_fast: list[tuple[str, float]] = []
 
