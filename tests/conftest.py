@@ -42,8 +42,19 @@ SLOW_MODULES = {
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
+    "test_mamba.py::test_trainer_with_torch_compile_matches_eager",
+    "test_optim.py::test_bench_gpu_without_cuda_exits_with_one_clear_line",
+    "test_optim.py::test_cli_trains_with_muon_and_the_switches_then_refuses_another_optimizer_on_resume",
     "test_optim.py::test_each_optimizer_trains_below_the_unigram_loss",
+    "test_optim.py::test_training_page_starts_a_run_with_the_chosen_optimizer",
+    "test_optim.py::test_training_page_starts_adamw_vs_muon_as_two_overlaid_runs",
     "test_package.py::test_the_readme_library_example_runs_in_a_core_install",
+    "test_prepared_data.py::test_a_prepared_folder_is_the_corpus_its_vocabulary_is_used_and_a_run_trains_from_it",
+    "test_prepared_data.py::test_a_bad_folder_gives_one_line_and_keeps_the_corpus",
+    "test_prepared_data.py::test_a_reload_restores_the_prepared_folder_from_the_address",
+    "test_runlog.py::test_a_run_writes_its_log_and_a_resumed_run_appends",
+    "test_runlog.py::test_a_run_killed_with_sigkill_leaves_a_log_and_a_checkpoint_that_load",
+    "test_runlog.py::test_the_training_page_lists_and_overlays_a_run_the_cli_writes",
     "test_train.py::test_short_run_beats_the_unigram_loss",
 }
 FAST_LIMIT_S = 2.0
