@@ -1,24 +1,64 @@
-PYTHON ?= python3
 PORT ?= 8501
 # Only this machine can open the playground. HOST=0.0.0.0 serves it to the network:
 # see "Serving on a network" in README.md first.
 HOST ?= 127.0.0.1
+# Everything installs into this virtual environment (made on first use) from
+# requirements.lock, the exact versions the tests passed with.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+BASE_PYTHON ?= python3
+LOCK := requirements.lock
+# What test-fast leaves out: browser tests and tests that train for more than a second.
+FAST := -m "not slow and not browser"
+# Two pytest workers, one per core of a small machine (pytest-xdist); each test file runs
+# on one worker, so a module's fixtures (a trained model, the browser and its server) are made once.
+WORKERS ?= 2
 
-.PHONY: run test setup setup-dev chromium bench
+.PHONY: run test test-fast test-latest lock setup setup-dev chromium bench
 
 # Set up and open the playground in the browser (built-in corpus, no download).
 run: setup
 	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
-# Set up and run every test: unit, CLI, app and browser tests.
+# Set up and run every test: unit, CLI, app and browser tests (CI runs this).
 test: setup-dev chromium
-	$(PYTHON) -m pytest
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile
 
-setup:
-	$(PYTHON) -m pip install -q -r requirements.txt
+# The edit loop: every test but the browser ones and those that train for more than a second.
+test-fast: setup-dev
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile $(FAST)
 
-setup-dev:
-	$(PYTHON) -m pip install -q -r requirements-dev.txt
+# The newest versions pyproject.toml allows, in a throwaway environment, against the fast
+# tests: finds drift on purpose (not part of CI). Prints how they differ from the lock.
+test-latest:
+	rm -rf .venv-latest
+	$(BASE_PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade -e ".[dev]"
+	.venv-latest/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' > .venv-latest/versions.txt
+	@echo "newest allowed versions against $(LOCK) (< lock, > newest):"; \
+	  grep -v '^#' $(LOCK) | diff - .venv-latest/versions.txt || true
+	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) --dist loadfile $(FAST)
+	rm -rf .venv-latest
+
+# Write the newest versions pyproject.toml allows into requirements.lock; then run
+# `make test` and commit the lock only if every test passes.
+lock:
+	rm -rf .venv-lock
+	$(BASE_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade -e ".[dev]"
+	grep '^#' $(LOCK) > .venv-lock/lock.txt
+	.venv-lock/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' >> .venv-lock/lock.txt
+	mv .venv-lock/lock.txt $(LOCK)
+	rm -rf .venv-lock
+
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+
+setup: $(PYTHON)
+	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements.txt
+
+setup-dev: $(PYTHON)
+	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements-dev.txt
 
 # Debian's Chromium for the browser tests, installed only when missing.
 chromium:
@@ -27,5 +67,5 @@ chromium:
 	    echo "could not install Chromium: the browser tests will be skipped"; }
 
 bench: setup
-	$(PYTHON) -m pip install -q -r requirements-bench.txt
+	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements-bench.txt
 	for b in bench/bench_*.py; do $(PYTHON) $$b || exit 1; done

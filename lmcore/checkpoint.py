@@ -131,6 +131,33 @@ class Checkpoint:
         """Whether the model was trained in documents mode (BOS between documents)."""
         return bool(self.data_info.get("documents", False))
 
+    def complete(
+        self,
+        prompt: str = "",
+        max_new_tokens: int = 200,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> str:
+        """The text the model writes after ``prompt`` (the prompt itself is not repeated).
+
+        ``load_checkpoint(path).complete("ROMEO:", max_new_tokens=100)``. Generation
+        starts and stops as the model was trained: a documents-mode model begins
+        a new document at BOS and ends at the next one. The same seed gives the
+        same text; temperature 0 is greedy. A prompt the tokenizer cannot encode
+        raises ``TokenizerError``, a bad setting ``ConfigError``.
+        """
+        from lmcore.sample import SamplingConfig, generate, prompt_start
+
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        tok = self.tokenizer
+        ids = prompt_start(tok.encode(prompt), tok.bos_id, self.documents)
+        stop_ids = [tok.bos_id] if self.documents else None
+        new = [e.token_id for e in generate(self.model, ids, max_new_tokens, sampling, stop_ids=stop_ids)]
+        return tok.decode(new)
+
 
 # --------------------------------------------------------------------------- names
 

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from lmcore.errors import ConfigError, LMCoreError
 
@@ -155,72 +155,6 @@ def _json_line(value: Any) -> str:
     return json.dumps(_non_finite_to_none(value), default=str)
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-class ProgressBar:
-    """Training progress on a stream: a bar refreshed in place on a terminal, evals as lines.
-
-    Off a terminal (a log file, a pipe) the bar is written as a plain line at
-    every tenth of the run instead.
-    """
-
-    def __init__(self, stream: TextIO, width: int = 24, refresh_s: float = 0.1):
-        self.stream = stream
-        self.width = width
-        self.refresh_s = refresh_s
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._last = 0.0
-        self._open = False  # a bar is on the current line
-        self._next_log = 0
-
-    def _bar(self, e: Any) -> str:
-        frac = min(1.0, e.step / max(1, e.max_iters))
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        rate = e.tokens_per_s
-        eta = ""
-        if e.step and e.elapsed_s > 0:
-            eta = f" eta {_fmt_duration(e.elapsed_s / e.step * (e.max_iters - e.step))}"
-        tok_s = f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
-        return (
-            f"[{bar}] {e.step}/{e.max_iters} loss {e.loss:.4f} lr {e.lr:.2e} "
-            f"|g| {e.grad_norm:.2f} {tok_s} tok/s{eta}"
-        )
-
-    def on_step(self, e: Any) -> None:
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last < self.refresh_s and e.step != e.max_iters:
-                return
-            self._last = now
-            self.stream.write("\r\x1b[K" + self._bar(e))
-            self._open = True
-        elif e.step >= self._next_log or e.step == e.max_iters:
-            self.stream.write(self._bar(e) + "\n")
-            self._next_log = e.step + max(1, e.max_iters // 10)
-        self.stream.flush()
-
-    def on_eval(self, e: Any) -> None:
-        self._end_line()
-        self.stream.write(
-            f"step {e.step}: train loss {e.train_loss:.4f}, val loss {e.val_loss:.4f}, "
-            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}"
-            + (f", val bpb {e.val_bpb:.4f}" if getattr(e, "val_bpb", None) is not None else "")
-            + "\n"
-        )
-        self.stream.flush()
-
-    def _end_line(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
-
-
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -300,7 +234,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     from lmcore.models.estimate import check_fits
     from lmcore.runlog import RunLogger
     from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import BitsPerByteCallback, HeadScoresCallback, TrainConfig, Trainer
+    from lmcore.train import BitsPerByteCallback, HeadScoresCallback, ProgressBar, TrainConfig, Trainer
 
     overrides = _train_overrides(args)
     device = dist.device
@@ -388,7 +322,7 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     callbacks: list[Any] = []
     if dist.is_main:  # rank 0 alone prints, logs and saves
         logger = RunLogger(out, {"source": source, "train_tokens": len(train_ids)})
-        callbacks = [ProgressBar(sys.stderr), HeadScoresCallback(), BitsPerByteCallback(tokenizer, val_ids), saver, logger]
+        callbacks = [ProgressBar(file=sys.stderr), HeadScoresCallback(), BitsPerByteCallback(tokenizer, val_ids), saver, logger]
     trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
     if state is not None:
         trainer.load_state_dict(state)

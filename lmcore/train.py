@@ -1,8 +1,9 @@
 """Training: TrainConfig, the events callbacks receive, and the Trainer.
 
 Progress is reported through callbacks (``on_step``, ``on_eval``), never by
-printing: the CLI's callback prints, the app's job stores events for polling,
-tests append them to a list. The Trainer reads and writes no files: it cuts
+printing: ``ProgressBar`` (the CLI's, or ``Trainer(..., progress=True)``)
+draws a tqdm bar, the app's job stores events for polling, tests append them
+to a list. The Trainer reads and writes no files: it cuts
 batches from the token sources its caller hands it (``lmcore.batches``; the
 shards of ``lmcore.shards`` map their files themselves), and checkpoints are
 saved by a callback (``lmcore.checkpoint.CheckpointCallback``).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +49,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon", "sgd")
 SCHEDULES = ("steps", "time")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
+_LOG_INTERVAL_S = 10.0  # how often a progress bar written to a file (not a terminal) is redrawn
 
 
 # The most windows one step (batch_size x grad_accum) or one evaluation (eval_iters x
@@ -464,7 +467,8 @@ class Trainer:
     the work is spread. Rank 0 alone evaluates and calls ``on_eval``. A callback is any object with some of ``on_start(trainer)``,
     ``on_step(event)``, ``on_eval(event)``, ``on_end(result)``. ``stop()`` may be
     called from any thread; the run ends after the current step, evaluates and
-    returns. Another thread that reads the weights while training goes on
+    returns. ``progress=True`` adds a ``ProgressBar`` (on stderr in a terminal, a
+    widget in a notebook); without it the Trainer prints nothing. Another thread that reads the weights while training goes on
     should hold ``trainer.lock``: the optimizer updates them under it.
     """
 
@@ -476,6 +480,7 @@ class Trainer:
         config: TrainConfig,
         callbacks: Any = (),
         device: torch.device | str | None = None,
+        progress: bool = False,
     ):
         self.config = config.validate()
         self.device = device if isinstance(device, torch.device) else resolve_device(device or config.device)
@@ -494,6 +499,8 @@ class Trainer:
                     "build the model with the tokenizer that encoded the data"
                 )
         self.callbacks = list(callbacks)
+        if progress:
+            self.callbacks.append(ProgressBar())
         self.lock = threading.RLock()
         self._stop = threading.Event()
 
@@ -846,6 +853,71 @@ class Trainer:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(payload)
+
+
+class ProgressBar:
+    """A training progress bar: tqdm's text bar in a terminal, its widget in a notebook (tqdm.auto).
+
+    The bar advances with the steps and shows the loss, the learning rate and
+    the throughput; each evaluation is written as one line above it. ``file``
+    is where the text goes (default: stderr); ``disable=True`` prints nothing.
+    Used by the CLI and by ``Trainer(..., progress=True)``; the app shows its
+    own charts instead.
+    """
+
+    def __init__(self, file: Any = None, disable: bool = False, evals: bool = True, mininterval: float = 0.2):
+        self.file = file
+        self.disable = disable
+        self.evals = evals
+        self.mininterval = mininterval
+        self._bar: Any = None
+        self._file: Any = None
+
+    def on_start(self, trainer: "Trainer") -> None:
+        from tqdm.auto import tqdm
+
+        self.close()
+        file = self.file if self.file is not None else sys.stderr
+        bar = tqdm(
+            total=trainer.config.max_iters,
+            initial=trainer.step,
+            unit="step",
+            file=file,
+            disable=self.disable,
+            dynamic_ncols=True,
+            mininterval=self.mininterval,
+        )
+        notebook = any(c.__module__ == "tqdm.notebook" for c in type(bar).__mro__)
+        if not notebook and not getattr(file, "isatty", lambda: False)():
+            bar.mininterval = max(self.mininterval, _LOG_INTERVAL_S)  # a log file: a line now and then
+        self._bar, self._file = bar, file
+
+    def on_step(self, e: TrainEvent) -> None:
+        bar = self._bar
+        if bar is None or self.disable:
+            return
+        rate = e.tokens_per_s
+        tok_s = f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
+        bar.set_postfix_str(f"loss {e.loss:.4f} lr {e.lr:.2e} |g| {e.grad_norm:.2f} {tok_s} tok/s", refresh=False)
+        bar.update(e.step - bar.n)
+
+    def on_eval(self, e: TrainEvent) -> None:
+        if self._bar is None or self.disable or not self.evals:
+            return
+        self._bar.write(
+            f"step {e.step}: train loss {e.train_loss:.4f}, val loss {e.val_loss:.4f}, "
+            f"val ppl {e.val_ppl:.2f}, val acc {e.val_acc:.1%}"
+            + ("" if e.val_bpb is None else f", val bpb {e.val_bpb:.4f}"),
+            file=self._file,
+        )
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class HeadScoresCallback:

@@ -12,16 +12,93 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# ----------------------------------------------------------------------- test tiers
+# `make test-fast` runs `-m "not slow and not browser"`: a test is fast unless it is
+# marked. Marks come from the tests themselves (@pytest.mark.slow) and from here:
+# - `browser`: every test that uses the browser (the `browser` or `server` fixtures);
+# - `slow`: every test of the modules below, which drive the whole app (Streamlit's
+#   AppTest, real training runs behind its pages), run the command line in fresh
+#   Python processes (each pays for importing torch) or serve hostile servers and
+#   files; and the tests listed, which train for more than a second.
+# A fast-tier run names the unmarked tests that took longer than FAST_LIMIT_S.
+SLOW_MODULES = {
+    # the app
+    "test_app.py",
+    "test_app_views.py",
+    "test_keep_share.py",
+    "test_model_page_views.py",
+    "test_surprise_page.py",
+    "test_training_page.py",
+    # the command line and other processes
+    "test_cli.py",
+    "test_distributed.py",
+    "test_hf.py",
+    "test_hostile_checkpoints.py",
+    "test_limits.py",
+    "test_url_security.py",
+}
+SLOW_TESTS = {
+    "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
+    "test_mamba.py::test_trainer_with_torch_compile_matches_eager",
+    "test_optim.py::test_bench_gpu_without_cuda_exits_with_one_clear_line",
+    "test_optim.py::test_cli_trains_with_muon_and_the_switches_then_refuses_another_optimizer_on_resume",
+    "test_optim.py::test_each_optimizer_trains_below_the_unigram_loss",
+    "test_optim.py::test_training_page_starts_a_run_with_the_chosen_optimizer",
+    "test_optim.py::test_training_page_starts_adamw_vs_muon_as_two_overlaid_runs",
+    "test_package.py::test_the_readme_library_example_runs_in_a_core_install",
+    "test_prepared_data.py::test_a_prepared_folder_is_the_corpus_its_vocabulary_is_used_and_a_run_trains_from_it",
+    "test_prepared_data.py::test_a_bad_folder_gives_one_line_and_keeps_the_corpus",
+    "test_prepared_data.py::test_a_reload_restores_the_prepared_folder_from_the_address",
+    "test_runlog.py::test_a_run_writes_its_log_and_a_resumed_run_appends",
+    "test_runlog.py::test_a_run_killed_with_sigkill_leaves_a_log_and_a_checkpoint_that_load",
+    "test_runlog.py::test_the_training_page_lists_and_overlays_a_run_the_cli_writes",
+    "test_train.py::test_short_run_beats_the_unigram_loss",
+}
+FAST_LIMIT_S = 2.0
+_slow_in_fast: list[tuple[str, float]] = []
 
-@pytest.fixture
-def shakespeare_text() -> str:
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"the standard corpus {SHAKESPEARE} is not present on this machine")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"browser", "server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if item.path.name in SLOW_MODULES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > FAST_LIMIT_S and "slow" not in report.keywords:
+        _slow_in_fast.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if _slow_in_fast:
+        write = terminalreporter.write_line  # type: ignore[attr-defined]
+        write(f"unmarked tests slower than {FAST_LIMIT_S:.0f} s (mark them slow, or list them in tests/conftest.py):")
+        for nodeid, seconds in sorted(_slow_in_fast, key=lambda x: -x[1]):
+            write(f"  {seconds:6.1f} s  {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def english_text() -> str:
+    """About 465 KB of English: the built-in corpus (Python's own docs), on every machine.
+
+    Tests read nothing outside the repository: no ``../shared``, no download.
+    """
+    from lmcore.data import load_corpus
+
+    return load_corpus("builtin:python-docs").text
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(english_text: str) -> str:
+    """The older name of ``english_text`` (it once read tiny Shakespeare from outside the repository)."""
+    return english_text
 
 
 @pytest.fixture
@@ -45,7 +122,7 @@ def corpus(small_text: str) -> tuple:
     return tok, train_ids, val_ids
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def small_text() -> str:
     """A few KB of English with structure, always available (no network, no shared/)."""
     import pydoc_data.topics

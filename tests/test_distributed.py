@@ -65,8 +65,8 @@ def test_two_gloo_ranks_equal_one_process_accumulating_two_micro_batches_and_res
     assert sorted(val) == [2, 4, 6] and all(val[s] == pytest.approx(val_alone[s], abs=1e-3) for s in val)
 
 
-def test_accumulation_sees_the_batch_of_the_same_size_and_matches_one_big_batch(shakespeare_text: str) -> None:
-    ids = torch.tensor([ord(c) % 64 for c in shakespeare_text[:5000]])
+def test_accumulation_sees_the_batch_of_the_same_size_and_matches_one_big_batch(english_text: str) -> None:
+    ids = torch.tensor([ord(c) % 64 for c in english_text[:5000]])
     cfg = ModelConfig.preset("gpt2", vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
 
     def losses(batch: int, accum: int) -> list[float]:

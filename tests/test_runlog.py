@@ -50,9 +50,9 @@ def finished(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def corpus(tmp_path: Path, shakespeare_text: str) -> Path:
+def corpus(tmp_path: Path, english_text: str) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    path.write_text(english_text[:20_000], encoding="utf-8")
     return path
 
 
@@ -148,8 +148,8 @@ def _tiny_run(tmp_path: Path, text: str, name: str, preset: str, steps: int) -> 
     return out, trainer.fit() | {"params": trainer.model.num_params(), "history": trainer.history}
 
 
-def test_the_comparison_table_shows_the_figures_of_two_real_runs(tmp_path: Path, shakespeare_text: str) -> None:
-    text = shakespeare_text[:10_000]
+def test_the_comparison_table_shows_the_figures_of_two_real_runs(tmp_path: Path, english_text: str) -> None:
+    text = english_text[:10_000]
     a, ra = _tiny_run(tmp_path, text, "a-gpt", "gpt2", 8)
     b, rb = _tiny_run(tmp_path, text, "b-llama", "llama", 12)
     rows = {r["run"]: r for r in runlog.compare_runs([a, b])}
@@ -180,8 +180,8 @@ def test_memorising_is_noticed_when_val_rises_while_train_falls() -> None:
     assert runlog.memorising(both_rise) is None
 
 
-def test_deleting_a_run_removes_its_files_and_nothing_else(tmp_path: Path, shakespeare_text: str) -> None:
-    text = shakespeare_text[:10_000]
+def test_deleting_a_run_removes_its_files_and_nothing_else(tmp_path: Path, english_text: str) -> None:
+    text = english_text[:10_000]
     a, _ = _tiny_run(tmp_path, text, "one", "gpt2", 4)
     b, _ = _tiny_run(tmp_path, text, "two", "gpt2", 4)
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
