@@ -59,6 +59,10 @@ _EXPORTS: dict[str, str] = {
     # sampling
     "SamplingConfig": "lmcore.sample",
     "generate": "lmcore.sample",
+    # looking inside: named hook points
+    "hook_names": "lmcore.hooks",
+    "run_with_cache": "lmcore.hooks",
+    "run_with_hooks": "lmcore.hooks",
     # errors
     "LMCoreError": "lmcore.errors",
 }
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
     from lmcore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from lmcore.data import BUILTIN_CORPORA, Corpus, build_tokenizer, corpus_from_text, encode_corpus, load_corpus, split_ids
     from lmcore.errors import LMCoreError
+    from lmcore.hooks import hook_names, run_with_cache, run_with_hooks
     from lmcore.models import ModelConfig, build_model
     from lmcore.sample import SamplingConfig, generate
     from lmcore.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict

@@ -39,6 +39,17 @@ SLOW_MODULES = {
     "test_hostile_checkpoints.py",
     "test_limits.py",
     "test_url_security.py",
+    "test_address.py",
+    "test_fetch.py",
+    "test_hf_exports.py",
+    "test_hf_hostile.py",
+    "test_hostile_flags.py",
+    "test_hostile_logs.py",
+    "test_intervene_page.py",
+    "test_page_choices.py",
+    "test_run_process.py",
+    "test_server_limits.py",
+    "test_serving.py",
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
