@@ -50,6 +50,7 @@ SLOW_MODULES = {
     "test_run_process.py",
     "test_server_limits.py",
     "test_serving.py",
+    "test_jobs.py",
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
@@ -67,6 +68,9 @@ SLOW_TESTS = {
     "test_runlog.py::test_a_run_killed_with_sigkill_leaves_a_log_and_a_checkpoint_that_load",
     "test_runlog.py::test_the_training_page_lists_and_overlays_a_run_the_cli_writes",
     "test_train.py::test_short_run_beats_the_unigram_loss",
+    "test_mamba2.py::test_short_training_run_beats_the_unigram_loss",
+    "test_recipes.py::test_recipe_trains_a_few_steps",
+    "test_novelty.py::test_the_index_is_built_once_and_fast_on_a_large_corpus",
 }
 FAST_LIMIT_S = 2.0
 _slow_in_fast: list[tuple[str, float]] = []
