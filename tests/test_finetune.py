@@ -1,0 +1,246 @@
+"""Fine-tuning: JSONL examples, the chat template, the loss mask, vocabulary growth and LoRA."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from lmcore.checkpoint import load_checkpoint, save_checkpoint
+from lmcore.errors import CheckpointError, DataError, TokenizerError
+from lmcore.finetune import (
+    IGNORE,
+    MaskedTokens,
+    apply_lora,
+    chat_tokenizer,
+    encode_example,
+    encode_examples,
+    finetune,
+    grow_vocab,
+    load_adapter,
+    load_with_adapter,
+    merge_lora,
+    parse_examples,
+    prompt_ids,
+    save_adapter,
+)
+from lmcore.models import build_model
+from lmcore.models.base import lm_loss
+from lmcore.models.config import ModelConfig
+from lmcore.sample import SamplingConfig, generate
+from lmcore.tokenizers import CharTokenizer, tokenizer_from_dict
+from lmcore.train import TrainConfig
+
+LETTERS = "abcdef"
+ANSWERS = {"a": "bead", "b": "cafe", "c": "dab", "d": "face", "e": "fed", "f": "bad"}  # a small lookup task
+
+
+def tiny(vocab: int, preset: str = "gpt2", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset(preset, vocab_size=vocab, n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, **kw)
+    return build_model(cfg)
+
+
+def reverse_task(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 4))) for _ in range(n)]
+    return [{"prompt": w, "response": w[::-1]} for w in words]
+
+
+def lookup_task(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": k, "response": ANSWERS[k]} for k in (rng.choice(LETTERS) for _ in range(n))]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def base(tmp_path):
+    tok = CharTokenizer.train(LETTERS + " \n")
+    path = save_checkpoint(tmp_path / "base.safetensors", tiny(tok.vocab_size), tok)
+    return path, tok
+
+
+# --------------------------------------------------------------------------- data and template
+
+
+def test_bad_jsonl_line_is_named_and_nothing_is_read():
+    good = json.dumps({"prompt": "ab", "response": "ba"})
+    with pytest.raises(DataError, match=r"line 3 is not valid JSON"):
+        parse_examples("\n".join([good, good, "{oops", good]))
+    with pytest.raises(DataError, match=r"line 2 needs text fields"):
+        parse_examples(good + "\n" + json.dumps({"prompt": "x"}))
+    with pytest.raises(DataError, match=r"line 1: each message needs a role"):
+        parse_examples(json.dumps({"messages": [{"role": "bot", "content": "x"}]}))
+    with pytest.raises(DataError, match=r"line 1 has no assistant message"):
+        parse_examples(json.dumps({"messages": [{"role": "user", "content": "x"}]}))
+
+
+def test_template_round_trips_through_the_checkpoint_dict():
+    chat = chat_tokenizer(CharTokenizer.train("abc"))
+    text = "<|user|>ab<|end|><|assistant|>ba<|end|>"
+    assert chat.decode(chat.encode(text)) == text
+    again = tokenizer_from_dict(json.loads(json.dumps(chat.to_dict())))
+    assert again.encode(text) == chat.encode(text) and again.vocab_size == chat.vocab_size == 4 + 4
+
+
+def test_unseen_characters_are_refused_by_name_or_added_on_request():
+    ex = parse_examples(json.dumps({"prompt": "abz", "response": "q"}))
+    with pytest.raises(TokenizerError, match=r"2 character\(s\).*'q', 'z'"):
+        chat_tokenizer(CharTokenizer.train("abc"), ex)
+    chat = chat_tokenizer(CharTokenizer.train("abc"), ex, add_chars=True)
+    ids, _ = encode_example(chat, ex[0])
+    assert chat.decode(ids) == "<|user|>abz<|end|><|assistant|>q<|end|>"
+
+
+def test_mask_covers_exactly_the_assistant_tokens_and_its_end():
+    chat = chat_tokenizer(CharTokenizer.train("abcxyz"))
+    messages = [
+        {"role": "system", "content": "x"},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": "ba"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "yz"},
+    ]
+    ids, mask = encode_example(chat, messages)
+    trained = "".join(chat.token_str(i) if m else "." for i, m in zip(ids, mask))
+    assert chat.decode(ids) == "<|system|>x<|end|><|user|>ab<|end|><|assistant|>ba<|end|><|user|>c<|end|><|assistant|>yz<|end|>"
+    # BOS, <|system|> x <|end|>, <|user|> a b <|end|>, <|assistant|> then b a <|end|> ...
+    assert trained == "." + "..." + "...." + "." + "ba<|end|>" + "..." + "." + "yz<|end|>"
+
+
+def test_changing_a_prompt_target_changes_nothing_and_a_response_target_changes_the_loss():
+    chat = chat_tokenizer(CharTokenizer.train("abc"))
+    ids, targets = encode_examples(chat, parse_examples(json.dumps({"prompt": "abcab", "response": "cba"})))
+    model = tiny(chat.vocab_size)
+    x, y = ids[None, :-1], targets[None, 1:]
+    logits = model(x)
+    loss = lm_loss(logits, y)
+    prompt_pos = [i for i in range(y.shape[1]) if y[0, i] == IGNORE]
+    answer_pos = [i for i in range(y.shape[1]) if y[0, i] != IGNORE]
+    assert prompt_pos and len(answer_pos) == 4  # "cba" and the end token
+    # The prompt's targets are what the raw stream says (a prompt token): changing one changes nothing.
+    y2 = y.clone()
+    y2[0, prompt_pos[2]] = IGNORE  # already ignored: replace the underlying id instead
+    ids2 = ids.clone()
+    ids2[prompt_pos[2] + 1] = (ids2[prompt_pos[2] + 1] + 1) % 3
+    _, t2 = ids2, torch.where(targets == IGNORE, torch.full_like(targets, IGNORE), ids2)
+    assert torch.equal(lm_loss(logits, t2[None, 1:]), loss)
+    y3 = y.clone()
+    y3[0, answer_pos[0]] = (y3[0, answer_pos[0]] + 1) % 3
+    assert not torch.equal(lm_loss(logits, y3), loss)
+
+
+def test_masked_source_never_gives_a_window_without_a_trained_target():
+    chat = chat_tokenizer(CharTokenizer.train("abc"))
+    rows = [{"messages": [{"role": "user", "content": "a" * 40}, {"role": "assistant", "content": "b"}]}] * 3
+    ids, targets = encode_examples(chat, parse_examples("\n".join(json.dumps(r) for r in rows)))
+    src = MaskedTokens(ids, targets)
+    starts = torch.arange(len(src) - 9)
+    t = src.target_windows(starts, 9)[:, 1:]
+    assert bool(((t != IGNORE).sum(1) > 0).all())
+    assert torch.equal(src.windows(starts, 9)[:, 1:][t != IGNORE], t[t != IGNORE])
+
+
+# --------------------------------------------------------------------------- vocabulary growth
+
+
+@pytest.mark.parametrize("preset,kw", [("gpt2", {}), ("llama", {"tie_weights": False}), ("mamba", {})])
+def test_growing_the_vocabulary_keeps_old_logits(preset, kw):
+    model = tiny(10, preset, **kw).eval()
+    x = torch.randint(0, 10, (2, 12))
+    before = model(x)
+    grown = grow_vocab(model, 14).eval()
+    after = grown(x)
+    assert after.shape[-1] == 14
+    # The old rows are kept exactly; the logits agree up to the matmul's rounding (a wider head).
+    old = model.state_dict()
+    for name, t in grown.state_dict().items():
+        assert torch.equal(t[tuple(slice(0, n) for n in old[name].shape)], old[name]), name
+    torch.testing.assert_close(after[..., :10], before, atol=1e-6, rtol=1e-6)
+    if getattr(grown.config, "tie_weights", False):
+        emb = [p for n, p in grown.named_parameters()]
+        assert len(emb) == len(list(model.parameters()))  # still tied: no new parameter
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "mamba"])
+def test_lora_with_zero_b_equals_base_and_merged_equals_adapted(preset):
+    model = tiny(12, preset).eval()
+    x = torch.randint(0, 12, (2, 10))
+    before = model(x)
+    names = apply_lora(model, rank=4, alpha=8)
+    assert names
+    assert torch.equal(model(x), before)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapted = model(x)
+    assert not torch.allclose(adapted, before)
+    merged = merge_lora(model)(x)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_trains_only_the_adapters_and_the_adapter_refuses_another_base(base, tmp_path):
+    path, _ = base
+    data = tmp_path / "task.jsonl"
+    write_jsonl(data, reverse_task(40, 1))
+    cfg = TrainConfig(batch_size=8, max_iters=20, lr=1e-2, warmup_iters=0, eval_interval=20, eval_iters=2, device="cpu")
+    result = finetune(path, data, cfg, tmp_path / "out", lora_rank=4, adapter_out=tmp_path / "ad")
+    assert 0 < result["trainable_share"] < 0.5
+    # The base file is untouched and the adapter rebuilds exactly the merged model.
+    adapted, tok = load_with_adapter(path, result["adapter"])
+    merged = load_checkpoint(result["out"])
+    x = torch.tensor([prompt_ids(tok, "abc")])
+    torch.testing.assert_close(adapted(x), merged.model(x), atol=1e-5, rtol=1e-5)
+    grown = grow_vocab(load_checkpoint(path).model, tok.vocab_size)
+    # Frozen base: every base weight inside the adapted model is bit-identical to the grown base.
+    base_state = grown.state_dict()
+    for name, t in adapted.state_dict().items():
+        if "lora_" in name:
+            continue
+        assert torch.equal(t, base_state[name.replace(".base.", ".")]), name
+    other_tok = CharTokenizer.train(LETTERS + " \n")
+    other = save_checkpoint(tmp_path / "other.safetensors", tiny(other_tok.vocab_size), other_tok)
+    with pytest.raises(CheckpointError, match="another base model"):
+        load_with_adapter(other, result["adapter"])
+
+
+def test_bad_line_trains_nothing(base, tmp_path):
+    path, _ = base
+    data = tmp_path / "task.jsonl"
+    data.write_text(json.dumps({"prompt": "ab", "response": "ba"}) + "\n[1, 2]\n")
+    cfg = TrainConfig(batch_size=4, max_iters=5, device="cpu")
+    with pytest.raises(DataError, match="task.jsonl line 2"):
+        finetune(path, data, cfg, tmp_path / "out")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def answers(model, tok, prompts):
+    end = tok.special_id("<|end|>")
+    out = []
+    for p in prompts:
+        ids = [e.token_id for e in generate(model, prompt_ids(tok, p), 8, SamplingConfig(temperature=0), stop_ids=[end])]
+        out.append(tok.decode([i for i in ids if i != end]))
+    return out
+
+
+def test_fine_tuned_model_learns_to_answer(base, tmp_path):
+    path, _ = base
+    data = tmp_path / "task.jsonl"
+    write_jsonl(data, lookup_task(200, 2))
+    cfg = TrainConfig(batch_size=16, max_iters=300, lr=5e-3, warmup_iters=10, eval_interval=300, eval_iters=4,
+                      device="cpu", weight_decay=0.0)
+    result = finetune(path, data, cfg, tmp_path / "out")
+    ckpt = load_checkpoint(result["out"])
+    tok = ckpt.tokenizer
+    prompts = sorted(ANSWERS)
+    right = sum(g == ANSWERS[p] for g, p in zip(answers(ckpt.model, tok, prompts), prompts)) / len(prompts)
+    base_model = grow_vocab(load_checkpoint(path).model, tok.vocab_size).eval()
+    base_right = sum(g == ANSWERS[p] for g, p in zip(answers(base_model, tok, prompts), prompts)) / len(prompts)
+    assert right >= 5 / 6 and base_right == 0
