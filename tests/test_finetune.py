@@ -244,3 +244,50 @@ def test_fine_tuned_model_learns_to_answer(base, tmp_path):
     base_model = grow_vocab(load_checkpoint(path).model, tok.vocab_size).eval()
     base_right = sum(g == ANSWERS[p] for g, p in zip(answers(base_model, tok, prompts), prompts)) / len(prompts)
     assert right >= 5 / 6 and base_right == 0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def run_cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_finetune_then_chat(base, tmp_path):
+    path, _ = base
+    write_jsonl(tmp_path / "task.jsonl", lookup_task(200, 0))
+    (tmp_path / "prompts.txt").write_text("a\nb\n\nc\n")
+    r = run_cli("finetune", "--checkpoint", str(path), "--data", "task.jsonl", "--out", "ft", "--lr", "5e-3",
+                "--weight-decay", "0", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["step"] == 300
+    r = run_cli("generate", "--checkpoint", "ft.safetensors", "--chat", "--prompt", "a", "--temperature", "0",
+                cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "bead")
+    r = run_cli("generate", "--checkpoint", "ft.safetensors", "--chat", "--prompts-file", "prompts.txt",
+                "--temperature", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows == [{"prompt": p, "response": ANSWERS[p]} for p in "abc"]
+    # A base without the template, a bad line, an adapter beside another base: one line, status 2.
+    r = run_cli("generate", "--checkpoint", str(path), "--chat", "--prompt", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "no chat template" in r.stderr and len(r.stderr.splitlines()) == 1
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": 3}\n')
+    r = run_cli("finetune", "--checkpoint", str(path), "--data", "bad.jsonl", "--out", "x", cwd=tmp_path)
+    assert r.returncode == 2 and "bad.jsonl line 2" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
+    r = run_cli("finetune", "--checkpoint", str(path), "--data", "task.jsonl", "--adapter-out", "ad",
+                "--lora-rank", "2", "--max-iters", "5", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 0 < json.loads(r.stdout)["trainable_share"] < 0.5
+    r = run_cli("generate", "--checkpoint", "ft.safetensors", "--adapter", "ad.safetensors", "--chat",
+                "--prompt", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "another base model" in r.stderr and len(r.stderr.splitlines()) == 1
