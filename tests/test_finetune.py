@@ -291,3 +291,23 @@ def test_cli_finetune_then_chat(base, tmp_path):
     r = run_cli("generate", "--checkpoint", "ft.safetensors", "--adapter", "ad.safetensors", "--chat",
                 "--prompt", "a", cwd=tmp_path)
     assert r.returncode == 2 and "another base model" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+def test_lora_training_leaves_every_base_weight_bit_identical(preset):
+    from lmcore.train import Trainer
+
+    chat = chat_tokenizer(CharTokenizer.train(LETTERS))
+    ids, targets = encode_examples(chat, parse_examples("\n".join(json.dumps(r) for r in lookup_task(60, 4))))
+    model = tiny(chat.vocab_size, preset)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, rank=2, dropout=0.1)
+    src = MaskedTokens(ids, targets, min_len=33)
+    cfg = TrainConfig(batch_size=4, max_iters=5, lr=1e-2, warmup_iters=0, eval_interval=5, eval_iters=1, device="cpu")
+    Trainer(model, src, src, cfg).fit()
+    after = model.state_dict()
+    trained = [k for k in after if "lora_" in k]
+    assert trained and any(not torch.equal(after[k], torch.zeros_like(after[k])) for k in trained if "lora_B" in k)
+    for name, t in after.items():
+        if "lora_" not in name:
+            assert torch.equal(t, before[name.replace(".base.", ".")]), name
