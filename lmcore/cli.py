@@ -709,7 +709,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if Path(args.out).name:  # "." and "/" name no new folder
         _check_component(Path(args.out).name, "--out")
-    out = export_checkpoint(args.checkpoint, args.out)
+    if getattr(args, "adapter", None):  # the base and, beside it, the LoRA adapter as peft reads it
+        from lmcore.finetune import export_peft
+
+        out = export_peft(args.checkpoint, args.adapter, args.out)
+    else:
+        out = export_checkpoint(args.checkpoint, args.out)
     print(_json_line({"path": str(out), "files": sorted(p.name for p in out.iterdir())}), flush=True)
     return 0
 
@@ -865,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a checkpoint as a folder transformers' Auto classes load")
     ex.add_argument("--checkpoint", required=True, metavar="FILE")
     ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    ex.add_argument("--adapter", metavar="FILE", help="a LoRA adapter of --checkpoint, written beside it for peft")
     ex.set_defaults(func=cmd_export)
     return parser
 

@@ -499,3 +499,82 @@ def load_with_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> tu
     load_adapter(adapter, model, base_id)
     model.eval()
     return model, tok
+
+
+# --------------------------------------------------------------------------- peft export
+
+
+def _peft_tensors(family: str, config: Any, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """peft's names and tensors for the adapters of ``model`` (GPT-2 or Llama layout), and the target modules."""
+    from lmcore.hf import _rope_rows_to_hf
+    from lmcore.models.layers import swiglu_hidden
+
+    out: dict[str, torch.Tensor] = {}
+    modules: set[str] = set()
+
+    def put(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        out[f"base_model.model.{name}.lora_A.weight"] = a.detach().float().contiguous().clone()
+        out[f"base_model.model.{name}.lora_B.weight"] = b.detach().float().contiguous().clone()
+        modules.add(name.rpartition(".")[2])
+
+    for name, layer in lora_layers(model).items():
+        a, b = layer.lora_A, layer.lora_B
+        if family == "gpt2":
+            put(f"transformer.{name}", a, b)
+            continue
+        i, part = name.split(".")[1], name.split(".", 2)[2]  # h.{i}.attn.c_attn
+        pre = f"model.layers.{i}."
+        if part == "attn.c_attn":
+            H, KV, hd = config.n_head, config.kv_heads, config.head_dim
+            q, k, v = b.split((H * hd, KV * hd, KV * hd))
+            put(pre + "self_attn.q_proj", a, _rope_rows_to_hf(q, H))
+            put(pre + "self_attn.k_proj", a, _rope_rows_to_hf(k, KV))
+            put(pre + "self_attn.v_proj", a, v)
+        elif part == "attn.c_proj":
+            put(pre + "self_attn.o_proj", a, b)
+        elif part == "mlp.c_fc":
+            gate, up = b.split(swiglu_hidden(config.n_embd, config.mlp_ratio))
+            put(pre + "mlp.gate_proj", a, gate)
+            put(pre + "mlp.up_proj", a, up)
+        elif part == "mlp.c_proj":
+            put(pre + "mlp.down_proj", a, b)
+        else:
+            raise ConfigError(f"the adapter of {name} has no place in a transformers Llama; export it merged")
+    return out, sorted(modules)
+
+
+def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Export the base (grown to the adapter's vocabulary) as a transformers folder, with the adapter
+    beside it as peft reads it: ``adapter_config.json`` and ``adapter_model.safetensors``."""
+    from safetensors.torch import save_file
+
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.hf import export_family, export_model
+
+    adapted, tok = load_with_adapter(base, adapter)
+    family = export_family(adapted.config)
+    if family not in ("gpt2", "llama"):
+        raise ConfigError(f"LoRA adapters export for GPT-2 and Llama models only, not {family}; export it merged")
+    ckpt = load_checkpoint(base)
+    plain = grow_vocab(ckpt.model, tok.vocab_size)
+    tensors, modules = _peft_tensors(family, adapted.config, adapted)
+    first = next(iter(lora_layers(adapted).values()))
+    out = export_model(plain, tok, out, ckpt.train_state, ckpt.data_info)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(out),
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": modules,
+        "fan_in_fan_out": family == "gpt2",  # GPT-2's Conv1D stores weights as (in, out)
+        "bias": "none",
+        "inference_mode": True,
+    }
+    try:
+        save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (out / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    except OSError as e:
+        raise CheckpointError(f"cannot write the adapter beside the export in {out}: {e.strerror or e}") from None
+    return out

@@ -291,6 +291,9 @@ def test_cli_finetune_then_chat(base, tmp_path):
     r = run_cli("generate", "--checkpoint", "ft.safetensors", "--adapter", "ad.safetensors", "--chat",
                 "--prompt", "a", cwd=tmp_path)
     assert r.returncode == 2 and "another base model" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("export", "--checkpoint", str(path), "--adapter", "ad.safetensors", "--out", "hf", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {"adapter_config.json", "adapter_model.safetensors", "model.safetensors"} <= set(json.loads(r.stdout)["files"])
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "mamba"])
@@ -311,3 +314,39 @@ def test_lora_training_leaves_every_base_weight_bit_identical(preset):
     for name, t in after.items():
         if "lora_" not in name:
             assert torch.equal(t, before[name.replace(".base.", ".")]), name
+
+
+# --------------------------------------------------------------------------- peft export
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_lora_adapter_exports_as_peft_reads_it(preset, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmcore.finetune import export_peft
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = CharTokenizer.train(LETTERS + " ")
+    path = save_checkpoint(tmp_path / "base.safetensors", tiny(tok.vocab_size, preset), tok)
+    chat = chat_tokenizer(tok)
+    model = grow_vocab(load_checkpoint(path).model, chat.vocab_size)
+    apply_lora(model, rank=2, alpha=4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    base_id = load_checkpoint(path).metadata["checkpoint_id"]
+    adapter = save_adapter(tmp_path / "ad", model, base_id, {"extra": list(chat.extra)})
+    out = export_peft(path, adapter, tmp_path / "export")
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out), out).eval()
+    ids = prompt_ids(chat, "abc")
+    assert AutoTokenizer.from_pretrained(out)("<|user|>abc<|end|><|assistant|>")["input_ids"] == ids[1:]
+    x = torch.tensor([ids])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, model(x), atol=1e-4, rtol=1e-4)
+        plain = grow_vocab(load_checkpoint(path).model, chat.vocab_size).eval()
+        assert not torch.allclose(plain(x), model(x), atol=1e-3)  # the adapter matters
