@@ -605,7 +605,8 @@ def _chat_generate(args: argparse.Namespace) -> int:
         try:
             prompts = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read the prompts file {args.prompts_file}: {getattr(e, 'strerror', None) or e}") from None
+            why = getattr(e, "strerror", None) or e
+            raise DataError(f"cannot read the prompts file {args.prompts_file}: {why}") from None
         prompts = [p for p in prompts if p.strip()]
     else:
         prompts = [args.prompt]
@@ -822,21 +823,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_finite)
     g.add_argument("--seed", type=_SEED, default=0, help=f"0 to {MAX_SEED:,}")
     g.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    g.add_argument("--chat", action="store_true", help="answer the prompt as a fine-tuned chat model; print the answer only")
+    g.add_argument("--chat", action="store_true", help="answer as a fine-tuned chat model; print the answer only")
     g.add_argument("--prompts-file", metavar="FILE", help="with --chat: one prompt a line; one JSON line per answer")
     g.add_argument("--adapter", metavar="FILE", help="with --chat: a LoRA adapter to apply to --checkpoint")
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("finetune", help="fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA)")
     f.add_argument("--checkpoint", required=True, metavar="BASE")
-    f.add_argument("--data", required=True, metavar="FILE.jsonl", help='one {"prompt", "response"} or {"messages"} a line')
+    f.add_argument("--data", required=True, metavar="FILE.jsonl", help='{"prompt", "response"} or {"messages"} a line')
     f.add_argument("--out", metavar="FILE", help="the fine-tuned checkpoint to write (LoRA merged into it)")
     f.add_argument("--adapter-out", metavar="FILE", help="the LoRA adapter alone (needs --lora-rank)")
     f.add_argument("--add-chars", action="store_true", help="add characters a char vocabulary has never seen")
-    f.add_argument("--lora-rank", type=_whole(1, 4096), metavar="R", help="train LoRA adapters of rank R (default: full)")
+    f.add_argument("--lora-rank", type=_whole(1, 4096), metavar="R", help="LoRA adapters of rank R (default: full)")
     f.add_argument("--lora-alpha", type=_finite, help="LoRA scale alpha (default: the rank)")
     f.add_argument("--lora-dropout", type=_finite, default=0.0)
-    f.add_argument("--lora-targets", metavar="NAMES", help="comma-separated layer names (default: attention+MLP / in+out)")
+    f.add_argument("--lora-targets", metavar="NAMES", help="layer names, comma-separated")
     for name, kind in (("batch-size", windows), ("max-iters", _COUNT), ("lr", _finite), ("min-lr", _finite),
                        ("warmup-iters", _whole(0, _MAX_COUNT)), ("weight-decay", _finite), ("grad-clip", _finite),
                        ("eval-interval", _COUNT), ("eval-iters", windows), ("seed", _SEED), ("grad-accum", windows),

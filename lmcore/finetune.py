@@ -294,7 +294,11 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(
-    model: nn.Module, rank: int = 8, alpha: float | None = None, dropout: float = 0.0, targets: Iterable[str] | None = None
+    model: nn.Module,
+    rank: int = 8,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Iterable[str] | None = None,
 ) -> list[str]:
     """Freeze ``model`` and wrap its target layers in LoRA adapters (in place); returns the wrapped names.
 
@@ -388,7 +392,8 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path.name} is not a readable adapter file ({str(e).splitlines()[0] if str(e) else e})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path.name} is not a readable adapter file ({why})") from None
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path.name} is not a LoRA adapter saved by lmcore; choose an adapter file")
     if meta.get("base_checkpoint_id") != str(base_id):
@@ -411,7 +416,9 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
             for ab in "AB":
                 src, dst = tensors[f"{name}.lora_{ab}"], getattr(layer, f"lora_{ab}")
                 if src.shape != dst.shape:
-                    raise CheckpointError(f"{path.name}: {name}.lora_{ab} has shape {list(src.shape)}, not {list(dst.shape)}")
+                    raise CheckpointError(
+                        f"{path.name}: {name}.lora_{ab} has shape {list(src.shape)}, not {list(dst.shape)}"
+                    )
                 dst.copy_(src.to(dst.dtype))
     return info
 
@@ -544,8 +551,12 @@ def _peft_tensors(family: str, config: Any, model: nn.Module) -> tuple[dict[str,
 
 
 def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export the base (grown to the adapter's vocabulary) as a transformers folder, with the adapter
-    beside it as peft reads it: ``adapter_config.json`` and ``adapter_model.safetensors``."""
+    """Export the base (grown to the adapter's vocabulary) as a transformers folder, and the adapter
+    beside it in ``lora/`` as peft reads it: ``adapter_config.json`` and ``adapter_model.safetensors``.
+
+    The adapter has a folder of its own so that loading the export gives the base alone;
+    ``PeftModel.from_pretrained(base, out / "lora")`` adds the adapter.
+    """
     from safetensors.torch import save_file
 
     from lmcore.checkpoint import load_checkpoint
@@ -573,8 +584,9 @@ def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | 
         "inference_mode": True,
     }
     try:
-        save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (out / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (out / "lora").mkdir()
+        save_file(tensors, str(out / "lora" / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (out / "lora" / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     except OSError as e:
         raise CheckpointError(f"cannot write the adapter beside the export in {out}: {e.strerror or e}") from None
     return out

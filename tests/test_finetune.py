@@ -17,7 +17,6 @@ from lmcore.finetune import (
     encode_examples,
     finetune,
     grow_vocab,
-    load_adapter,
     load_with_adapter,
     merge_lora,
     parse_examples,
@@ -106,7 +105,9 @@ def test_mask_covers_exactly_the_assistant_tokens_and_its_end():
     ]
     ids, mask = encode_example(chat, messages)
     trained = "".join(chat.token_str(i) if m else "." for i, m in zip(ids, mask))
-    assert chat.decode(ids) == "<|system|>x<|end|><|user|>ab<|end|><|assistant|>ba<|end|><|user|>c<|end|><|assistant|>yz<|end|>"
+    assert chat.decode(ids) == (
+        "<|system|>x<|end|><|user|>ab<|end|><|assistant|>ba<|end|><|user|>c<|end|><|assistant|>yz<|end|>"
+    )
     # BOS, <|system|> x <|end|>, <|user|> a b <|end|>, <|assistant|> then b a <|end|> ...
     assert trained == "." + "..." + "...." + "." + "ba<|end|>" + "..." + "." + "yz<|end|>"
 
@@ -225,7 +226,8 @@ def answers(model, tok, prompts):
     end = tok.special_id("<|end|>")
     out = []
     for p in prompts:
-        ids = [e.token_id for e in generate(model, prompt_ids(tok, p), 8, SamplingConfig(temperature=0), stop_ids=[end])]
+        greedy = SamplingConfig(temperature=0)
+        ids = [e.token_id for e in generate(model, prompt_ids(tok, p), 8, greedy, stop_ids=[end])]
         out.append(tok.decode([i for i in ids if i != end]))
     return out
 
@@ -293,7 +295,9 @@ def test_cli_finetune_then_chat(base, tmp_path):
     assert r.returncode == 2 and "another base model" in r.stderr and len(r.stderr.splitlines()) == 1
     r = run_cli("export", "--checkpoint", str(path), "--adapter", "ad.safetensors", "--out", "hf", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert {"adapter_config.json", "adapter_model.safetensors", "model.safetensors"} <= set(json.loads(r.stdout)["files"])
+    assert {"lora", "model.safetensors"} <= set(json.loads(r.stdout)["files"])
+    assert sorted(p.name for p in (tmp_path / "hf" / "lora").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "mamba"])
@@ -340,8 +344,8 @@ def test_lora_adapter_exports_as_peft_reads_it(preset, tmp_path, monkeypatch):
     base_id = load_checkpoint(path).metadata["checkpoint_id"]
     adapter = save_adapter(tmp_path / "ad", model, base_id, {"extra": list(chat.extra)})
     out = export_peft(path, adapter, tmp_path / "export")
-    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
-    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out), out).eval()
+    assert (out / "lora" / "adapter_config.json").exists() and (out / "lora" / "adapter_model.safetensors").exists()
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out), out / "lora").eval()
     ids = prompt_ids(chat, "abc")
     assert AutoTokenizer.from_pretrained(out)("<|user|>abc<|end|><|assistant|>")["input_ids"] == ids[1:]
     x = torch.tensor([ids])
