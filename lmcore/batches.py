@@ -70,6 +70,8 @@ def batch_from_starts(
     """The windows at ``starts`` (B,): x (B, T) and y (B, T), moved to ``device``."""
     windows = source.windows(starts, block_size + 1)  # (B, T + 1)
     x, y = windows[:, :-1], windows[:, 1:]
+    if hasattr(source, "target_windows"):  # a loss mask (lmcore.finetune.MaskedTokens): untrained targets are -100
+        y = source.target_windows(starts, block_size + 1)[:, 1:]
     if device is not None and torch.device(device).type != "cpu":
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y

@@ -491,6 +491,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lmcore.device import resolve_device
     from lmcore.sample import SamplingConfig, generate, prompt_start
 
+    if getattr(args, "chat", False) or getattr(args, "prompts_file", None) or getattr(args, "adapter", None):
+        return _chat_generate(args)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     sampling.validate()
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
@@ -513,6 +515,76 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out.write(tok.decode(pending))
     if sys.stdout.isatty():
         out.write("\n")
+    return 0
+
+
+def _chat_generate(args: argparse.Namespace) -> int:
+    """``generate --chat``: wrap each prompt in the chat template and print only the answer."""
+    import json
+
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.device import resolve_device
+    from lmcore.errors import DataError
+    from lmcore.finetune import load_with_adapter, prompt_ids
+    from lmcore.sample import SamplingConfig, generate
+    from lmcore.tokenizers import ChatTokenizer
+
+    if not args.chat:
+        raise ConfigError("--prompts-file and --adapter answer as a chat model: add --chat")
+    if args.prompts_file and args.prompt:
+        raise ConfigError("give either --prompt or --prompts-file, not both")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampling.validate()
+    if args.prompts_file:
+        try:
+            prompts = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise DataError(f"cannot read the prompts file {args.prompts_file}: {why}") from None
+        prompts = [p for p in prompts if p.strip()]
+    else:
+        prompts = [args.prompt]
+    device = resolve_device(args.device)
+    if args.adapter:
+        model, tok = load_with_adapter(args.checkpoint, args.adapter)
+        model.to(device)
+    else:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        model, tok = ckpt.model, ckpt.tokenizer
+    if not isinstance(tok, ChatTokenizer):
+        raise ConfigError(f"{Path(args.checkpoint).name} has no chat template; fine-tune it first (lmcore finetune)")
+    end = tok.special_id("<|end|>")
+    out = _Utf8Out()
+    for prompt in prompts:
+        ids = [e.token_id for e in generate(model, prompt_ids(tok, prompt), args.max_new_tokens, sampling,
+                                            stop_ids=[end])]
+        answer = tok.decode([i for i in ids if i != end])
+        if args.prompts_file:
+            out.write(json.dumps({"prompt": prompt, "response": answer}) + "\n")
+        else:
+            out.write(answer + ("\n" if sys.stdout.isatty() else ""))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA); one JSON line of results."""
+    import json
+
+    from lmcore.finetune import finetune
+    from lmcore.train import TrainConfig
+
+    if args.out:
+        _check_out_name(Path(args.out))
+    targets = [t for t in args.lora_targets.split(",") if t] if args.lora_targets else None
+    overrides = {"max_iters": 300, "eval_interval": 100, "eval_iters": 10, **_train_overrides(args)}
+    overrides.setdefault("warmup_iters", min(20, overrides["max_iters"]))  # fine-tuning runs are short
+    result = finetune(
+        args.checkpoint, args.data, TrainConfig(**overrides), args.out,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=targets, adapter_out=args.adapter_out, add_chars=args.add_chars,
+    )  # fmt: skip
+    keys = ("step", "train_loss", "val_loss", "val_acc", "elapsed_s", "trainable_share", "out", "adapter")
+    print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0
 
 
@@ -572,7 +644,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if Path(args.out).name:  # "." and "/" name no new folder
         _check_component(Path(args.out).name, "--out")
-    out = export_checkpoint(args.checkpoint, args.out)
+    if getattr(args, "adapter", None):  # the base and, beside it, the LoRA adapter as peft reads it
+        from lmcore.finetune import export_peft
+
+        out = export_peft(args.checkpoint, args.adapter, args.out)
+    else:
+        out = export_checkpoint(args.checkpoint, args.out)
     print(_json_line({"path": str(out), "files": sorted(p.name for p in out.iterdir())}), flush=True)
     return 0
 
@@ -680,7 +757,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_finite)
     g.add_argument("--seed", type=_SEED, default=0, help=f"0 to {MAX_SEED:,}")
     g.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    g.add_argument("--chat", action="store_true", help="answer as a fine-tuned chat model; print the answer only")
+    g.add_argument("--prompts-file", metavar="FILE", help="with --chat: one prompt a line; one JSON line per answer")
+    g.add_argument("--adapter", metavar="FILE", help="with --chat: a LoRA adapter to apply to --checkpoint")
     g.set_defaults(func=cmd_generate)
+
+    f = sub.add_parser("finetune", help="fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA)")
+    f.add_argument("--checkpoint", required=True, metavar="BASE")
+    f.add_argument("--data", required=True, metavar="FILE.jsonl", help='{"prompt", "response"} or {"messages"} a line')
+    f.add_argument("--out", metavar="FILE", help="the fine-tuned checkpoint to write (LoRA merged into it)")
+    f.add_argument("--adapter-out", metavar="FILE", help="the LoRA adapter alone (needs --lora-rank)")
+    f.add_argument("--add-chars", action="store_true", help="add characters a char vocabulary has never seen")
+    f.add_argument("--lora-rank", type=_whole(1, 4096), metavar="R", help="LoRA adapters of rank R (default: full)")
+    f.add_argument("--lora-alpha", type=_finite, help="LoRA scale alpha (default: the rank)")
+    f.add_argument("--lora-dropout", type=_finite, default=0.0)
+    f.add_argument("--lora-targets", metavar="NAMES", help="layer names, comma-separated")
+    for name, kind in (("batch-size", windows), ("max-iters", _COUNT), ("lr", _finite), ("min-lr", _finite),
+                       ("warmup-iters", _whole(0, _MAX_COUNT)), ("weight-decay", _finite), ("grad-clip", _finite),
+                       ("eval-interval", _COUNT), ("eval-iters", windows), ("seed", _SEED), ("grad-accum", windows),
+                       ("patience", _COUNT), ("muon-lr", _finite), ("time-budget", _finite)):  # fmt: skip
+        f.add_argument("--" + name, type=kind)
+    f.add_argument("--device", choices=DEVICE_CHOICES)
+    f.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    f.add_argument("--optimizer", choices=["adamw", "muon", "sgd"])
+    f.add_argument("--schedule", choices=["steps", "time"])
+    f.add_argument("--compile", action="store_true", default=None)
+    f.set_defaults(func=cmd_finetune)
 
     e = sub.add_parser("eval", help="loss, perplexity and accuracy of a checkpoint on a text")
     e.add_argument("--checkpoint", required=True, metavar="FILE")
@@ -703,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a checkpoint as a folder transformers' Auto classes load")
     ex.add_argument("--checkpoint", required=True, metavar="FILE")
     ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    ex.add_argument("--adapter", metavar="FILE", help="a LoRA adapter of --checkpoint, written beside it for peft")
     ex.set_defaults(func=cmd_export)
     return parser
 

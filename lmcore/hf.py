@@ -49,6 +49,7 @@ from lmcore.errors import CheckpointError, ConfigError, TokenizerError
 from lmcore.models import LanguageModel, ModelConfig, build_model, family_of
 from lmcore.models.layers import swiglu_hidden
 from lmcore.tokenizers import BOS_TOKEN, UNK_TOKEN, BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer
+from lmcore.tokenizers.chat import ChatTokenizer
 from lmcore.tokenizers.bpe import PATTERNS
 from lmcore.tokenizers.hf import MAX_TOKENIZER_JSON_CHARS, byte_encoder, check_tokenizer_json
 
@@ -872,6 +873,15 @@ def tokenizer_json(tok: Tokenizer) -> str:
 
     if isinstance(tok, HFTokenizer):
         return tok.tokenizer_json
+    if isinstance(tok, ChatTokenizer):  # a chat template's tokens, added after the base vocabulary
+        fast = FastTokenizer.from_str(tokenizer_json(tok.base))
+        if fast.get_vocab_size(with_added_tokens=True) != tok.base.vocab_size:
+            raise TokenizerError("this tokenizer's chat tokens cannot be numbered as ours in tokenizer.json")
+        fast.add_special_tokens(list(tok.extra))
+        for s in tok.extra:  # the ids must be ours
+            if fast.token_to_id(s) != tok.special_id(s):
+                raise TokenizerError("this tokenizer's chat tokens cannot be numbered as ours in tokenizer.json")
+        return fast.to_str()
     if isinstance(tok, CharTokenizer):
         vocab = {ch: i for i, ch in enumerate(tok.chars)}
         vocab[BOS_TOKEN] = tok.bos_id

@@ -439,8 +439,9 @@ def score_windows(
     model.eval()
     try:
         for w in windows:
-            w = w.to(device)
-            x, y = w[:, :-1], w[:, 1:]
+            masked = isinstance(w, tuple)  # (ids, targets): a loss mask, untrained targets are -100
+            w, t = (w[0].to(device), w[1].to(device)) if masked else (w.to(device), None)
+            x, y = w[:, :-1], (t if masked else w)[:, 1:]
             with _autocast(device, autocast_dtype):
                 logits = forward(x)  # (B, T, V)
             loss = torch.nn.functional.cross_entropy(
@@ -448,11 +449,21 @@ def score_windows(
             )
             correct = (logits.argmax(-1) == y).sum()
             sums[:2] += torch.stack([loss.to(sums.dtype), correct.to(sums.dtype)])
-            n += y.numel()
+            if masked:
+                sums[2] += (y != -100).sum().to(sums.dtype)
+            else:
+                n += y.numel()
     finally:
         model.train(was_training)
-    sums[2] = n  # a scalar fill: no transfer, no sync
+    sums[2] += n  # a scalar add: no transfer, no sync
     return sums
+
+
+def _eval_window(ids: TokenSource, starts: torch.Tensor, length: int) -> Any:
+    """The windows at ``starts``, with their targets when the source carries a loss mask."""
+    if hasattr(ids, "target_windows"):
+        return ids.windows(starts, length), ids.target_windows(starts, length)
+    return ids.windows(starts, length)
 
 
 class Trainer:
@@ -633,7 +644,7 @@ class Trainer:
         scores = [
             score_windows(
                 self.model,
-                (ids.windows(starts, self.block_size + 1) for starts in self._eval_starts[split]),  # (B, T + 1) each
+                (_eval_window(ids, starts, self.block_size + 1) for starts in self._eval_starts[split]),  # (B, T + 1)
                 device=self.device,
                 forward=self._forward,
                 autocast_dtype=self.autocast_dtype,

@@ -8,10 +8,12 @@ from lmcore.errors import TokenizerError
 from lmcore.tokenizers.base import BOS_TOKEN, UNK_TOKEN, Tokenizer, printable
 from lmcore.tokenizers.bpe import BPETokenizer
 from lmcore.tokenizers.char import CharTokenizer
+from lmcore.tokenizers.chat import ChatTokenizer
 from lmcore.tokenizers.hf import HFTokenizer
 
 # "hf" wraps a Hugging Face tokenizer.json: it comes with imported models and is never trained here.
 TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "hf": HFTokenizer}
+TOKENIZERS["chat"] = ChatTokenizer  # another tokenizer with a chat template's special tokens added
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
@@ -26,6 +28,7 @@ __all__ = [
     "BOS_TOKEN",
     "BPETokenizer",
     "CharTokenizer",
+    "ChatTokenizer",
     "HFTokenizer",
     "TOKENIZERS",
     "Tokenizer",
