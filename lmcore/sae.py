@@ -77,7 +77,8 @@ def default_hook(model: nn.Module) -> str:
     return posts[len(posts) // 2]
 
 
-def _check_hook(model: nn.Module, hook: str) -> None:
+def check_hook(model: nn.Module, hook: str) -> None:
+    """ConfigError (one line) unless ``hook`` is a per-token hook point of ``model``."""
     names = hook_names(model)
     if hook not in names:
         known = ", ".join(names[:6]) or "none"
@@ -157,7 +158,7 @@ class SparseAutoencoder(nn.Module):
                 f"this SAE was trained on another model (fingerprint {self.model_id}); "
                 "load it beside the model it was trained on, or train a new SAE on this one"
             )
-        _check_hook(model, self.hook)
+        check_hook(model, self.hook)
 
     def splice(self) -> tuple[str, Callable[[torch.Tensor, str], torch.Tensor]]:
         """A (name, fn) hook for run_with_hooks that replaces the activation by its reconstruction."""
@@ -311,7 +312,7 @@ def train_sae(
     fired on the last ``dead_after`` tokens counts as dead for the AuxK loss.
     """
     hook = hook or default_hook(model)
-    _check_hook(model, hook)
+    check_hook(model, hook)
     ids = _ids(ids, model, "training text")
     if not (epochs > 0 and math.isfinite(epochs)):
         raise ConfigError(f"epochs must be a positive number, got {epochs}")

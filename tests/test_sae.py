@@ -158,3 +158,34 @@ def test_bad_settings_are_one_line_errors(trained) -> None:
         S.train_sae(trained, text(100), n_features=8, k=9)
     with pytest.raises(LMCoreError, match="vocabulary"):
         S.train_sae(trained, torch.tensor([0, 1, V + 5]))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=cwd, env=env, capture_output=True, timeout=180)
+
+
+def test_cli_trains_saves_and_prints_the_evaluation_as_one_json_line(tmp_path: Path) -> None:
+    from lmcore.checkpoint import save_checkpoint
+    from lmcore.tokenizers.char import CharTokenizer
+
+    corpus = "".join(f"the {w} sat on the {w}. " for w in ["cat", "dog", "mat", "hat", "bat"] * 40)
+    tok = CharTokenizer.train(corpus)
+    model = tiny(vocab_size=tok.vocab_size)
+    save_checkpoint(tmp_path / "m.safetensors", model, tok)
+    (tmp_path / "c.txt").write_text(corpus)
+    args = ["sae", "--checkpoint", "m.safetensors", "--data", "c.txt", "--n-features", "32", "--k", "4"]
+    run = _cli(*args, "--out", "f.safetensors", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode()
+    lines = run.stdout.decode().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["hook"] == "blocks.1.hook_resid_post" and result["k"] == 4 and 0 < result["l0"] <= 4
+    assert {"explained_variance", "dead_fraction", "ce_recovered", "ce_clean", "ce_sae", "ce_zero"} <= set(result)
+    assert S.SparseAutoencoder.load(tmp_path / "f.safetensors", model).n_features == 32
+    for bad in (["--hook", "blocks.7.hook_resid_post"], ["--k", "0"], ["--k", "64"]):
+        run = _cli(*args, *bad, "--out", "g.safetensors", cwd=tmp_path)
+        err = run.stderr.decode()
+        assert run.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert run.stdout == b"" and "Traceback" not in err
+    assert not (tmp_path / "g.safetensors").exists()
