@@ -33,6 +33,7 @@ PAGES = [
     st.Page(flow.PAGE_GENERATION, title="Generation", icon=":material/edit_note:"),
     st.Page(flow.PAGE_SURPRISE, title="Surprise", icon=":material/psychology:"),
     st.Page("views/intervene.py", title="Intervene", icon=":material/science:"),
+    st.Page("views/features.py", title="Features", icon=":material/scatter_plot:"),
     st.Page(flow.PAGE_CHECKPOINTS, title="Checkpoints", icon=":material/save:"),
 ]
 

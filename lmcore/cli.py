@@ -1,4 +1,4 @@
-"""The command line: ``python -m lmcore prepare | train | generate | eval | info | import | export``.
+"""The command line: ``python -m lmcore prepare | train | generate | eval | info | import | export | sae``.
 
 - ``prepare`` tokenizes a corpus of any size into a folder of token shards
   (``lmcore.shards``) that ``train --data DIR`` reads through numpy.memmap.
@@ -18,6 +18,9 @@
 - ``import`` turns a transformers GPT-2, Llama or Mamba (a save_pretrained
   folder or a hub id) into a checkpoint; ``export`` writes a checkpoint as a
   folder transformers loads. Both print one JSON line.
+- ``sae`` trains a sparse autoencoder on a checkpoint's activations at one hook
+  point (``lmcore.sae``), saves it to ``--out`` and prints its evaluation on
+  held-out text as one JSON line.
 
 Progress goes to stderr. A user's mistake (bad file, bad flag value, bad
 checkpoint, Ctrl-C during training) prints one line, ``error: ...``, on stderr
@@ -654,6 +657,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sae(args: argparse.Namespace) -> int:
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.data import encode_corpus, load_corpus
+    from lmcore.device import resolve_device
+    from lmcore.sae import check_hook, default_hook, evaluate_sae, train_sae
+
+    if args.k > args.n_features:
+        raise ConfigError(f"--k must be at most --n-features ({args.n_features}), got {args.k}")
+    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    check_hook(ckpt.model, args.hook or default_hook(ckpt.model))
+    source = args.data or ckpt.data_info.get("source")
+    if not source:
+        raise ConfigError(f"{Path(args.checkpoint).name} does not record its training text; pass --data")
+    corpus = load_corpus(source, documents=ckpt.documents, allow_local_urls=args.allow_local_urls)
+    ids = encode_corpus(ckpt.tokenizer, corpus)
+    held = min(args.eval_tokens, len(ids) // 10)  # the last tenth (at most --eval-tokens) is held out
+    train_ids = ids[: len(ids) - held][: args.max_tokens]
+    _say(f"training an SAE on {len(train_ids):,} tokens ...")
+    sae = train_sae(
+        ckpt.model, train_ids, hook=args.hook, n_features=args.n_features, k=args.k, epochs=args.epochs, seed=args.seed
+    )
+    result = evaluate_sae(ckpt.model, sae, ids[len(ids) - held :] if held >= 2 else train_ids)
+    sae.save(args.out)
+    print(_json_line({"path": str(args.out), "n_features": sae.n_features, "k": sae.k, **result}), flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -807,6 +837,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
     ex.add_argument("--adapter", metavar="FILE", help="a LoRA adapter of --checkpoint, written beside it for peft")
     ex.set_defaults(func=cmd_export)
+
+    sa = sub.add_parser("sae", help="train a sparse autoencoder on a checkpoint's activations; print its evaluation")
+    sa.add_argument("--checkpoint", required=True, metavar="FILE")
+    sa.add_argument("--out", required=True, metavar="FILE", help="the SAE file to write (FILE.safetensors)")
+    sa.add_argument("--data", help="the text to train on (default: the one the checkpoint records)")
+    sa.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
+    sa.add_argument("--hook", help="the hook point (default: the residual stream after the middle block)")
+    sa.add_argument("--n-features", type=_whole(1, 65536), default=1024, help="dictionary size (default 1024)")
+    sa.add_argument("--k", type=_whole(1, 65536), default=16, help="active features per token (default 16)")
+    sa.add_argument("--epochs", type=_positive_up_to(100), default=1.0, help="passes over the text (default 1)")
+    sa.add_argument("--max-tokens", type=_COUNT, help="train on at most the first N tokens")
+    sa.add_argument("--eval-tokens", type=_COUNT, default=50_000, help="held-out tokens to evaluate on (default 50,000)")
+    sa.add_argument("--seed", type=_SEED, default=0)
+    sa.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    sa.set_defaults(func=cmd_sae)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""The Features page, driven through app.py with AppTest on a real tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmcore.checkpoint import save_checkpoint
+from lmcore.data import build_tokenizer, load_corpus
+from lmcore.models import ModelConfig, build_model
+from tests.test_app_views import open_page, texts
+
+PAGE = "views/features.py"
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    text = load_corpus("builtin:python-docs").text  # what the page trains on: this local file it refuses
+    (tmp_path / "text.txt").write_text(text[:2000], encoding="utf-8")
+    tok = build_tokenizer("char", text)
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    save_checkpoint(tmp_path / "m", build_model(cfg), tok, data_info={"source": str(tmp_path / "text.txt")})
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_training_an_autoencoder_shows_its_evaluation_features_and_contexts(ckpt_dir: Path) -> None:
+    at = open_page(PAGE)
+    assert "sparse autoencoder" in texts(at.markdown)
+    assert at.selectbox(key="features.hook").value == "blocks.1.hook_resid_post"
+    assert at.text_input(key="features.text").value == "builtin:python-docs"  # the app reads no local paths
+    at.selectbox(key="features.n").set_value(128)
+    at.slider(key="features.k").set_value(4)
+    at.number_input(key="features.tokens").set_value(5_000)
+    at.button(key="features.train").click().run(timeout=120)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    labels = [m.label for m in at.metric]
+    assert "Cross-entropy recovered" in labels and "Dead features" in labels
+    l0 = next(m for m in at.metric if m.label.startswith("L0"))
+    assert 0 < float(l0.value) <= 4
+    assert "held-out tokens at blocks.1.hook_resid_post" in texts(at.caption)
+    table = at.dataframe[0].value
+    assert {"feature", "density", "same token share"} <= set(table.columns)
+    assert list(table["density"]) == sorted(table["density"], reverse=True)
+    html = [m.value for m in at.markdown if "<span" in m.value]
+    assert html and "outline:1px solid" in html[0]  # the peak token is framed
+    assert len(at.table) == 2  # the tokens it pushes up and down
+    before = html[0]
+    second = int(table["feature"][1])  # the second densest: another feature, other contexts
+    at.selectbox(key="features.feature").set_value(second).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert f"density {table['density'][1]:.2%}" in texts(at.markdown)
+    assert next(m.value for m in at.markdown if "<span" in m.value) != before

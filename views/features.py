@@ -1,0 +1,131 @@
+"""Features: train a sparse autoencoder on a model's activations and read its features."""
+
+from __future__ import annotations
+
+import html
+
+import streamlit as st
+
+from lmcore import sae as S
+from lmcore.data import encode_corpus, load_corpus
+from lmcore.hooks import hook_names
+from ui import models, state
+from ui.boundary import user_errors
+from ui.shell import require_app
+
+MODEL_KEY = state.KEEP + "features.model"
+RESULT = "features.result"  # {model choice: (settings, sae, evaluation, activations, logit effects)}
+DEFAULT_TEXT = "builtin:python-docs"
+TOP = 8  # contexts shown per feature
+
+
+def context_html(tok, ctx: S.Context) -> str:
+    """A context's tokens, each shaded by the feature's activation on it (the peak framed)."""
+    top = max(ctx.acts) or 1.0
+    spans = []
+    for i, (t, a) in enumerate(zip(ctx.tokens, ctx.acts)):
+        body = html.escape(tok.decode([t])).replace("\n", "&#8629;") or "&#9251;"
+        frame = "outline:1px solid #b45309;" if i == ctx.peak else ""
+        spans.append(
+            f'<span title="{a:.3f}" style="background:rgba(245, 140, 20, {a / top:.2f});{frame}'
+            f'border-radius:2px;white-space:pre;">{body}</span>'
+        )
+    return '<div style="font-family:monospace;line-height:1.8;">' + "".join(spans) + "</div>"
+
+
+require_app()
+st.title("Features")
+st.write(
+    "Attention maps show where a model looks, not what it represents. A sparse autoencoder splits one "
+    "layer's activations into many features, of which only a few (k) are active on each token: each feature "
+    "is a direction in the residual stream, and the texts on which it fires most tell what it stands for "
+    "(inside a word, after a newline, a closing bracket). Train one on your model here, then read its features."
+)
+
+choice = models.select_model(MODEL_KEY)
+if choice is None:
+    models.no_model_yet("read the features of")
+    st.stop()
+with user_errors():
+    model, tokenizer, data_info = models.load_choice(choice)
+
+points = [n for n in hook_names(model) if not n.endswith("hook_pattern")]
+with user_errors():
+    default = S.default_hook(model)
+cols = st.columns(4)
+hook = cols[0].selectbox("Hook point", points, index=points.index(default), key="features.hook")
+n_features = cols[1].selectbox("Features", [128, 256, 512, 1024, 2048], index=3, key="features.n")
+k = cols[2].slider("Active per token (k)", 1, 64, 16, key="features.k")
+max_tokens = cols[3].number_input("Tokens to train on", 1_000, 2_000_000, 200_000, step=10_000, key="features.tokens")
+recorded = str(data_info.get("source") or "")
+usable = recorded.startswith("builtin:") or recorded.startswith(("http://", "https://"))  # the app reads no local paths
+source = st.text_input("Text (builtin:NAME or a web address)", recorded if usable else DEFAULT_TEXT, key="features.text")
+
+results = st.session_state.setdefault(RESULT, {})
+settings = (hook, n_features, k, int(max_tokens), source)
+if st.button("Train the autoencoder", type="primary", key="features.train"):
+    with user_errors():
+        if k > n_features:
+            st.error("k must be at most the number of features")
+            st.stop()
+        ids = encode_corpus(tokenizer, load_corpus(source, documents=bool(data_info.get("documents")), allow_local=False))
+        held = min(20_000, len(ids) // 10)
+        train_ids, eval_ids = ids[: len(ids) - held][: int(max_tokens)], ids[len(ids) - held :]
+        bar = st.progress(0.0, text="Training the autoencoder…")
+        sae = S.train_sae(
+            model, train_ids, hook=hook, n_features=n_features, k=k,
+            progress=lambda done, total: bar.progress(done / total, text=f"{done:,} of {total:,} tokens"),
+        )  # fmt: skip
+        bar.empty()
+        evaluation = S.evaluate_sae(model, sae, eval_ids)
+        acts = S.feature_activations(model, sae, eval_ids)
+        effects = S.logit_effects(model, sae) if sae.d_in == model.config.n_embd else None
+        results[choice] = (settings, sae, evaluation, acts, effects)
+
+if choice not in results:
+    st.info("Choose a hook point and press **Train the autoencoder**: a small model takes a minute or two.")
+    st.stop()
+trained_settings, sae, evaluation, acts, effects = results[choice]
+if trained_settings != settings:
+    st.caption("These features come from the last training; press the button to train with the settings above.")
+
+m = st.columns(4)
+m[0].metric("Cross-entropy recovered", f"{evaluation['ce_recovered']:.1%}")
+m[1].metric("Explained variance", f"{evaluation['explained_variance']:.1%}")
+m[2].metric("L0 (active per token)", f"{evaluation['l0']:.1f}")
+m[3].metric("Dead features", f"{evaluation['dead_fraction']:.1%}")
+st.caption(
+    f"On {evaluation['tokens']:,} held-out tokens at {evaluation['hook']}: loss {evaluation['ce_clean']:.3f} clean, "
+    f"{evaluation['ce_sae']:.3f} with the autoencoder spliced in, {evaluation['ce_zero']:.3f} with the activation zeroed."
+)
+
+density = acts.density()
+alive = [int(f) for f in density.argsort(descending=True) if density[f] > 0]
+rows = []
+for f in alive:
+    top = acts.top_contexts(f, n=1, before=0, after=0)
+    rows.append(
+        {
+            "feature": f,
+            "density": float(density[f]),
+            "same token share": acts.same_token_share(f, TOP),
+            "top token": tokenizer.decode([top[0].tokens[0]]) if top else "",
+        }
+    )
+st.subheader("Features")
+st.dataframe(rows, hide_index=True, key="features.table", height=260)
+if not alive:
+    st.stop()
+feature = st.selectbox("Feature", alive, key="features.feature", format_func=lambda f: f"feature {f}")
+left, right = st.columns([3, 1])
+with left:
+    st.markdown(f"**Top contexts** (density {float(density[feature]):.2%})")
+    for ctx in acts.top_contexts(feature, n=TOP, before=24, after=4):
+        st.markdown(context_html(tokenizer, ctx), unsafe_allow_html=True)
+with right:
+    if effects is not None:
+        up, down = S.top_tokens(effects[feature], n=8)
+        st.markdown("**Pushes up**")
+        st.table([{"token": repr(tokenizer.decode([t])), "logit": round(v, 3)} for t, v in up])
+        st.markdown("**Pushes down**")
+        st.table([{"token": repr(tokenizer.decode([t])), "logit": round(v, 3)} for t, v in down])
