@@ -51,6 +51,8 @@ SLOW_MODULES = {
     "test_server_limits.py",
     "test_serving.py",
     "test_jobs.py",
+    "test_features_page.py",
+    "test_finetune.py",
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
@@ -70,6 +72,7 @@ SLOW_TESTS = {
     "test_train.py::test_short_run_beats_the_unigram_loss",
     "test_mamba2.py::test_short_training_run_beats_the_unigram_loss",
     "test_recipes.py::test_recipe_trains_a_few_steps",
+    "test_sae.py::test_cli_trains_saves_and_prints_the_evaluation_as_one_json_line",
     "test_novelty.py::test_the_index_is_built_once_and_fast_on_a_large_corpus",
 }
 FAST_LIMIT_S = 2.0
