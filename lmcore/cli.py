@@ -355,6 +355,9 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
         result = trainer.fit()
     finally:
         signal.signal(signal.SIGINT, previous)
+        for cb in callbacks:  # the bar's line ends before any message below it
+            if isinstance(cb, ProgressBar):
+                cb.close()
     if not dist.is_main:
         return 0
     saved = saver.saved_path

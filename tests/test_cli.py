@@ -12,6 +12,8 @@ import json
 import keyword
 import math
 import os
+import re
+import time
 import shutil
 import signal
 import subprocess
@@ -171,18 +173,21 @@ def test_ctrl_c_saves_and_exits_cleanly(work, capsys):
         cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        seen = []
-        for raw in proc.stderr:  # wait for the first progress line: training has started
-            seen.append(raw.decode())
-            if raw.startswith(b"["):
+        seen = b""
+        deadline = time.monotonic() + 120
+        while not re.search(rb"\| *[1-9][0-9]*/1000000", seen) and time.monotonic() < deadline:
+            chunk = os.read(proc.stderr.fileno(), 4096)  # the progress bar redraws with "\r", not lines
+            if not chunk:
                 break
+            seen += chunk
+        assert b"%|" in seen, seen  # the bar has counted a step: training has started
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    stderr = "".join(seen) + rest.decode()
+    stderr = (seen + rest).decode()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr and "error: interrupted at step" in stderr
     status, out, _ = run_main(capsys, "info", "--checkpoint", "interrupted.safetensors")
