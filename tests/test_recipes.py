@@ -105,7 +105,10 @@ def test_induction_recipe_forms_an_induction_head_with_two_layers_and_not_with_o
     # The probe's segments are longer than any in training, so a learned look-back distance cannot score.
     model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB)
     # Evaluations draw no training randomness: skipping them leaves the run as the recipe's.
-    train_cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": 10_000, "eval_iters": 1, "device": "cpu"})
+    # 1,500 of the recipe's 3,000 steps: under the recipe's own seed the head forms by step 1,200
+    # (bench/RESULTS.md); the rest of the recipe is room for seeds whose head forms late.
+    train_cfg = TrainConfig(**{**train_cfg.to_dict(), "max_iters": 1500, "eval_interval": 10_000, "eval_iters": 1,
+                               "device": "cpu"})  # fmt: skip
     train_ids, val_ids = induction_data()
     models = []
     for n_layer in (2, 1):
