@@ -21,8 +21,10 @@ run: setup
 	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 # Set up and run every test: unit, CLI, app and browser tests (CI runs this).
+# The browser tests run after the others, alone: a busy machine would slow their pages past their waits.
 test: setup-dev chromium
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile -m "not browser"
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m browser
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev
