@@ -167,7 +167,7 @@ BAD_FLAGS = [
     (["generate"], "the following arguments are required: --checkpoint"),
     (["generate", "--checkpoint", "x", "--max-new-tokens", "1000000000"], f"--max-new-tokens: must be a whole number from 0 to {MAX_NEW_TOKENS:,}"),
     (["eval", "--checkpoint", "x", "--data", "y", "--batch-size", "0"], "--batch-size"),
-    (["fly"], "invalid choice 'fly' (choose from prepare, train, generate, eval, info, import, export)"),
+    (["fly"], "invalid choice 'fly' (choose from prepare, train, generate, finetune, eval, info, import, export, sae)"),
     ([], "the following arguments are required"),
 ]  # fmt: skip
 
