@@ -37,8 +37,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
+# A Stop pressed while this process is still starting (importing torch takes a while) is
+# kept, not lost to SIGTERM's default: the run stops, with a save, once it trains.
+_STOP = threading.Event()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _STOP.set()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+import torch  # noqa: E402 - after the signal handlers
+from safetensors.torch import save_file  # noqa: E402
 
 SPEC_FILE = "spec.pt"
 STATE_FILE = "state.json"
@@ -109,13 +122,9 @@ def serve(run_dir: Path) -> int:
     payload = torch.load(run_dir / SPEC_FILE, weights_only=False)
     (run_dir / SPEC_FILE).unlink(missing_ok=True)  # the ids can be large; the process holds them now
     job = TrainingJob(payload["spec"], Path(payload["checkpoint_path"]), torch.device(payload["device"]))
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _STOP
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
 
     def state() -> dict[str, Any]:
         return {
