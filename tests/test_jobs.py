@@ -202,28 +202,29 @@ def test_settings_that_can_be_checked_at_once_raise_at_start(registry, data, tmp
 
 
 def test_resume_continues_exactly_where_a_stopped_run_left_off(registry, data, tmp_path):
-    whole = start(registry, data, tmp_path / "whole", name="whole", max_iters=40, eval_interval=1000)
+    ITERS = 300  # long enough that a Stop after step 5 lands before the end, however fast the machine
+    whole = start(registry, data, tmp_path / "whole", name="whole", max_iters=ITERS, eval_interval=1000)
     assert whole.wait(WAIT_S) and whole.status == FINISHED
 
-    part = start(registry, data, tmp_path, name="part", max_iters=40, eval_interval=1000)
+    part = start(registry, data, tmp_path, name="part", max_iters=ITERS, eval_interval=1000)
     wait_for_steps(part, 5)
     part.stop()
     assert part.wait(WAIT_S) and part.status == STOPPED
     done = part.saved_step
-    assert done is not None and done < 40
+    assert done is not None and done < ITERS
 
     tok, train_ids, val_ids = data
     spec = RunSpec(
-        "part", part.model_config, tok, train_ids, val_ids, settings(max_iters=40, eval_interval=1000),
+        "part", part.model_config, tok, train_ids, val_ids, settings(max_iters=ITERS, eval_interval=1000),
         resume_from=part.checkpoint_path,
     )  # fmt: skip
     rest = registry.start(spec, tmp_path)
     assert rest.wait(WAIT_S) and rest.status == FINISHED, rest.error
     assert rest.checkpoint_path == part.checkpoint_path  # it continues the same file
     steps = [e.step for e in rest.events if e.val_loss is None]
-    assert steps == list(range(done + 1, 41))
+    assert steps == list(range(done + 1, ITERS + 1))
     assert rest.result["val_loss"] == pytest.approx(whole.result["val_loss"], rel=1e-4)
-    assert read_metadata(rest.checkpoint_path)["train"]["steps"] == 40
+    assert read_metadata(rest.checkpoint_path)["train"]["steps"] == ITERS
     assert math.isfinite(rest.result["val_loss"])
 
 
