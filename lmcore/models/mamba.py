@@ -480,7 +480,30 @@ FAMILY = Family(
 )
 
 
-class Mamba(LanguageModel):
+class StateSpaceLM(LanguageModel):
+    """What Mamba and Mamba-2 share around their blocks: an embedding, a stack of
+    residual blocks (``layers``, each returning ``(x, state)``), a final norm and a
+    head (``None`` when tied to the embedding)."""
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        x = self.hook_normalized(self.norm_f(x))
+        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
+
+    def residual_blocks(self) -> nn.ModuleList:
+        return self.layers
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
+        x = self.norm_f(x)
+        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.hook_embed(self.embedding(idx))  # (B, T, D)
+        for layer in self.layers:
+            x, _ = layer(x)
+        return self._logits(x)  # (B, T, V)
+
+
+class Mamba(StateSpaceLM):
     """Mamba language model; see the module docstring.
 
     Parameter names (checkpoint keys): ``embedding.weight``, ``layers.{i}.norm.weight``,
@@ -524,23 +547,6 @@ class Mamba(LanguageModel):
             raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
         if config.dt_rank is not None and config.dt_rank < 1:
             raise ConfigError(f"dt_rank must be at least 1 (or unset for ceil(n_embd / 16)), got {config.dt_rank}")
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.hook_normalized(self.norm_f(x))
-        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
-
-    def residual_blocks(self) -> nn.ModuleList:
-        return self.layers
-
-    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.norm_f(x)
-        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.hook_embed(self.embedding(idx))  # (B, T, D)
-        for layer in self.layers:
-            x, _ = layer(x)
-        return self._logits(x)  # (B, T, V)
 
     def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> MambaCache:
         device = self.device if device is None else torch.device(device)

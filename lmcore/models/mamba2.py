@@ -53,7 +53,6 @@ from torch import nn
 
 from lmcore.errors import ConfigError
 from lmcore.hooks import HookPoint, layer_names, run_with_cache
-from lmcore.models.base import LanguageModel
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import (
     BLOCK_SIZE,
@@ -67,6 +66,7 @@ from lmcore.models.family import (
     embedding_node,
 )
 from lmcore.models.layers import RMSNorm
+from lmcore.models.mamba import StateSpaceLM
 
 # Δ initialisation, as Mamba's: dt log-uniform in [DT_MIN, DT_MAX], at least DT_FLOOR,
 # stored in dt_bias through the inverse of softplus.
@@ -426,7 +426,7 @@ FAMILY = Family(
 )
 
 
-class Mamba2(LanguageModel):
+class Mamba2(StateSpaceLM):
     """Mamba-2 language model; see the module docstring.
 
     Parameter names (checkpoint keys, transformers' Mamba2 names without ``backbone.``):
@@ -471,23 +471,6 @@ class Mamba2(LanguageModel):
                 f"n_groups ({config.n_groups}) must divide the number of heads ({E // P} = {E} / {P}); "
                 "use 1 or a divisor of it"
             )
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.hook_normalized(self.norm_f(x))
-        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
-
-    def residual_blocks(self) -> nn.ModuleList:
-        return self.layers
-
-    def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
-        x = self.norm_f(x)
-        return F.linear(x, self.embedding.weight) if self.head is None else self.head(x)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.hook_embed(self.embedding(idx))  # (B, T, D)
-        for layer in self.layers:
-            x, _ = layer(x)
-        return self._logits(x)  # (B, T, V)
 
     def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> Mamba2Cache:
         device = self.device if device is None else torch.device(device)
