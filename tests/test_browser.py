@@ -180,7 +180,13 @@ def start(page: Page) -> None:
 
 
 def wait_saved(page: Page, timeout_s: float) -> None:
-    expect(page.get_by_text(re.compile(r"Saved to .*\.safetensors")).first).to_be_visible(timeout=timeout_s * 1000)
+    try:
+        expect(page.get_by_text(re.compile(r"Saved to .*\.safetensors")).first).to_be_visible(timeout=timeout_s * 1000)
+    except AssertionError:
+        page.screenshot(path=str(ARTIFACTS / "failed_wait_saved.png"), full_page=True)
+        shown = [line for line in page.locator('[data-testid="stMain"]').inner_text().splitlines()
+                 if re.search(r"running|stopping|stopped|finished|failed|step [\d,]+ of", line)]  # fmt: skip
+        raise AssertionError(f"no 'Saved to' after {timeout_s} s; the page shows: {shown}") from None
 
 
 def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:

@@ -145,6 +145,13 @@ def _press_start(token: int) -> None:
     st.session_state[S.START_TIME] = time.monotonic()
 
 
+def _press_stop() -> None:
+    """Stop's callback: it runs before the page's script, so no redraw in flight can lose the press."""
+    job = ownership.active()
+    if job is not None:
+        job.stop()
+
+
 def _name_typed() -> None:
     cfg = st.session_state.get(S.MODEL_CONFIG)
     st.session_state[S.NAME_FOR] = cfg.to_json() if cfg is not None else None
@@ -389,9 +396,7 @@ if error:
     st.error(error)
 if st.session_state.pop(S.START_NOTE, None):
     st.toast("Start was pressed again while a run was starting: one run was started.")
-if b[1].button("Stop", disabled=not (alive and job.status == RUNNING), key="train_stop"):
-    job.stop()
-    st.rerun()
+b[1].button("Stop", disabled=not (alive and job.status == RUNNING), key="train_stop", on_click=_press_stop)
 can_resume = job is not None and not alive and job.saved and job.checkpoint_path is not None and optimizer_path(job.checkpoint_path).exists()
 if b[2].button("Resume", disabled=not can_resume, key="train_resume",
                help="Continue the shown run from its last checkpoint, optimizer state included, up to the iterations set."):  # fmt: skip
