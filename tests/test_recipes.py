@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -99,10 +98,12 @@ def _scores(model: torch.nn.Module) -> tuple[float, float]:
     return float(head_scores(model)["induction"].max()), float(repeated)
 
 
-@pytest.mark.slow  # the full recipe with 2 layers and with 1, side by side: about 2-3 minutes on two free cores
-def test_induction_recipe_forms_an_induction_head_with_two_layers_and_not_with_one() -> None:
-    # Olsson et al. 2022: copying by "what followed this token last time" needs two layers.
-    # The probe's segments are longer than any in training, so a learned look-back distance cannot score.
+@pytest.mark.slow  # half the recipe on one thread: about 2.5 minutes here (more on a busy machine)
+@pytest.mark.timeout(1800)
+def test_induction_recipe_forms_an_induction_head() -> None:
+    # Olsson et al. 2022: copying by "what followed this token last time". The probe's segments
+    # are longer than any in training, so a learned look-back distance cannot score. That a
+    # 1-layer model of the same width does not get there is measured in bench/RESULTS.md.
     model_cfg, train_cfg = recipe("induction", INDUCTION_VOCAB)
     # Evaluations draw no training randomness: skipping them leaves the run as the recipe's.
     # 1,500 of the recipe's 3,000 steps: under the recipe's own seed the head forms by step 1,200
@@ -110,21 +111,16 @@ def test_induction_recipe_forms_an_induction_head_with_two_layers_and_not_with_o
     train_cfg = TrainConfig(**{**train_cfg.to_dict(), "max_iters": 1500, "eval_interval": 10_000, "eval_iters": 1,
                                "device": "cpu"})  # fmt: skip
     train_ids, val_ids = induction_data()
-    models = []
-    for n_layer in (2, 1):
-        torch.manual_seed(0)
-        models.append(build_model(model_cfg.replace(n_layer=n_layer)))
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    untrained, _ = _scores(model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the measured run (bench/RESULTS.md): one thread, the same summation order
     try:
-        # The two runs at once, a core each: they share no random state (each trainer draws its
-        # batches from its own generator; there is no dropout), so each is the recipe's run.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(lambda m: Trainer(m, train_ids, val_ids, train_cfg).fit(), models))
+        Trainer(model, train_ids, val_ids, train_cfg).fit()
     finally:
         torch.set_num_threads(threads)
-    (induction, repeated), (one_induction, one_repeated) = (_scores(m) for m in models)
+    induction, repeated = _scores(model)
+    assert untrained < 0.2  # the score measures what training made, not the probe's shape
     assert induction > 0.5
     assert repeated < math.log(INDUCTION_VOCAB) - 2.0  # far below guessing
-    assert one_induction < 0.2
-    assert one_repeated > math.log(INDUCTION_VOCAB) - 1.0
