@@ -24,9 +24,6 @@ from lmcore.tokenizers import CharTokenizer
 from lmcore.train import Trainer, TrainConfig
 
 from helpers import (
-    assert_checkpoint_round_trip,
-    assert_seeded_sampling_past_block_size,
-    cli_train_and_generate,
     short_training_run,
     unigram_entropy,
 )
@@ -236,47 +233,6 @@ def test_shapes_names_and_initialisation():
     assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
 
 
-def test_whole_model_is_causal():
-    model = tiny_model()
-    idx = torch.randint(0, 23, (2, 14), generator=torch.Generator().manual_seed(4))
-    for t in (0, 6, 12):
-        changed = idx.clone()
-        changed[:, t + 1] = (changed[:, t + 1] + 1) % 23
-        with torch.no_grad():
-            a, b = model(idx), model(changed)
-        torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
-        assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
-
-
-def test_step_token_by_token_equals_forward_beyond_block_size():
-    model = tiny_model(block_size=8)
-    idx = torch.randint(0, 23, (2, 21), generator=torch.Generator().manual_seed(5))  # longer than block_size
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.init_cache(batch_size=2)
-        steps = []
-        for t in range(idx.shape[1]):
-            logits, cache = model.step(idx[:, t : t + 1], cache)
-            assert logits.shape == (2, 1, 23)
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
-    assert cache.position == 21
-
-
-def test_step_with_a_whole_prompt_then_single_tokens_equals_forward():
-    model = tiny_model()
-    idx = torch.randint(0, 23, (1, 19), generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.init_cache(batch_size=1)
-        first, cache = model.step(idx[:, :12], cache)  # a prompt in one call
-        pieces = [first]
-        for t in range(12, 19):
-            logits, cache = model.step(idx[:, t : t + 1], cache)
-            pieces.append(logits)
-    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-5)
-
-
 def test_state_size_does_not_grow_with_position():
     model = tiny_model()
     cache = model.init_cache(batch_size=1)
@@ -365,17 +321,3 @@ def test_trainer_with_torch_compile_matches_eager(small_text):
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
 
 
-def test_checkpoint_round_trip(tmp_path, small_text):
-    tok = CharTokenizer.train(small_text)
-    torch.manual_seed(0)
-    model = build_model(tiny_config(vocab_size=tok.vocab_size, tie_weights=True)).eval()
-    assert_checkpoint_round_trip(tmp_path / "m.safetensors", model, tok, Mamba, "def main():")
-
-
-def test_sampler_generates_past_block_size():
-    assert_seeded_sampling_past_block_size(tiny_model(block_size=8), new_tokens=30, seed=7)
-
-
-@pytest.mark.slow
-def test_cli_trains_and_generates_with_the_mamba_preset(tmp_path, small_text):
-    cli_train_and_generate(tmp_path, small_text[:6000], "mamba", "--d-state", "4")

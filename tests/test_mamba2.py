@@ -14,9 +14,6 @@ from lmcore.models.mamba2 import Mamba2, ssd_attention, ssd_chunked, ssd_ref
 from lmcore.tokenizers import CharTokenizer
 
 from helpers import (
-    assert_checkpoint_round_trip,
-    assert_seeded_sampling_past_block_size,
-    cli_train_and_generate,
     short_training_run,
     unigram_entropy,
 )
@@ -189,49 +186,6 @@ def test_shapes_names_and_initialisation():
     assert model.flops_per_token() > 6 * model.num_params(non_embedding=True)
 
 
-def test_whole_model_is_causal():
-    model = tiny_model()
-    idx = ids(2, 14, seed=4)
-    for t in (0, 4, 5, 12):  # chunk boundaries at 5 and 10
-        changed = idx.clone()
-        changed[:, t + 1] = (changed[:, t + 1] + 1) % V
-        with torch.no_grad():
-            a, b = model(idx), model(changed)
-        torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
-        assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
-
-
-def test_step_token_by_token_equals_forward_beyond_block_size():
-    model = tiny_model(block_size=8)
-    idx = ids(2, 21, seed=5)
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.init_cache(batch_size=2)
-        steps = []
-        for t in range(idx.shape[1]):
-            logits, cache = model.step(idx[:, t : t + 1], cache)
-            assert logits.shape == (2, 1, V)
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
-    assert cache.position == 21
-
-
-def test_step_with_a_whole_prompt_then_single_tokens_equals_forward():
-    model = tiny_model()
-    idx = ids(1, 19, seed=6)
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.init_cache(batch_size=1)
-        first, cache = model.step(idx[:, :12], cache)  # a prompt in one call: chunks of 5, 5, 2
-        pieces = [first]
-        part, cache = model.step(idx[:, 12:15], cache)  # several tokens from a carried state
-        pieces.append(part)
-        for t in range(15, 19):
-            logits, cache = model.step(idx[:, t : t + 1], cache)
-            pieces.append(logits)
-    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-5)
-
-
 def test_state_size_does_not_grow_with_position():
     model = tiny_model()
     cache = model.init_cache(batch_size=1)
@@ -303,21 +257,6 @@ def test_short_training_run_beats_the_unigram_loss(small_text):
     unigram = unigram_entropy(data[: int(len(data) * 0.9)])
     assert math.isfinite(val_loss)
     assert val_loss < unigram - 0.1, (val_loss, unigram)
-
-
-def test_checkpoint_round_trip(tmp_path, small_text):
-    tok = CharTokenizer.train(small_text)
-    model = tiny_model(vocab_size=tok.vocab_size)
-    assert_checkpoint_round_trip(tmp_path / "m.safetensors", model, tok, Mamba2, "def main():")
-
-
-def test_sampler_generates_past_block_size():
-    assert_seeded_sampling_past_block_size(tiny_model(block_size=8), new_tokens=30, seed=7)
-
-
-@pytest.mark.slow
-def test_cli_trains_and_generates_with_the_mamba2_preset(tmp_path, small_text):
-    cli_train_and_generate(tmp_path, small_text[:6000], "mamba2", "--d-state", "4")
 
 
 def test_the_attention_page_shows_the_exact_maps_and_says_what_they_mean(tmp_path, monkeypatch, small_text):
