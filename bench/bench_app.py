@@ -61,10 +61,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from common import emit, tests_module
 
-from appserver import app_server, descendants  # noqa: E402
+_appserver = tests_module("appserver")  # the browser tests' server, shared with them
+app_server, descendants = _appserver.app_server, _appserver.descendants
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
@@ -605,12 +605,12 @@ def main() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        print(json.dumps({"skipped": "the playwright Python package is not installed (pip install playwright)"}))
+        emit({"skipped": "the playwright Python package is not installed (pip install playwright)"}, indent=None)
         return
     if not CHROMIUM.exists():
-        print(json.dumps({"skipped": f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"}))
+        emit({"skipped": f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"}, indent=None)
         return
-    print(json.dumps(run(args), indent=2))
+    emit(run(args), indent=2)
 
 
 if __name__ == "__main__":

@@ -18,22 +18,19 @@ One JSON object on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit
 
-from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids  # noqa: E402
-from lmcore.jobs import JobRegistry, RunSpec  # noqa: E402
-from lmcore.models import ModelConfig  # noqa: E402
-from lmcore.train import TrainConfig  # noqa: E402
+from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.jobs import JobRegistry, RunSpec
+from lmcore.models import ModelConfig
+from lmcore.train import TrainConfig
 
 
 def main() -> None:
@@ -73,13 +70,13 @@ def main() -> None:
         return out
 
     new, old = errors("new"), errors("old")
-    print(json.dumps({
+    emit({
         "steps": args.steps, "eval_every": args.eval_every, "process": not args.threads,
         "run_s": round(t_end - t0, 1), "readings": len(new), "load_avg": os.getloadavg(),
         "estimate_error_median": round(statistics.median(new), 3), "estimate_error_max": round(max(new), 3),
         "average_since_start_error_median": round(statistics.median(old), 3),
         "average_since_start_error_max": round(max(old), 3),
-    }, indent=1))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, emit
+
 TIMINGS = ROOT / "tests" / "artifacts" / "timings.json"
 TEST = "tests/test_browser.py::test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live"
 
@@ -32,12 +32,12 @@ def main() -> None:
     for _ in range(args.repeats):
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "follow", TEST], cwd=ROOT, check=True, stdout=sys.stderr)
         latencies += json.loads(TIMINGS.read_text())["cli_eval_to_browser_s"]
-    print(json.dumps({
+    emit({
         "eval_to_browser_s": latencies,
         "median_s": round(statistics.median(latencies), 2),
         "max_s": max(latencies),
         "refresh_s": 1.0,
-    }, indent=2))  # fmt: skip
+    }, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

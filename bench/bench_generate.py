@@ -22,26 +22,15 @@ absolute figures, on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, machine, read_corpus, timed
 
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from lmcore.models import ModelConfig, build_model
+from lmcore.tokenizers import CharTokenizer
 
 
 def make_model(preset: str, vocab_size: int, block_size: int, seed: int = 0) -> torch.nn.Module:
@@ -75,12 +64,6 @@ def generate_recompute(model, prompt: list[int], n: int, temperature: float, see
         context.append(token)
         out.append(token)
     return out
-
-
-def timed(fn, *args) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
 
 
 @torch.no_grad()
@@ -122,18 +105,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.new_tokens, args.repeats, args.positions, args.presets = 120, 1, "100,1000", "gpt2"
-    if not CORPUS.exists():
-        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
+    text = read_corpus()
     torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
 
-    text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     prompt = tok.encode(text[:16])  # "First Citizen:\nB"
     result: dict[str, object] = {
         "benchmark": "generate",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **machine(),
         "vocab_size": tok.vocab_size,
         "prompt_tokens": len(prompt),
         "new_tokens": args.new_tokens,
@@ -153,10 +132,8 @@ def main() -> None:
         generate_recompute(model, prompt, 20, 1.0, 0)
         cached_s, recompute_s = [], []
         for r in range(args.repeats):
-            t, _ = timed(generate_cached, model, prompt, args.new_tokens, 1.0, r)
-            cached_s.append(t)
-            t, _ = timed(generate_recompute, model, prompt, args.new_tokens, 1.0, r)
-            recompute_s.append(t)
+            cached_s.append(timed(lambda: generate_cached(model, prompt, args.new_tokens, 1.0, r)).best)
+            recompute_s.append(timed(lambda: generate_recompute(model, prompt, args.new_tokens, 1.0, r)).best)
             log(f"  repeat {r}: cached {cached_s[-1]:.2f} s, recompute {recompute_s[-1]:.2f} s")
         c, rc = statistics.median(cached_s), statistics.median(recompute_s)
         result["presets"][preset] = {
@@ -178,7 +155,7 @@ def main() -> None:
         "steps_timed": 32,
         "positions": per_position_cost(model, positions, 32, args.repeats),
     }
-    print(json.dumps(result, indent=1))
+    emit(result)
 
 
 if __name__ == "__main__":

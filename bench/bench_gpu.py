@@ -33,23 +33,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, read_corpus
 
-from lmcore.data import split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer  # noqa: E402
+from lmcore.data import split_ids
+from lmcore.models import ModelConfig, build_model
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, Trainer
 
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 RUNS = ("nanogpt", "best", "mamba")
 TARGET_VAL_LOSS = 1.47  # nanoGPT's shakespeare-char result, to reach in under 90 s of training
 MAMBA_TOL = 1e-3  # largest |CPU loss - GPU loss| allowed over the comparison's steps
@@ -76,10 +72,6 @@ BEST_GPU = {
     "train": {**NANOGPT_TRAIN, "optimizer": "muon", "muon_lr": 0.02, "lr": 2e-3, "min_lr": 2e-4,
               "max_iters": 3000},  # fmt: skip
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def peak_bf16(name: str) -> float | None:
@@ -205,13 +197,10 @@ def main() -> int:
     if unknown:
         log(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
         return 2
-    if not CORPUS.exists():
-        log(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
-        return 2
+    text = read_corpus()
     if args.quick:
         args.max_iters, args.eval_iters, args.eval_interval = 200, 20, 100
 
-    text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     train_ids, val_ids = split_ids(torch.tensor(tok.encode(text), dtype=torch.long), 0.1)
     data = (train_ids, val_ids, tok.vocab_size)
@@ -243,7 +232,7 @@ def main() -> int:
         out["runs"][run] = r
         mfu = r["mfu"] if r["mfu"] == "unknown" else f"{100 * r['mfu']:.1f}%"
         log(f"  {r['steps']} steps in {r['train_s']} s, val {r['val_loss']}, {r['tokens_per_s']:,} tokens/s, MFU {mfu}")
-    print(json.dumps(out, indent=1))
+    emit(out)
     return 0
 
 

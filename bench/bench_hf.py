@@ -21,25 +21,16 @@ over ``--repeats`` on whatever the machine is doing.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, machine, timed
 
-from lmcore.hf import export_model, import_model  # noqa: E402
-from lmcore.sample import SamplingConfig, generate  # noqa: E402
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from lmcore.hf import export_model, import_model
+from lmcore.sample import SamplingConfig, generate
 
 
 def tokenizer(vocab: int):
@@ -94,24 +85,15 @@ def exactness(tmp: Path) -> dict:
             "export_max_abs_err": float((back - ours).abs().max()),
             "logit_std": float(theirs.std()),
         }
-        say(f"{name}: {out[name]}")
+        log(f"{name}: {out[name]}")
     return out
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def gpt2_small(tmp: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    say("building a random GPT-2 small (124M) ...")
+    log("building a random GPT-2 small (124M) ...")
     hf = GPT2LMHeadModel(GPT2Config()).eval()  # the defaults are GPT-2 small's shape
     tok, _ = tokenizer(256)
     hf.save_pretrained(tmp / "gpt2-small")
@@ -121,8 +103,8 @@ def gpt2_small(tmp: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> 
     import_s = time.perf_counter() - t
     model = imported.model
     ids = torch.randint(0, 50257, (1, prompt_tokens))
-    say("attention maps ...")
-    attention_s = timed(lambda: model.attention_maps(ids), repeats)
+    log("attention maps ...")
+    attention_s = timed(lambda: model.attention_maps(ids), repeats).median
     maps_shape = list(model.attention_maps(ids).shape)
     prompt = ids[0].tolist()
     greedy = SamplingConfig(temperature=0)
@@ -138,13 +120,13 @@ def gpt2_small(tmp: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> 
     def prefill_only(n: int):
         return lambda: [None for _ in generate(model, prompt, n, greedy)]
 
-    say("generation ...")
-    total = timed(ours, repeats)
-    first = timed(prefill_only(1), repeats)  # the prompt's prefill and the first token
-    theirs_s = timed(theirs, repeats)
+    log("generation ...")
+    total = timed(ours, repeats).median
+    first = timed(prefill_only(1), repeats).median  # the prompt's prefill and the first token
+    theirs_s = timed(theirs, repeats).median
     theirs_first = timed(
         lambda: hf.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0), repeats
-    )
+    ).median
     return {
         "params": model.num_params(),
         "import_s": round(import_s, 2),
@@ -166,15 +148,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
-            "machine": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-            },
+            "machine": machine(),
             "exactness": exactness(Path(tmp)),
             "gpt2_small": gpt2_small(Path(tmp), args.prompt_tokens, args.new_tokens, args.repeats),
         }
-    print(json.dumps(result, indent=2))
+    emit(result, indent=2)
 
 
 if __name__ == "__main__":

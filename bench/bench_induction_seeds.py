@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit
 
-from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids  # noqa: E402
-from lmcore.models import build_model  # noqa: E402
-from lmcore.recipes import INDUCTION_FORMED, recipe  # noqa: E402
-from lmcore.train import HeadScoresCallback, Trainer  # noqa: E402
+from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.models import build_model
+from lmcore.recipes import INDUCTION_FORMED, recipe
+from lmcore.train import HeadScoresCallback, Trainer
 
 
 def run(seed: int, steps: int | None) -> dict:
@@ -64,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = [run(s, args.steps) for s in args.seeds]
-    print(json.dumps({"runs": out}, indent=1))
+    emit({"runs": out})
 
 
 if __name__ == "__main__":

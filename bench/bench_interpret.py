@@ -23,27 +23,20 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, timed
 
-from lmcore import viz  # noqa: E402
-from lmcore.interpret import embedding_map, head_scores, logit_lens, probe_ids, token_losses  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.recipes import INDUCTION_VOCAB, induction_data, recipe  # noqa: E402
-from lmcore.train import HeadScoresCallback, TrainConfig, Trainer  # noqa: E402
+from lmcore import viz
+from lmcore.interpret import embedding_map, head_scores, logit_lens, probe_ids, token_losses
+from lmcore.models import ModelConfig, build_model
+from lmcore.recipes import INDUCTION_VOCAB, induction_data, recipe
+from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
 
 
 def median_s(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times), 4)
+    return round(timed(fn, repeats).median, 4)
 
 
 def views(preset: str) -> dict[str, float]:
@@ -135,7 +128,7 @@ def main() -> None:
     print(json.dumps(out["head_score_overhead"]), file=sys.stderr)
     if not args.skip_induction:
         out["induction"] = [induction(n, args.induction_steps) for n in (2, 1)]
-    print(json.dumps(out, indent=1))
+    emit(out)
 
 
 if __name__ == "__main__":

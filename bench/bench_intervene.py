@@ -42,12 +42,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from common import ROOT, emit, log
 
 
 # ---------------------------------------------------------------- 1. the induction head, knocked out
@@ -247,7 +242,7 @@ def main() -> None:
         log(json.dumps(out["hooks_overhead"]))
     if not args.skip_induction:
         out["induction"] = induction(args.induction_steps, args.save, args.resume, args.vocab)
-    print(json.dumps(out, indent=1))
+    emit(out)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ Prints one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import torch
 
-import torch  # noqa: E402
+from common import ROOT, emit, log, tests_module
+from lmcore.checkpoint import save_checkpoint
+from lmcore.models import ModelConfig, build_model
+from lmcore.tokenizers import CharTokenizer
 
-import hostile_files as hostile  # noqa: E402
-from lmcore.checkpoint import save_checkpoint  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
+hostile = tests_module("hostile_files")  # the hostile checkpoints the tests load too
 
 
 def valid_100mb(folder: Path) -> Path:
@@ -66,12 +63,11 @@ def main() -> None:
             folder = Path(tmp) / str(len(results))
             folder.mkdir()
             path = make(folder)
-            print(f"{name}: loading {path.name}", file=sys.stderr, flush=True)
+            log(f"{name}: loading {path.name}")
             result = hostile.measure_load(path, args.lmcore, args.timeout, int(args.cap_gb * (1 << 30)))
             results[name] = {"file_mb": round(path.stat().st_size / 1e6, 2), **result}
-            print(f"  {results[name]}", file=sys.stderr, flush=True)
-    print(json.dumps({"lmcore": str(args.lmcore), "timeout_s": args.timeout, "cap_gb": args.cap_gb,
-                      "cases": results}, indent=1))  # fmt: skip
+            log(f"  {results[name]}")
+    emit({"lmcore": str(args.lmcore), "timeout_s": args.timeout, "cap_gb": args.cap_gb, "cases": results})
 
 
 if __name__ == "__main__":

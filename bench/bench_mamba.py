@@ -33,49 +33,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, emit, log, machine, read_corpus, timed
 
-import lmcore.models.mamba as mamba_module  # noqa: E402
-from lmcore.data import get_batch, split_ids  # noqa: E402
-from lmcore.errors import LMCoreError  # noqa: E402
-from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
-from lmcore.models.mamba import selective_scan, selective_scan_ref  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import score_windows  # noqa: E402
+import lmcore.models.mamba as mamba_module
+from lmcore.data import get_batch, split_ids
+from lmcore.errors import LMCoreError
+from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.models.mamba import selective_scan, selective_scan_ref
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import score_windows
 
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 BATCH, D_MODEL, D_STATE, EXPAND = 12, 128, 16, 2
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Run each callable once to warm up, then ``repeats`` interleaved rounds; ms best and median."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"best_ms": round(min(v), 2), "median_ms": round(statistics.median(v), 2)} for k, v in times.items()}
 
 
 @contextlib.contextmanager
@@ -131,7 +109,7 @@ def bench_scan(lengths: list[int], repeats: int, chunks: list[int] | None) -> di
             fns[f"chunk{c}"] = lambda c=c: run(lambda *a: selective_scan(*a, chunk_size=c))
         reps = max(2, repeats // 2) if T >= 1024 else repeats
         log(f"scan T={T}: {len(fns)} variants x {reps} rounds")
-        r = timed(fns, reps)
+        r = {k: t.ms() for k, t in timed(fns, reps, warmup=True).items()}
         row = {k: r[k] for k in ("fast", "fast_recomputed", "loop")}
         row["speedup"] = round(r["loop"]["median_ms"] / r["fast"]["median_ms"], 2)
         row["speedup_recomputed"] = round(r["loop"]["median_ms"] / r["fast_recomputed"]["median_ms"], 2)
@@ -174,7 +152,7 @@ def bench_train_step(train_ids: torch.Tensor, vocab: int, steps: int) -> dict:
             opts[name].step()
 
     log(f"training steps: {', '.join(models)} x {steps} interleaved")
-    r = timed({k: (lambda k=k: step(k)) for k in models}, steps)
+    r = {k: t.ms() for k, t in timed({k: (lambda k=k: step(k)) for k in models}, steps, warmup=True).items()}
     out: dict = {"batch": BATCH, "block": 64, "ms_per_iter": r,
                  "params": {k: m.num_params() for k, m in models.items()}}  # fmt: skip
     if "gpt2" in r:
@@ -217,8 +195,7 @@ def bench_generation(vocab: int, positions: list[int], tokens: int) -> dict:
 # ----------------------------------------------------------------------------------------------- 4
 
 _RSS_CHILD = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 torch.set_num_threads({threads})
 import lmcore.models.mamba as mm
 from lmcore.models import ModelConfig, build_model, lm_loss
@@ -248,9 +225,9 @@ def bench_memory(threads: int, loop_too: bool) -> dict:
     for name, mode in (("fast_scan_kept", "kept"), ("fast_scan_recomputed", "recomputed"), ("loop_scan", "loop")):
         if mode == "loop" and not loop_too:
             continue
-        code = _RSS_CHILD.format(root=str(ROOT), threads=threads, mode=mode, batch=BATCH)
+        code = _RSS_CHILD.format(threads=threads, mode=mode, batch=BATCH)
         log(f"memory: one training step at T=1024 with the {name.replace('_', ' ')} in a subprocess")
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
         if run.returncode != 0:
             out[name] = {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"}
             continue
@@ -306,20 +283,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="tiny repeats: checks that it runs")
     args = ap.parse_args()
-    if not CORPUS.exists():
-        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
+    text = read_corpus()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.steps, args.gen_tokens = 2, 3, 3
-    text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
     vocab = tok.vocab_size
     t_start = time.time()
     result = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-                    "processor": platform.processor() or platform.machine()},  # fmt: skip
+        "machine": machine(),
         "scan": bench_scan([64, 256] if args.quick else [64, 256, 1024], args.repeats,
                            [4, 8, 16, 32, 64] if args.sweep else None),  # fmt: skip
         "train_step": bench_train_step(train_ids, vocab, args.steps),
@@ -329,7 +303,7 @@ def main() -> None:
     if args.quality_seconds > 0:
         result["quality"] = bench_quality(train_ids, val_ids, vocab, args.quality_seconds)
     result["elapsed_s"] = round(time.time() - t_start, 1)
-    print(json.dumps(result, indent=1))
+    emit(result)
 
 
 if __name__ == "__main__":

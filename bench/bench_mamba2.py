@@ -17,41 +17,22 @@ ratios use the medians of one run. One JSON object on stdout, progress on stderr
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, machine, timed
 
-from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
-from lmcore.models.mamba import selective_scan  # noqa: E402
-from lmcore.models.mamba2 import ssd_chunked, ssd_ref  # noqa: E402
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.models.mamba import selective_scan
+from lmcore.models.mamba2 import ssd_chunked, ssd_ref
 
 
 def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict[str, float]]:
     """Seconds per call of each function: one warm-up each, then ``repeats`` rounds taking turns."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for r in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        say(f"  round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
-    return {k: {"best_s": min(v), "median_s": statistics.median(v)} for k, v in times.items()}
+    times = timed(fns, repeats, warmup=True, rounds=True)
+    return {k: {"best_s": t.best, "median_s": t.median} for k, t in times.items()}
 
 
 def bench_scan(repeats: int, T: int, batch: int = 16, width: int = 256) -> dict:
@@ -116,12 +97,12 @@ def main() -> None:
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
     lengths = (64,) if args.quick else (256, 64)
-    out = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    say("scan alone, forward + backward")
+    out = machine()
+    log("scan alone, forward + backward")
     out["scan"] = [bench_scan(repeats, T) for T in lengths]
-    say("training step (forward + backward), 3 x 192, batch 16")
+    log("training step (forward + backward), 3 x 192, batch 16")
     out["train_step"] = [bench_train_step(repeats, T) for T in lengths]
-    print(json.dumps(out, indent=1))
+    emit(out)
 
 
 if __name__ == "__main__":

@@ -21,33 +21,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, machine, read_corpus
 
-from lmcore.batches import as_source  # noqa: E402
-from lmcore.data import get_batch, split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
-from lmcore.recipes import recipe  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, lr_schedule, make_optimizer, score_windows  # noqa: E402
+from lmcore.batches import as_source
+from lmcore.data import get_batch, split_ids
+from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.recipes import recipe
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, lr_schedule, make_optimizer, score_windows
 
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the windows bench_train.py and bench_equal_time.py score on
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def val_loss(model: torch.nn.Module, ids: torch.Tensor, starts: torch.Tensor) -> float:
@@ -140,14 +130,12 @@ def main() -> None:
     ap.add_argument("--muon-lr", default="0.02,0.05", help="comma-separated Muon learning rates to run beside AdamW")
     ap.add_argument("--quick", action="store_true", help="200 iterations, 20 eval batches: a smoke test")
     args = ap.parse_args()
-    if not CORPUS.exists():
-        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
+    text = read_corpus()
     if args.quick:
         args.iters, args.at, args.eval_batches = 200, "100,200", 20
     eval_at = sorted({int(s) for s in args.at.split(",")})
     torch.set_num_threads(1)
 
-    text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     train_ids, val_ids = split_ids(torch.tensor(tok.encode(text), dtype=torch.long), 0.1)
     model_cfg, base = recipe("baby-gpt", tok.vocab_size)
@@ -160,16 +148,14 @@ def main() -> None:
     adamw_ms = runs["adamw"]["median_ms_per_step"]
     for name, r in runs.items():
         r["overhead_vs_adamw"] = round(r["median_ms_per_step"] / adamw_ms - 1, 3)
-    print(json.dumps({
+    emit({
         "benchmark": "optim",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **machine(),
         "model": "baby-gpt (gpt2 4x128, block 64, batch 12)",
         "iters": args.iters,
         "eval": {"batches": args.eval_batches, "batch_size": EVAL_BATCH, "block": EVAL_BLOCK, "seed": EVAL_SEED},
         "runs": runs,
-    }, indent=1))  # fmt: skip
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,25 +18,18 @@ One JSON object on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
-
-from bench_equal_time import CORPUS, EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate, log  # noqa: E402
-
-from lmcore.data import load_corpus, split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.recipes import recipe  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer  # noqa: E402
+from bench_equal_time import EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate
+from common import CORPUS, emit, log, read_corpus
+from lmcore.data import load_corpus, split_ids
+from lmcore.models import ModelConfig, build_model
+from lmcore.recipes import recipe
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, Trainer
 
 
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
@@ -81,7 +74,7 @@ def main() -> None:
     ap.add_argument("--corpus", default=None, help="builtin:NAME to check a recipe on held-out text (default: tiny Shakespeare)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    text = load_corpus(args.corpus).text if args.corpus else CORPUS.read_text(encoding="utf-8")
+    text = load_corpus(args.corpus).text if args.corpus else read_corpus()
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
@@ -104,7 +97,7 @@ def main() -> None:
             out[n] = {"params": runs[n].model.num_params(), "ms_per_step": round(med * 1e3, 1),
                       "ratio": round(ratio, 3), "steps_in_budget": int(2000 / ratio)}  # fmt: skip
             log(f"{n}: {out[n]}")
-        print(json.dumps({"mode": "ratio", "steps": args.steps, "runs": out}, indent=1))
+        emit({"mode": "ratio", "steps": args.steps, "runs": out})
         return
 
     model_cfg, train_cfg = cands[args.name]
@@ -120,7 +113,7 @@ def main() -> None:
     res = {"mode": "train", "name": args.name, "corpus": args.corpus or CORPUS.name, "params": model.num_params(), "iters": args.iters,
            "wall_s": round(time.perf_counter() - t0, 1), "val_loss": round(loss, 4), "val_acc": round(acc, 4)}  # fmt: skip
     log(str(res))
-    print(json.dumps(res))
+    emit(res, indent=None)
 
 
 if __name__ == "__main__":

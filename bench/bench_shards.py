@@ -29,22 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from common import ROOT, corpus_path, emit, log
+from lmcore import runlog
+from lmcore.data import get_batch
+from lmcore.shards import load_prepared
 
-from lmcore import runlog  # noqa: E402
-from lmcore.data import get_batch  # noqa: E402
-from lmcore.shards import load_prepared  # noqa: E402
-
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 BPE_SAMPLE_MB = 1  # the vocabulary's training sample (pure Python: minutes for a few MB)
 MODEL = ["--preset", "gpt2", "--n-layer", "2", "--n-head", "4", "--n-embd", "128", "--block-size", "128", "--device", "cpu"]
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
@@ -64,7 +57,7 @@ def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, 
 
 
 def build_corpus(path: Path, mb: int) -> int:
-    text = SHAKESPEARE.read_bytes()
+    text = corpus_path().read_bytes()
     target = mb * 1_000_000
     with open(path, "wb") as f:
         written = 0
@@ -135,53 +128,53 @@ def main() -> None:
     result: dict = _Loud(cpu_count=os.cpu_count(), torch=torch.__version__)
     try:
         big = work / "big.txt"
-        say(f"building a {args.corpus_mb} MB corpus in {work}")
+        log(f"building a {args.corpus_mb} MB corpus in {work}")
         build_corpus(big, args.corpus_mb)
         if parts & {"char", "sampler", "rss"}:
-            say("prepare (char)")
+            log("prepare (char)")
             result["prepare_char"] = prepare(big, work / "char", "char")
         if "bpe" in parts:
             bpe_src = big
             if args.bpe_mb < args.corpus_mb:
                 bpe_src = work / "bpe.txt"
                 build_corpus(bpe_src, args.bpe_mb)
-            say(f"prepare (bpe) of {bpe_src.stat().st_size / 1e6:.0f} MB")
+            log(f"prepare (bpe) of {bpe_src.stat().st_size / 1e6:.0f} MB")
             result["prepare_bpe"] = prepare(bpe_src, work / "bpe", "bpe")
             (work / "bpe.txt").unlink(missing_ok=True)
         big.unlink()
         if "sampler" in parts:
-            say("batch sampler")
+            log("batch sampler")
             result["sampler_tokens_per_s"] = round(sampler(work / "char"))
         small = work / "small.txt"
         build_corpus(small, 1)
         subprocess.run([sys.executable, "-m", "lmcore", "prepare", "--data", str(small), "--out", str(work / "small")],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)  # fmt: skip
         if "rss" in parts:
-            say("training RSS, large vs small corpus")
+            log("training RSS, large vs small corpus")
             result["train_peak_rss_mb"] = {
                 f"{args.corpus_mb}MB": round(train_rss(work / "char", work / "big.safetensors", args.train_steps)),
                 "1MB": round(train_rss(work / "small", work / "small.safetensors", args.train_steps)),
             }
         if "torchrun" in parts:
-            say("torchrun 2 ranks x 1 thread vs 1 process x 2 threads (global batch 16 x 128 tokens)")
+            log("torchrun 2 ranks x 1 thread vs 1 process x 2 threads (global batch 16 x 128 tokens)")
             ddp, single = [], []
             for k in range(args.repeats):
                 ddp.append(round(throughput(work / "small", work / "ddp.safetensors", 2, args.ddp_steps)))
                 single.append(round(throughput(work / "small", work / "one.safetensors", 1, args.ddp_steps)))
-                say(f"  repeat {k + 1}: torchrun {ddp[-1]} tok/s, one process {single[-1]} tok/s")
+                log(f"  repeat {k + 1}: torchrun {ddp[-1]} tok/s, one process {single[-1]} tok/s")
             result["torchrun_2x1_tokens_per_s"] = ddp
             result["one_process_2_threads_tokens_per_s"] = single
         result["load_average_at_end"] = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=1))
+    emit(result)
 
 
 class _Loud(dict):
     """A result dict that also prints each figure to stderr as soon as it is measured."""
 
     def __setitem__(self, key: str, value: object) -> None:
-        say(f"  {key}: {json.dumps(value)}")
+        log(f"  {key}: {json.dumps(value)}")
         super().__setitem__(key, value)
 
 

@@ -18,36 +18,23 @@ Prints one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import CORPUS, emit, log, read_corpus, timed
 
-from lmcore.data import load_corpus  # noqa: E402
-from lmcore.tokenizers import BOS_TOKEN, BPETokenizer, tokenizer_from_dict  # noqa: E402
-from lmcore.tokenizers.bpe import PATTERNS  # noqa: E402
+from lmcore.data import load_corpus
+from lmcore.tokenizers import BOS_TOKEN, BPETokenizer, tokenizer_from_dict
+from lmcore.tokenizers.bpe import PATTERNS
 
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGETS = {"train_1024_s_max": 10.0, "encode_mb_s_min": 1.0, "tokens_ratio_vs_hf_max": 1.03}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
     """The fastest of ``repeats`` runs (the machine is shared: the minimum is the least noisy)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+    t = timed(fn, repeats)
+    return t.best, t.result
 
 
 def hf_train(text: str, vocab_size: int, split: str | None = None):
@@ -79,10 +66,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is kept")
     args = parser.parse_args()
 
-    if not CORPUS.exists():
-        print(f"the standard corpus {CORPUS} is missing; put tiny Shakespeare there and run again", file=sys.stderr)
-        return 2
-    text = CORPUS.read_text(encoding="utf-8")
+    text = read_corpus()
     n_bytes = len(text.encode("utf-8"))
     mb = n_bytes / 1e6
     result: dict = {"corpus": str(CORPUS), "corpus_bytes": n_bytes, "bpe": {}}
@@ -145,7 +129,7 @@ def main() -> int:
             r["tokens_ratio_vs_hf"] <= TARGETS["tokens_ratio_vs_hf_max"] for r in result["bpe"].values()
         ),
     }
-    print(json.dumps(result, indent=2))
+    emit(result, indent=2)
     return 0
 
 

@@ -27,34 +27,25 @@ this machine's fp32 matmul peak, measured in this run with a large
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, log, machine, read_corpus
 
-from lmcore.batches import as_source  # noqa: E402
-from lmcore.data import get_batch, split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer, score_windows  # noqa: E402
+from lmcore.batches import as_source
+from lmcore.data import get_batch, split_ids
+from lmcore.models import ModelConfig, build_model
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, Trainer, score_windows
 
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHAPE = dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
 RECIPE = dict(batch_size=12, lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta1=0.9, beta2=0.99,
               grad_clip=1.0, seed=1337)  # fmt: skip
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,11 +233,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.iters, args.eval_batches, args.chunk = 150, 20, 50
-    if not CORPUS.exists():
-        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
+    text = read_corpus()
     torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
 
-    text = CORPUS.read_text(encoding="utf-8")
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
@@ -279,9 +268,7 @@ def main() -> None:
     starts = torch.randint(len(val_ids) - T, (args.eval_batches, B), generator=eval_gen)
     result: dict[str, object] = {
         "benchmark": "train",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **machine(),
         "recipe": {**SHAPE, **RECIPE, "iters": args.iters, "tokenizer": "char", "vocab_size": V},
         "train_tokens": len(train_ids),
         "val_tokens": len(val_ids),
@@ -325,7 +312,7 @@ def main() -> None:
                 result[f"{name}_tokens_per_s_over_plain"] = round(res[name]["tokens_per_s"] / res["plain"]["tokens_per_s"], 3)
     if "gpt2" in res:
         result["gpt2_val_loss_minus_reference"] = round(res["gpt2"]["val_loss"] - 1.886, 4)
-    print(json.dumps(result, indent=1))
+    emit(result)
 
 
 if __name__ == "__main__":
