@@ -47,7 +47,7 @@ FIELDS: dict[str, Field] = {f.name: f for cls in ARCHITECTURES.values() for f in
 def model_class(arch: str) -> type[LanguageModel]:
     """The class registered for ``arch``; ConfigError listing the known ones."""
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}", "arch")
     return ARCHITECTURES[arch]
 
 
