@@ -47,8 +47,8 @@ class Setting:
       address); the page's widget key is ``keep.<page>.<key>``.
     - label, widget (``number``, ``select``, ``checkbox``): how a page draws
       it ("" = the page does not draw it); page: the widget's bounds when
-      narrower than low/high, which the address then holds to; step, fmt: the
-      number widget's; page_default: the page's first value when it is not
+      narrower than low/high, which the address then holds to; page_kind: "int"
+      when the page takes whole numbers of a float field; step, fmt: the number widget's; page_default: the page's first value when it is not
       the config's; off: the widget's value that stands for None (0 = none).
     """
 
@@ -67,6 +67,7 @@ class Setting:
     label: str = ""
     widget: str = ""
     page: tuple[float, float] | None = None
+    page_kind: str = ""
     step: float | None = None
     fmt: str | None = None
     page_default: Any = UNSET
@@ -107,6 +108,11 @@ class Declared:
         """The widget's (and the address's) bounds: ``page`` if given, else the checked ones."""
         s = self.setting
         return s.page if s.page is not None else (s.low, s.high)
+
+    @property
+    def page_kind(self) -> str:
+        """The kind the page and the address hold it as ("int" for whole seconds of a float field)."""
+        return self.setting.page_kind or self.kind
 
     @property
     def page_default(self) -> Any:

@@ -119,7 +119,8 @@ class TrainConfig:
     )  # fmt: skip
     time_budget_s: float | None = setting(
         None, "Stop after this many seconds (with a save).", what="the time budget", low=0, low_open=True, flag="--time-budget", metavar="S",
-        key="budget", label="Time budget (seconds, 0 = none)", widget="number", page=(0, 86_400), step=30, off=0,
+        key="budget", label="Time budget (seconds, 0 = none)", widget="number", page=(0, 86_400), page_kind="int",
+        step=30, off=0,
     )  # fmt: skip
     device: str = setting(
         "auto", "Where the run trains (auto: a GPU if there is one).", choices=DEVICE_CHOICES, strict=False, key="device", label="Device", widget="select",
