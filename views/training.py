@@ -310,10 +310,8 @@ if st.session_state.get(S.RECIPE_SAVED) is not None:
               "or with the button beside.", icon=":material/science:")  # fmt: skip
     r[1].button("Back to my settings", key="train_recipe_back", on_click=leave_recipe, icon=":material/undo:",
                 help="The training settings you had before the recipe.")  # fmt: skip
-c = st.columns(4)
-for i, setting in enumerate(("max_iters", "batch_size", "lr", "warmup_iters",
-                             "eval_interval", "eval_iters", "seed", "time_budget_s")):  # fmt: skip
-    train_widget(c[i % 4], setting)
+MAIN_SETTINGS = ("max_iters", "batch_size", "lr", "warmup_iters", "eval_interval", "eval_iters", "seed", "time_budget_s")
+train_widgets(st, list(MAIN_SETTINGS))
 OPTIMIZER_HELP = {
     "adamw": "AdamW: each weight takes a step scaled by its own running gradient statistics; the dependable default.",
     "muon": "Muon: the hidden layers' matrices step along their momentum made orthogonal (every direction moves "
@@ -325,9 +323,9 @@ c = st.columns([1, 1, 2])
 optimizer = train_widget(c[0], "optimizer")
 train_widget(c[1], "muon_lr", disabled=optimizer != "muon")
 c[2].caption(OPTIMIZER_HELP[optimizer])
-with st.expander("More settings: schedule, regularisation, precision"):
-    train_widgets(st, ["min_lr", "weight_decay", "grad_clip", "grad_accum", "beta1", "beta2", "patience",
-                       "eval_seed", "schedule", "dtype", "compile"])  # fmt: skip
+with st.expander("More settings: schedule, regularisation, precision"):  # every other declared setting
+    drawn = {*MAIN_SETTINGS, "optimizer", "muon_lr", "device"}
+    train_widgets(st, [n for n, d in declared(TrainConfig).items() if d.setting.widget and n not in drawn])
 c = st.columns([1, 2, 1])
 devices = _devices()
 if st.session_state.get(S.TRAIN_DEVICE) not in devices:
