@@ -42,14 +42,15 @@ class Setting:
       choices: the values it may take; strict=False lets ``validate()`` accept
       more (``device`` takes ``cuda:N`` too).
     - flag: the CLI flag ("" = ``--`` and the name with dashes; None = none);
-      flag_type: the argparse type when the bounds do not say it.
+      metavar: its argument's name in ``--help``.
     - key: the page-address key ("" = the field's name; None = not in the
       address); the page's widget key is ``keep.<page>.<key>``.
     - label, widget (``number``, ``select``, ``checkbox``): how a page draws
       it ("" = the page does not draw it); page: the widget's bounds when
-      narrower than low/high, which the address then holds to; page_kind: "int"
-      when the page takes whole numbers of a float field; step, fmt: the number widget's; page_default: the page's first value when it is not
-      the config's; off: the widget's value that stands for None (0 = none).
+      narrower than low/high, which the address then holds to; page_kind:
+      "int" when the page takes whole numbers of a float field; step, fmt: the
+      number widget's; page_default: the page's first value when it is not the
+      config's; off: the widget's value that stands for None (0 = none).
     """
 
     help: str = ""
@@ -61,7 +62,6 @@ class Setting:
     choices: tuple[Any, ...] = ()
     strict: bool = True
     flag: str | None = ""
-    flag_type: Any = None
     metavar: str | None = None
     key: str | None = ""
     label: str = ""
@@ -155,7 +155,7 @@ def declared(cls: type) -> dict[str, Declared]:
 
 
 def _number(x: float) -> str:
-    return f"{x:,}" if isinstance(x, int) or float(x).is_integer() and abs(x) >= 1000 else f"{x:g}"
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
 
 def check(cfg: Any) -> None:
@@ -229,8 +229,7 @@ def add_flags(group: Any, cls: type, types: dict[str, Any], skip: tuple[str, ...
         elif d.kind == "choice":
             group.add_argument(d.flag, dest=d.name, choices=list(s.choices), **extra)
         else:
-            kind = s.flag_type or types[d.kind](s.low, s.high)
-            group.add_argument(d.flag, dest=d.name, type=kind, **extra)
+            group.add_argument(d.flag, dest=d.name, type=types[d.kind](s.low, s.high), **extra)
 
 
 def flag_values(args: Any, cls: type) -> dict[str, Any]:

@@ -12,16 +12,39 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcore.errors import ConfigError
 from lmcore.settings import check, check_kind, declared, setting
+
+if TYPE_CHECKING:  # for annotations only: both import this module
+    from lmcore.models.base import LanguageModel
+    from lmcore.models.family import Family
 
 # No size field may exceed this: far past any model that fits in memory, and low
 # enough that shapes multiplied together stay within 64-bit integers. Whether a
 # config fits the machine is ``lmcore.models.estimate.check_fits``'s question.
 MAX_FIELD = 1 << 20
 MAX_MLP_RATIO = 1024.0
+
+
+# The registry of families, filled by lmcore.models as it loads each model file (those
+# import this one, so this one reads them from here): architecture name -> model class,
+# preset name -> the ModelConfig fields it sets, its arch included.
+ARCHITECTURES: dict[str, Any] = {}
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def model_class(arch: str) -> type[LanguageModel]:
+    """The class registered for ``arch``; ConfigError listing the known ones."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}", "arch")
+    return ARCHITECTURES[arch]
+
+
+def family_of(arch: str) -> Family:
+    """The ``Family`` of architecture ``arch`` (a ModelConfig's ``arch``)."""
+    return model_class(arch).family
 
 
 # The transformer's choices (lmcore.models.transformer reads them from here).
@@ -112,8 +135,6 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named preset with fields overridden, e.g. ``preset("llama", n_layer=6)``."""
-        from lmcore.models import PRESETS  # the registry; imported here to avoid a cycle
-
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         values = {**PRESETS[name], "preset": name}
@@ -147,8 +168,6 @@ class ModelConfig:
     # -- validation --
     def validate(self) -> "ModelConfig":
         """Check every value; raise ConfigError with the fix. Returns self for chaining."""
-        from lmcore.models import model_class  # the registry; imported here to avoid a cycle
-
         _check_types(self)
         arch_class = model_class(self.arch)  # ConfigError for an unknown architecture
         if self.vocab_size < 2:
