@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import streamlit as st
+
 from lmcore.settings import UNSET, Declared, declared
 from lmcore.train import TrainConfig
 from ui import state as S
@@ -60,8 +62,6 @@ def train_widgets(where: Any, names: list[str], columns: int = 4) -> None:
 
 def train_value(name: str) -> Any:
     """TrainConfig field ``name``'s value on the Training page: the widget's, else the page's default."""
-    import streamlit as st
-
     d = declared(TrainConfig)[name]
     key = train_key(name)
     if key in st.session_state:
