@@ -75,6 +75,7 @@ FORMAT = "lmcore/1"
 OPTIM_FORMAT = "lmcore-optim/1"
 SUFFIX = ".safetensors"
 OPTIM_SUFFIX = ".optim.safetensors"
+LOG_SUFFIX = ".metrics.jsonl"  # the run log beside a checkpoint (lmcore.runlog)
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; a larger declared header is hostile or broken
 # Tensor entries in a checkpoint's header: over 1,300 transformer layers. Checking the
 # names and shapes of a model takes about a millisecond per tensor, so this bounds it.
@@ -204,6 +205,14 @@ def checkpoint_path(directory: str | os.PathLike, name: str) -> Path:
     if path.parent != base:
         raise CheckpointError(f"the name {name!r} would leave the checkpoint folder; choose a plain name")
     return path
+
+
+def log_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the run log of checkpoint ``NAME.safetensors`` lives: ``NAME.metrics.jsonl`` (``lmcore.runlog``)."""
+    path = Path(checkpoint)
+    name = path.name
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return path.with_name(stem + LOG_SUFFIX)
 
 
 def optimizer_path(path: str | os.PathLike) -> Path:
@@ -1166,8 +1175,6 @@ def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> P
 
 def delete_checkpoint(path: str | os.PathLike) -> None:
     """Remove a checkpoint, its optimizer-state file and its run log (``NAME.metrics.jsonl``)."""
-    from lmcore.runlog import log_path  # runlog reads checkpoints: import it late
-
     path = Path(path)
     if not path.name.endswith(SUFFIX) or path.name.endswith(OPTIM_SUFFIX):
         raise CheckpointError(f"{path.name} is not a checkpoint file name (NAME.safetensors)")

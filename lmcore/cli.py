@@ -118,29 +118,8 @@ _SIZE = _whole(1)  # model sizes: ModelConfig.validate caps each, the memory che
 _COUNT = _whole(1, _MAX_COUNT)
 _SEED = _whole(0, MAX_SEED)
 
-# Model flags: (flag, ModelConfig field, type, help)
-_MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--n-layer", "n_layer", _SIZE, "number of blocks"),
-    ("--n-head", "n_head", _SIZE, "attention heads"),
-    ("--n-kv-head", "n_kv_head", _SIZE, "key/value heads (1 = multi-query; default: one per head)"),
-    ("--n-embd", "n_embd", _SIZE, "width of the residual stream"),
-    ("--block-size", "block_size", _SIZE, "context length in tokens"),
-    ("--dropout", "dropout", _finite, "dropout probability"),
-    ("--norm", "norm", str, "layernorm or rmsnorm"),
-    ("--pos", "pos", str, "learned or rope"),
-    ("--mlp", "mlp", str, "gelu, swiglu or relu2 (ReLU squared)"),
-    ("--mlp-ratio", "mlp_ratio", _finite, "MLP hidden width / n_embd"),
-    ("--d-state", "d_state", _SIZE, "Mamba: state size per channel"),
-    ("--d-conv", "d_conv", _SIZE, "Mamba: causal convolution width"),
-    ("--expand", "expand", _SIZE, "Mamba: inner width factor"),
-    ("--ngram-n", "ngram_n", _SIZE, "n-gram: predict from the previous n - 1 tokens (1-5)"),
-    ("--add-k", "add_k", _finite, "n-gram: add-k smoothing constant"),
-]
-_MODEL_SWITCHES = [
-    ("bias", "biases in linear layers and norms"),
-    ("tie_weights", "share embedding and output head"),
-    ("qk_norm", "transformer: RMSNorm on each head's queries and keys"),
-]
+# The argparse type of a declared number with bounds (low, high): see lmcore.settings.add_flags.
+_FLAG_TYPES: dict[str, Callable[[Any, Any], Any]] = {"int": lambda lo, hi: _whole(lo, hi), "float": lambda lo, hi: _finite}
 _LOCAL_URLS_HELP = "let an http(s) --data URL reach this machine or its local network (refused by default)"
 
 
@@ -166,19 +145,17 @@ def _say(msg: str) -> None:
 
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {field: getattr(args, field) for _, field, _, _ in _MODEL_FLAGS}
-    values.update({name: getattr(args, name) for name, _ in _MODEL_SWITCHES})
-    return {k: v for k, v in values.items() if v is not None}
+    from lmcore.models import ModelConfig
+    from lmcore.settings import flag_values
+
+    return flag_values(args, ModelConfig)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip",
-             "eval_interval", "eval_iters", "seed", "device", "dtype", "compile", "grad_accum", "patience",
-             "optimizer", "muon_lr"]
-    values = {name: getattr(args, name) for name in names}
-    values["time_budget_s"] = args.time_budget
-    values["schedule"] = args.schedule
-    return {k: v for k, v in values.items() if v is not None}
+    from lmcore.settings import flag_values
+    from lmcore.train import TrainConfig
+
+    return flag_values(args, TrainConfig)
 
 
 def _out_path(out: str, name: str) -> Path:
@@ -693,9 +670,10 @@ def cmd_sae(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from lmcore.data import MAX_CORPUS_BYTES
     from lmcore.device import DEVICE_CHOICES
-    from lmcore.models import PRESETS
+    from lmcore.models import PRESETS, ModelConfig
     from lmcore.models.config import MAX_FIELD
-    from lmcore.train import MAX_WINDOWS
+    from lmcore.settings import add_flags
+    from lmcore.train import MAX_WINDOWS, TrainConfig
 
     # Every number is bounded by what it can mean, so that no value reaches an allocation or a loop unchecked.
     windows = _whole(1, MAX_WINDOWS)  # batch sizes and micro-batches: TrainConfig also bounds their products
@@ -732,42 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--allow-local-urls", action="store_true", help=_LOCAL_URLS_HELP)
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default="gpt2", help="starting architecture (default gpt2)")
-    for flag, field, kind, text in _MODEL_FLAGS:
-        model.add_argument(flag, dest=field, type=kind, help=text)
-    for name, text in _MODEL_SWITCHES:
-        model.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction, help=text)
+    add_flags(model, ModelConfig, _FLAG_TYPES)  # one per declared field (lmcore.models.config)
     train = t.add_argument_group("training")
-    train.add_argument("--batch-size", type=windows)
-    train.add_argument("--max-iters", type=_COUNT, help="total optimizer steps (when resuming: of the whole run)")
-    train.add_argument("--lr", type=_finite, help="peak learning rate")
-    train.add_argument(
-        "--optimizer", choices=["adamw", "muon", "sgd"], help="adamw (default); muon: Muon on the hidden matrices, "
-        "AdamW on the rest; sgd: SGD with momentum"
-    )
-    train.add_argument("--muon-lr", type=_finite, help="Muon's peak learning rate (default 0.02)")
-    train.add_argument("--min-lr", type=_finite, help="where the cosine ends (default lr / 10)")
-    train.add_argument("--warmup-iters", type=_whole(0, _MAX_COUNT))
-    train.add_argument("--weight-decay", type=_finite)
-    train.add_argument("--grad-clip", type=_finite, help="clip the gradient norm to this (0 = off)")
-    train.add_argument("--eval-interval", type=_COUNT)
-    train.add_argument("--eval-iters", type=windows, help="batches per evaluation")
-    train.add_argument("--seed", type=_SEED, help=f"0 to {MAX_SEED:,}")
-    train.add_argument("--device", choices=DEVICE_CHOICES)
-    train.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, fp32 elsewhere"
-    )
-    train.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    train.add_argument("--time-budget", type=_finite, metavar="S", help="stop after S seconds")
-    train.add_argument(
-        "--schedule", choices=["steps", "time"],
-        help="warmup and decay follow the steps (default) or the elapsed share of --time-budget",
-    )  # fmt: skip
-    train.add_argument(
-        "--grad-accum", type=windows, metavar="K", help="micro-batches per process in each step (default 1)"
-    )
-    train.add_argument(
-        "--patience", type=_COUNT, metavar="N", help="stop after N evaluations without a better val loss (default: never)"
-    )
+    add_flags(train, TrainConfig, _FLAG_TYPES)  # one per declared field (lmcore.train.TrainConfig)
     output = t.add_argument_group("output")
     output.add_argument(
         "--out", help="the checkpoint file to write (FILE.safetensors), or a folder (DIR/) to write it in"
@@ -805,16 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lora-alpha", type=_finite, help="LoRA scale alpha (default: the rank)")
     f.add_argument("--lora-dropout", type=_finite, default=0.0)
     f.add_argument("--lora-targets", metavar="NAMES", help="layer names, comma-separated")
-    for name, kind in (("batch-size", windows), ("max-iters", _COUNT), ("lr", _finite), ("min-lr", _finite),
-                       ("warmup-iters", _whole(0, _MAX_COUNT)), ("weight-decay", _finite), ("grad-clip", _finite),
-                       ("eval-interval", _COUNT), ("eval-iters", windows), ("seed", _SEED), ("grad-accum", windows),
-                       ("patience", _COUNT), ("muon-lr", _finite), ("time-budget", _finite)):  # fmt: skip
-        f.add_argument("--" + name, type=kind)
-    f.add_argument("--device", choices=DEVICE_CHOICES)
-    f.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    f.add_argument("--optimizer", choices=["adamw", "muon", "sgd"])
-    f.add_argument("--schedule", choices=["steps", "time"])
-    f.add_argument("--compile", action="store_true", default=None)
+    add_flags(f, TrainConfig, _FLAG_TYPES, bare=True)
     f.set_defaults(func=cmd_finetune)
 
     e = sub.add_parser("eval", help="loss, perplexity and accuracy of a checkpoint on a text")

@@ -21,7 +21,20 @@ class TokenizerError(LMCoreError):
 
 
 class ConfigError(LMCoreError):
-    """A model, training or sampling setting that is impossible or inconsistent."""
+    """A model, training or sampling setting that is impossible or inconsistent.
+
+    ``field``: the config field to change (None when no one field is to blame);
+    ``fields``: every field the message names, ``field`` first. A page shows
+    them by their labels and suggests a value without reading the message.
+    """
+
+    def __init__(self, message: str, field: str | None = None, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.field = field
+        self.fields = tuple(dict.fromkeys(((field,) if field else ()) + tuple(fields)))
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.field, self.fields))
 
 
 class CheckpointError(LMCoreError):

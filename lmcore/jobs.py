@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -475,6 +476,25 @@ def _event(record: dict[str, Any], max_iters: int, loss: float) -> TrainEvent:
                       **common)  # fmt: skip
 
 
+SPEC_FILE = "spec.pt"  # the run folder's spec, read (and deleted) by the run process (lmcore.runs)
+
+
+def write_spec(run_dir: Path, spec: Any, checkpoint_path: Path, device: torch.device) -> None:
+    """Write what the run process needs into ``run_dir`` (the spec's ids and tokenizer included)."""
+    tmp = run_dir / (SPEC_FILE + ".tmp")
+    torch.save({"spec": spec, "checkpoint_path": str(checkpoint_path), "device": str(device)}, tmp)
+    os.replace(tmp, run_dir / SPEC_FILE)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (the run process's state file), or None when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class RunProcess(TrainingJob):
     """One training run in its own process (``python -m lmcore.runs``), followed through its files.
 
@@ -505,8 +525,6 @@ class RunProcess(TrainingJob):
         return None if self._proc is None else self._proc.pid
 
     def _start(self) -> None:
-        from lmcore.runs import write_spec
-
         write_spec(self._dir, self._spec, self.checkpoint_path, self.device)
         self._spec = None  # the ids live in the file now, then in the process
         # The process imports what this one can (the same sys.path), and a server's
@@ -552,8 +570,6 @@ class RunProcess(TrainingJob):
         with contextlib.suppress(OSError):
             mtime = state_path.stat().st_mtime_ns
             if mtime != self._state_mtime:
-                from lmcore.runs import read_json
-
                 self._state = read_json(state_path) or self._state
                 self._state_mtime = mtime
         with self._lock:

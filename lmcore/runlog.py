@@ -46,10 +46,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lmcore.checkpoint import OPTIM_SUFFIX, SUFFIX, read_metadata
+from lmcore.checkpoint import LOG_SUFFIX, OPTIM_SUFFIX, SUFFIX, log_path, read_metadata  # noqa: F401  (log_path: re-exported)
 from lmcore.errors import CheckpointError, LMCoreError
 
-LOG_SUFFIX = ".metrics.jsonl"
 KINDS = ("start", "step", "eval", "end")
 MAX_LOG_BYTES = 64 << 20  # what a reader takes of one log: a million-step run writes about 150 MB, its first 64 are shown
 MAX_LINE_BYTES = 1 << 20  # a line with a text sample and head scores is a few kB
@@ -62,14 +61,6 @@ NON_NEGATIVE = ("time", "lr", "grad_norm", "tokens_per_s", "val_ppl", "val_acc")
 REALS = ("train_loss", "val_loss")
 TEXTS = ("arch", "source", "sample")
 FLAGS = ("stopped_early", "early_stopped")
-
-
-def log_path(checkpoint: str | os.PathLike) -> Path:
-    """Where the log of checkpoint ``NAME.safetensors`` lives: ``NAME.metrics.jsonl``."""
-    path = Path(checkpoint)
-    name = path.name
-    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    return path.with_name(stem + LOG_SUFFIX)
 
 
 def checkpoint_of(log: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@ pages that watch it never share an interpreter: a page that redraws its
 charts takes nothing from the run, and a run goes on when the server stops.
 
 ``RUN_DIR`` (a private folder, see ``jobs``) holds ``spec.pt``, written by
-``write_spec``: the ``RunSpec``, the checkpoint path and the device. The
+``jobs.write_spec``: the ``RunSpec``, the checkpoint path and the device. The
 process reads it (and deletes it), then trains exactly as a run in a thread
 of the app did: the same ``TrainingJob`` (initial weights from the seed,
 head scores and a text sample at each evaluation, the checkpoint saved at
@@ -53,18 +53,12 @@ if __name__ == "__main__":
 import torch  # noqa: E402 - after the signal handlers
 from safetensors.torch import save_file  # noqa: E402
 
-SPEC_FILE = "spec.pt"
+from lmcore.jobs import SPEC_FILE  # noqa: E402 - the app's side of a run folder (it writes the spec)
+
 STATE_FILE = "state.json"
 SNAPSHOT_FILE = "snapshot.safetensors"
 SNAPSHOT_REQUEST = "snapshot.request"
 POLL_S = 0.05
-
-
-def write_spec(run_dir: Path, spec: Any, checkpoint_path: Path, device: torch.device) -> None:
-    """Write what the run process needs into ``run_dir`` (the spec's ids and tokenizer included)."""
-    tmp = run_dir / (SPEC_FILE + ".tmp")
-    torch.save({"spec": spec, "checkpoint_path": str(checkpoint_path), "device": str(device)}, tmp)
-    os.replace(tmp, run_dir / SPEC_FILE)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -74,15 +68,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_clean(data), default=str))
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class _CrashLog(logging.Handler):

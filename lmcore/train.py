@@ -44,6 +44,7 @@ from lmcore.device import DEVICE_CHOICES, resolve_device
 from lmcore.distributed import world
 from lmcore.errors import CheckpointError, ConfigError, DataError, LMCoreError, TrainingError
 from lmcore.models.base import lm_loss
+from lmcore.settings import check, setting
 
 DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon", "sgd")
@@ -58,35 +59,112 @@ _LOG_INTERVAL_S = 10.0  # how often a progress bar written to a file (not a term
 MAX_WINDOWS = 1 << 20
 
 
+_COUNT = 2**31 - 1  # steps and evaluations: far past any run, far below an overflow
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class TrainConfig:
-    batch_size: int = 12
-    max_iters: int = 2000
-    lr: float = 1e-3
-    min_lr: float | None = None  # cosine decays to this; None = lr / 10
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = off
-    eval_interval: int = 250
-    eval_iters: int = 20
-    seed: int = 1337
-    time_budget_s: float | None = None
-    device: str = "auto"
-    compile: bool = False
-    dtype: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
-    eval_seed: int = 0  # the fixed evaluation windows; shared by runs with different seeds
-    grad_accum: int = 1  # micro-batches of batch_size per process in each optimizer step
-    patience: int | None = None  # stop after this many evaluations without a better val loss; None = never
+    """How a run trains. Each field is declared once (``lmcore.settings``): its
+    bounds, help, command-line flag, page-address key and widget come from here."""
+
+    batch_size: int = setting(
+        12, "Text windows per step.", low=1, high=MAX_WINDOWS,
+        key="batch", label="Batch size", widget="number", page=(1, 1024), step=1, page_default=16,
+    )  # fmt: skip
+    max_iters: int = setting(
+        2000, "Optimizer steps in total (a resumed run continues up to this number).", low=1, high=_COUNT,
+        key="iters", label="Iterations", widget="number", page=(1, 1_000_000), step=50, page_default=300,
+    )  # fmt: skip
+    lr: float = setting(
+        1e-3, "Peak step size; it warms up linearly, then decays along a cosine to a tenth (or the final rate).", what="the learning rate", low=0, low_open=True,
+        key="lr", label="Learning rate", widget="number", page=(1e-6, 1.0), step=1e-4, fmt="%.4f", page_default=2e-3,
+    )  # fmt: skip
+    # cosine decays to this; None = lr / 10
+    min_lr: float | None = setting(
+        None, "Where the cosine ends (default: a tenth of the peak).", low=0,
+        key="min_lr", label="Final learning rate (empty: a tenth of the peak)", widget="number", page=(0.0, 1.0),
+        step=1e-4, fmt="%.5f",
+    )  # fmt: skip
+    warmup_iters: int = setting(
+        100, "Steps of linear warm-up to the peak learning rate.", low=0, high=_COUNT,
+        key="warmup", label="Warm-up steps", widget="number", page=(0, 100_000), step=10, page_default=20,
+    )  # fmt: skip
+    weight_decay: float = setting(
+        0.1, "Decay of the matrices' weights (AdamW's, decoupled); vectors are not decayed.", low=0, key="wd", label="Weight decay", widget="number", page=(0.0, 10.0), step=0.01, fmt="%.3f",
+    )  # fmt: skip
+    beta1: float = setting(
+        0.9, "AdamW's first moment decay (SGD's momentum).", low=0, high=1, high_open=True,
+        key="beta1", label="β1 (momentum)", widget="number", page=(0.0, 0.999), step=0.01, fmt="%.3f",
+    )  # fmt: skip
+    beta2: float = setting(
+        0.99, "AdamW's second moment decay.", low=0, high=1, high_open=True,
+        key="beta2", label="β2", widget="number", page=(0.0, 0.9999), step=0.001, fmt="%.4f",
+    )  # fmt: skip
+    grad_clip: float = setting(
+        1.0, "Clip the gradient's norm to this (0 = off).", what="grad_clip (0 = off)", low=0,
+        key="clip", label="Gradient clipping (0 = off)", widget="number", page=(0.0, 100.0), step=0.1, fmt="%.2f",
+    )  # fmt: skip
+    eval_interval: int = setting(
+        250, "Steps between evaluations; each one saves the checkpoint and writes a text sample.", low=1, high=_COUNT,
+        key="eval", label="Evaluate every", widget="number", page=(1, 100_000), step=10, page_default=50,
+    )  # fmt: skip
+    eval_iters: int = setting(
+        20, "Batches per evaluation: more give a steadier loss estimate, slower evaluations.", low=1, high=MAX_WINDOWS,
+        key="eval_iters", label="Evaluation batches", widget="number", page=(1, 1000), step=1, page_default=10,
+    )  # fmt: skip
+    seed: int = setting(
+        1337, f"Same seed, same settings: the same run (0 to {MAX_SEED:,}).", low=0, high=MAX_SEED,
+        key="seed", label="Seed", widget="number", page=(0, 2**31 - 1), step=1,
+    )  # fmt: skip
+    time_budget_s: float | None = setting(
+        None, "Stop after this many seconds (with a save).", what="the time budget", low=0, low_open=True, flag="--time-budget", metavar="S",
+        key="budget", label="Time budget (seconds, 0 = none)", widget="number", page=(0, 86_400), page_kind="int",
+        step=30, off=0,
+    )  # fmt: skip
+    device: str = setting(
+        "auto", "Where the run trains (auto: a GPU if there is one).", choices=DEVICE_CHOICES, strict=False, key="device", label="Device", widget="select",
+    )  # fmt: skip
+    compile: bool = setting(False, "Use torch.compile (faster steps after a slow first one).", key="compile", label="torch.compile", widget="checkbox")
+    # auto = bf16 autocast on CUDA, fp32 elsewhere
+    dtype: str = setting(
+        "auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.", choices=DTYPES, strict=False,
+        key="dtype", label="Precision", widget="select",
+    )  # fmt: skip
+    # the fixed evaluation windows; shared by runs with different seeds
+    eval_seed: int = setting(
+        0, "Seed of the fixed evaluation windows, shared by runs with other seeds.", low=0, high=MAX_SEED,
+        key="eval_seed", label="Evaluation seed", widget="number", page=(0, 2**31 - 1), step=1,
+    )  # fmt: skip
+    # micro-batches of batch_size per process in each optimizer step
+    grad_accum: int = setting(
+        1, "Micro-batches per process in each step (default 1).", low=1, high=MAX_WINDOWS, metavar="K",
+        key="accum", label="Gradient accumulation", widget="number", page=(1, 1024), step=1,
+    )  # fmt: skip
+    # stop after this many evaluations without a better val loss; None = never
+    patience: int | None = setting(
+        None, "Stop after this many evaluations without a better validation loss (default: never).", low=1, high=_COUNT,
+        metavar="N", key="patience", label="Patience (evaluations, 0 = never stop early)", widget="number",
+        page=(0, 10_000), step=1, off=0,
+    )  # fmt: skip
     # adamw: AdamW on everything. muon: Muon (orthogonalised momentum) on the hidden
     # matrices at muon_lr, AdamW at lr on the rest. sgd: SGD with Nesterov momentum beta1.
-    optimizer: str = "adamw"
-    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales lr
+    optimizer: str = setting(
+        "adamw", "adamw (default); muon: Muon on the hidden matrices, AdamW on the rest; sgd: SGD with momentum.",
+        choices=OPTIMIZERS, key="optimizer", label="Optimizer", widget="select",
+    )  # fmt: skip
+    # Muon's peak learning rate; the schedule scales it as it scales lr
+    muon_lr: float = setting(
+        0.02, "Peak rate of Muon's matrices; the same warm-up and cosine.", what="the Muon learning rate", low=0, low_open=True,
+        key="muon_lr", label="Muon learning rate", widget="number", page=(1e-5, 10.0), step=0.005, fmt="%.4f",
+    )  # fmt: skip
     # steps: warmup and cosine follow the step count (max_iters). time: they follow the
     # elapsed share of time_budget_s, so a run ends its decay inside the budget on a slow
     # machine and a fast one alike; max_iters is then only a cap.
-    schedule: str = "steps"
+    schedule: str = setting(
+        "steps", "Warm-up and decay follow the steps (default) or the elapsed share of the time budget.",
+        choices=SCHEDULES, key="schedule", label="Schedule follows", widget="select",
+    )  # fmt: skip
 
     @property
     def final_lr(self) -> float:
@@ -102,73 +180,32 @@ class TrainConfig:
         return config_from_dict(cls, d, "a training config", "unknown training setting(s) {}; known: {}")
 
     def validate(self) -> "TrainConfig":
-        """Check every value; raise ConfigError naming the bad one and the fix. Returns self."""
-        for name in ("batch_size", "max_iters", "warmup_iters", "eval_interval", "eval_iters", "seed", "eval_seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        for name in ("lr", "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_iters < 1:
-            raise ConfigError(f"max_iters must be at least 1, got {self.max_iters}")
-        if self.lr <= 0:
-            raise ConfigError(f"the learning rate must be positive, got {self.lr}; try 1e-3")
-        if self.muon_lr <= 0:
-            raise ConfigError(f"the Muon learning rate must be positive, got {self.muon_lr}; try 0.02")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.min_lr is not None:
-            m = self.min_lr
-            if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m):
-                raise ConfigError(f"min_lr must be a finite number, got {self.min_lr!r}")
-            if not 0 <= self.min_lr <= self.lr:
-                raise ConfigError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
-        if not 0 <= self.warmup_iters <= self.max_iters:
+        """Check every value; raise ConfigError naming the bad one and the fix. Returns self.
+
+        Each field's kind and bounds are its declaration's (``lmcore.settings.check``);
+        what ties fields together is checked here.
+        """
+        check(self)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ConfigError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}", "min_lr", ("lr",))
+        if self.warmup_iters > self.max_iters:
             raise ConfigError(
-                f"warmup_iters must be between 0 and max_iters ({self.max_iters}), got {self.warmup_iters}"
-            )
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be 0 (off) or positive, got {self.grad_clip}")
-        if self.eval_interval < 1:
-            raise ConfigError(f"eval_interval must be at least 1, got {self.eval_interval}")
-        if self.eval_iters < 1:
-            raise ConfigError(f"eval_iters must be at least 1, got {self.eval_iters}")
-        if not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool) or self.grad_accum < 1:
-            raise ConfigError(f"grad_accum must be a whole number of at least 1, got {self.grad_accum!r}")
+                f"warmup_iters must be between 0 and max_iters ({self.max_iters}), got {self.warmup_iters}",
+                "warmup_iters", ("max_iters",),
+            )  # fmt: skip
         # A step draws batch_size x grad_accum windows, an evaluation eval_iters x batch_size: bound both.
-        for what, n in (("batch_size x grad_accum", self.batch_size * self.grad_accum),
-                        ("eval_iters x batch_size", self.eval_iters * self.batch_size)):  # fmt: skip
+        for what, n, names in (("batch_size x grad_accum", self.batch_size * self.grad_accum, ("batch_size", "grad_accum")),
+                               ("eval_iters x batch_size", self.eval_iters * self.batch_size, ("eval_iters", "batch_size"))):  # fmt: skip
             if n > MAX_WINDOWS:
-                raise ConfigError(f"{what} is {n:,} windows, over the limit of {MAX_WINDOWS:,}; lower them")
-        if self.patience is not None and (
-            not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 1
-        ):
-            raise ConfigError(f"patience must be a whole number of evaluations (1 or more) or none, got {self.patience!r}")
-        if self.time_budget_s is not None:
-            t = self.time_budget_s
-            if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
-                raise ConfigError(f"the time budget must be a positive number of seconds, got {t!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+                raise ConfigError(f"{what} is {n:,} windows, over the limit of {MAX_WINDOWS:,}; lower them", *names[:1], names)
         if self.schedule == "time" and self.time_budget_s is None:
-            raise ConfigError("a schedule shaped by time needs a time budget; set time_budget_s, or use schedule=steps")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
-        if not isinstance(self.device, str) or not (
-            self.device in DEVICE_CHOICES or self.device.startswith("cuda:")
-        ):
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+            raise ConfigError(
+                "a schedule shaped by time needs a time budget; set time_budget_s, or use schedule=steps", "schedule"
+            )
+        if not (self.device in DEVICE_CHOICES or self.device.startswith("cuda:")):
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}", "device")
         if _DTYPE_ALIASES.get(self.dtype, self.dtype) not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}", "dtype")
         return self
 
 

@@ -155,12 +155,14 @@ def test_the_rules_match_the_widgets_bounds() -> None:
 SET = {
     "iters": 777, "batch": 3, "lr": 0.0042, "warmup": 7, "eval": 11, "eval_iters": 2, "seed": 99, "budget": 30,
     "optimizer": "muon", "muon_lr": 0.05, "device": "cpu", "name": "my-run", "x": "tokens",
+    "min_lr": 0.0001, "wd": 0.05, "beta1": 0.8, "beta2": 0.95, "clip": 0.5, "accum": 2, "patience": 3,
+    "eval_seed": 4, "schedule": "time", "dtype": "float32", "compile": True,
     "prompt": "The q", "temp": 0.35, "top_k": 7, "top_p": 0.9, "new": 55, "gseed": 5, "etemp": 1.5,
 }  # fmt: skip
 
 
 def _widget(at: AppTest, key: str):
-    for kind in ("number_input", "slider", "selectbox", "text_input", "text_area", "radio"):
+    for kind in ("number_input", "slider", "selectbox", "text_input", "text_area", "radio", "checkbox"):
         for w in getattr(at, kind):
             if w.key == key:
                 return w

@@ -26,16 +26,19 @@ import streamlit as st
 
 from lmcore.data import BUILTIN_CORPORA, DEFAULT_BPE_VOCAB, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
-from lmcore.device import DEVICE_CHOICES
 from lmcore.models import FIELDS, SIZES, Field, ModelConfig, preset_family
-from lmcore.train import OPTIMIZERS, TrainConfig
+from lmcore.settings import Declared, declared
+from lmcore.train import TrainConfig
 from ui import state as S
 from ui.ownership import address_key
+from ui.settings import train_key
 
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
 
-# Model fields that the model page shows, with their widget keys (state.model_field).
-MODEL_FIELDS = tuple(FIELDS)
+# Model fields the address carries: those the model page shows (their widget keys are
+# state.model_field), then those it does not draw (RoPE's base, the norms' epsilon...).
+UNDRAWN_FIELDS = tuple(n for n, d in declared(ModelConfig).items() if d.key and n not in FIELDS)
+MODEL_FIELDS = tuple(FIELDS) + UNDRAWN_FIELDS
 
 
 @dataclass(frozen=True)
@@ -90,19 +93,19 @@ def _model_field(f: Field) -> AddressField:
     return AddressField(S.model_field(f.name), "bool")
 
 
-# Training settings: address key -> rule (the bounds of the Training page's widgets).
+def _declared(d: Declared, key: str) -> AddressField:
+    """A declared config field's address rule (lmcore.settings): the bounds of its widget."""
+    if d.page_kind in ("int", "float"):
+        return AddressField(key, d.page_kind, *d.bounds)
+    if d.kind == "choice":
+        return AddressField(key, "choice", choices=d.setting.choices)
+    return AddressField(key, d.kind, high=200)
+
+
+# Training settings: address key -> rule, one per declared TrainConfig field (its widget's bounds),
+# and the page's own: the run's name and the charts' axis.
 TRAIN_FIELDS: dict[str, AddressField] = {
-    "iters": AddressField(S.TRAIN_ITERS, "int", 1, 1_000_000),
-    "batch": AddressField(S.TRAIN_BATCH, "int", 1, 1024),
-    "lr": AddressField(S.TRAIN_LR, "float", 1e-6, 1.0),
-    "warmup": AddressField(S.TRAIN_WARMUP, "int", 0, 100_000),
-    "eval": AddressField(S.TRAIN_EVAL, "int", 1, 100_000),
-    "eval_iters": AddressField(S.TRAIN_EVAL_ITERS, "int", 1, 1000),
-    "seed": AddressField(S.TRAIN_SEED, "int", 0, 2**31 - 1),
-    "budget": AddressField(S.TRAIN_BUDGET, "int", 0, 86_400),
-    "optimizer": AddressField(S.TRAIN_OPTIMIZER, "choice", choices=OPTIMIZERS),
-    "muon_lr": AddressField(S.TRAIN_MUON_LR, "float", 1e-5, 10.0),
-    "device": AddressField(S.TRAIN_DEVICE, "choice", choices=DEVICE_CHOICES),
+    **{d.key: _declared(d, train_key(n)) for n, d in declared(TrainConfig).items() if d.key},
     "name": AddressField(S.TRAIN_NAME, "str", high=100),
     "x": AddressField(S.TRAIN_X, "choice", choices=("step", "tokens")),
 }
@@ -127,7 +130,11 @@ SETUP_FIELDS: dict[str, AddressField] = {
 }
 # Every address field with a rule, model fields included: the one table a hostile address is checked against.
 ADDRESS_FIELDS: dict[str, AddressField] = (
-    SETUP_FIELDS | {name: _model_field(f) for name, f in FIELDS.items()} | TRAIN_FIELDS | SAMPLING_FIELDS
+    SETUP_FIELDS
+    | {name: _model_field(f) for name, f in FIELDS.items()}
+    | {declared(ModelConfig)[n].key: _declared(declared(ModelConfig)[n], S.model_field(n)) for n in UNDRAWN_FIELDS}
+    | TRAIN_FIELDS
+    | SAMPLING_FIELDS
 )
 
 
@@ -249,15 +256,17 @@ def current_params() -> dict[str, str]:
 def _model_params(cfg: ModelConfig) -> dict[str, str]:
     values = {f: getattr(cfg, f) for f in MODEL_FIELDS}
     values["n_kv_head"] = cfg.kv_heads
-    return {f: _text(v) for f, v in values.items()}
+    return {f: _text(v) for f, v in values.items() if v is not None}  # unset (dt_rank): the default
 
 
 def recipe_params(corpus: str, tokenizer: str, model: ModelConfig, train: TrainConfig) -> dict[str, str]:
-    """The address parameters of a setup: corpus source, tokenizer kind, model (a preset) and training settings."""
-    shown = {"iters": train.max_iters, "batch": train.batch_size, "lr": train.lr, "warmup": train.warmup_iters,
-             "eval": train.eval_interval, "eval_iters": train.eval_iters, "seed": train.seed}  # fmt: skip
+    """The address parameters of a setup: corpus source, tokenizer kind, model (a preset) and training settings.
+
+    Every training setting the address carries, the device aside (this machine's choice).
+    """
+    shown = {d.key: d.to_widget(getattr(train, n)) for n, d in declared(TrainConfig).items() if d.key and n != "device"}
     return {"corpus": corpus, "tok": tokenizer, "arch": model.preset, **_model_params(model),
-            **{k: _text(v) for k, v in shown.items()}}  # fmt: skip
+            **{k: _text(v) for k, v in shown.items() if v is not None}}  # fmt: skip
 
 
 def _text(v: Any) -> str:
@@ -437,7 +446,7 @@ def _restore_model(params: dict[str, str], refused: list[str]) -> None:
     if arch not in ARCH_CHOICES:
         return
     base = ModelConfig.preset(arch)
-    own = {f.name for f in preset_family(arch).fields}
+    own = {f.name for f in preset_family(arch).fields} | set(UNDRAWN_FIELDS)
     fields = {}
     for f in MODEL_FIELDS:
         if f in params and f in own:
@@ -453,5 +462,5 @@ def _restore_model(params: dict[str, str], refused: list[str]) -> None:
     size = _checked(params, "size", refused)
     if size is not _MISSING:
         _set(S.MODEL_SIZE, size)
-    for f in MODEL_FIELDS:
+    for f in FIELDS:
         _set(S.model_field(f), cfg.kv_heads if f == "n_kv_head" else getattr(cfg, f))

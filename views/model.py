@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import streamlit as st
 
@@ -29,6 +27,7 @@ from ui.flow import (
 )
 from ui.shell import require_app
 from ui.state import keep_default
+from ui.urlstate import UNDRAWN_FIELDS
 
 
 
@@ -72,17 +71,21 @@ def _switch_arch() -> None:
 def explain(error: ConfigError, arch: str, values: dict, vocab_size: int, ints: list[str]) -> str:
     """The config error in the words on screen, with one change that makes the whole model valid.
 
-    Internal names become the field labels; the suggestion is the nearest value of one
-    field (those the message names first) for which the whole config validates.
+    The fields the error names (``error.fields``) are shown by their labels; the suggestion
+    is the nearest value of one of them (of any whole-number field, when it names none of
+    those) for which the whole config validates.
     """
-    message = str(error).split("; ")[0]
-    named = [f for f in ints if re.search(rf"\b{f}\b", message)]
-    for f in sorted(FIELDS, key=len, reverse=True):
-        message = re.sub(rf"\b{f}\b", FIELDS[f].label, message)
-    for f in named + [f for f in ints if f not in named]:
+    words = str(error).split("; ")[0].split(" ")
+    for i, word in enumerate(words):
+        name = word.strip("(),.:")
+        if name in error.fields and name in FIELDS:
+            words[i] = word.replace(name, FIELDS[name].label)
+    message = " ".join(words)
+    named = [f for f in error.fields if f in ints]
+    for f in named or ints:
         lo, hi = FIELDS[f].limits
         for delta in range(1, 257):
-            for v in (values[f] - delta, values[f] + delta) if f in named else (values[f] + delta, values[f] - delta):
+            for v in (values[f] - delta, values[f] + delta) if named else (values[f] + delta, values[f] - delta):
                 if not lo <= v <= hi:
                     continue
                 trial = {**values, f: v}
@@ -135,6 +138,8 @@ st.info(family.presets[arch].note, icon=":material/lightbulb:")
 
 st.session_state[S.FAMILY_DRAWN] = PRESETS[arch]["arch"]
 values: dict = {}
+if saved is not None and saved.preset == arch:  # fields the page does not draw (the address sets them) stay
+    values.update({f: getattr(saved, f) for f in UNDRAWN_FIELDS})
 ints = [f.name for f in family.fields if f.kind == "int"]
 cols = st.columns(4)
 for k, f in enumerate(FIELDS[name] for name in ints):

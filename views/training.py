@@ -16,6 +16,7 @@ from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPP
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_FORMED, INDUCTION_VOCAB, best_induction, recipe, train_settings
+from lmcore.settings import declared
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import ownership
@@ -37,13 +38,12 @@ from ui.flow import (
 )
 from ui.render import md
 from ui.runs import saved_runs_section
+from ui.settings import page_config, train_key, train_widget, train_widgets
 from ui.shell import require_app
 from ui.state import checkpoint_dir, keep_default
 
 REFRESH_S = 1.0
-SETTING_NAMES = {S.TRAIN_ITERS: "iterations", S.TRAIN_BATCH: "batch size", S.TRAIN_LR: "learning rate",
-                 S.TRAIN_WARMUP: "warm-up", S.TRAIN_EVAL: "evaluation interval", S.TRAIN_EVAL_ITERS: "evaluation batches",
-                 S.TRAIN_SEED: "seed"}  # fmt: skip
+SETTING_NAMES = {train_key(n): d.setting.label.split(" (")[0].lower() for n, d in declared(TrainConfig).items()}
 NOTE_S = 20.0  # how long the note that the user's settings came back stays
 START_GUARD_S = 3.0  # a second press this soon after a start is taken for the same press
 INDUCTION_RUN = "induction-head"
@@ -78,20 +78,7 @@ def _job_label(job: TrainingJob) -> str:
 
 
 def _train_config() -> TrainConfig:
-    budget = float(st.session_state[S.TRAIN_BUDGET])
-    return TrainConfig(
-        batch_size=int(st.session_state[S.TRAIN_BATCH]),
-        max_iters=int(st.session_state[S.TRAIN_ITERS]),
-        lr=float(st.session_state[S.TRAIN_LR]),
-        warmup_iters=int(st.session_state[S.TRAIN_WARMUP]),
-        eval_interval=int(st.session_state[S.TRAIN_EVAL]),
-        eval_iters=int(st.session_state[S.TRAIN_EVAL_ITERS]),
-        seed=int(st.session_state[S.TRAIN_SEED]),
-        time_budget_s=budget if budget > 0 else None,
-        device=st.session_state[S.TRAIN_DEVICE],
-        optimizer=st.session_state[S.TRAIN_OPTIMIZER],
-        muon_lr=float(st.session_state[S.TRAIN_MUON_LR]),
-    )
+    return page_config()  # every setting the page draws, read by its declaration (ui.settings)
 
 
 def _data_info() -> dict:
@@ -322,23 +309,9 @@ if st.session_state.get(S.RECIPE_SAVED) is not None:
     r[0].info("These are the induction recipe's settings. Yours come back when you choose another corpus, "
               "or with the button beside.", icon=":material/science:")  # fmt: skip
     r[1].button("Back to my settings", key="train_recipe_back", on_click=leave_recipe, icon=":material/undo:",
-                help="The iterations, batch, learning rate, warm-up, evaluation and seed you had before the recipe.")  # fmt: skip
-c = st.columns(4)
-c[0].number_input("Iterations", 1, 1_000_000, step=50, key=keep_default(S.TRAIN_ITERS, 300),
-                  help="Optimizer steps in total (a resumed run continues up to this number).")  # fmt: skip
-c[1].number_input("Batch size", 1, 1024, step=1, key=keep_default(S.TRAIN_BATCH, 16),
-                  help="Text windows per step.")  # fmt: skip
-c[2].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.4f", key=keep_default(S.TRAIN_LR, 2e-3),
-                  help="Peak step size; it warms up linearly, then decays along a cosine to a tenth.")  # fmt: skip
-c[3].number_input("Warm-up steps", 0, 100_000, step=10, key=keep_default(S.TRAIN_WARMUP, 20))
-c = st.columns(4)
-c[0].number_input("Evaluate every", 1, 100_000, step=10, key=keep_default(S.TRAIN_EVAL, 50),
-                  help="Steps between evaluations; each one saves the checkpoint and writes a text sample.")  # fmt: skip
-c[1].number_input("Evaluation batches", 1, 1000, step=1, key=keep_default(S.TRAIN_EVAL_ITERS, 10),
-                  help="More batches: a steadier loss estimate, slower evaluations.")  # fmt: skip
-c[2].number_input("Seed", 0, 2**31 - 1, step=1, key=keep_default(S.TRAIN_SEED, 1337),
-                  help="Same seed, same settings: the same run.")  # fmt: skip
-c[3].number_input("Time budget (seconds, 0 = none)", 0, 86_400, step=30, key=keep_default(S.TRAIN_BUDGET, 0))
+                help="The training settings you had before the recipe.")  # fmt: skip
+MAIN_SETTINGS = ("max_iters", "batch_size", "lr", "warmup_iters", "eval_interval", "eval_iters", "seed", "time_budget_s")
+train_widgets(st, list(MAIN_SETTINGS))
 OPTIMIZER_HELP = {
     "adamw": "AdamW: each weight takes a step scaled by its own running gradient statistics; the dependable default.",
     "muon": "Muon: the hidden layers' matrices step along their momentum made orthogonal (every direction moves "
@@ -347,15 +320,17 @@ OPTIMIZER_HELP = {
     "(needs a rate near 0.5-1).",
 }
 c = st.columns([1, 1, 2])
-optimizer = c[0].selectbox("Optimizer", list(OPTIMIZER_HELP), key=keep_default(S.TRAIN_OPTIMIZER, "adamw"))
-c[1].number_input("Muon learning rate", 1e-5, 10.0, step=0.005, format="%.4f", key=keep_default(S.TRAIN_MUON_LR, 0.02),
-                  disabled=optimizer != "muon", help="Peak rate of Muon's matrices; the same warm-up and cosine.")  # fmt: skip
+optimizer = train_widget(c[0], "optimizer")
+train_widget(c[1], "muon_lr", disabled=optimizer != "muon")
 c[2].caption(OPTIMIZER_HELP[optimizer])
+with st.expander("More settings: schedule, regularisation, precision"):  # every other declared setting
+    drawn = {*MAIN_SETTINGS, "optimizer", "muon_lr", "device"}
+    train_widgets(st, [n for n, d in declared(TrainConfig).items() if d.setting.widget and n not in drawn])
 c = st.columns([1, 2, 1])
 devices = _devices()
 if st.session_state.get(S.TRAIN_DEVICE) not in devices:
     st.session_state[S.TRAIN_DEVICE] = "auto"
-device_name = c[0].selectbox("Device", devices, key=keep_default(S.TRAIN_DEVICE, "auto"))
+device_name = train_widget(c[0], "device", choices=devices)
 auto_name = default_run_name(cfg)
 if st.session_state.get(S.NAME_FOR) not in (None, cfg.to_json()) and _value(S.TRAIN_NAME):
     # The name was typed for another model: a new model gets its own name.
@@ -420,7 +395,7 @@ with st.expander("Recipe: watch an induction head form", icon=":material/science
         "Attention page, under *Head roles over training*. The page says so if a run ends before it forms. "
         "It replaces this session's corpus, vocabulary and model, and sets the training settings: "
         + ", ".join(train_settings("induction"))
-        + " (the last two for its run only: the page has no field for them). Your own settings come back "
+        + ". Your own settings come back "
         "when you choose another corpus, or with **Back to my settings** above."
     )
     st.button("Set up and train", key="train_induction", on_click=_watch_induction, icon=":material/play_arrow:")

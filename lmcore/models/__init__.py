@@ -8,14 +8,12 @@ from the family.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from lmcore.errors import ConfigError
 from lmcore.models.base import LanguageModel, lm_loss
 from lmcore.models.bigram import Bigram
-from lmcore.models.config import ModelConfig
+from lmcore.models.config import ARCHITECTURES, PRESETS, ModelConfig, family_of, model_class
 from lmcore.models.family import SIZES, Family, Field
 from lmcore.models.mamba import Mamba
 from lmcore.models.mamba2 import Mamba2
@@ -23,37 +21,25 @@ from lmcore.models.ngram import NGram
 from lmcore.models.rnn import LSTM
 from lmcore.models.transformer import Transformer
 
-# arch name (ModelConfig.arch) -> its model class.
-ARCHITECTURES: dict[str, type[LanguageModel]] = {
+# arch name (ModelConfig.arch) -> its model class (the registry lives in lmcore.models.config, filled here).
+ARCHITECTURES.update({
     "transformer": Transformer,
     "mamba": Mamba,
     "mamba2": Mamba2,
     "lstm": LSTM,
     "bigram": Bigram,
     "ngram": NGram,
-}
+})  # fmt: skip
 ARCHS = tuple(ARCHITECTURES)
 # Every family's presets: name -> the ModelConfig fields it sets, its arch included.
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS.update({
     name: {"arch": arch, **preset.values}
     for arch, cls in ARCHITECTURES.items()
     for name, preset in cls.family.presets.items()
-}
+})  # fmt: skip
 
 # Every family's config fields a person sets, each once, in registry order.
 FIELDS: dict[str, Field] = {f.name: f for cls in ARCHITECTURES.values() for f in cls.family.fields}
-
-
-def model_class(arch: str) -> type[LanguageModel]:
-    """The class registered for ``arch``; ConfigError listing the known ones."""
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch]
-
-
-def family_of(arch: str) -> Family:
-    """The ``Family`` of architecture ``arch`` (a ModelConfig's ``arch``)."""
-    return model_class(arch).family
 
 
 def preset_family(preset: str) -> Family:

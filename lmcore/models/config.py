@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmcore.errors import ConfigError
+from lmcore.settings import check, check_kind, declared, setting
+
+if TYPE_CHECKING:  # for annotations only: both import this module
+    from lmcore.models.base import LanguageModel
+    from lmcore.models.family import Family
 
 # No size field may exceed this: far past any model that fits in memory, and low
 # enough that shapes multiplied together stay within 64-bit integers. Whether a
@@ -24,42 +28,91 @@ MAX_FIELD = 1 << 20
 MAX_MLP_RATIO = 1024.0
 
 
+# The registry of families, filled by lmcore.models as it loads each model file (those
+# import this one, so this one reads them from here): architecture name -> model class,
+# preset name -> the ModelConfig fields it sets, its arch included.
+ARCHITECTURES: dict[str, Any] = {}
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def model_class(arch: str) -> type[LanguageModel]:
+    """The class registered for ``arch``; ConfigError listing the known ones."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}", "arch")
+    return ARCHITECTURES[arch]
+
+
+def family_of(arch: str) -> Family:
+    """The ``Family`` of architecture ``arch`` (a ModelConfig's ``arch``)."""
+    return model_class(arch).family
+
+
+# The transformer's choices (lmcore.models.transformer reads them from here).
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu", "relu2")
+GELU_FORMS = ("none", "tanh")  # torch's F.gelu(approximate=...)
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "transformer"  # which model family: a key of lmcore.models.ARCHITECTURES
-    preset: str = ""  # the preset this config started from, for display only
-    vocab_size: int = 65  # V
-    block_size: int = 64  # longest context seen in training (T); the transformer's hard limit
-    n_layer: int = 4
-    n_embd: int = 128  # D, the residual stream width (the LSTM's hidden size)
+    """Each field is declared once (``lmcore.settings``): its bounds, help, command-line
+    flag and page-address key (its name) come from here; each family's page widgets
+    from ``Family.fields``."""
+
+    # which model family: a key of lmcore.models.ARCHITECTURES (the CLI's --preset and the address's arch set it)
+    arch: str = setting("transformer", flag=None, key=None)
+    preset: str = setting("", flag=None, key=None)  # the preset this config started from, for display only
+    vocab_size: int = setting(65, flag=None, key=None)  # V: the tokenizer's (validate() asks for at least 2)
+    # longest context seen in training (T); the transformer's hard limit
+    block_size: int = setting(64, "context length in tokens", low=1)
+    n_layer: int = setting(4, "number of blocks", low=1)
+    n_embd: int = setting(128, "width of the residual stream", low=1)  # D (the LSTM's hidden size)
     # transformer
-    n_head: int = 4
-    n_kv_head: int | None = None  # key/value heads: None = n_head (MHA), 1 = MQA, else GQA
-    dropout: float = 0.0
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    pos: str = "learned"  # learned | rope
-    mlp: str = "gelu"  # gelu | swiglu | relu2 (ReLU squared: c_proj(relu(c_fc(x))^2), as wide as gelu)
-    mlp_ratio: float = 4.0  # MLP hidden width / n_embd (SwiGLU uses 2/3 of it, so parameters match)
-    bias: bool = True  # biases in linear layers and norms
-    tie_weights: bool = True  # the output head shares the token embedding matrix
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm (LLaMA checkpoints often use 1e-6)
-    gelu_approximate: str = "none"  # the GELU MLP's form: "none" (exact, erf) or "tanh" (GPT-2's original)
+    n_head: int = setting(4, "attention heads", low=1)
+    # key/value heads: None = n_head (MHA), 1 = MQA, else GQA
+    n_kv_head: int | None = setting(None, "key/value heads (1 = multi-query; default: one per head)", low=1)
+    dropout: float = setting(0.0, "dropout probability", low=0, high=1, high_open=True)
+    norm: str = setting("layernorm", "layernorm or rmsnorm", choices=NORMS, what="norm")
+    pos: str = setting("learned", "learned or rope", choices=POSITIONS, what="position encoding")
+    # gelu | swiglu | relu2 (ReLU squared: c_proj(relu(c_fc(x))^2), as wide as gelu)
+    mlp: str = setting("gelu", "gelu, swiglu or relu2 (ReLU squared)", choices=MLPS, what="MLP")
+    # MLP hidden width / n_embd (SwiGLU uses 2/3 of it, so parameters match)
+    mlp_ratio: float = setting(
+        4.0, "MLP hidden width / n_embd", low=0, low_open=True, high=MAX_MLP_RATIO, page=(0.1, 64.0)
+    )
+    bias: bool = setting(True, "biases in linear layers and norms")
+    tie_weights: bool = setting(True, "share embedding and output head")
+    rope_theta: float = setting(10000.0, "RoPE's base period", low=0, low_open=True, page=(1.0, 1e9))
+    # epsilon of every LayerNorm / RMSNorm (LLaMA checkpoints often use 1e-6)
+    norm_eps: float = setting(
+        1e-5, "epsilon of every LayerNorm / RMSNorm", low=0, low_open=True, page=(1e-12, 0.1)
+    )
+    # the GELU MLP's form: "none" (exact, erf) or "tanh" (GPT-2's original)
+    gelu_approximate: str = setting(
+        "none", "the GELU's form: none (exact) or tanh (GPT-2's)", choices=GELU_FORMS, what="GELU form"
+    )
     # RMSNorm on each head's queries and keys before attention (and before RoPE), with
     # a learned gain of size head_dim per projection (checkpoint keys attn.q_norm, attn.k_norm).
-    qk_norm: bool = False
+    qk_norm: bool = setting(False, "transformer: RMSNorm on each head's queries and keys", flag="--qk-norm")
     # mamba (Gu & Dao 2023)
-    d_state: int = 16  # N, the SSM state size per channel
-    d_conv: int = 4  # width of the causal depthwise convolution
-    expand: int = 2  # E: the inner width is E * D
-    dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
+    d_state: int = setting(16, "Mamba: state size per channel", low=1)  # N, the SSM state size per channel
+    d_conv: int = setting(4, "Mamba: causal convolution width", low=1)  # width of the causal depthwise convolution
+    expand: int = setting(2, "Mamba: inner width factor", low=1)  # E: the inner width is E * D
+    # rank of the Δ projection; None = ceil(D / 16)
+    dt_rank: int | None = setting(None, "Mamba: rank of the step-size projection (default width / 16)", low=1,
+                                  page=(1, 4096))  # fmt: skip
     # mamba2 (Dao & Gu 2024; it reads d_state, d_conv and expand too)
-    ssm_head_dim: int = 16  # P, channels per SSM head: the inner width splits into E / P heads
-    n_groups: int = 1  # groups of heads that share B and C (like grouped-query attention's key/value heads)
-    chunk_size: int = 64  # time steps per chunk of the SSD algorithm: changes the speed, never the result
+    # P, channels per SSM head: the inner width splits into E / P heads
+    ssm_head_dim: int = setting(16, "Mamba-2: channels per SSM head", low=1)
+    # groups of heads that share B and C (like grouped-query attention's key/value heads)
+    n_groups: int = setting(1, "Mamba-2: groups of heads that share B and C", low=1)
+    # time steps per chunk of the SSD algorithm: changes the speed, never the result
+    chunk_size: int = setting(64, "Mamba-2: time steps per chunk of the SSD algorithm", low=1)
     # n-gram counting baseline
-    ngram_n: int = 3  # n: the next token is predicted from the previous n - 1
-    add_k: float = 0.1  # add-k smoothing: k is added to every count
+    # n: the next token is predicted from the previous n - 1
+    ngram_n: int = setting(3, "n-gram: predict from the previous n - 1 tokens (1-5)", low=1)
+    add_k: float = setting(0.1, "n-gram: add-k smoothing constant", low=0, low_open=True)  # added to every count
 
     # -- derived values (properties, never fields) --
     @property
@@ -82,8 +135,6 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named preset with fields overridden, e.g. ``preset("llama", n_layer=6)``."""
-        from lmcore.models import PRESETS  # the registry; imported here to avoid a cycle
-
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         values = {**PRESETS[name], "preset": name}
@@ -117,45 +168,21 @@ class ModelConfig:
     # -- validation --
     def validate(self) -> "ModelConfig":
         """Check every value; raise ConfigError with the fix. Returns self for chaining."""
-        from lmcore.models import model_class  # the registry; imported here to avoid a cycle
-
         _check_types(self)
         arch_class = model_class(self.arch)  # ConfigError for an unknown architecture
-        _positive(self, "vocab_size", "block_size", "n_layer", "n_embd")
         if self.vocab_size < 2:
-            raise ConfigError("vocab_size must be at least 2; build a vocabulary from a corpus first")
-        if not 0.0 < self.mlp_ratio <= MAX_MLP_RATIO:
-            raise ConfigError(f"mlp_ratio must be more than 0 and at most {MAX_MLP_RATIO:g}, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError("vocab_size must be at least 2; build a vocabulary from a corpus first", "vocab_size")
+        check(self)  # each field's bounds and choices, as declared
         arch_class.validate_config(self)
         return self
 
 
 def _check_types(cfg: ModelConfig) -> None:
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if value is None and "None" in kind:
+    """Each field's kind, and no whole number past ``MAX_FIELD``, before anything is counted or built."""
+    for d in declared(ModelConfig).values():
+        value = getattr(cfg, d.name)
+        if value is None and d.optional:
             continue
-        if kind.startswith("int"):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
-            if value > MAX_FIELD:
-                raise ConfigError(f"{f.name} must be at most {MAX_FIELD:,}, got {value:,}")
-        if kind.startswith("float"):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
-        if kind == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"{f.name} must be true or false, got {value!r}")
-        if kind == "str" and not isinstance(value, str):
-            raise ConfigError(f"{f.name} must be text, got {value!r}")
-
-
-def _positive(cfg: ModelConfig, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-
+        check_kind(d, value)
+        if d.kind == "int" and value > MAX_FIELD:
+            raise ConfigError(f"{d.name} must be at most {MAX_FIELD:,}, got {value:,}", d.name)

@@ -22,7 +22,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from lmcore.errors import ConfigError
-from lmcore.models import family_of, model_class
+from lmcore.models.config import family_of, model_class
 from lmcore.models.config import ModelConfig
 
 # A safety net whatever the machine reports: a playground model above this many

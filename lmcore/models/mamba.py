@@ -534,19 +534,14 @@ class Mamba(StateSpaceLM):
 
     @classmethod
     def validate_config(cls, config: ModelConfig) -> None:
-        for name in ("d_state", "d_conv", "expand"):
-            if getattr(config, name) < 1:
-                raise ConfigError(f"{name} must be at least 1 for a Mamba model, got {getattr(config, name)}")
+        # Each field's kind and bounds are checked by ModelConfig.validate (its declaration).
         # Taps past the context only ever meet padding, at a cost; Mamba's own 4 is always allowed.
         if config.d_conv > max(config.block_size, 4):
             raise ConfigError(
                 f"d_conv (the convolution width) must be at most the context, block_size {config.block_size}, "
-                f"got {config.d_conv:,}; Mamba uses 4"
-            )
-        if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
-            raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
-        if config.dt_rank is not None and config.dt_rank < 1:
-            raise ConfigError(f"dt_rank must be at least 1 (or unset for ceil(n_embd / 16)), got {config.dt_rank}")
+                f"got {config.d_conv:,}; Mamba uses 4",
+                "d_conv", ("block_size",),
+            )  # fmt: skip
 
     def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> MambaCache:
         device = self.device if device is None else torch.device(device)

@@ -455,22 +455,20 @@ class Mamba2(StateSpaceLM):
 
     @classmethod
     def validate_config(cls, config: ModelConfig) -> None:
-        for name in ("d_state", "d_conv", "expand", "ssm_head_dim", "n_groups", "chunk_size"):
-            if getattr(config, name) < 1:
-                raise ConfigError(f"{name} must be at least 1 for a Mamba-2 model, got {getattr(config, name)}")
-        if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
-            raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
+        # Each field's kind and bounds are checked by ModelConfig.validate (its declaration).
         E, P = config.d_inner, config.ssm_head_dim
         if E % P:
             raise ConfigError(
                 f"ssm_head_dim ({P}) must divide the inner width expand × n_embd ({E}); "
-                "pick a head size that divides it, or change the width"
-            )
+                "pick a head size that divides it, or change the width",
+                "ssm_head_dim", ("expand", "n_embd"),
+            )  # fmt: skip
         if (E // P) % config.n_groups:
             raise ConfigError(
                 f"n_groups ({config.n_groups}) must divide the number of heads ({E // P} = {E} / {P}); "
-                "use 1 or a divisor of it"
-            )
+                "use 1 or a divisor of it",
+                "n_groups", ("ssm_head_dim",),
+            )  # fmt: skip
 
     def init_cache(self, batch_size: int = 1, device: torch.device | str | None = None) -> Mamba2Cache:
         device = self.device if device is None else torch.device(device)

@@ -82,15 +82,14 @@ class NGram(LanguageModel):
 
     @classmethod
     def validate_config(cls, config: ModelConfig) -> None:
-        if not 1 <= config.ngram_n <= MAX_ORDER:
-            raise ConfigError(f"ngram_n must be between 1 and {MAX_ORDER}, got {config.ngram_n}")
-        if not config.add_k > 0:
-            raise ConfigError(f"add_k must be positive (e.g. 0.1), got {config.add_k}")
+        if config.ngram_n > MAX_ORDER:  # at least 1 and add_k > 0: their declarations (ModelConfig.validate)
+            raise ConfigError(f"ngram_n must be between 1 and {MAX_ORDER}, got {config.ngram_n}", "ngram_n")
         if config.vocab_size**config.ngram_n >= 2**62:
             raise ConfigError(
                 f"a {config.ngram_n}-gram over {config.vocab_size} tokens has too many possible keys; "
-                "lower ngram_n or use a smaller vocabulary"
-            )
+                "lower ngram_n or use a smaller vocabulary",
+                "ngram_n",
+            )  # fmt: skip
 
     # -- counting --
     @torch.no_grad()

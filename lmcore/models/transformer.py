@@ -56,7 +56,7 @@ from torch import nn
 from lmcore.errors import ConfigError
 from lmcore.hooks import HookPoint
 from lmcore.models.base import LanguageModel
-from lmcore.models.config import ModelConfig
+from lmcore.models.config import GELU_FORMS, MLPS, NORMS, POSITIONS, ModelConfig  # noqa: F401  (re-exported)
 from lmcore.models.family import (
     BLOCK_SIZE,
     DROPOUT,
@@ -81,10 +81,6 @@ from lmcore.models.layers import (
     swiglu_hidden,
 )
 
-NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu", "relu2")
-GELU_FORMS = ("none", "tanh")  # torch's F.gelu(approximate=...)
 # The key/value cache is preallocated at block_size, and learned positions need
 # a table of that many rows: past this, memory rather than quality is the limit.
 MAX_BLOCK_SIZE = 65536
@@ -393,47 +389,37 @@ class Transformer(LanguageModel):
     @classmethod
     def validate_config(cls, config: ModelConfig) -> None:
         if config.block_size > MAX_BLOCK_SIZE:
-            raise ConfigError(f"block_size {config.block_size} is too large; use at most {MAX_BLOCK_SIZE}")
-        if config.n_head < 1:
-            raise ConfigError(f"n_head must be at least 1, got {config.n_head}")
+            raise ConfigError(f"block_size {config.block_size} is too large; use at most {MAX_BLOCK_SIZE}", "block_size")
+        # Each field's kind, bounds and choices are checked by ModelConfig.validate (its declaration).
         if config.n_embd % config.n_head:
             raise ConfigError(
                 f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head}); "
-                f"try n_embd={config.n_head * max(1, round(config.n_embd / config.n_head))}"
-            )
+                f"try n_embd={config.n_head * max(1, round(config.n_embd / config.n_head))}",
+                "n_embd", ("n_head",),
+            )  # fmt: skip
         kv = config.kv_heads
-        if not 1 <= kv <= config.n_head:
+        if kv > config.n_head:
             raise ConfigError(
                 f"n_kv_head must be between 1 and n_head ({config.n_head}), got {kv}; "
-                "leave it empty for one key/value head per query head"
-            )
+                "leave it empty for one key/value head per query head",
+                "n_kv_head", ("n_head",),
+            )  # fmt: skip
         if config.n_head % kv:
             divisors = [d for d in range(1, config.n_head + 1) if config.n_head % d == 0]
             raise ConfigError(
-                f"n_kv_head ({kv}) must divide n_head ({config.n_head}); choose one of {', '.join(map(str, divisors))}"
-            )
-        if config.norm not in NORMS:
-            raise ConfigError(f"unknown norm {config.norm!r}; choose one of {', '.join(NORMS)}")
-        if config.pos not in POSITIONS:
-            raise ConfigError(f"unknown position encoding {config.pos!r}; choose one of {', '.join(POSITIONS)}")
-        if config.mlp not in MLPS:
-            raise ConfigError(f"unknown MLP {config.mlp!r}; choose one of {', '.join(MLPS)}")
-        if not config.mlp_ratio > 0 or not math.isfinite(config.mlp_ratio):
-            raise ConfigError(f"mlp_ratio must be a positive number, got {config.mlp_ratio}")
-        if config.gelu_approximate not in GELU_FORMS:
-            raise ConfigError(f"unknown GELU form {config.gelu_approximate!r}; choose one of {', '.join(GELU_FORMS)}")
-        if not config.norm_eps > 0 or not math.isfinite(config.norm_eps):
-            raise ConfigError(f"norm_eps must be a small positive number, got {config.norm_eps}")
+                f"n_kv_head ({kv}) must divide n_head ({config.n_head}); choose one of {', '.join(map(str, divisors))}",
+                "n_kv_head", ("n_head",),
+            )  # fmt: skip
         if config.mlp in ("gelu", "relu2") and int(config.mlp_ratio * config.n_embd) < 1:
-            raise ConfigError(f"mlp_ratio {config.mlp_ratio} gives an MLP with no hidden units; use at least 1")
-        if config.pos == "rope":
-            if config.head_dim % 2:
-                raise ConfigError(
-                    f"rotary positions need an even head size, but n_embd / n_head = {config.head_dim}; "
-                    "change n_embd or n_head, or use pos='learned'"
-                )
-            if not config.rope_theta > 0 or not math.isfinite(config.rope_theta):
-                raise ConfigError(f"rope_theta must be a positive number, got {config.rope_theta}")
+            raise ConfigError(
+                f"mlp_ratio {config.mlp_ratio} gives an MLP with no hidden units; use at least 1", "mlp_ratio"
+            )
+        if config.pos == "rope" and config.head_dim % 2:
+            raise ConfigError(
+                f"rotary positions need an even head size, but n_embd / n_head = {config.head_dim}; "
+                "change n_embd or n_head, or use pos='learned'",
+                "n_embd", ("n_head", "pos"),
+            )  # fmt: skip
 
     def _init_weights(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) weights and embeddings, zero biases.

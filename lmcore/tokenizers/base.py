@@ -80,3 +80,15 @@ class Tokenizer(ABC):
                 f"token ids {bad[:5]} are outside this tokenizer's vocabulary of {self.vocab_size}; "
                 "was the model trained with a different tokenizer?"
             )
+
+
+# Tokenizer kind ("type" in to_dict()) -> its class; lmcore.tokenizers fills it as it loads them.
+TOKENIZERS: dict[str, type[Tokenizer]] = {}
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from ``tok.to_dict()``; TokenizerError on anything else."""
+    if not isinstance(d, dict) or not isinstance(d.get("type"), str) or d["type"] not in TOKENIZERS:
+        kind = d.get("type") if isinstance(d, dict) else type(d).__name__
+        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected one of {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[d["type"]].from_dict(d)

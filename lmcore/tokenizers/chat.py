@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from lmcore.errors import TokenizerError
-from lmcore.tokenizers.base import Tokenizer, printable
+from lmcore.tokenizers.base import Tokenizer, printable, tokenizer_from_dict
 
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
@@ -96,8 +96,6 @@ class ChatTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChatTokenizer":
-        from lmcore.tokenizers import tokenizer_from_dict
-
         extra = d.get("extra")
         if not isinstance(extra, list) or not isinstance(d.get("base"), dict):
             raise TokenizerError("a chat tokenizer needs a base tokenizer and a list of added tokens")

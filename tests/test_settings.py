@@ -1,0 +1,152 @@
+"""Each setting declared once: every config field has its flag and its address key, and survives both.
+
+The declarations (``lmcore.settings``) are the only list: these tests walk them,
+so a field declared without a flag or an address key, or one that a flag or the
+address loses on the way, fails here without any test naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lmcore.cli import _model_overrides, _train_overrides, build_parser
+from lmcore.errors import ConfigError
+from lmcore.models import ModelConfig
+from lmcore.settings import Declared, declared
+from lmcore.train import TrainConfig
+from ui import state as S
+from ui.urlstate import ADDRESS_FIELDS, TRAIN_FIELDS
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+# Set by something else: the architecture by --preset (the address's arch), the vocabulary's size by the tokenizer.
+NOT_SET_ALONE = {"arch", "preset", "vocab_size"}
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not (cls is ModelConfig and f.name in NOT_SET_ALONE)]
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, ModelConfig])
+def test_every_config_field_is_declared_with_a_flag_and_an_address_key(cls: type) -> None:
+    flags = {s for a in _subparser("train")._actions for s in a.option_strings}
+    for name in _fields(cls):
+        d = declared(cls).get(name)
+        assert d is not None, f"{cls.__name__}.{name} is not declared with lmcore.settings.setting()"
+        assert d.flag in flags, f"{name}: no command-line flag"
+        assert d.key in ADDRESS_FIELDS, f"{name}: no page-address key"
+        assert d.setting.help, f"{name}: no help"
+    if cls is TrainConfig:  # the training settings are what fine-tuning takes too
+        finetune = {s for a in _subparser("finetune")._actions for s in a.option_strings}
+        assert {declared(cls)[n].flag for n in _fields(cls)} <= finetune
+
+
+def _subparser(command: str) -> Any:
+    import argparse
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[command]
+
+
+def _other(d: Declared) -> Any:
+    """A value of field ``d`` other than its default, within its bounds."""
+    s = d.setting
+    if d.kind == "choice":
+        return next(c for c in s.choices if c != d.default)
+    if d.kind == "bool":
+        return not d.default
+    if d.default is None:
+        return (s.low or 0) + (1 if d.kind == "int" else 1e-4)
+    if d.kind == "int":
+        return d.default + 1
+    return d.default / 2 if d.default else 0.25
+
+
+def _argv(d: Declared, value: Any) -> list[str]:
+    if d.kind == "bool":
+        return [d.flag if value else "--no-" + d.flag[2:]]
+    return [d.flag, str(value)]
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_every_training_setting_round_trips_through_the_flags(command: str) -> None:
+    wanted = {n: _other(declared(TrainConfig)[n]) for n in _fields(TrainConfig)}
+    argv = [command] + (["--checkpoint", "base.safetensors", "--data", "x.jsonl"] if command == "finetune" else [])
+    for name, value in wanted.items():
+        argv += _argv(declared(TrainConfig)[name], value)
+    tc = TrainConfig(**_train_overrides(build_parser().parse_args(argv)))
+    assert tc == TrainConfig(**wanted)
+    assert tc != TrainConfig()  # every value differs from the default: none was dropped on the way
+    tc.validate()
+
+
+def test_every_model_field_round_trips_through_the_flags() -> None:
+    wanted = {n: _other(declared(ModelConfig)[n]) for n in _fields(ModelConfig)}
+    argv = ["train"]
+    for name, value in wanted.items():
+        argv += _argv(declared(ModelConfig)[name], value)
+    assert _model_overrides(build_parser().parse_args(argv)) == wanted
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [(dict(lr=0.0), "lr"), (dict(batch_size=2.5), "batch_size"), (dict(optimizer="lion"), "optimizer"),
+     (dict(warmup_iters=50, max_iters=10), "warmup_iters"), (dict(schedule="time"), "schedule"),
+     (dict(device="tpu"), "device"), (dict(patience=0), "patience")],
+)  # fmt: skip
+def test_a_training_config_error_names_its_field(change: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**change).validate()
+    assert e.value.field == field and str(e.value).count("\n") == 0
+
+
+# ----------------------------------------------------------- every model field survives a reload
+# One valid model per family, each field other than its preset's value; together they set every field.
+MODELS = {
+    "llama": dict(n_layer=3, n_head=2, n_kv_head=1, n_embd=32, block_size=24, dropout=0.1, norm="layernorm",
+                  pos="learned", mlp="gelu", bias=True, tie_weights=False, mlp_ratio=3.0, rope_theta=500000.0,
+                  norm_eps=1e-6, gelu_approximate="tanh", qk_norm=True),
+    "mamba": dict(n_layer=2, n_embd=48, block_size=32, d_state=8, d_conv=3, expand=3, tie_weights=False, dt_rank=5),
+    "mamba2": dict(n_layer=2, n_embd=32, block_size=32, d_state=8, d_conv=3, expand=4, ssm_head_dim=8, n_groups=2,
+                   chunk_size=16),
+    "ngram": dict(ngram_n=2, add_k=0.5, block_size=16),
+}  # fmt: skip
+
+
+def test_the_models_below_set_every_model_field() -> None:
+    assert set(_fields(ModelConfig)) == {n for values in MODELS.values() for n in values}
+
+
+def _text(v: Any) -> str:
+    return ("1" if v else "0") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@pytest.mark.slow  # two app sessions per family
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_every_model_field_survives_the_model_page_and_a_reload(arch: str) -> None:
+    values = MODELS[arch]
+    for name, v in values.items():
+        assert v != getattr(ModelConfig.preset(arch), name), name  # a value the preset would not give back
+    address = {"corpus": "builtin:python-docs", "tok": "char", "arch": arch, **{k: _text(v) for k, v in values.items()}}
+    for _ in range(2):  # the link, then a reload of the address the app wrote back
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params.update(address)
+        at.run()
+        assert not at.sidebar.warning, [w.value for w in at.sidebar.warning]
+        at.switch_page("views/model.py").run()  # the page rebuilds the model from its widgets
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        cfg = at.session_state[S.MODEL_CONFIG]
+        assert {n: getattr(cfg, n) for n in values} == values
+        address = dict(at.query_params)
+
+
+def test_every_training_setting_has_its_widget_key_in_the_address_rules() -> None:
+    from ui.settings import train_key
+
+    for name in _fields(TrainConfig):
+        d = declared(TrainConfig)[name]
+        assert TRAIN_FIELDS[d.key].key == train_key(name), name
