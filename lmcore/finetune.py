@@ -160,8 +160,53 @@ def encode_text(tok: ChatTokenizer, text: str) -> list[int]:
 
 def prompt_ids(tok: ChatTokenizer, prompt: str) -> list[int]:
     """The ids a chat model continues to answer ``prompt``: BOS, the user turn, the assistant's tag."""
-    body = encode_text(tok, prompt)
-    return [tok.bos_id, tok.special_id("<|user|>"), *body, tok.special_id("<|end|>"), tok.special_id("<|assistant|>")]
+    return chat_ids(tok, [{"role": "user", "content": prompt}])
+
+
+def chat_ids(tok: ChatTokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The ids a chat model continues to answer the conversation ``messages``: each turn in the template,
+    then the assistant's tag."""
+    ids = [tok.bos_id]
+    for m in messages:
+        ids += [tok.special_id(f"<|{m['role']}|>"), *encode_text(tok, m["content"]), tok.special_id("<|end|>")]
+    return ids + [tok.special_id("<|assistant|>")]
+
+
+def chat_reply(
+    model: nn.Module,
+    tok: Tokenizer,
+    conversation: str | list[dict[str, str]],
+    max_new_tokens: int = 200,
+    sampling: Any = None,
+) -> str:
+    """The answer of a chat model to a prompt (or a conversation of messages), up to its end token.
+
+    The prompt is wrapped in the template (``chat_ids``); generation stops at ``<|end|>``
+    (or after ``max_new_tokens``), which is not part of the answer. ConfigError for a
+    model without a chat template.
+    """
+    from lmcore.sample import generate
+
+    if not isinstance(tok, ChatTokenizer):
+        raise ConfigError("this model has no chat template; fine-tune it on prompt/response pairs first")
+    messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+    end = tok.special_id("<|end|>")
+    ids = [e.token_id for e in generate(model, chat_ids(tok, messages), max_new_tokens, sampling, stop_ids=[end])]
+    return tok.decode(ids)
+
+
+def exact_match(
+    model: nn.Module, tok: Tokenizer, examples: list[list[dict[str, str]]], max_new_tokens: int = 64
+) -> float:
+    """The share of ``examples`` whose last assistant message the model gives exactly (greedy), from the turns before it."""
+    from lmcore.sample import SamplingConfig
+
+    greedy = SamplingConfig(temperature=0.0)
+    right = 0
+    for ex in examples:
+        last = max(i for i, m in enumerate(ex) if m["role"] == "assistant")
+        right += chat_reply(model, tok, ex[:last], max_new_tokens, greedy) == ex[last]["content"]
+    return right / max(len(examples), 1)
 
 
 def encode_examples(tok: ChatTokenizer, examples: list[list[dict[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -590,3 +635,174 @@ def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | 
     except OSError as e:
         raise CheckpointError(f"cannot write the adapter beside the export in {out}: {e.strerror or e}") from None
     return out
+
+
+# --------------------------------------------------------------------------- runs (lmcore.jobs)
+
+
+def extends(new: Tokenizer, old: Tokenizer) -> bool:
+    """Whether ``new`` is ``old`` with chat tokens (and maybe characters) added after its vocabulary."""
+    if new.to_dict() == old.to_dict():
+        return True
+    if not isinstance(new, ChatTokenizer):
+        return False
+    if isinstance(old, ChatTokenizer):
+        return new.base.to_dict() == old.base.to_dict() and new.extra[: len(old.extra)] == old.extra
+    return new.base.to_dict() == old.to_dict()
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` as a plain model of its config has it: LoRA adapters folded in.
+
+    The model itself is left as it is (its adapters keep training); a model without
+    adapters gives its own state dict.
+    """
+    module = getattr(model, "_orig_mod", model)
+    layers = lora_layers(module)
+    state = module.state_dict()
+    if not layers:
+        return state
+    out = {k: v for k, v in state.items() if not any(k.startswith(name + ".") for name in layers)}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            out[f"{name}.weight"] = layer.weight.detach()
+            if layer.base.bias is not None:
+                out[f"{name}.bias"] = layer.base.bias.detach()
+    return out
+
+
+def plain_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """A plain model (no adapters) with the weights ``model`` computes with now, on ``device``."""
+    from lmcore.models import build_model
+
+    module = getattr(model, "_orig_mod", model)
+    copy = build_model(module.config, device=device)
+    copy.load_state_dict({k: v.detach().to(device, copy=True) for k, v in plain_state_dict(module).items()})
+    return copy
+
+
+def lora_trainable_share(config: Any, rank: int, targets: Iterable[str] | None = None) -> float:
+    """The share of a model's weights that LoRA adapters of ``rank`` train (the model is built without memory)."""
+    from lmcore.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+    apply_lora(model, rank, None, 0.0, targets)
+    return trainable_share(model)
+
+
+def merged_checkpoint_callback(path: str | os.PathLike, tokenizer: Tokenizer, keep: str = "best",
+                               data_info: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """A ``CheckpointCallback`` that saves a LoRA run as a normal checkpoint: the adapters folded into a copy.
+
+    No resume state is saved: the optimizer's state belongs to the adapters, which the file no longer has.
+    """
+    from lmcore.checkpoint import CheckpointCallback, save_checkpoint
+
+    class MergedCheckpointCallback(CheckpointCallback):
+        def on_eval(self, event: Any) -> None:
+            if self.keep == "best" and self.best is not None and not event.val_loss < self.best:
+                return
+            self.best = event.val_loss if self.best is None else min(self.best, event.val_loss)
+            trainer = self.trainer
+            with trainer.lock:
+                plain = plain_copy(trainer.model)
+            self.saved_path = save_checkpoint(self.path, plain, self.tokenizer, train_state=trainer.train_state(),
+                                              data_info=self.data_info)  # fmt: skip
+            self.saved_step = event.step
+
+    return MergedCheckpointCallback(path, tokenizer, keep=keep, data_info=data_info, save_optimizer=False)
+
+
+class BaseLossCallback:
+    """Adds ``base_val_loss`` to every evaluation: the loss on the base model's own kind of text.
+
+    Fine-tuning on a task makes a model forget some of what it knew; this measures
+    how much, as a curve: the (unmasked) next-token loss on fixed windows of
+    ``ids`` (plain text encoded with the base's vocabulary).
+    """
+
+    def __init__(self, ids: Any, windows: int = 8, seed: int = 0):
+        from lmcore.batches import as_source
+
+        self.source = as_source(ids)
+        self.windows = windows
+        self.seed = seed
+        self._starts: torch.Tensor | None = None
+
+    def on_measure(self, trainer: Any) -> dict[str, Any]:
+        from lmcore.train import score_windows
+
+        T = trainer.block_size
+        n = len(self.source) - T
+        if n < 1:
+            return {}
+        if self._starts is None:
+            g = torch.Generator().manual_seed(self.seed)
+            self._starts = torch.randint(0, n, (self.windows,), generator=g)
+        w = self.source.windows(self._starts, T + 1)
+        with trainer.lock:
+            loss, _, count = score_windows(trainer.model, [w], device=trainer.device).tolist()
+        return {"base_val_loss": loss / count}
+
+
+def finetune_spec(
+    name: str,
+    base: str | os.PathLike,
+    examples: list[list[dict[str, str]]],
+    train_config: Any,
+    *,
+    lora: dict[str, Any] | None = None,
+    add_chars: bool = False,
+    base_val_ids: Any = None,
+    val_share: float = 0.1,
+    data_info: dict[str, Any] | None = None,
+) -> Any:
+    """The ``RunSpec`` of a fine-tuning run of the checkpoint ``base`` on ``examples`` (through ``JobRegistry.start``).
+
+    The checkpoint's vocabulary gets the chat template (``chat_tokenizer``; unseen
+    characters refused unless ``add_chars``), the examples are split (the last
+    ``val_share`` validate) and encoded with their loss mask. ``lora``: ``rank``
+    (and ``alpha``, ``dropout``, ``targets``) for adapters on a frozen base, else
+    every weight trains. ``base_val_ids``: plain text in the base's vocabulary whose
+    loss every evaluation reports (``BaseLossCallback``). Everything is checked here,
+    before any run starts.
+    """
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.jobs import RunSpec
+
+    ckpt = load_checkpoint(base, device="cpu")
+    tok = chat_tokenizer(ckpt.tokenizer, examples, add_chars=add_chars)
+    if getattr(ckpt.model, "sized_by_data", False) or not any(p.requires_grad for p in ckpt.model.parameters()):
+        raise ConfigError(f"a {ckpt.config.arch} model learns no weights by gradient; fine-tune a neural model")
+    config = ckpt.config.replace(vocab_size=tok.vocab_size)
+    lora = None if lora is None else {"rank": int(lora["rank"]), "alpha": lora.get("alpha"),
+                                      "dropout": float(lora.get("dropout", 0.0)), "targets": lora.get("targets")}  # fmt: skip
+    share = 1.0
+    if lora is not None:
+        share = lora_trainable_share(config, lora["rank"], lora["targets"])
+        if not 0.0 <= lora["dropout"] < 1.0:
+            raise ConfigError(f"the LoRA dropout must be in [0, 1), not {lora['dropout']}")
+    n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0
+    train_ex, val_ex = examples[: len(examples) - n_val], examples[len(examples) - n_val :] or examples
+    block = config.block_size
+    train = MaskedTokens(*encode_examples(tok, train_ex), min_len=block + 1)
+    val = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
+    if base_val_ids is not None and len(base_val_ids) < block + 1:
+        base_val_ids = None  # too short to measure; the run goes on without the curve
+    info = {
+        **(data_info or {}),
+        "finetune": {
+            "base": Path(base).name,
+            "base_checkpoint_id": str(ckpt.metadata.get("checkpoint_id", "")),
+            "examples": len(examples),
+            "train_examples": len(train_ex),
+            "val_examples": n_val,
+            "lora_rank": None if lora is None else lora["rank"],
+            "trainable_share": share,
+            "sample_prompt": val_ex[0],
+        },
+        "train_tokens": len(train),
+    }
+    return RunSpec(name, config, tok, train, val, train_config, data_info=info, init_from=base, lora=lora,
+                   base_val_ids=base_val_ids)  # fmt: skip

@@ -1,0 +1,87 @@
+"""Fine-tuning through the one run path: a RunSpec from finetune_spec, trained by a JobRegistry."""
+
+import json
+
+import pytest
+import torch
+
+from lmcore.checkpoint import load_checkpoint, optimizer_path, save_checkpoint
+from lmcore.errors import TokenizerError
+from lmcore.finetune import chat_ids, encode_example, exact_match, finetune_spec, lora_trainable_share, parse_examples
+from lmcore.jobs import FINISHED, JobRegistry
+from lmcore.models import build_model
+from lmcore.models.config import ModelConfig
+from lmcore.tokenizers import CharTokenizer, ChatTokenizer
+from lmcore.train import TrainConfig
+
+TEXT = "the cat sat on the mat and the dog ran far away. " * 40
+EXAMPLES = parse_examples("".join(json.dumps({"prompt": w, "response": w.upper()}) + "\n"
+                                  for w in ["cat", "dog", "mat", "ran", "far", "sat", "the", "on"] * 4))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ft")
+    tok = CharTokenizer.train(TEXT + TEXT.upper())
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=32)
+    return save_checkpoint(folder / "base.safetensors", build_model(cfg), tok), tok, folder
+
+
+def settings(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(max_iters=6, batch_size=4, eval_interval=3, eval_iters=2, warmup_iters=1,
+                                 lr=3e-3, device="cpu"), **kw})  # fmt: skip
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 2}])
+def test_a_fine_tuning_run_saves_a_chat_checkpoint_and_measures_forgetting(base, lora, tmp_path):
+    path, tok, _ = base
+    base_ids = torch.tensor(tok.encode(TEXT))
+    spec = finetune_spec("ft", path, EXAMPLES, settings(), lora=lora, base_val_ids=base_ids)
+    reg = JobRegistry(processes=False)
+    job = reg.start(spec, tmp_path)
+    assert job.wait(120) and job.status == FINISHED, job.error
+    evals = [e for e in job.events_since(0) if e.val_loss is not None]
+    assert len(evals) == 2 and all(e.base_val_loss is not None and e.base_val_loss > 0 for e in evals)
+    assert all(e.val_bpb is None for e in evals)  # a masked loss has no bits per byte of the text
+    assert evals[-1].sample.startswith("user: ") and "\nassistant: " in evals[-1].sample
+    ckpt = load_checkpoint(job.checkpoint_path)  # a normal checkpoint, the adapters folded in
+    assert isinstance(ckpt.tokenizer, ChatTokenizer) and ckpt.config.vocab_size == tok.vocab_size + 4
+    assert ckpt.data_info["finetune"]["lora_rank"] == (lora and lora["rank"])
+    assert optimizer_path(job.checkpoint_path).exists() == (lora is None)  # a LoRA run has no resume state
+    snap = job.snapshot_model()
+    assert all(torch.equal(snap.state_dict()[k], v) for k, v in ckpt.model.state_dict().items())
+    share = ckpt.data_info["finetune"]["trainable_share"]
+    assert share == 1.0 if lora is None else 0 < share < 0.2
+    if lora is not None:  # the base's weights outside the adapted layers stayed as they were
+        before = load_checkpoint(path).model.state_dict()
+        after = ckpt.model.state_dict()
+        assert torch.equal(after["h.0.ln_1.weight"], before["h.0.ln_1.weight"])
+        assert not torch.equal(after["h.0.attn.c_attn.weight"], before["h.0.attn.c_attn.weight"])
+
+
+def test_unseen_characters_are_refused_before_a_run_or_added_on_request(base):
+    path, _, _ = base
+    digits = parse_examples('{"prompt": "1+2", "response": "3"}\n')
+    with pytest.raises(TokenizerError, match=r"'\+', '1', '2', '3'"):
+        finetune_spec("ft", path, digits, settings())
+    spec = finetune_spec("ft", path, digits, settings(), add_chars=True)
+    assert spec.tokenizer.extra[4:] == ["+", "1", "2", "3"]
+
+
+def test_the_trainable_share_of_lora_grows_with_the_rank(base):
+    path, _, _ = base
+    cfg = load_checkpoint(path).config
+    shares = [lora_trainable_share(cfg, r) for r in (1, 4, 16)]
+    assert 0 < shares[0] < shares[1] < shares[2] < 1
+
+
+def test_chat_ids_are_the_trained_example_up_to_the_answer_and_exact_match_reads_it(base):
+    path, tok, _ = base
+    chat = ChatTokenizer(tok)
+    ids, mask = encode_example(chat, EXAMPLES[0])
+    prompt = chat_ids(chat, EXAMPLES[0][:1])
+    assert ids[: len(prompt)] == prompt and not any(mask[: len(prompt)]) and all(mask[len(prompt):])
+    torch.manual_seed(0)
+    model = build_model(load_checkpoint(path).config.replace(vocab_size=chat.vocab_size)).eval()
+    assert exact_match(model, chat, EXAMPLES[:4], max_new_tokens=4) == 0.0  # an untrained model answers nothing right
