@@ -53,6 +53,7 @@ SLOW_MODULES = {
     "test_jobs.py",
     "test_features_page.py",
     "test_finetune.py",
+    "test_finetune_page.py",
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",

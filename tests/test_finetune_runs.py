@@ -85,3 +85,14 @@ def test_chat_ids_are_the_trained_example_up_to_the_answer_and_exact_match_reads
     torch.manual_seed(0)
     model = build_model(load_checkpoint(path).config.replace(vocab_size=chat.vocab_size)).eval()
     assert exact_match(model, chat, EXAMPLES[:4], max_new_tokens=4) == 0.0  # an untrained model answers nothing right
+
+
+def test_a_chat_checkpoint_is_listed_with_its_tokenizer_type(base, tmp_path):
+    from lmcore.checkpoint import list_checkpoints
+
+    path, tok, _ = base
+    chat = ChatTokenizer(tok)
+    model = build_model(load_checkpoint(path).config.replace(vocab_size=chat.vocab_size))
+    save_checkpoint(tmp_path / "chatty", model, chat)
+    [row] = list_checkpoints(tmp_path)
+    assert (row["error"], row["tokenizer"]) == (None, "chat")
