@@ -428,11 +428,14 @@ class TrainingJob:
             # Saves weights, tokenizer and resume state at the evals that improve
             # on the best validation loss (keep="last": at every eval), so the
             # file holds the best (or last) model; a run that fails keeps its last good save.
+            # A run on masked prompt/response pairs saves no resume state: Resume continues a run on the
+            # corpus, which is not what it trained on.
             if self.lora is not None:
                 checkpointer = merged_checkpoint_callback(self.checkpoint_path, self.tokenizer, self.keep, self.data_info)
             else:
                 checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep,
-                                                  data_info=self.data_info)  # fmt: skip
+                                                  data_info=self.data_info,
+                                                  save_optimizer=not hasattr(self._train_ids, "target_windows"))  # fmt: skip
             self._runlog = RunLogger(
                 self.checkpoint_path,
                 {"source": self.data_info.get("source"), "train_tokens": len(self._train_ids)},
