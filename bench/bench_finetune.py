@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--skip-chat", action="store_true", help="only the GPT-2 small timing")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base", help="a base checkpoint pretrained on --data already (skips step 1)")
+    ap.add_argument("--methods", default="full,lora", help="full, lora or both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
@@ -136,7 +138,11 @@ def main() -> None:
         out["gpt2_small_lora"] = gpt2_small_lora(args.rank, args.gpt2_block, args.gpt2_steps, folder)
         print(json.dumps(out, indent=1))
         return
-    base_path, val_ids = pretrain(args.data, args.pretrain_iters, folder)
+    if args.base:
+        base_path = Path(args.base)
+        _, val_ids = split_ids(encode_corpus(load_checkpoint(base_path).tokenizer, load_corpus(args.data)), 0.1)
+    else:
+        base_path, val_ids = pretrain(args.data, args.pretrain_iters, folder)
     val_ids = val_ids[: args.val_tokens + 1]
     heldout = task.examples("heldout")
     base = load_checkpoint(base_path)
@@ -145,7 +151,9 @@ def main() -> None:
     out["before"] = {"exact_match": exact_match(grown, tok, heldout), "shakespeare_val_loss": val_loss(base.model, val_ids)}
     say(f"before: {out['before']}")
 
-    for method, rank, lr in (("full", None, args.lr_full), (f"lora_r{args.rank}", args.rank, args.lr_lora)):
+    methods = [m for m in (("full", None, args.lr_full), (f"lora_r{args.rank}", args.rank, args.lr_lora))
+               if m[0].split("_")[0] in args.methods.split(",")]  # fmt: skip
+    for method, rank, lr in methods:
         cfg = TrainConfig(batch_size=12, max_iters=args.iters, lr=lr, min_lr=lr / 10, warmup_iters=20,
                           weight_decay=0.0, grad_clip=1.0, eval_interval=args.iters, eval_iters=10, device="cpu")  # fmt: skip
         result = finetune(base_path, task.path("train"), cfg, folder / method, lora_rank=rank)

@@ -377,10 +377,46 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def trainable_share(model: nn.Module) -> float:
-    """The share of parameters that train (counting tied ones once)."""
+    """The share of parameters that train (counting tied ones once; of an embedding or head whose
+    added rows alone train, those rows)."""
     params = {id(p): p for p in model.parameters()}.values()
     total = sum(p.numel() for p in params)
-    return sum(p.numel() for p in params if p.requires_grad) / max(total, 1)
+
+    def training(p: torch.Tensor) -> int:
+        start = getattr(p, "_new_rows_from", None)
+        return p.numel() if start is None else (p.shape[0] - start) * p[0].numel()
+
+    return sum(training(p) for p in params if p.requires_grad) / max(total, 1)
+
+
+def train_new_rows(model: nn.Module, old_vocab: int) -> list[str]:
+    """Let the rows of the tokens added after ``old_vocab`` train (embedding and head) beside LoRA adapters.
+
+    LoRA freezes the embedding and the head, but the chat tokens' rows start as the
+    mean of the old rows, and a head row that is the mean of the others can never
+    give the most likely token: frozen, the model could never end its answer. The
+    old rows get a zero gradient and no weight decay, so they stay bit-identical.
+    Returns the names of the parameters whose new rows train.
+    """
+    vocab = model.config.vocab_size
+    if vocab <= old_vocab:
+        return []
+    wrapped = {id(m.base) for m in lora_layers(model).values()}
+    names = []
+    for name, module in model.named_modules():
+        if id(module) in wrapped or not isinstance(module, (nn.Embedding, nn.Linear)):
+            continue
+        p = module.weight
+        if p.dim() != 2 or p.shape[0] != vocab or getattr(p, "_new_rows_from", None) is not None:
+            continue  # not a vocabulary-sized matrix, or tied to one already done
+        keep = torch.zeros(vocab, 1)
+        keep[old_vocab:] = 1.0
+        p.requires_grad_(True)
+        p._no_weight_decay = True  # decay would move the old rows, whose gradient is zero
+        p._new_rows_from = old_vocab
+        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
+        names.append(f"{name}.weight" if name else "weight")
+    return names
 
 
 @torch.no_grad()
@@ -407,6 +443,10 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, base_id: str, info: 
     for name, layer in layers.items():
         tensors[f"{name}.lora_A"] = layer.lora_A.detach().float().contiguous().cpu()
         tensors[f"{name}.lora_B"] = layer.lora_B.detach().float().contiguous().cpu()
+    for name, p in model.named_parameters():  # the added tokens' rows, trained beside the adapters
+        start = getattr(p, "_new_rows_from", None)
+        if start is not None and p.requires_grad:
+            tensors[f"{name}.new_rows"] = p[start:].detach().float().contiguous().cpu()
     first = next(iter(layers.values()))
     meta = {
         "format": ADAPTER_FORMAT,
@@ -454,7 +494,9 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
     apply_lora(model, rank, alpha, 0.0, targets)
     layers = lora_layers(model)
     expected = {f"{n}.lora_{ab}" for n in layers for ab in "AB"}
-    if set(tensors) != expected:
+    rows = {k for k in tensors if k.endswith(".new_rows")}
+    params = dict(model.named_parameters())
+    if set(tensors) - rows != expected or any(k.removesuffix(".new_rows") not in params for k in rows):
         raise CheckpointError(f"{path.name} does not match this model's layers; it belongs to another model")
     with torch.no_grad():
         for name, layer in layers.items():
@@ -465,6 +507,11 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
                         f"{path.name}: {name}.lora_{ab} has shape {list(src.shape)}, not {list(dst.shape)}"
                     )
                 dst.copy_(src.to(dst.dtype))
+        for key in rows:  # the added tokens' rows of the embedding and head, trained beside the adapters
+            src, dst = tensors[key], params[key.removesuffix(".new_rows")]
+            if src.dim() != 2 or src.shape[1:] != dst.shape[1:] or not 0 < src.shape[0] <= dst.shape[0]:
+                raise CheckpointError(f"{path.name}: {key} has shape {list(src.shape)}, which this model cannot take")
+            dst[dst.shape[0] - src.shape[0] :].copy_(src.to(dst.dtype))
     return info
 
 
@@ -514,6 +561,7 @@ def finetune(
     val_src = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
     if lora_rank is not None:
         apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
+        train_new_rows(model, ckpt.config.vocab_size)
     share = trainable_share(model)
     trainer = Trainer(model, train_src, val_src, train_config, callbacks=callbacks)
     result = trainer.fit()
@@ -613,6 +661,9 @@ def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | 
         raise ConfigError(f"LoRA adapters export for GPT-2 and Llama models only, not {family}; export it merged")
     ckpt = load_checkpoint(base)
     plain = grow_vocab(ckpt.model, tok.vocab_size)
+    # The exported base carries the added tokens' trained rows (the adapter's other tensors stay apart).
+    mine = plain.state_dict()
+    plain.load_state_dict({k: v for k, v in adapted.state_dict().items() if k in mine}, strict=False)
     tensors, modules = _peft_tensors(family, adapted.config, adapted)
     first = next(iter(lora_layers(adapted).values()))
     out = export_model(plain, tok, out, ckpt.train_state, ckpt.data_info)
@@ -681,13 +732,18 @@ def plain_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Modul
     return copy
 
 
-def lora_trainable_share(config: Any, rank: int, targets: Iterable[str] | None = None) -> float:
-    """The share of a model's weights that LoRA adapters of ``rank`` train (the model is built without memory)."""
+def lora_trainable_share(
+    config: Any, rank: int, targets: Iterable[str] | None = None, old_vocab: int | None = None
+) -> float:
+    """The share of a model's weights that LoRA adapters of ``rank`` train, with the rows of the tokens
+    added after ``old_vocab`` (the model is built without memory)."""
     from lmcore.models import build_model
 
     with torch.device("meta"):
         model = build_model(config)
     apply_lora(model, rank, None, 0.0, targets)
+    if old_vocab is not None:
+        train_new_rows(model, old_vocab)
     return trainable_share(model)
 
 
@@ -780,7 +836,7 @@ def finetune_spec(
                                       "dropout": float(lora.get("dropout", 0.0)), "targets": lora.get("targets")}  # fmt: skip
     share = 1.0
     if lora is not None:
-        share = lora_trainable_share(config, lora["rank"], lora["targets"])
+        share = lora_trainable_share(config, lora["rank"], lora["targets"], ckpt.config.vocab_size)
         if not 0.0 <= lora["dropout"] < 1.0:
             raise ConfigError(f"the LoRA dropout must be in [0, 1), not {lora['dropout']}")
     n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0

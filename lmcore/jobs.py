@@ -90,6 +90,7 @@ from lmcore.finetune import (
     grow_vocab,
     merged_checkpoint_callback,
     plain_state_dict,
+    train_new_rows,
 )
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
@@ -396,6 +397,7 @@ class TrainingJob:
             if self.lora is not None:
                 lora = self.lora
                 apply_lora(model, lora["rank"], lora.get("alpha"), lora.get("dropout", 0.0), lora.get("targets"))
+                train_new_rows(model, ckpt.config.vocab_size)  # the chat tokens' rows learn beside the adapters
             self.model_config = model.config
             return model, None
         if self.resumed_from is None:

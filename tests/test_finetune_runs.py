@@ -96,3 +96,36 @@ def test_a_chat_checkpoint_is_listed_with_its_tokenizer_type(base, tmp_path):
     save_checkpoint(tmp_path / "chatty", model, chat)
     [row] = list_checkpoints(tmp_path)
     assert (row["error"], row["tokenizer"]) == (None, "chat")
+
+
+def test_lora_trains_the_added_tokens_rows_alone_and_the_adapter_carries_them(base, tmp_path):
+    from lmcore.finetune import (MaskedTokens, apply_lora, encode_examples, grow_vocab, load_with_adapter,
+                                 save_adapter, train_new_rows, trainable_share)  # fmt: skip
+    from lmcore.train import Trainer
+
+    path, tok, _ = base
+    ckpt = load_checkpoint(path)
+    chat, old = ChatTokenizer(tok), tok.vocab_size
+    model = grow_vocab(ckpt.model, chat.vocab_size)
+    apply_lora(model, 2)
+    assert train_new_rows(model, old)  # the embedding (and the head, tied or not)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = MaskedTokens(*encode_examples(chat, EXAMPLES), min_len=33)
+    cfg = TrainConfig(batch_size=4, max_iters=3, lr=1e-2, warmup_iters=0, weight_decay=0.1, eval_interval=3,
+                      eval_iters=1, device="cpu")  # fmt: skip
+    Trainer(model, src, src, cfg).fit()
+    after = model.state_dict()
+    for k, v in after.items():
+        if "lora_" in k:
+            continue
+        if v.dim() == 2 and v.shape[0] == chat.vocab_size:  # the old rows as they were, the added ones trained
+            assert torch.equal(v[:old], before[k][:old]) and not torch.equal(v[old:], before[k][old:]), k
+        else:
+            assert torch.equal(v, before[k]), k
+    assert trainable_share(model) == pytest.approx(lora_trainable_share(ckpt.config.replace(vocab_size=chat.vocab_size),
+                                                                        2, old_vocab=old))  # fmt: skip
+    adapter = save_adapter(tmp_path / "ad", model, ckpt.metadata["checkpoint_id"])
+    loaded, _ = load_with_adapter(path, adapter)
+    x = torch.tensor([encode_example(chat, EXAMPLES[0])[0]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)

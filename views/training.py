@@ -313,12 +313,13 @@ def _pairs_section(base: dict) -> None:
     config = settings.config.replace(vocab_size=tok.vocab_size)
     if method == "lora":
         try:
-            share = lora_trainable_share(config, rank)
+            share = lora_trainable_share(config, rank, old_vocab=settings.config.vocab_size)
         except LMCoreError as e:
             st.error(md(str(e)))
             return
-        c[2].caption(f"LoRA freezes every weight of the base and trains two small matrices per layer: "
-                     f"**{share:.2%}** of the weights train. The saved checkpoint has them folded in.")  # fmt: skip
+        c[2].caption(f"LoRA freezes every weight of the base and trains two small matrices per layer, and the "
+                     f"rows of the added tokens: **{share:.2%}** of the weights train. The saved checkpoint has "
+                     "them folded in.")  # fmt: skip
     else:
         c[2].caption("Every weight trains (**100%**): the most capacity, and the most to forget.")
     forgetting = st.checkbox("Measure what it forgets: the base's loss on the current corpus's validation text "
