@@ -146,7 +146,7 @@ def main() -> None:
     val_ids = val_ids[: args.val_tokens + 1]
     heldout = task.examples("heldout")
     base = load_checkpoint(base_path)
-    tok = chat_tokenizer(base.tokenizer, task.examples("train"))
+    tok = chat_tokenizer(base.tokenizer, task.examples("train"), add_chars=True)  # addition's digits
     grown = grow_vocab(base.model, tok.vocab_size).eval()
     out["before"] = {"exact_match": exact_match(grown, tok, heldout), "shakespeare_val_loss": val_loss(base.model, val_ids)}
     say(f"before: {out['before']}")
@@ -156,7 +156,7 @@ def main() -> None:
     for method, rank, lr in methods:
         cfg = TrainConfig(batch_size=12, max_iters=args.iters, lr=lr, min_lr=lr / 10, warmup_iters=20,
                           weight_decay=0.0, grad_clip=1.0, eval_interval=args.iters, eval_iters=10, device="cpu")  # fmt: skip
-        result = finetune(base_path, task.path("train"), cfg, folder / method, lora_rank=rank)
+        result = finetune(base_path, task.path("train"), cfg, folder / method, lora_rank=rank, add_chars=True)
         ft = load_checkpoint(result["out"])
         out[method] = {
             "trainable_share": round(result["trainable_share"], 5),
