@@ -324,9 +324,8 @@ def _pairs_section(base: dict) -> None:
         c[2].caption("Every weight trains (**100%**): the most capacity, and the most to forget.")
     forgetting = st.checkbox("Measure what it forgets: the base's loss on the current corpus's validation text "
                              "at each evaluation", value=True, key="train_pairs_forget")  # fmt: skip
-    st.caption("The iterations, learning rate and evaluation settings are the ones set above (a few hundred "
-               "steps teach a ready-made task; LoRA often wants a larger learning rate). 10% of the examples "
-               "validate.")  # fmt: skip
+    st.caption("The iterations, learning rate and evaluation settings are the ones set above: 800 steps at "
+               "1e-3 teach the baby GPT a ready-made task (LoRA: 4e-3). 10% of the examples validate.")  # fmt: skip
     if st.button("Fine-tune on these pairs", key="train_pairs_start", type="primary"):
         with user_errors(stop=False):
             if _finetune_pairs(base, examples, source, data_name, method, rank, add_chars, forgetting):

@@ -81,14 +81,6 @@ def _capitals() -> tuple[Rows, Rows]:
     return train, heldout
 
 
-def _addition() -> tuple[Rows, Rows]:
-    rng = random.Random(4)
-    pairs = [(a, b) for a in range(20) for b in range(20)]
-    rng.shuffle(pairs)
-    rows = [{"prompt": f"{a}+{b}", "response": str(a + b)} for a, b in pairs]
-    return rows[:360], rows[360:]
-
-
 @dataclass(frozen=True)
 class Task:
     """A shipped task: its name, a title, the one thing it teaches, and its two files."""
@@ -122,8 +114,6 @@ TASKS: dict[str, Task] = {
              "must be looked up at the right place in the prompt, the work attention does.", _reverse),  # fmt: skip
         Task("capitals", "Capital of a country", "Recalling facts held in the weights: the answer is not in the "
              "prompt, and the held-out prompts ask the same facts in a phrasing never trained on.", _capitals),  # fmt: skip
-        Task("addition", "Add two small numbers", "Arithmetic learned from examples, carries included; it needs the "
-             "digits and '+' in the vocabulary (a character vocabulary of English text adds them).", _addition),  # fmt: skip
     )
 }
 
