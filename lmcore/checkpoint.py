@@ -753,6 +753,8 @@ def _parse_metadata(
             continue
         if listing and key == "tokenizer":  # a listing shows only its type: the merges stay unparsed
             found = _TOKENIZER_TYPE.findall(raw[key][:MAX_HEADER_BYTES])
+            if len(found) == 2 and "chat" in found:  # a chat tokenizer holds its base tokenizer's type too
+                found = ["chat"]
             meta[key] = {"type": found[0]} if len(found) == 1 else {}
             continue
         max_chars, max_containers = _FIELD_LIMITS[key]

@@ -508,8 +508,8 @@ def _chat_generate(args: argparse.Namespace) -> int:
     from lmcore.checkpoint import load_checkpoint
     from lmcore.device import resolve_device
     from lmcore.errors import DataError
-    from lmcore.finetune import load_with_adapter, prompt_ids
-    from lmcore.sample import SamplingConfig, generate
+    from lmcore.finetune import chat_reply, load_with_adapter
+    from lmcore.sample import SamplingConfig
     from lmcore.tokenizers import ChatTokenizer
 
     if not args.chat:
@@ -536,12 +536,9 @@ def _chat_generate(args: argparse.Namespace) -> int:
         model, tok = ckpt.model, ckpt.tokenizer
     if not isinstance(tok, ChatTokenizer):
         raise ConfigError(f"{Path(args.checkpoint).name} has no chat template; fine-tune it first (lmcore finetune)")
-    end = tok.special_id("<|end|>")
     out = _Utf8Out()
     for prompt in prompts:
-        ids = [e.token_id for e in generate(model, prompt_ids(tok, prompt), args.max_new_tokens, sampling,
-                                            stop_ids=[end])]
-        answer = tok.decode([i for i in ids if i != end])
+        answer = chat_reply(model, tok, prompt, args.max_new_tokens, sampling)
         if args.prompts_file:
             out.write(json.dumps({"prompt": prompt, "response": answer}) + "\n")
         else:

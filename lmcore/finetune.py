@@ -160,8 +160,53 @@ def encode_text(tok: ChatTokenizer, text: str) -> list[int]:
 
 def prompt_ids(tok: ChatTokenizer, prompt: str) -> list[int]:
     """The ids a chat model continues to answer ``prompt``: BOS, the user turn, the assistant's tag."""
-    body = encode_text(tok, prompt)
-    return [tok.bos_id, tok.special_id("<|user|>"), *body, tok.special_id("<|end|>"), tok.special_id("<|assistant|>")]
+    return chat_ids(tok, [{"role": "user", "content": prompt}])
+
+
+def chat_ids(tok: ChatTokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The ids a chat model continues to answer the conversation ``messages``: each turn in the template,
+    then the assistant's tag."""
+    ids = [tok.bos_id]
+    for m in messages:
+        ids += [tok.special_id(f"<|{m['role']}|>"), *encode_text(tok, m["content"]), tok.special_id("<|end|>")]
+    return ids + [tok.special_id("<|assistant|>")]
+
+
+def chat_reply(
+    model: nn.Module,
+    tok: Tokenizer,
+    conversation: str | list[dict[str, str]],
+    max_new_tokens: int = 200,
+    sampling: Any = None,
+) -> str:
+    """The answer of a chat model to a prompt (or a conversation of messages), up to its end token.
+
+    The prompt is wrapped in the template (``chat_ids``); generation stops at ``<|end|>``
+    (or after ``max_new_tokens``), which is not part of the answer. ConfigError for a
+    model without a chat template.
+    """
+    from lmcore.sample import generate
+
+    if not isinstance(tok, ChatTokenizer):
+        raise ConfigError("this model has no chat template; fine-tune it on prompt/response pairs first")
+    messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+    end = tok.special_id("<|end|>")
+    ids = [e.token_id for e in generate(model, chat_ids(tok, messages), max_new_tokens, sampling, stop_ids=[end])]
+    return tok.decode(ids)
+
+
+def exact_match(
+    model: nn.Module, tok: Tokenizer, examples: list[list[dict[str, str]]], max_new_tokens: int = 64
+) -> float:
+    """The share of ``examples`` whose last assistant message the model gives exactly (greedy), from the turns before it."""
+    from lmcore.sample import SamplingConfig
+
+    greedy = SamplingConfig(temperature=0.0)
+    right = 0
+    for ex in examples:
+        last = max(i for i, m in enumerate(ex) if m["role"] == "assistant")
+        right += chat_reply(model, tok, ex[:last], max_new_tokens, greedy) == ex[last]["content"]
+    return right / max(len(examples), 1)
 
 
 def encode_examples(tok: ChatTokenizer, examples: list[list[dict[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,10 +377,46 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def trainable_share(model: nn.Module) -> float:
-    """The share of parameters that train (counting tied ones once)."""
+    """The share of parameters that train (counting tied ones once; of an embedding or head whose
+    added rows alone train, those rows)."""
     params = {id(p): p for p in model.parameters()}.values()
     total = sum(p.numel() for p in params)
-    return sum(p.numel() for p in params if p.requires_grad) / max(total, 1)
+
+    def training(p: torch.Tensor) -> int:
+        start = getattr(p, "_new_rows_from", None)
+        return p.numel() if start is None else (p.shape[0] - start) * p[0].numel()
+
+    return sum(training(p) for p in params if p.requires_grad) / max(total, 1)
+
+
+def train_new_rows(model: nn.Module, old_vocab: int) -> list[str]:
+    """Let the rows of the tokens added after ``old_vocab`` train (embedding and head) beside LoRA adapters.
+
+    LoRA freezes the embedding and the head, but the chat tokens' rows start as the
+    mean of the old rows, and a head row that is the mean of the others can never
+    give the most likely token: frozen, the model could never end its answer. The
+    old rows get a zero gradient and no weight decay, so they stay bit-identical.
+    Returns the names of the parameters whose new rows train.
+    """
+    vocab = model.config.vocab_size
+    if vocab <= old_vocab:
+        return []
+    wrapped = {id(m.base) for m in lora_layers(model).values()}
+    names = []
+    for name, module in model.named_modules():
+        if id(module) in wrapped or not isinstance(module, (nn.Embedding, nn.Linear)):
+            continue
+        p = module.weight
+        if p.dim() != 2 or p.shape[0] != vocab or getattr(p, "_new_rows_from", None) is not None:
+            continue  # not a vocabulary-sized matrix, or tied to one already done
+        keep = torch.zeros(vocab, 1)
+        keep[old_vocab:] = 1.0
+        p.requires_grad_(True)
+        p._no_weight_decay = True  # decay would move the old rows, whose gradient is zero
+        p._new_rows_from = old_vocab
+        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
+        names.append(f"{name}.weight" if name else "weight")
+    return names
 
 
 @torch.no_grad()
@@ -362,6 +443,10 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, base_id: str, info: 
     for name, layer in layers.items():
         tensors[f"{name}.lora_A"] = layer.lora_A.detach().float().contiguous().cpu()
         tensors[f"{name}.lora_B"] = layer.lora_B.detach().float().contiguous().cpu()
+    for name, p in model.named_parameters():  # the added tokens' rows, trained beside the adapters
+        start = getattr(p, "_new_rows_from", None)
+        if start is not None and p.requires_grad:
+            tensors[f"{name}.new_rows"] = p[start:].detach().float().contiguous().cpu()
     first = next(iter(layers.values()))
     meta = {
         "format": ADAPTER_FORMAT,
@@ -409,7 +494,9 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
     apply_lora(model, rank, alpha, 0.0, targets)
     layers = lora_layers(model)
     expected = {f"{n}.lora_{ab}" for n in layers for ab in "AB"}
-    if set(tensors) != expected:
+    rows = {k for k in tensors if k.endswith(".new_rows")}
+    params = dict(model.named_parameters())
+    if set(tensors) - rows != expected or any(k.removesuffix(".new_rows") not in params for k in rows):
         raise CheckpointError(f"{path.name} does not match this model's layers; it belongs to another model")
     with torch.no_grad():
         for name, layer in layers.items():
@@ -420,6 +507,11 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
                         f"{path.name}: {name}.lora_{ab} has shape {list(src.shape)}, not {list(dst.shape)}"
                     )
                 dst.copy_(src.to(dst.dtype))
+        for key in rows:  # the added tokens' rows of the embedding and head, trained beside the adapters
+            src, dst = tensors[key], params[key.removesuffix(".new_rows")]
+            if src.dim() != 2 or src.shape[1:] != dst.shape[1:] or not 0 < src.shape[0] <= dst.shape[0]:
+                raise CheckpointError(f"{path.name}: {key} has shape {list(src.shape)}, which this model cannot take")
+            dst[dst.shape[0] - src.shape[0] :].copy_(src.to(dst.dtype))
     return info
 
 
@@ -469,6 +561,7 @@ def finetune(
     val_src = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
     if lora_rank is not None:
         apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
+        train_new_rows(model, ckpt.config.vocab_size)
     share = trainable_share(model)
     trainer = Trainer(model, train_src, val_src, train_config, callbacks=callbacks)
     result = trainer.fit()
@@ -568,6 +661,9 @@ def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | 
         raise ConfigError(f"LoRA adapters export for GPT-2 and Llama models only, not {family}; export it merged")
     ckpt = load_checkpoint(base)
     plain = grow_vocab(ckpt.model, tok.vocab_size)
+    # The exported base carries the added tokens' trained rows (the adapter's other tensors stay apart).
+    mine = plain.state_dict()
+    plain.load_state_dict({k: v for k, v in adapted.state_dict().items() if k in mine}, strict=False)
     tensors, modules = _peft_tensors(family, adapted.config, adapted)
     first = next(iter(lora_layers(adapted).values()))
     out = export_model(plain, tok, out, ckpt.train_state, ckpt.data_info)
@@ -590,3 +686,179 @@ def export_peft(base: str | os.PathLike, adapter: str | os.PathLike, out: str | 
     except OSError as e:
         raise CheckpointError(f"cannot write the adapter beside the export in {out}: {e.strerror or e}") from None
     return out
+
+
+# --------------------------------------------------------------------------- runs (lmcore.jobs)
+
+
+def extends(new: Tokenizer, old: Tokenizer) -> bool:
+    """Whether ``new`` is ``old`` with chat tokens (and maybe characters) added after its vocabulary."""
+    if new.to_dict() == old.to_dict():
+        return True
+    if not isinstance(new, ChatTokenizer):
+        return False
+    if isinstance(old, ChatTokenizer):
+        return new.base.to_dict() == old.base.to_dict() and new.extra[: len(old.extra)] == old.extra
+    return new.base.to_dict() == old.to_dict()
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` as a plain model of its config has it: LoRA adapters folded in.
+
+    The model itself is left as it is (its adapters keep training); a model without
+    adapters gives its own state dict.
+    """
+    module = getattr(model, "_orig_mod", model)
+    layers = lora_layers(module)
+    state = module.state_dict()
+    if not layers:
+        return state
+    out = {k: v for k, v in state.items() if not any(k.startswith(name + ".") for name in layers)}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            out[f"{name}.weight"] = layer.weight.detach()
+            if layer.base.bias is not None:
+                out[f"{name}.bias"] = layer.base.bias.detach()
+    return out
+
+
+def plain_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """A plain model (no adapters) with the weights ``model`` computes with now, on ``device``."""
+    from lmcore.models import build_model
+
+    module = getattr(model, "_orig_mod", model)
+    copy = build_model(module.config, device=device)
+    copy.load_state_dict({k: v.detach().to(device, copy=True) for k, v in plain_state_dict(module).items()})
+    return copy
+
+
+def lora_trainable_share(
+    config: Any, rank: int, targets: Iterable[str] | None = None, old_vocab: int | None = None
+) -> float:
+    """The share of a model's weights that LoRA adapters of ``rank`` train, with the rows of the tokens
+    added after ``old_vocab`` (the model is built without memory)."""
+    from lmcore.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config)
+    apply_lora(model, rank, None, 0.0, targets)
+    if old_vocab is not None:
+        train_new_rows(model, old_vocab)
+    return trainable_share(model)
+
+
+def merged_checkpoint_callback(path: str | os.PathLike, tokenizer: Tokenizer, keep: str = "best",
+                               data_info: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """A ``CheckpointCallback`` that saves a LoRA run as a normal checkpoint: the adapters folded into a copy.
+
+    No resume state is saved: the optimizer's state belongs to the adapters, which the file no longer has.
+    """
+    from lmcore.checkpoint import CheckpointCallback, save_checkpoint
+
+    class MergedCheckpointCallback(CheckpointCallback):
+        def on_eval(self, event: Any) -> None:
+            if self.keep == "best" and self.best is not None and not event.val_loss < self.best:
+                return
+            self.best = event.val_loss if self.best is None else min(self.best, event.val_loss)
+            trainer = self.trainer
+            with trainer.lock:
+                plain = plain_copy(trainer.model)
+            self.saved_path = save_checkpoint(self.path, plain, self.tokenizer, train_state=trainer.train_state(),
+                                              data_info=self.data_info)  # fmt: skip
+            self.saved_step = event.step
+
+    return MergedCheckpointCallback(path, tokenizer, keep=keep, data_info=data_info, save_optimizer=False)
+
+
+class BaseLossCallback:
+    """Adds ``base_val_loss`` to every evaluation: the loss on the base model's own kind of text.
+
+    Fine-tuning on a task makes a model forget some of what it knew; this measures
+    how much, as a curve: the (unmasked) next-token loss on fixed windows of
+    ``ids`` (plain text encoded with the base's vocabulary).
+    """
+
+    def __init__(self, ids: Any, windows: int = 8, seed: int = 0):
+        from lmcore.batches import as_source
+
+        self.source = as_source(ids)
+        self.windows = windows
+        self.seed = seed
+        self._starts: torch.Tensor | None = None
+
+    def on_measure(self, trainer: Any) -> dict[str, Any]:
+        from lmcore.train import score_windows
+
+        T = trainer.block_size
+        n = len(self.source) - T
+        if n < 1:
+            return {}
+        if self._starts is None:
+            g = torch.Generator().manual_seed(self.seed)
+            self._starts = torch.randint(0, n, (self.windows,), generator=g)
+        w = self.source.windows(self._starts, T + 1)
+        with trainer.lock:
+            loss, _, count = score_windows(trainer.model, [w], device=trainer.device).tolist()
+        return {"base_val_loss": loss / count}
+
+
+def finetune_spec(
+    name: str,
+    base: str | os.PathLike,
+    examples: list[list[dict[str, str]]],
+    train_config: Any,
+    *,
+    lora: dict[str, Any] | None = None,
+    add_chars: bool = False,
+    base_val_ids: Any = None,
+    val_share: float = 0.1,
+    data_info: dict[str, Any] | None = None,
+) -> Any:
+    """The ``RunSpec`` of a fine-tuning run of the checkpoint ``base`` on ``examples`` (through ``JobRegistry.start``).
+
+    The checkpoint's vocabulary gets the chat template (``chat_tokenizer``; unseen
+    characters refused unless ``add_chars``), the examples are split (the last
+    ``val_share`` validate) and encoded with their loss mask. ``lora``: ``rank``
+    (and ``alpha``, ``dropout``, ``targets``) for adapters on a frozen base, else
+    every weight trains. ``base_val_ids``: plain text in the base's vocabulary whose
+    loss every evaluation reports (``BaseLossCallback``). Everything is checked here,
+    before any run starts.
+    """
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.jobs import RunSpec
+
+    ckpt = load_checkpoint(base, device="cpu")
+    tok = chat_tokenizer(ckpt.tokenizer, examples, add_chars=add_chars)
+    if getattr(ckpt.model, "sized_by_data", False) or not any(p.requires_grad for p in ckpt.model.parameters()):
+        raise ConfigError(f"a {ckpt.config.arch} model learns no weights by gradient; fine-tune a neural model")
+    config = ckpt.config.replace(vocab_size=tok.vocab_size)
+    lora = None if lora is None else {"rank": int(lora["rank"]), "alpha": lora.get("alpha"),
+                                      "dropout": float(lora.get("dropout", 0.0)), "targets": lora.get("targets")}  # fmt: skip
+    share = 1.0
+    if lora is not None:
+        share = lora_trainable_share(config, lora["rank"], lora["targets"], ckpt.config.vocab_size)
+        if not 0.0 <= lora["dropout"] < 1.0:
+            raise ConfigError(f"the LoRA dropout must be in [0, 1), not {lora['dropout']}")
+    n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0
+    train_ex, val_ex = examples[: len(examples) - n_val], examples[len(examples) - n_val :] or examples
+    block = config.block_size
+    train = MaskedTokens(*encode_examples(tok, train_ex), min_len=block + 1)
+    val = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
+    if base_val_ids is not None and len(base_val_ids) < block + 1:
+        base_val_ids = None  # too short to measure; the run goes on without the curve
+    info = {
+        **(data_info or {}),
+        "finetune": {
+            "base": Path(base).name,
+            "base_checkpoint_id": str(ckpt.metadata.get("checkpoint_id", "")),
+            "examples": len(examples),
+            "train_examples": len(train_ex),
+            "val_examples": n_val,
+            "lora_rank": None if lora is None else lora["rank"],
+            "trainable_share": share,
+            "sample_prompt": val_ex[0],
+        },
+        "train_tokens": len(train),
+    }
+    return RunSpec(name, config, tok, train, val, train_config, data_info=info, init_from=base, lora=lora,
+                   base_val_ids=base_val_ids)  # fmt: skip

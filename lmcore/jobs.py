@@ -83,10 +83,20 @@ from lmcore.checkpoint import (
 from lmcore.data import as_source
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
+from lmcore.finetune import (
+    BaseLossCallback,
+    apply_lora,
+    chat_reply,
+    extends,
+    grow_vocab,
+    merged_checkpoint_callback,
+    plain_state_dict,
+    train_new_rows,
+)
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
 from lmcore.runlog import RunLogger, log_path, parse_lines
-from lmcore.tokenizers import Tokenizer
+from lmcore.tokenizers import ChatTokenizer, Tokenizer
 from lmcore.train import BitsPerByteCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
@@ -172,6 +182,12 @@ class RunSpec:
     schedule, and saves under its own name. ``keep="best"``: the checkpoint
     holds the best-validation weights; ``"last"``: the latest.
     ``sample_tokens``: the length of the text sampled at each evaluation.
+    Fine-tuning (see ``lmcore.finetune.finetune_spec``): ``tokenizer`` may extend the
+    ``init_from`` checkpoint's with chat tokens (the model grows to it), the ids may be
+    masked sources (``MaskedTokens``), ``lora`` (``rank``, ``alpha``, ``dropout``,
+    ``targets``) trains adapters on a frozen base (saved merged, without a resume
+    state), and ``base_val_ids`` (plain text in the base's vocabulary) adds its loss to
+    every evaluation (``base_val_loss``: what the model forgets).
     """
 
     name: str
@@ -185,6 +201,8 @@ class RunSpec:
     init_from: str | Path | None = None
     keep: str = "best"
     sample_tokens: int = SAMPLE_TOKENS
+    lora: dict[str, Any] | None = None
+    base_val_ids: torch.Tensor | TokenSource | None = None
 
 
 class TrainingJob:
@@ -210,6 +228,7 @@ class TrainingJob:
         self.checkpoint_path: Path | None = checkpoint_path
         self.resumed_from = spec.resume_from
         self.init_from = spec.init_from
+        self.lora = spec.lora
         self.device = device
         self.device_name = describe_device(device)
         self.sample_tokens = spec.sample_tokens
@@ -223,6 +242,7 @@ class TrainingJob:
         self._lock = threading.Lock()
         self._train_ids: torch.Tensor | TokenSource | None = spec.train_ids
         self._val_ids: torch.Tensor | TokenSource | None = spec.val_ids
+        self._base_val_ids: torch.Tensor | TokenSource | None = spec.base_val_ids
         self._model: LanguageModel | None = None
         self._trainer: Trainer | None = None
         self._stop_requested = False
@@ -318,8 +338,8 @@ class TrainingJob:
             raise TrainingError(f"the run '{self.name}' has no model yet ({self.error or 'it is still starting'})")
         module = getattr(model, "_orig_mod", model)
         lock = trainer.lock if trainer is not None else contextlib.nullcontext()
-        with lock:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        with lock:  # a LoRA run's adapters folded in: the copy is a plain model of model_config
+            state = {k: v.detach().to("cpu", copy=True) for k, v in plain_state_dict(module).items()}
         copy = build_model(self.model_config, device="cpu")
         copy.load_state_dict(state)
         return copy.eval()
@@ -349,6 +369,12 @@ class TrainingJob:
 
         model, tok = self._model, self.tokenizer
         assert model is not None
+        asked = (self.data_info.get("finetune") or {}).get("sample_prompt")
+        if asked and isinstance(tok, ChatTokenizer):  # a fine-tuning run answers a held-out prompt
+            last = max(i for i, m in enumerate(asked) if m["role"] == "assistant")
+            sampling = SamplingConfig(temperature=0.8, seed=self.train_config.seed)
+            answer = chat_reply(model, tok, asked[:last], self.sample_tokens, sampling)
+            return "".join(f"{m['role']}: {m['content']}\n" for m in asked[:last]) + f"assistant: {answer}"
         documents = bool(self.data_info.get("documents"))
         first: list[int] = []  # a plain-text run continues the first validation token (ids or shards)
         if not documents and self._val_ids is not None and len(self._val_ids) > 0:
@@ -363,13 +389,18 @@ class TrainingJob:
         """The model to train, and the resume state when continuing a checkpoint."""
         if self.init_from is not None:
             ckpt = load_checkpoint(self.init_from, device="cpu")
-            if ckpt.tokenizer.to_dict() != self.tokenizer.to_dict():
+            if not extends(self.tokenizer, ckpt.tokenizer):
                 raise TrainingError(
                     f"{Path(self.init_from).name} has another vocabulary than the one that encoded this data; "
                     "encode the data with the checkpoint's tokenizer"
                 )
-            self.model_config = ckpt.config
-            return ckpt.model, None
+            model = grow_vocab(ckpt.model, self.tokenizer.vocab_size)  # chat tokens added: new rows
+            if self.lora is not None:
+                lora = self.lora
+                apply_lora(model, lora["rank"], lora.get("alpha"), lora.get("dropout", 0.0), lora.get("targets"))
+                train_new_rows(model, ckpt.config.vocab_size)  # the chat tokens' rows learn beside the adapters
+            self.model_config = model.config
+            return model, None
         if self.resumed_from is None:
             # Initial weights come from torch's global generator: seed it, in a
             # fork that leaves the global state as it was, and one build at a
@@ -400,7 +431,14 @@ class TrainingJob:
             # Saves weights, tokenizer and resume state at the evals that improve
             # on the best validation loss (keep="last": at every eval), so the
             # file holds the best (or last) model; a run that fails keeps its last good save.
-            checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep, data_info=self.data_info)
+            # A run on masked prompt/response pairs saves no resume state: Resume continues a run on the
+            # corpus, which is not what it trained on.
+            if self.lora is not None:
+                checkpointer = merged_checkpoint_callback(self.checkpoint_path, self.tokenizer, self.keep, self.data_info)
+            else:
+                checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep,
+                                                  data_info=self.data_info,
+                                                  save_optimizer=not hasattr(self._train_ids, "target_windows"))  # fmt: skip
             self._runlog = RunLogger(
                 self.checkpoint_path,
                 {"source": self.data_info.get("source"), "train_tokens": len(self._train_ids)},
@@ -411,8 +449,7 @@ class TrainingJob:
                 self._train_ids,
                 self._val_ids,
                 self.train_config,
-                callbacks=[HeadScoresCallback(), BitsPerByteCallback(self.tokenizer, self._val_ids), self, checkpointer,
-                           self._runlog],  # fmt: skip
+                callbacks=[HeadScoresCallback(), *self._measures(), self, checkpointer, self._runlog],
                 device=self.device,
             )
             if resume_state is not None:
@@ -435,9 +472,19 @@ class TrainingJob:
             with self._lock:
                 self.finished_at = time.time()
                 # Free what only training needed; keep the model for snapshots.
-                self._train_ids = self._val_ids = None
+                self._train_ids = self._val_ids = self._base_val_ids = None
                 self._trainer = None
             self._runlog.close()
+
+    def _measures(self) -> list[Any]:
+        """Bits per byte of the validation text (not of a masked source: its loss is the answers' alone),
+        and the base's loss on its own text when a fine-tuning run has it."""
+        out: list[Any] = []
+        if not hasattr(self._val_ids, "target_windows"):
+            out.append(BitsPerByteCallback(self.tokenizer, self._val_ids))
+        if self._base_val_ids is not None:
+            out.append(BaseLossCallback(self._base_val_ids, seed=self.train_config.seed))
+        return out
 
     @property
     def saved(self) -> bool:
@@ -473,6 +520,7 @@ def _event(record: dict[str, Any], max_iters: int, loss: float) -> TrainEvent:
     return TrainEvent(loss=loss, train_loss=num("train_loss"), val_loss=num("val_loss"), val_ppl=num("val_ppl"),
                       val_acc=num("val_acc"), val_bpb=record.get("val_bpb") if isinstance(record.get("val_bpb"), float) else None,
                       sample=record.get("sample"), head_scores=record.get("head_scores"),
+                      base_val_loss=record.get("base_val_loss") if isinstance(record.get("base_val_loss"), float) else None,
                       **common)  # fmt: skip
 
 
@@ -506,7 +554,7 @@ class RunProcess(TrainingJob):
 
     def __init__(self, spec: RunSpec, checkpoint_path: Path, device: torch.device):
         super().__init__(spec, checkpoint_path, device)
-        self._train_ids = self._val_ids = None  # the process has them
+        self._train_ids = self._val_ids = self._base_val_ids = None  # the process has them
         self._spec = spec
         self._dir = Path(tempfile.mkdtemp(prefix="lmcore-run-"))
         self._log = log_path(checkpoint_path)

@@ -175,6 +175,8 @@ class RunLogger:
         }
         if getattr(e, "val_bpb", None) is not None:
             record["val_bpb"] = e.val_bpb
+        if getattr(e, "base_val_loss", None) is not None:
+            record["base_val_loss"] = e.base_val_loss
         if e.sample is not None:
             record["sample"] = e.sample
         if getattr(e, "head_scores", None):

@@ -226,6 +226,7 @@ class TrainEvent:
     val_ppl: float | None = None
     val_acc: float | None = None
     val_bpb: float | None = None  # bits per UTF-8 byte of the validation text, when a BitsPerByteCallback runs
+    base_val_loss: float | None = None  # a fine-tuning run's loss on the base's own text (finetune.BaseLossCallback)
     sample: str | None = None  # a short generated text, when a callback asks for one
     # per layer and head, at evals when a HeadScoresCallback runs: previous_token, first_token, induction
     head_scores: dict[str, list[list[float]]] | None = None

@@ -123,7 +123,7 @@ def token_length_figure(lengths: Sequence[int], counts: Sequence[int] | None = N
 # The chart columns of a run: per step, then per evaluation.
 SERIES_KEYS = (
     "step", "tokens", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s",
-    "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample",
+    "eval_step", "eval_tokens", "train_loss", "val_loss", "val_ppl", "val_acc", "sample", "base_val_loss",
 )  # fmt: skip
 
 
@@ -153,6 +153,8 @@ def series_from_events(events: Iterable[Any]) -> dict[str, list]:
             out["val_ppl"].append(e.val_ppl)
             out["val_acc"].append(e.val_acc)
             out["sample"].append(e.sample)
+            base = getattr(e, "base_val_loss", None)  # a fine-tuning run's loss on its base's text
+            out["base_val_loss"].append(math.nan if base is None else base)
     return out
 
 
@@ -247,7 +249,7 @@ def loss_figure(runs: Mapping[str, Mapping[str, list]], x: str = "step", log_y: 
     return fig
 
 
-EVAL_KEYS = ("train_loss", "val_loss", "val_ppl", "val_acc")  # series columns measured at evaluations
+EVAL_KEYS = ("train_loss", "val_loss", "val_ppl", "val_acc", "base_val_loss")  # series columns measured at evaluations
 
 
 def metric_figure(

@@ -53,6 +53,7 @@ SLOW_MODULES = {
     "test_jobs.py",
     "test_features_page.py",
     "test_finetune.py",
+    "test_finetune_page.py",
 }
 SLOW_TESTS = {
     "test_mamba.py::test_short_training_run_beats_the_unigram_loss",
@@ -74,6 +75,7 @@ SLOW_TESTS = {
     "test_recipes.py::test_recipe_trains_a_few_steps",
     "test_sae.py::test_cli_trains_saves_and_prints_the_evaluation_as_one_json_line",
     "test_novelty.py::test_the_index_is_built_once_and_fast_on_a_large_corpus",
+    "test_finetune_runs.py::test_a_fine_tuning_run_saves_a_chat_checkpoint_and_measures_forgetting",
 }
 FAST_LIMIT_S = 2.0
 # The modules that take longest (measured), run first: two workers that start with the long

@@ -97,3 +97,27 @@ def novelty_html(tok: Tokenizer, ids: Sequence[int], span: Sequence[int]) -> str
         '<div style="font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;'
         'line-height:1.9;font-size:0.95rem;">' + "".join(parts) + "</div>"
     )
+
+
+TRAINED_COLOR = "#bbf7d0"  # a token the fine-tuning loss is taken on
+
+
+def masked_example_html(tok: Tokenizer, ids: Sequence[int], mask: Sequence[bool]) -> str:
+    """One fine-tuning example: the tokens the loss is taken on highlighted, the others greyed.
+
+    Special tokens (``<|user|>``...) have no text of their own: they show as their names.
+    """
+    parts, at = [], 0
+    for text, piece_ids in token_pieces(tok, ids):
+        trained = any(mask[at : at + len(piece_ids)])
+        at += len(piece_ids)
+        body = _visible(text) if text else html.escape("".join(tok.token_str(i) for i in piece_ids), quote=False)
+        title = "trained: the loss is taken on this token" if trained else "context only: no loss on this token"
+        style = f"background:{TRAINED_COLOR};" if trained else "color:#6b7280;"
+        if not text:
+            style += "font-weight:600;"
+        parts.append(f'<span title="{title}" style="{style}">{body}</span>')
+    return (
+        '<div style="font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap;'
+        'line-height:1.9;font-size:0.95rem;">' + "".join(parts) + "</div>"
+    )

@@ -13,8 +13,10 @@ import streamlit as st
 
 from lmcore import viz
 from lmcore.errors import LMCoreError
+from lmcore.finetune import chat_reply
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
 from lmcore.sample import SamplingConfig, generate, next_token_distribution, token_candidates
+from lmcore.tokenizers import ChatTokenizer
 from ui import models, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
@@ -167,7 +169,46 @@ def memorised_or_new(tokenizer: Any, ids: list[int]) -> None:
     )
 
 
-tab_gen, tab_temp, tab_cmp = st.tabs(["Generate", "Temperature explorer", "Compare two models"])
+CHAT_HISTORY = "generation.chat_history"  # per model: the conversation shown in the Chat tab
+
+
+def chat_view() -> None:
+    """Talk to a fine-tuned model: each message wrapped in its chat template, the answer up to its end token."""
+    st.write(
+        "This model was fine-tuned to answer. Your message is wrapped in its chat template "
+        "(`<|user|>` message `<|end|><|assistant|>`) and the model writes until it produces its `<|end|>` token "
+        "(or the max new tokens above). The sampling settings above apply: temperature 0 gives its most likely answer."
+    )
+    remember = st.toggle("Remember the conversation", key="generation.chat_remember",
+                         help="Send the earlier turns with each message. A model fine-tuned on single prompt/response "
+                         "pairs answers best without them.")  # fmt: skip
+    chats = st.session_state.setdefault(CHAT_HISTORY, {})
+    history = chats.setdefault(choice, [])
+    box = st.container()
+    asked = st.chat_input("Ask the model", key="generation.chat_input")
+    if asked:
+        with user_errors(stop=False):
+            cfg = sampling_config()
+            turns = (history if remember else []) + [{"role": "user", "content": asked}]
+            answer = chat_reply(model, tokenizer, turns, int(max_new), cfg)
+            history += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
+    with box:
+        if not history:
+            st.caption("Type a message below.")
+        for m in history:
+            with st.chat_message(m["role"]):
+                st.text(m["content"] if m["content"] else "(an empty answer: the end token came first)")
+    if history and st.button("Clear the conversation", key="generation.chat_clear"):
+        chats[choice] = []
+        st.rerun()
+
+
+is_chat = isinstance(tokenizer, ChatTokenizer)
+tabs = st.tabs((["Chat"] if is_chat else []) + ["Generate", "Temperature explorer", "Compare two models"])
+tab_gen, tab_temp, tab_cmp = tabs[-3:]
+if is_chat:
+    with tabs[0]:
+        chat_view()
 
 with tab_gen:
     clicked = st.button("Generate", type="primary", key="generation.go")

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, resume_settings, sanitize_name
+from lmcore.batches import as_source
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
+from lmcore.finetune import chat_tokenizer, encode_example, finetune_spec, lora_trainable_share, parse_examples
 from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_FORMED, INDUCTION_VOCAB, best_induction, recipe, train_settings
 from lmcore.settings import declared
+from lmcore.tasks import list_tasks
 from lmcore.train import TrainConfig
 from lmcore.viz import loss_figure, metric_figure, series_from_events
 from ui import ownership
@@ -36,7 +42,7 @@ from ui.flow import (
     require_corpus,
     require_model_config,
 )
-from ui.render import md
+from ui.render import masked_example_html, md
 from ui.runs import saved_runs_section
 from ui.settings import page_config, train_key, train_widget, train_widgets
 from ui.shell import require_app
@@ -218,6 +224,115 @@ def _finetune(path, name: str) -> bool:
     check_length(val_ids, base.config.block_size, "validation split")
     spec = RunSpec(f"{name}-finetuned", base.config, base.tokenizer, train_ids, val_ids, _train_config(),
                    data_info=_data_info(), init_from=path)  # fmt: skip
+    job = REGISTRY.start(spec, checkpoint_dir())
+    _follow(job)
+    return True
+
+
+FINETUNE_MODES = {"corpus": "the current corpus (more of the same)", "pairs": "prompt/response pairs (learn to answer)"}
+PAIRS_SOURCES = {"task": "a ready-made task", "paste": "pasted JSONL", "upload": "a JSONL file"}
+SHOWN_EXAMPLES = 3
+BASE_TEXT_TOKENS = 20_000  # the base's own text kept for the forgetting curve (8 windows are measured)
+
+
+def _pairs_text() -> tuple[str, str, str, str] | None:
+    """The chosen pairs as (JSONL text, its source, its name, what an error calls it), or None while there are none."""
+    source = st.radio("Examples", list(PAIRS_SOURCES), format_func=PAIRS_SOURCES.get, horizontal=True,
+                      key="train_pairs_source")  # fmt: skip
+    if source == "task":
+        tasks = list_tasks()
+        task = st.selectbox("Task", tasks, format_func=lambda t: f"{t.title} ({t.name})", key="train_pairs_task")
+        st.caption(f"**What it teaches:** {task.teaches} {len(task.examples('train')):,} examples; the "
+                   f"{len(task.examples('heldout')):,} held-out prompts (never trained on) are in "
+                   f"`{task.path('heldout').name}`, for the chat view or `lmcore generate --chat --prompts-file`.")  # fmt: skip
+        return task.text("train"), f"task:{task.name}", task.name, task.path("train").name
+    if source == "paste":
+        text = st.text_area("JSONL, one example a line", key="train_pairs_paste", height=150,
+                            placeholder='{"prompt": "cat", "response": "CAT"}\n'
+                            '{"messages": [{"role": "user", "content": "dog"}, {"role": "assistant", "content": "DOG"}]}')  # fmt: skip
+        return (text, "pasted JSONL", "pasted", "the pasted text") if text.strip() else None
+    up = st.file_uploader("JSONL file", type=["jsonl", "json", "txt"], key="train_pairs_upload")
+    if up is None:
+        return None
+    try:
+        return up.getvalue().decode("utf-8"), up.name, Path(up.name).stem, up.name
+    except UnicodeDecodeError:
+        st.error(f"{md(up.name)} is not UTF-8 text; save the file as UTF-8.")
+        return None
+
+
+def _pairs_section(base: dict) -> None:
+    """Fine-tune ``base`` to answer: the examples, the trained tokens, full or LoRA, and Start."""
+    st.markdown(
+        "Each example becomes `<|user|>prompt<|end|><|assistant|>answer<|end|>`: special tokens added to the "
+        "vocabulary, and the loss taken **only on the answer** (and its end token). The model learns to answer, "
+        "not to write prompts."
+    )
+    got = _pairs_text()
+    if got is None:
+        st.caption("Choose a task, paste JSONL or upload a file: one JSON object a line, "
+                   '`{"prompt": ..., "response": ...}` or `{"messages": [{"role": ..., "content": ...}, ...]}`.')  # fmt: skip
+        return
+    text, source, data_name, where = got
+    add_chars = st.checkbox("Add characters the vocabulary lacks", key="train_pairs_add_chars",
+                            help="A character vocabulary knows only the characters of its corpus; new ones get new "
+                            "tokens (new rows of the embedding and the head), else they are refused.")  # fmt: skip
+    try:
+        examples = parse_examples(text, where)
+        settings = resume_settings(base["path"])
+        tok = chat_tokenizer(settings.tokenizer, examples, add_chars=add_chars)
+    except LMCoreError as e:
+        st.error(md(str(e)))
+        return
+    added = tok.vocab_size - settings.tokenizer.vocab_size
+    st.caption(f"{len(examples):,} examples · the vocabulary grows by {added} token{'s' if added != 1 else ''} "
+               f"({', '.join(md(x) for x in tok.extra[len(tok.extra) - added:]) if added else 'it has them'}) · "
+               "trained tokens are highlighted:")  # fmt: skip
+    for ex in examples[:SHOWN_EXAMPLES]:
+        st.markdown(masked_example_html(tok, *encode_example(tok, ex)), unsafe_allow_html=True)
+    c = st.columns([1, 1, 2])
+    method = c[0].radio("Train", ["full", "lora"], format_func={"full": "all weights", "lora": "LoRA adapters"}.get,
+                        key="train_pairs_method")  # fmt: skip
+    rank = int(c[1].number_input("LoRA rank", 1, 256, value=8, step=1, key="train_pairs_rank",
+                                 disabled=method != "lora",
+                                 help="The size of the low-rank update B·A added to each attention and MLP "
+                                 "projection (Mamba: its in and out projections)."))  # fmt: skip
+    config = settings.config.replace(vocab_size=tok.vocab_size)
+    if method == "lora":
+        try:
+            share = lora_trainable_share(config, rank, old_vocab=settings.config.vocab_size)
+        except LMCoreError as e:
+            st.error(md(str(e)))
+            return
+        c[2].caption(f"LoRA freezes every weight of the base and trains two small matrices per layer, and the "
+                     f"rows of the added tokens: **{share:.2%}** of the weights train. The saved checkpoint has "
+                     "them folded in.")  # fmt: skip
+    else:
+        c[2].caption("Every weight trains (**100%**): the most capacity, and the most to forget.")
+    forgetting = st.checkbox("Measure what it forgets: the base's loss on the current corpus's validation text "
+                             "at each evaluation", value=True, key="train_pairs_forget")  # fmt: skip
+    st.caption("The iterations, learning rate and evaluation settings are the ones set above: 800 steps at "
+               "1e-3 teach the baby GPT a ready-made task (LoRA: 4e-3). 10% of the examples validate.")  # fmt: skip
+    if st.button("Fine-tune on these pairs", key="train_pairs_start", type="primary"):
+        with user_errors(stop=False):
+            if _finetune_pairs(base, examples, source, data_name, method, rank, add_chars, forgetting):
+                st.rerun()
+
+
+def _finetune_pairs(base: dict, examples: list, source: str, data_name: str, method: str, rank: int,
+                    add_chars: bool, forgetting: bool) -> bool:  # fmt: skip
+    """Start the fine-tuning run through the one run path (its own process, the live plots as for any run)."""
+    base_ids = None
+    if forgetting:
+        try:
+            _, _, val_ids = encoded_split(resume_settings(base["path"]).tokenizer)
+            n = min(len(val_ids), BASE_TEXT_TOKENS)
+            base_ids = as_source(val_ids).windows(torch.zeros(1, dtype=torch.long), n)[0].clone()
+        except LMCoreError as e:
+            st.warning(f"No forgetting curve: {md(str(e))}")
+    spec = finetune_spec(f"{base['name']}-{data_name}", base["path"], examples, _train_config(),
+                         lora={"rank": rank} if method == "lora" else None, add_chars=add_chars, base_val_ids=base_ids,
+                         data_info={"source": source, "name": data_name, "documents": False})  # fmt: skip
     job = REGISTRY.start(spec, checkpoint_dir())
     _follow(job)
     return True
@@ -462,7 +577,8 @@ with st.expander("Continue a saved checkpoint", key="train_continue_box"):
                 if _resume(pick["path"], pick["name"]):
                     st.rerun()
 
-# Fine-tune: any readable checkpoint (an opened Hugging Face model, say) trained further on this corpus.
+# Fine-tune: any readable checkpoint (an opened Hugging Face model, say) trained further on this corpus,
+# or taught to answer: prompt/response pairs, the loss on the answers only, all weights or LoRA adapters.
 with st.expander("Fine-tune a checkpoint", key="train_finetune_box"):
     usable = [r for r in list_checkpoints(checkpoint_dir()) if r["error"] is None]
     if not usable:
@@ -474,14 +590,19 @@ with st.expander("Fine-tune a checkpoint", key="train_finetune_box"):
             format_func=lambda r: f"{r['name']} · {r.get('preset') or r['arch']} · {r['params']:,} parameters",
             key="train_finetune_pick",
         )
-        st.caption(
-            "A new run starts from its weights, with its own vocabulary and model, on the current corpus, using "
-            "the iterations and learning rate set above; it is saved under a new name, the checkpoint stays as it is."
-        )
-        if st.button("Fine-tune on the current corpus", key="train_finetune_start"):
-            with user_errors(stop=False):
-                if _finetune(base["path"], base["name"]):
-                    st.rerun()
+        mode = st.radio("Train it on", list(FINETUNE_MODES), format_func=FINETUNE_MODES.get, horizontal=True,
+                        key="train_finetune_mode")  # fmt: skip
+        if mode == "corpus":
+            st.caption(
+                "A new run starts from its weights, with its own vocabulary and model, on the current corpus, using "
+                "the iterations and learning rate set above; it is saved under a new name, the checkpoint stays as it is."
+            )
+            if st.button("Fine-tune on the current corpus", key="train_finetune_start"):
+                with user_errors(stop=False):
+                    if _finetune(base["path"], base["name"]):
+                        st.rerun()
+        else:
+            _pairs_section(base)
 
 # Runs as files: every run's log in the checkpoint folder, from any process.
 saved_runs_section(checkpoint_dir())
@@ -590,7 +711,17 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
         other = REGISTRY.get(cid)
         if other is not None and other.name not in runs:
             runs[other.name] = series_from_events(other.events_since(0))
+    ft = job.data_info.get("finetune")
+    if ft:
+        how = f"LoRA adapters of rank {ft['lora_rank']}" if ft.get("lora_rank") else "all weights"
+        st.caption(f"Fine-tuning {md(ft.get('base', '?'))} on {ft.get('train_examples', 0):,} examples "
+                   f"({ft.get('val_examples', 0):,} validate) with {how}: {ft.get('trainable_share', 1.0):.2%} of "
+                   "the weights train. The losses are taken on the answers' tokens only.")  # fmt: skip
     show_figure(loss_figure(runs, x=x), key="train_loss_chart")
+    if any(math.isfinite(v) for v in series["base_val_loss"]):
+        st.caption("Forgetting: the loss on the base model's own kind of text (the current corpus's validation "
+                   "split) at each evaluation. It rises as the model trades what it knew for the task.")  # fmt: skip
+        show_figure(metric_figure(runs, "base_val_loss", "loss on the base's text", x=x), key="train_forget_chart")
     q = st.columns(2)
     with q[0]:
         st.caption("Validation accuracy: how often the most likely next token is the right one")
@@ -611,7 +742,8 @@ def live_view(job_id: str, compare_ids: list[str], x: str, was_alive: bool) -> N
 
     samples = [e for e in evals if e.sample]
     if samples:
-        st.markdown(f"**What the model writes at step {samples[-1].step:,}** (temperature 0.8)")
+        what = "answers a held-out prompt" if ft else "writes"
+        st.markdown(f"**What the model {what} at step {samples[-1].step:,}** (temperature 0.8)")
         st.code(samples[-1].sample, language=None, wrap_lines=True)
     if was_alive and not job.is_alive:
         st.rerun()  # it just ended: redraw the whole page once (buttons, no timer)
