@@ -49,12 +49,14 @@ def pairs_mode() -> AppTest:
 
 
 def test_a_bad_line_is_one_error_naming_it_and_nothing_can_start(folder):
+    before = {job.id for job in REGISTRY.list()}  # runs other tests in this process left behind
     at = pairs_mode()
     at.radio(key="train_pairs_source").set_value("paste").run()
     at.text_area(key="train_pairs_paste").set_value('{"prompt": "a", "response": "b"}\n{"prompt": 3}\n').run()
     assert [e.value.replace("\\", "") for e in at.error] == [
         'the pasted text line 2 needs text fields "prompt" and "response" (or a "messages" list)']
-    assert not [b for b in at.button if b.key == "train_pairs_start"] and not REGISTRY.list()
+    assert not [b for b in at.button if b.key == "train_pairs_start"]
+    assert {job.id for job in REGISTRY.list()} == before
     at.text_area(key="train_pairs_paste").set_value('{"prompt": "a", "response": "\u00e9t\u00e9"}\n').run()
     assert "not in the model's vocabulary: '\u00e9'" in texts(at.error).replace("\\", "")  # a char vocabulary refuses unseen characters
     at.checkbox(key="train_pairs_add_chars").check().run()
