@@ -7,8 +7,8 @@ import torch
 
 from lmcore.checkpoint import load_checkpoint, optimizer_path, save_checkpoint
 from lmcore.errors import TokenizerError
-from lmcore.finetune import chat_ids, encode_example, exact_match, finetune_spec, lora_trainable_share, parse_examples
-from lmcore.jobs import FINISHED, JobRegistry
+from lmcore.finetune import chat_ids, encode_example, exact_match, lora_trainable_share, parse_examples
+from lmcore.jobs import FINISHED, JobRegistry, finetune_spec
 from lmcore.models import build_model
 from lmcore.models.config import ModelConfig
 from lmcore.tokenizers import CharTokenizer, ChatTokenizer

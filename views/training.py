@@ -16,8 +16,8 @@ from lmcore.batches import as_source
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
-from lmcore.finetune import chat_tokenizer, encode_example, finetune_spec, lora_trainable_share, parse_examples
-from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
+from lmcore.finetune import chat_tokenizer, encode_example, lora_trainable_share, parse_examples
+from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob, finetune_spec
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_FORMED, INDUCTION_VOCAB, best_induction, recipe, train_settings
