@@ -35,7 +35,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import CheckpointError, ConfigError, DataError
-from lmcore.hooks import hook_names, run_with_cache, run_with_hooks
+from lmcore.hooks import hook_names, hooked, run_with_cache, run_with_hooks
 
 FORMAT = "lmcore-sae/1"
 MAX_FEATURES = 1 << 16
@@ -535,6 +536,62 @@ class FeatureActivations:
         pairs = [(int(i), float(v)) for i, v in zip(self.indices[position], self.values[position]) if v > 0]
         return sorted(pairs, key=lambda p: -p[1])
 
+    def top_features(self, n: int = 10) -> list[FeatureScore]:
+        """The ``n`` features with the largest total activation over the whole text, strongest first."""
+        active = self.values > 0
+        total = torch.zeros(self.n_features, dtype=torch.float64)
+        total.index_add_(0, self.indices[active], self.values[active].double())
+        count = torch.zeros(self.n_features, dtype=torch.long)
+        count.index_add_(0, self.indices[active], torch.ones(int(active.sum()), dtype=torch.long))
+        return _scores(total, count, len(self.tokens), n)
+
+    def token_features(self, token: int, n: int = 10) -> list[FeatureScore]:
+        """The features that fire most on ``token``: the ``n`` largest mean activations over its occurrences.
+
+        ``share`` is the share of the token's occurrences on which the feature
+        fires; ``precision`` the share of the feature's firings that fall on
+        this token (1: it fires on nothing else here). Empty when the token
+        does not occur in the text.
+        """
+        at = self.tokens == token
+        occurrences = int(at.sum())
+        if occurrences == 0:
+            return []
+        values, indices = self.values[at], self.indices[at]
+        active = values > 0
+        total = torch.zeros(self.n_features, dtype=torch.float64)
+        total.index_add_(0, indices[active], values[active].double())
+        count = torch.zeros(self.n_features, dtype=torch.long)
+        count.index_add_(0, indices[active], torch.ones(int(active.sum()), dtype=torch.long))
+        everywhere = self.density() * len(self.tokens)
+        scores = _scores(total, count, occurrences, n)
+        for s in scores:
+            s.precision = s.count / max(1.0, float(everywhere[s.feature]))
+        return scores
+
+
+@dataclass
+class FeatureScore:
+    """One feature's activation over a set of tokens: total, mean per token of the set, how often it fired."""
+
+    feature: int
+    total: float  # the sum of its activations over the set
+    mean: float  # total / tokens in the set
+    count: int  # tokens of the set on which it fired
+    share: float  # count / tokens in the set
+    precision: float | None = None  # of all its firings in the text, the share on this set (token search only)
+
+
+def _scores(total: torch.Tensor, count: torch.Tensor, n_tokens: int, n: int) -> list[FeatureScore]:
+    n = min(n, int((count > 0).sum()))
+    if n <= 0:
+        return []
+    top = total.topk(n)
+    return [
+        FeatureScore(int(f), float(v), float(v) / n_tokens, int(count[f]), int(count[f]) / n_tokens)
+        for v, f in zip(top.values, top.indices)
+    ]
+
 
 @torch.no_grad()
 def feature_activations(
@@ -591,3 +648,56 @@ def top_tokens(effects: torch.Tensor, n: int = 10) -> tuple[list[tuple[int, floa
         [(int(i), float(v)) for v, i in zip(up.values, up.indices)],
         [(int(i), -float(v)) for v, i in zip(down.values, down.indices)],
     )
+
+
+# --------------------------------------------------------------------------- steering
+
+
+def feature_direction(sae: SparseAutoencoder, feature: int) -> torch.Tensor:
+    """(d_in,): the feature's decoder direction (unit length), detached."""
+    if not 0 <= feature < sae.n_features:
+        raise ConfigError(f"feature must be from 0 to {sae.n_features - 1}, got {feature}")
+    return sae.W_dec[:, feature].detach()
+
+
+@contextmanager
+def feature_steering(model: nn.Module, sae: SparseAutoencoder, feature: int, strength: float) -> Iterator[None]:
+    """Add ``strength`` times the feature's decoder direction at the SAE's hook point, every position, inside the block.
+
+    Runs through ``lmcore.hooks.hooked``, so ``lmcore.sample.generate`` is
+    steered too (its hook points fire in ``step``). The direction has unit
+    length: ``strength`` is the activation the feature is given on top of its own.
+    """
+    if not math.isfinite(strength):
+        raise ConfigError(f"the steering strength must be a finite number, got {strength}")
+    sae.check_model(model)
+    direction = feature_direction(sae, feature)
+
+    def add(t: torch.Tensor, _name: str) -> torch.Tensor:
+        return t + strength * direction.to(device=t.device, dtype=t.dtype).view(t.shape[2:])
+
+    with hooked(model, [(sae.hook, add)]):
+        yield
+
+
+def steered_generate(
+    model: nn.Module,
+    sae: SparseAutoencoder,
+    prompt_ids: Sequence[int],
+    feature: int,
+    strength: float,
+    max_new_tokens: int = 50,
+    sampling: Any = None,
+    stop_ids: Sequence[int] | None = None,
+) -> list[int]:
+    """The tokens ``lmcore.sample.generate`` draws while ``feature`` is steered (strength 0: the plain model's).
+
+    ``sampling`` is a ``SamplingConfig`` (default greedy); the same seed gives
+    the plain and the steered text the same random draws.
+    """
+    from lmcore.sample import SamplingConfig, generate
+
+    cfg = sampling if sampling is not None else SamplingConfig(temperature=0.0)
+    with feature_steering(model, sae, feature, strength):
+        events = generate(model, list(prompt_ids), max_new_tokens=max_new_tokens, sampling=cfg, stop_ids=stop_ids)
+        return [e.token_id for e in events]
