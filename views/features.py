@@ -17,6 +17,7 @@ MODEL_KEY = state.KEEP + "features.model"
 RESULT = "features.result"  # {model choice: (settings, sae, evaluation, activations, logit effects)}
 DEFAULT_TEXT = "builtin:python-docs"
 TOP = 8  # contexts shown per feature
+STEER_PROMPT = state.KEEP + "features.steer_prompt"
 
 
 def context_html(tok, ctx: S.Context) -> str:
@@ -129,3 +130,78 @@ with right:
         st.table([{"token": repr(tokenizer.decode([t])), "logit": round(v, 3)} for t, v in up])
         st.markdown("**Pushes down**")
         st.table([{"token": repr(tokenizer.decode([t])), "logit": round(v, 3)} for t, v in down])
+
+# ------------------------------------------------------------------ search
+st.subheader("Search features")
+by_token, by_text = st.tabs(["By a token", "By a text"])
+with by_token:
+    typed = st.text_input("A token (as the tokenizer writes it)", key="features.search_token")
+    if typed:
+        with user_errors(stop=False):
+            tokens = tokenizer.encode(typed)
+            if len(tokens) != 1:
+                st.warning(f"That is {len(tokens)} tokens for this tokenizer; type one token.")
+            else:
+                found = acts.token_features(tokens[0], n=10)
+                if not found:
+                    st.info("That token does not occur in the held-out text the features were read on.")
+                else:
+                    st.caption("The features most active on this token in the held-out text, strongest on average first.")
+                    st.dataframe(
+                        [{"feature": s.feature, "mean activation": round(s.mean, 3), "fires on it": f"{s.share:.0%}",
+                          "of its firings here": f"{s.precision:.0%}"} for s in found],
+                        hide_index=True, key="features.token_table",
+                    )  # fmt: skip
+with by_text:
+    asked = st.text_area("Which features fire here?", key="features.search_text", height=80)
+    if asked.strip():
+        with user_errors(stop=False):
+            here = S.feature_activations(model, sae, models.encode_prompt(tokenizer, asked, data_info), max_tokens=4096)
+            st.markdown("**Top features over the text** (total activation)")
+            st.dataframe(
+                [{"feature": s.feature, "total": round(s.total, 3), "tokens": s.count} for s in here.top_features(10)],
+                hide_index=True, key="features.text_top",
+            )  # fmt: skip
+            st.markdown("**On each token** (strongest first)")
+            st.dataframe(
+                [{"token": repr(tokenizer.decode([int(t)])),
+                  "features": ", ".join(f"{f} ({v:.2f})" for f, v in here.features_at(i)[:5])}
+                 for i, t in enumerate(here.tokens)],
+                hide_index=True, key="features.text_tokens",
+            )  # fmt: skip
+
+# ------------------------------------------------------------------ steer
+st.subheader(f"Steer by feature {feature}")
+st.write(
+    "Add the feature's direction (unit length) times the strength to the activation at "
+    f"{sae.hook} on every token while the model writes: the text on the right is what the model writes when "
+    "told that the feature is on. Both texts are drawn with the same seed, so any difference comes from the push."
+)
+peak = max((c.value for c in acts.top_contexts(feature, n=1)), default=0.0)
+cols = st.columns(3)
+strength = cols[0].slider("Strength", -100.0, 100.0, 20.0, 1.0, key="features.steer_strength",
+                          help=f"Feature {feature}'s strongest activation in the held-out text is {peak:.2f}.")  # fmt: skip
+seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0, key="features.steer_seed")
+temperature = cols[2].slider("Temperature", 0.0, 1.5, 0.8, 0.1, key="features.steer_temperature")
+prompt = st.text_input("Prompt", key=models.prompt_default(STEER_PROMPT, tokenizer, data_info))
+STEERED = "features.steered"
+if st.button("Generate", key="features.steer"):
+    with user_errors():
+        from lmcore.sample import SamplingConfig
+
+        prompt_ids = models.encode_prompt(tokenizer, prompt, data_info) or [tokenizer.bos_id]
+        sampling = SamplingConfig(temperature=temperature, seed=int(seed))
+        stops = models.stop_ids(tokenizer, data_info)
+        texts = [
+            tokenizer.decode(S.steered_generate(model, sae, prompt_ids, feature, a, 80, sampling, stops))
+            for a in (0.0, strength)
+        ]
+        st.session_state[STEERED] = (choice, feature, strength, prompt, texts)
+steered = st.session_state.get(STEERED)
+if steered and steered[0] == choice:
+    _, f, a, p, (plain, pushed) = steered
+    c1, c2 = st.columns(2)
+    c1.markdown("**Plain**")
+    c1.code(p + plain, language=None)
+    c2.markdown(f"**Steered** (feature {f}, strength {a:+g})")
+    c2.code(p + pushed, language=None)
