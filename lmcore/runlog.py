@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lmcore.checkpoint import OPTIM_SUFFIX, SUFFIX, read_metadata
+from lmcore.checkpoint import SUFFIX, is_companion_file, read_metadata
 from lmcore.errors import CheckpointError, LMCoreError
 
 LOG_SUFFIX = ".metrics.jsonl"
@@ -570,7 +570,7 @@ def list_runs(directory: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         if name.endswith(LOG_SUFFIX):
             stem = name.removesuffix(LOG_SUFFIX)
-        elif name.endswith(SUFFIX) and not name.endswith(OPTIM_SUFFIX):
+        elif name.endswith(SUFFIX) and not is_companion_file(name):
             stem = name.removesuffix(SUFFIX)
         else:
             continue
