@@ -98,3 +98,38 @@ def test_search_by_token_and_by_text_and_steering_side_by_side(ckpt_dir: Path) -
     plain2, steered2 = [c.value for c in at.code if c.value.startswith("def ")]
     assert plain2 == plain and steered2 != plain  # the same seed: only the push differs
     assert "strength +100" in texts(at.markdown)
+
+
+def test_an_autoencoder_saved_beside_the_model_loads_again_and_goes_with_it_on_the_checkpoints_page(ckpt_dir: Path) -> None:
+    from lmcore import sae as S
+
+    at = _train(open_page(PAGE))
+    name = "m.sae-blocks_1_hook_resid_post-128-k4.safetensors"
+    at.button(key="features.save").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert f"Saved {name}" in texts(at.success)
+    saved = ckpt_dir / name
+    assert S.SparseAutoencoder.load(saved).config_dict()["n_features"] == 128
+    recovered = next(m.value for m in at.metric if m.label == "Cross-entropy recovered")
+
+    at = open_page(PAGE)  # a new session: nothing trained, the saved one can be loaded
+    assert at.selectbox(key="features.saved").value == str(saved)
+    at.button(key="features.load").click().run(timeout=60)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert f"Loaded from {name}" in texts(at.caption)
+    assert next(m.value for m in at.metric if m.label == "Cross-entropy recovered") == recovered
+
+    at = open_page("views/checkpoints.py", at)
+    assert set(at.dataframe[0].value["name"]) == {"m"}  # the autoencoder is no model of its own
+    assert at.selectbox(key="checkpoints.sae").value == str(saved)
+    assert at.get("download_button")[-1].proto.label == "Download the autoencoder"
+    at.button(key="checkpoints.sae_delete").click().run()
+    assert not at.exception and not saved.exists() and (ckpt_dir / "m.safetensors").exists()
+    assert f"Deleted {name}" in texts(at.success).replace("\\", "")
+
+    S.SparseAutoencoder(16, 32, 2, hook="blocks.1.hook_resid_post").save(saved)  # another one, deleted with the model
+    at.run()
+    at.checkbox(key="checkpoints.confirm.m").check().run()
+    assert "and its 1 autoencoder" in at.checkbox(key="checkpoints.confirm.m").label
+    at.button(key="checkpoints.delete").click().run()
+    assert not at.exception and sorted(p.name for p in ckpt_dir.iterdir()) == ["text.txt"]

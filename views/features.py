@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import streamlit as st
+import torch
 
 from lmcore import sae as S
+from lmcore.checkpoint import sae_files, sae_path
 from lmcore.data import encode_corpus, load_corpus
+from lmcore.errors import LMCoreError
 from lmcore.hooks import hook_names
+from lmcore.jobs import REGISTRY
 from ui import models, state
 from ui.boundary import user_errors
 from ui.shell import require_app
@@ -18,6 +23,7 @@ RESULT = "features.result"  # {model choice: (settings, sae, evaluation, activat
 DEFAULT_TEXT = "builtin:python-docs"
 TOP = 8  # contexts shown per feature
 STEER_PROMPT = state.KEEP + "features.steer_prompt"
+SAVED_FLASH = "features.saved_flash"
 
 
 def context_html(tok, ctx: S.Context) -> str:
@@ -32,6 +38,21 @@ def context_html(tok, ctx: S.Context) -> str:
             f'border-radius:2px;white-space:pre;">{body}</span>'
         )
     return '<div style="font-family:monospace;line-height:1.8;">' + "".join(spans) + "</div>"
+
+
+def saved_file(choice: str, model) -> Path | None:
+    """The checkpoint file that holds exactly ``model``'s weights: a saved model, or a finished run's file."""
+    if choice.startswith(models.CKPT_PREFIX):
+        return Path(choice[len(models.CKPT_PREFIX) :])
+    job = REGISTRY.get(choice[len(models.JOB_PREFIX) :]) if choice.startswith(models.JOB_PREFIX) else None
+    path = getattr(job, "checkpoint_path", None)
+    if job is None or job.is_alive or path is None or not Path(path).is_file():
+        return None
+    try:
+        saved = models.load_choice(models.CKPT_PREFIX + str(path))[0]
+    except LMCoreError:
+        return None
+    return Path(path) if S.model_fingerprint(saved) == S.model_fingerprint(model) else None
 
 
 require_app()
@@ -64,31 +85,70 @@ source = st.text_input("Text (builtin:NAME or a web address)", recorded if usabl
 
 results = st.session_state.setdefault(RESULT, {})
 settings = (hook, n_features, k, int(max_tokens), source)
+home = saved_file(choice, model)  # where this model's autoencoders are saved, if it has a file
+
+
+def held_out() -> tuple[torch.Tensor, torch.Tensor]:
+    """The text's token ids: (training part, the held-out last tenth (at most 20k tokens))."""
+    ids = encode_corpus(tokenizer, load_corpus(source, documents=bool(data_info.get("documents")), allow_local=False))
+    held = min(20_000, len(ids) // 10)
+    return ids[: len(ids) - held][: int(max_tokens)], ids[len(ids) - held :]
+
+
+def read(sae: S.SparseAutoencoder, eval_ids: torch.Tensor) -> tuple:
+    """(evaluation, activations, logit effects) of ``sae`` on the held-out ids."""
+    evaluation = S.evaluate_sae(model, sae, eval_ids)
+    acts = S.feature_activations(model, sae, eval_ids)
+    effects = S.logit_effects(model, sae) if sae.d_in == model.config.n_embd else None
+    return evaluation, acts, effects
+
+
 if st.button("Train the autoencoder", type="primary", key="features.train"):
     with user_errors():
         if k > n_features:
             st.error("k must be at most the number of features")
             st.stop()
-        ids = encode_corpus(tokenizer, load_corpus(source, documents=bool(data_info.get("documents")), allow_local=False))
-        held = min(20_000, len(ids) // 10)
-        train_ids, eval_ids = ids[: len(ids) - held][: int(max_tokens)], ids[len(ids) - held :]
+        train_ids, eval_ids = held_out()
         bar = st.progress(0.0, text="Training the autoencoder…")
         sae = S.train_sae(
             model, train_ids, hook=hook, n_features=n_features, k=k,
             progress=lambda done, total: bar.progress(done / total, text=f"{done:,} of {total:,} tokens"),
         )  # fmt: skip
         bar.empty()
-        evaluation = S.evaluate_sae(model, sae, eval_ids)
-        acts = S.feature_activations(model, sae, eval_ids)
-        effects = S.logit_effects(model, sae) if sae.d_in == model.config.n_embd else None
-        results[choice] = (settings, sae, evaluation, acts, effects)
+        results[choice] = (settings, sae, *read(sae, eval_ids))
+
+files = sae_files(home) if home is not None else []
+if files:
+    c1, c2 = st.columns([3, 1])
+    chosen = c1.selectbox("Or load one saved beside the model", [str(f) for f in files],
+                          format_func=lambda f: Path(f).name, key="features.saved")  # fmt: skip
+    if c2.button("Load", key="features.load"):
+        with user_errors():
+            sae = S.SparseAutoencoder.load(chosen, model)
+            results[choice] = (("file", chosen), sae, *read(sae, held_out()[1]))
 
 if choice not in results:
     st.info("Choose a hook point and press **Train the autoencoder**: a small model takes a minute or two.")
     st.stop()
 trained_settings, sae, evaluation, acts, effects = results[choice]
-if trained_settings != settings:
+if trained_settings[0] == "file":
+    st.caption(f"Loaded from {Path(trained_settings[1]).name}.")
+elif trained_settings != settings:
     st.caption("These features come from the last training; press the button to train with the settings above.")
+if home is None:
+    st.caption("Save the model on the Training page to keep its autoencoders beside it.")
+elif trained_settings[0] != "file":
+    target = sae_path(home, f"{sae.hook}-{sae.n_features}-k{sae.k}")
+    if st.button(f"Save as {target.name}", key="features.save", help="Beside the model's checkpoint; the "
+                 "Checkpoints page lists, downloads and deletes it with the model."):  # fmt: skip
+        with user_errors():
+            sae.save(target)
+            results[choice] = (("file", str(target)), sae, evaluation, acts, effects)
+            st.session_state[SAVED_FLASH] = f"Saved {target.name} beside the model."
+            st.rerun()
+flash = st.session_state.pop(SAVED_FLASH, None)
+if flash:
+    st.success(flash)
 
 m = st.columns(4)
 m[0].metric("Cross-entropy recovered", f"{evaluation['ce_recovered']:.1%}")
