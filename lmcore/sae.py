@@ -270,23 +270,70 @@ def _windows(ids: torch.Tensor, window: int, batch: int) -> Iterator[torch.Tenso
         yield ids[n_full * window :][None]
 
 
+class _Reached(Exception):
+    """Raised by the hook that reads an activation: the layers after it need not run."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__()
+        self.tensor = tensor
+
+
+def _read_activation(model: nn.Module, ids: torch.Tensor, hook: str) -> torch.Tensor:
+    """The activation at ``hook`` for ``ids``, running the model only up to that point."""
+
+    def reached(t: torch.Tensor, name: str) -> None:
+        raise _Reached(t.detach())
+
+    try:
+        run_with_hooks(model, ids, [(hook, reached)])
+    except _Reached as r:
+        return r.tensor
+    raise ConfigError(f"the hook point {hook} is not on this model's forward path; choose another")
+
+
+STREAM_TOKENS = 4096  # tokens per forward pass when streaming activations
+
+
 def stream_activations(
-    model: nn.Module, ids: torch.Tensor, hook: str, batch_windows: int = 8
+    model: nn.Module, ids: torch.Tensor, hook: str, batch_windows: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Activations at ``hook`` over the ids, (N, D) float32 per batch of windows; bounded memory."""
+    """Activations at ``hook`` over the ids, (N, D) float32 per batch of windows; bounded memory.
+
+    Each batch runs the model only as far as the hook point. ``batch_windows``
+    (default: about ``STREAM_TOKENS`` tokens' worth) windows per forward pass.
+    """
     device = _device(model)
+    window = _window(model)
+    batch_windows = batch_windows or max(1, STREAM_TOKENS // window)
     was_training = model.training
     model.eval()
     try:
-        for w in _windows(ids, _window(model), batch_windows):
+        for w in _windows(ids, window, batch_windows):
             with torch.no_grad():  # not held across the yield: the caller may train
-                _, cache = run_with_cache(model, w.to(device), [hook])
-            yield _flat(cache[hook])
+                acts = _read_activation(model, w.to(device), hook)
+            yield _flat(acts)
     finally:
         model.train(was_training)
 
 
 # --------------------------------------------------------------------------- training
+
+
+def _aux_loss(sae: SparseAutoencoder, x: torch.Tensor, e: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK: how well the top ``k_aux`` dead features (indices ``dead``) reconstruct the residual ``e``, normalized.
+
+    Computed on the dead features' columns alone, (N, n_dead): the same
+    values as a top-k over all pre-activations with the live ones masked
+    out, at n_dead / F of the cost.
+    """
+    pre = F.linear(x - sae.b_pre, sae.W_enc[dead], sae.b_enc[dead])  # (N, n_dead)
+    if k_aux < len(dead):
+        v, j = pre.topk(k_aux, dim=-1)
+        z = torch.zeros_like(pre).scatter_(-1, j, F.relu(v))
+    else:
+        z = F.relu(pre)
+    e_hat = F.linear(z, sae.W_dec[:, dead])  # (N, D)
+    return (e - e_hat).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
 
 
 def train_sae(
@@ -358,8 +405,8 @@ def train_sae(
         buf = buf[torch.randperm(len(buf), generator=gen).to(buf.device)]
         for i in range(0, len(buf), batch_size):
             x = buf[i : i + batch_size]
-            pre = sae.pre_activations(x)
-            values, indices = sae._topk(pre)
+            pre = sae.pre_activations(x)  # (N, F)
+            values, indices = sae._topk(pre)  # (N, k)
             z = torch.zeros_like(pre).scatter_(-1, indices, values)
             x_hat = sae.decode(z)
             var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
@@ -372,13 +419,7 @@ def train_sae(
                 dead = since_fired > dead_after
             n_dead = int(dead.sum())
             if n_dead and aux_coef > 0:
-                e = (x - x_hat).detach()
-                dead_pre = pre.masked_fill(~dead, float("-inf"))
-                v, j = dead_pre.topk(min(k_aux, n_dead), dim=-1)
-                z_aux = torch.zeros_like(pre).scatter_(-1, j, F.relu(v))
-                e_hat = F.linear(z_aux, sae.W_dec)
-                aux = (e - e_hat).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-                loss = loss + aux_coef * aux
+                loss = loss + aux_coef * _aux_loss(sae, x, (x - x_hat).detach(), dead.nonzero()[:, 0], k_aux)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae._remove_parallel_grad()
