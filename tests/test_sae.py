@@ -235,9 +235,12 @@ def test_steering_at_strength_zero_is_plain_generation_and_a_strong_push_raises_
     plain = [e.token_id for e in generate(trained, prompt, max_new_tokens=30, sampling=cfg)]
     assert S.steered_generate(trained, dictionary, prompt, 5, 0.0, max_new_tokens=30, sampling=cfg) == plain
     effects = S.logit_effects(trained, dictionary)
-    feature = int(effects.std(-1).argmax())
-    favoured = int(effects[feature].argmax())
-    before = float(next_token_distribution(trained, prompt)[favoured])
+    plain_probs = next_token_distribution(trained, prompt)
+    favours = effects.argmax(-1)  # (F,): the token each feature's direction favours most
+    unlikely = plain_probs[favours] < 0.05  # features whose token the plain model does not expect here
+    feature = int(torch.where(unlikely, effects.std(-1), -1.0).argmax())
+    favoured = int(favours[feature])
+    before = float(plain_probs[favoured])
     with S.feature_steering(trained, dictionary, feature, 40.0):
         after = float(next_token_distribution(trained, prompt)[favoured])
     assert after > 10 * before
@@ -247,3 +250,44 @@ def test_steering_at_strength_zero_is_plain_generation_and_a_strong_push_raises_
         S.steered_generate(trained, dictionary, prompt, 64, 1.0)
     with pytest.raises(ConfigError, match="another model"):
         S.steered_generate(tiny(n_embd=32, seed=4), dictionary, prompt, 1, 1.0)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+def test_streamed_activations_stop_at_the_hook_and_equal_a_full_cached_run(preset) -> None:
+    from lmcore.hooks import run_with_cache
+    from lmcore.sample import SamplingConfig, generate, next_token_distribution
+
+    model = tiny(preset=preset) if preset == "gpt2" else _mamba()
+    ids = text(16 * 5 + 3, seed=7)
+    hook = S.default_hook(model)
+    streamed = torch.cat(list(S.stream_activations(model, ids, hook, batch_windows=2)))
+    window = S._window(model)
+    expected = []
+    for lo in range(0, len(ids), window):
+        _, cache = run_with_cache(model, ids[lo : lo + window][None], [hook])
+        expected.append(cache[hook][0])
+    torch.testing.assert_close(streamed, torch.cat(expected), rtol=1e-5, atol=1e-6)
+    sae = S.train_sae(model, text(600), hook=hook, n_features=32, k=4, batch_size=64, buffer_tokens=256)
+    prompt, cfg = [1, 2, 3], SamplingConfig(temperature=1.0, seed=1)
+    plain = [e.token_id for e in generate(model, prompt, max_new_tokens=12, sampling=cfg)]
+    assert S.steered_generate(model, sae, prompt, 3, 0.0, max_new_tokens=12, sampling=cfg) == plain
+    with S.feature_steering(model, sae, 3, 50.0):  # the push reaches the next token (an untrained model's is faint)
+        pushed = next_token_distribution(model, prompt)
+    assert float((pushed - next_token_distribution(model, prompt)).abs().max()) > 1e-3
+
+
+def _mamba() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig.preset("mamba", vocab_size=V, n_layer=2, n_embd=16)).eval()
+
+
+def test_training_runs_the_model_only_up_to_the_hook(trained) -> None:
+    calls = []
+    last = trained.residual_blocks()[-1]
+    handle = last.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        S.train_sae(trained, text(300), hook="blocks.0.hook_resid_post", n_features=16, k=2, batch_size=64,
+                    buffer_tokens=128)  # fmt: skip
+    finally:
+        handle.remove()
+    assert calls == []
