@@ -91,7 +91,8 @@ def main() -> None:
 
 def module_at(rev: str):
     """lmcore/sae.py as it was at git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "show", f"{rev}:lmcore/sae.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    show = ["git", "show", f"{rev}:lmcore/sae.py"]
+    source = subprocess.run(show, cwd=ROOT, capture_output=True, text=True, check=True)
     path = Path(tempfile.mkdtemp()) / "sae_baseline.py"
     path.write_text(source.stdout)
     spec = importlib.util.spec_from_file_location("sae_baseline", path)
@@ -113,8 +114,9 @@ def side_by_side(model, train_ids, held, args) -> dict:
                                epochs=args.baseline_epochs)  # fmt: skip
         wall, cpu = time.time() - t0, time.process_time() - cpu0
         ev = module.evaluate_sae(model, sae, held)
-        runs[name].append({"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "ce_recovered": round(ev["ce_recovered"], 4),
-                           "dead_fraction": round(ev["dead_fraction"], 4), "tokens": sae.info["tokens"]})  # fmt: skip
+        runs[name].append({"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "tokens": sae.info["tokens"],
+                           "ce_recovered": round(ev["ce_recovered"], 4),
+                           "dead_fraction": round(ev["dead_fraction"], 4)})  # fmt: skip
         print(f"{name}: {wall:.0f}s wall, {cpu:.0f}s CPU", file=sys.stderr)
     best = {name: min(r["cpu_s"] for r in rs) for name, rs in runs.items()}
     walls = {name: min(r["wall_s"] for r in rs) for name, rs in runs.items()}

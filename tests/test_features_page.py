@@ -100,7 +100,7 @@ def test_search_by_token_and_by_text_and_steering_side_by_side(ckpt_dir: Path) -
     assert "strength +100" in texts(at.markdown)
 
 
-def test_an_autoencoder_saved_beside_the_model_loads_again_and_goes_with_it_on_the_checkpoints_page(ckpt_dir: Path) -> None:
+def test_a_saved_autoencoder_loads_again_and_goes_with_its_model_on_the_checkpoints_page(ckpt_dir: Path) -> None:
     from lmcore import sae as S
 
     at = _train(open_page(PAGE))

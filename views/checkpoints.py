@@ -246,8 +246,8 @@ else:
     if row.get("sae_files"):
         with st.container(border=True):
             st.markdown(f"**Sparse autoencoders of {md(name)}** (saved on the Features page; deleted with the model)")
-            sae_file = st.selectbox("Autoencoder", [str(p) for p in row["sae_files"]], format_func=lambda p: Path(p).name,
-                                    key="checkpoints.sae")  # fmt: skip
+            sae_file = st.selectbox("Autoencoder", [str(p) for p in row["sae_files"]],
+                                    format_func=lambda p: Path(p).name, key="checkpoints.sae")  # fmt: skip
             a, b = st.columns(2)
             a.download_button(
                 "Download the autoencoder",

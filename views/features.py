@@ -206,7 +206,7 @@ with by_token:
                 if not found:
                     st.info("That token does not occur in the held-out text the features were read on.")
                 else:
-                    st.caption("The features most active on this token in the held-out text, strongest on average first.")
+                    st.caption("The features most active on this token in the held-out text, strongest first.")
                     st.dataframe(
                         [{"feature": s.feature, "mean activation": round(s.mean, 3), "fires on it": f"{s.share:.0%}",
                           "of its firings here": f"{s.precision:.0%}"} for s in found],
@@ -240,7 +240,7 @@ st.write(
 peak = max((c.value for c in acts.top_contexts(feature, n=1)), default=0.0)
 cols = st.columns(3)
 strength = cols[0].slider("Strength", -100.0, 100.0, 20.0, 1.0, key="features.steer_strength",
-                          help=f"Feature {feature}'s strongest activation in the held-out text is {peak:.2f}.")  # fmt: skip
+                          help=f"Feature {feature}'s top activation in the held-out text is {peak:.2f}.")  # fmt: skip
 seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0, key="features.steer_seed")
 temperature = cols[2].slider("Temperature", 0.0, 1.5, 0.8, 0.1, key="features.steer_temperature")
 prompt = st.text_input("Prompt", key=models.prompt_default(STEER_PROMPT, tokenizer, data_info))
