@@ -12,8 +12,9 @@ the last 10%. Prints one JSON object on stdout; progress goes to stderr.
 
 ``--baseline REV`` also times ``lmcore/sae.py`` as it was at git revision REV
 against the current one, side by side in this process on the same model and
-tokens (``--baseline-epochs`` of a pass each, the current one first and last),
-so a loaded machine slows both alike: compare the ratio.
+tokens (``--baseline-epochs`` of a pass each, alternated ``--repeats`` times,
+the current one first and last), so a loaded machine slows both alike: compare
+the ratio of the fastest of each.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def main() -> None:
     ap.add_argument("--hook", default="blocks.2.hook_resid_post")
     ap.add_argument("--baseline", help="a git revision whose lmcore/sae.py is timed against the current one")
     ap.add_argument("--baseline-epochs", type=float, default=0.25)
+    ap.add_argument("--repeats", type=int, default=1, help="baseline runs, each between two current ones")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out: dict = {}
     ckpt_path = args.checkpoint
     if ckpt_path is None:
@@ -103,12 +106,13 @@ def module_at(rev: str):
 
 
 def side_by_side(model, train_ids, held, args) -> dict:
-    """Wall and CPU seconds of the current train_sae and the baseline's, alternated (current, baseline, current)."""
+    """Wall and CPU seconds of the current train_sae and the baseline's, alternated (current, baseline, ..., current)."""
     import lmcore.sae as current
 
     baseline = module_at(args.baseline)
     runs: dict[str, list] = {"current": [], "baseline": []}
-    for name, module in (("current", current), ("baseline", baseline), ("current", current)):
+    order = [("current", current), ("baseline", baseline)] * args.repeats + [("current", current)]
+    for name, module in order:
         t0, cpu0 = time.time(), time.process_time()
         sae = module.train_sae(model, train_ids, hook=args.hook, n_features=args.n_features, k=args.k,
                                epochs=args.baseline_epochs)  # fmt: skip
