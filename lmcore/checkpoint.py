@@ -222,6 +222,67 @@ def optimizer_path(path: str | os.PathLike) -> Path:
     return path.with_name(stem + OPTIM_SUFFIX)
 
 
+# A sparse autoencoder trained on checkpoint NAME lives beside it as NAME.sae-LABEL.safetensors.
+# Checkpoint names hold no dots (sanitize_name), so no checkpoint is named like one.
+SAE_INFIX = ".sae-"
+_MAX_SAE_LABEL_BYTES = 48  # NAME (<= 180 bytes) + ".sae-" + LABEL + ".safetensors.tmp" fits 255 bytes
+
+
+def sae_path(path: str | os.PathLike, label: str) -> Path:
+    """Where checkpoint ``path``'s sparse autoencoder ``label`` lives: ``NAME.sae-LABEL.safetensors``.
+
+    The label is made a plain name as checkpoint names are ("blocks.2.hook_resid_post-1024-k16" ->
+    "blocks_2_hook_resid_post-1024-k16").
+    """
+    path = Path(path)
+    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
+    return path.with_name(stem + SAE_INFIX + sanitize_name(label, _MAX_SAE_LABEL_BYTES) + SUFFIX)
+
+
+def is_sae_file(name: str) -> bool:
+    """Whether a file name is that of a sparse autoencoder saved beside a checkpoint."""
+    return name.endswith(SUFFIX) and SAE_INFIX in name and not name.startswith(".")
+
+
+def is_companion_file(name: str) -> bool:
+    """Whether a ``.safetensors`` file name belongs to a checkpoint beside it (resume state, an SAE), not a model."""
+    return name.endswith(OPTIM_SUFFIX) or is_sae_file(name)
+
+
+def sae_files(path: str | os.PathLike) -> list[Path]:
+    """The sparse autoencoders saved beside checkpoint ``path``, by name."""
+    probe = sae_path(path, "x")
+    prefix = probe.name[: probe.name.index(SAE_INFIX) + len(SAE_INFIX)]
+    try:
+        with os.scandir(probe.parent) as entries:
+            found = [Path(e.path) for e in entries if e.name.startswith(prefix) and is_sae_file(e.name)]
+    except OSError:
+        return []
+    return sorted(found)
+
+
+def companion_files(path: str | os.PathLike) -> list[Path]:
+    """Every file that belongs to checkpoint ``path`` and goes with it: resume state, run log, sparse autoencoders.
+
+    The one place that knows them: deleting a checkpoint deletes these, and
+    listings leave those with a ``.safetensors`` name out of the models.
+    """
+    return [optimizer_path(path), log_path(path), *sae_files(path)]
+
+
+def delete_sae(path: str | os.PathLike) -> None:
+    """Remove one sparse autoencoder saved beside a checkpoint (``NAME.sae-LABEL.safetensors``)."""
+    path = Path(path)
+    if not is_sae_file(path.name):
+        raise CheckpointError(f"{path.name} is not an autoencoder file name (NAME.sae-LABEL.safetensors)")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        raise CheckpointError(f"no autoencoder at {path}; it may already be deleted") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot delete {path}: {e.strerror or e}") from None
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -1087,8 +1148,11 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     _remove_stale_temporaries(directory)
     rows = []
+    saes: dict[str, list[Path]] = {}  # checkpoint stem -> its autoencoders
     for path in directory.glob("*" + SUFFIX):
-        if path.name.endswith(OPTIM_SUFFIX) or path.name.startswith(".") or not path.is_file():
+        if is_sae_file(path.name):
+            saes.setdefault(path.name[: path.name.index(SAE_INFIX)], []).append(path)
+        if is_companion_file(path.name) or path.name.startswith(".") or not path.is_file():
             continue
         try:
             stat = path.stat()
@@ -1135,6 +1199,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: (r["_mtime"], r["name"]), reverse=True)
     for row in rows:
         del row["_mtime"]
+        row["sae_files"] = sorted(saes.get(row["name"], []))
     return rows
 
 
@@ -1176,17 +1241,16 @@ def import_checkpoint(data: bytes, name: str, directory: str | os.PathLike) -> P
 
 
 def delete_checkpoint(path: str | os.PathLike) -> None:
-    """Remove a checkpoint, its optimizer-state file and its run log (``NAME.metrics.jsonl``)."""
+    """Remove a checkpoint and its companion files: optimizer state, run log, sparse autoencoders."""
     path = Path(path)
-    if not path.name.endswith(SUFFIX) or path.name.endswith(OPTIM_SUFFIX):
+    if not path.name.endswith(SUFFIX) or is_companion_file(path.name):
         raise CheckpointError(f"{path.name} is not a checkpoint file name (NAME.safetensors)")
-    opath, lpath = optimizer_path(path), log_path(path)
-    if not path.exists() and not opath.exists() and not lpath.exists():
+    files = [path, *companion_files(path)]
+    if not any(f.exists() for f in files):
         raise CheckpointError(f"no checkpoint at {path}; it may already be deleted")
     try:
-        path.unlink(missing_ok=True)
-        opath.unlink(missing_ok=True)
-        lpath.unlink(missing_ok=True)
+        for f in files:
+            f.unlink(missing_ok=True)
     except OSError as e:
         raise CheckpointError(f"cannot delete {path}: {e.strerror or e}") from None
 

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lmcore.checkpoint import LOG_SUFFIX, OPTIM_SUFFIX, SUFFIX, log_path, read_metadata  # noqa: F401  (log_path: re-exported)
+from lmcore.checkpoint import LOG_SUFFIX, SUFFIX, is_companion_file, log_path, read_metadata  # noqa: F401  (log_path: re-exported)
 from lmcore.errors import CheckpointError, LMCoreError
 
 KINDS = ("start", "step", "eval", "end")
@@ -563,7 +563,7 @@ def list_runs(directory: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         if name.endswith(LOG_SUFFIX):
             stem = name.removesuffix(LOG_SUFFIX)
-        elif name.endswith(SUFFIX) and not name.endswith(OPTIM_SUFFIX):
+        elif name.endswith(SUFFIX) and not is_companion_file(name):
             stem = name.removesuffix(SUFFIX)
         else:
             continue

@@ -35,7 +35,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import CheckpointError, ConfigError, DataError
-from lmcore.hooks import hook_names, run_with_cache, run_with_hooks
+from lmcore.hooks import hook_names, hooked, run_with_cache, run_with_hooks
 
 FORMAT = "lmcore-sae/1"
 MAX_FEATURES = 1 << 16
@@ -269,23 +270,70 @@ def _windows(ids: torch.Tensor, window: int, batch: int) -> Iterator[torch.Tenso
         yield ids[n_full * window :][None]
 
 
+class _Reached(Exception):
+    """Raised by the hook that reads an activation: the layers after it need not run."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__()
+        self.tensor = tensor
+
+
+def _read_activation(model: nn.Module, ids: torch.Tensor, hook: str) -> torch.Tensor:
+    """The activation at ``hook`` for ``ids``, running the model only up to that point."""
+
+    def reached(t: torch.Tensor, name: str) -> None:
+        raise _Reached(t.detach())
+
+    try:
+        run_with_hooks(model, ids, [(hook, reached)])
+    except _Reached as r:
+        return r.tensor
+    raise ConfigError(f"the hook point {hook} is not on this model's forward path; choose another")
+
+
+STREAM_TOKENS = 4096  # tokens per forward pass when streaming activations
+
+
 def stream_activations(
-    model: nn.Module, ids: torch.Tensor, hook: str, batch_windows: int = 8
+    model: nn.Module, ids: torch.Tensor, hook: str, batch_windows: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Activations at ``hook`` over the ids, (N, D) float32 per batch of windows; bounded memory."""
+    """Activations at ``hook`` over the ids, (N, D) float32 per batch of windows; bounded memory.
+
+    Each batch runs the model only as far as the hook point. ``batch_windows``
+    (default: about ``STREAM_TOKENS`` tokens' worth) windows per forward pass.
+    """
     device = _device(model)
+    window = _window(model)
+    batch_windows = batch_windows or max(1, STREAM_TOKENS // window)
     was_training = model.training
     model.eval()
     try:
-        for w in _windows(ids, _window(model), batch_windows):
+        for w in _windows(ids, window, batch_windows):
             with torch.no_grad():  # not held across the yield: the caller may train
-                _, cache = run_with_cache(model, w.to(device), [hook])
-            yield _flat(cache[hook])
+                acts = _read_activation(model, w.to(device), hook)
+            yield _flat(acts)
     finally:
         model.train(was_training)
 
 
 # --------------------------------------------------------------------------- training
+
+
+def _aux_loss(sae: SparseAutoencoder, x: torch.Tensor, e: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK: how well the top ``k_aux`` dead features (indices ``dead``) reconstruct the residual ``e``, normalized.
+
+    Computed on the dead features' columns alone, (N, n_dead): the same
+    values as a top-k over all pre-activations with the live ones masked
+    out, at n_dead / F of the cost.
+    """
+    pre = F.linear(x - sae.b_pre, sae.W_enc[dead], sae.b_enc[dead])  # (N, n_dead)
+    if k_aux < len(dead):
+        v, j = pre.topk(k_aux, dim=-1)
+        z = torch.zeros_like(pre).scatter_(-1, j, F.relu(v))
+    else:
+        z = F.relu(pre)
+    e_hat = F.linear(z, sae.W_dec[:, dead])  # (N, D)
+    return (e - e_hat).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
 
 
 def train_sae(
@@ -357,8 +405,8 @@ def train_sae(
         buf = buf[torch.randperm(len(buf), generator=gen).to(buf.device)]
         for i in range(0, len(buf), batch_size):
             x = buf[i : i + batch_size]
-            pre = sae.pre_activations(x)
-            values, indices = sae._topk(pre)
+            pre = sae.pre_activations(x)  # (N, F)
+            values, indices = sae._topk(pre)  # (N, k)
             z = torch.zeros_like(pre).scatter_(-1, indices, values)
             x_hat = sae.decode(z)
             var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
@@ -371,13 +419,7 @@ def train_sae(
                 dead = since_fired > dead_after
             n_dead = int(dead.sum())
             if n_dead and aux_coef > 0:
-                e = (x - x_hat).detach()
-                dead_pre = pre.masked_fill(~dead, float("-inf"))
-                v, j = dead_pre.topk(min(k_aux, n_dead), dim=-1)
-                z_aux = torch.zeros_like(pre).scatter_(-1, j, F.relu(v))
-                e_hat = F.linear(z_aux, sae.W_dec)
-                aux = (e - e_hat).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-                loss = loss + aux_coef * aux
+                loss = loss + aux_coef * _aux_loss(sae, x, (x - x_hat).detach(), dead.nonzero()[:, 0], k_aux)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae._remove_parallel_grad()
@@ -535,6 +577,62 @@ class FeatureActivations:
         pairs = [(int(i), float(v)) for i, v in zip(self.indices[position], self.values[position]) if v > 0]
         return sorted(pairs, key=lambda p: -p[1])
 
+    def top_features(self, n: int = 10) -> list[FeatureScore]:
+        """The ``n`` features with the largest total activation over the whole text, strongest first."""
+        active = self.values > 0
+        total = torch.zeros(self.n_features, dtype=torch.float64)
+        total.index_add_(0, self.indices[active], self.values[active].double())
+        count = torch.zeros(self.n_features, dtype=torch.long)
+        count.index_add_(0, self.indices[active], torch.ones(int(active.sum()), dtype=torch.long))
+        return _scores(total, count, len(self.tokens), n)
+
+    def token_features(self, token: int, n: int = 10) -> list[FeatureScore]:
+        """The features that fire most on ``token``: the ``n`` largest mean activations over its occurrences.
+
+        ``share`` is the share of the token's occurrences on which the feature
+        fires; ``precision`` the share of the feature's firings that fall on
+        this token (1: it fires on nothing else here). Empty when the token
+        does not occur in the text.
+        """
+        at = self.tokens == token
+        occurrences = int(at.sum())
+        if occurrences == 0:
+            return []
+        values, indices = self.values[at], self.indices[at]
+        active = values > 0
+        total = torch.zeros(self.n_features, dtype=torch.float64)
+        total.index_add_(0, indices[active], values[active].double())
+        count = torch.zeros(self.n_features, dtype=torch.long)
+        count.index_add_(0, indices[active], torch.ones(int(active.sum()), dtype=torch.long))
+        everywhere = self.density() * len(self.tokens)
+        scores = _scores(total, count, occurrences, n)
+        for s in scores:
+            s.precision = s.count / max(1.0, float(everywhere[s.feature]))
+        return scores
+
+
+@dataclass
+class FeatureScore:
+    """One feature's activation over a set of tokens: total, mean per token of the set, how often it fired."""
+
+    feature: int
+    total: float  # the sum of its activations over the set
+    mean: float  # total / tokens in the set
+    count: int  # tokens of the set on which it fired
+    share: float  # count / tokens in the set
+    precision: float | None = None  # of all its firings in the text, the share on this set (token search only)
+
+
+def _scores(total: torch.Tensor, count: torch.Tensor, n_tokens: int, n: int) -> list[FeatureScore]:
+    n = min(n, int((count > 0).sum()))
+    if n <= 0:
+        return []
+    top = total.topk(n)
+    return [
+        FeatureScore(int(f), float(v), float(v) / n_tokens, int(count[f]), int(count[f]) / n_tokens)
+        for v, f in zip(top.values, top.indices)
+    ]
+
 
 @torch.no_grad()
 def feature_activations(
@@ -591,3 +689,56 @@ def top_tokens(effects: torch.Tensor, n: int = 10) -> tuple[list[tuple[int, floa
         [(int(i), float(v)) for v, i in zip(up.values, up.indices)],
         [(int(i), -float(v)) for v, i in zip(down.values, down.indices)],
     )
+
+
+# --------------------------------------------------------------------------- steering
+
+
+def feature_direction(sae: SparseAutoencoder, feature: int) -> torch.Tensor:
+    """(d_in,): the feature's decoder direction (unit length), detached."""
+    if not 0 <= feature < sae.n_features:
+        raise ConfigError(f"feature must be from 0 to {sae.n_features - 1}, got {feature}")
+    return sae.W_dec[:, feature].detach()
+
+
+@contextmanager
+def feature_steering(model: nn.Module, sae: SparseAutoencoder, feature: int, strength: float) -> Iterator[None]:
+    """Add ``strength`` times the feature's decoder direction at the SAE's hook point, every position, inside the block.
+
+    Runs through ``lmcore.hooks.hooked``, so ``lmcore.sample.generate`` is
+    steered too (its hook points fire in ``step``). The direction has unit
+    length: ``strength`` is the activation the feature is given on top of its own.
+    """
+    if not math.isfinite(strength):
+        raise ConfigError(f"the steering strength must be a finite number, got {strength}")
+    sae.check_model(model)
+    direction = feature_direction(sae, feature)
+
+    def add(t: torch.Tensor, _name: str) -> torch.Tensor:
+        return t + strength * direction.to(device=t.device, dtype=t.dtype).view(t.shape[2:])
+
+    with hooked(model, [(sae.hook, add)]):
+        yield
+
+
+def steered_generate(
+    model: nn.Module,
+    sae: SparseAutoencoder,
+    prompt_ids: Sequence[int],
+    feature: int,
+    strength: float,
+    max_new_tokens: int = 50,
+    sampling: Any = None,
+    stop_ids: Sequence[int] | None = None,
+) -> list[int]:
+    """The tokens ``lmcore.sample.generate`` draws while ``feature`` is steered (strength 0: the plain model's).
+
+    ``sampling`` is a ``SamplingConfig`` (default greedy); the same seed gives
+    the plain and the steered text the same random draws.
+    """
+    from lmcore.sample import SamplingConfig, generate
+
+    cfg = sampling if sampling is not None else SamplingConfig(temperature=0.0)
+    with feature_steering(model, sae, feature, strength):
+        events = generate(model, list(prompt_ids), max_new_tokens=max_new_tokens, sampling=cfg, stop_ids=stop_ids)
+        return [e.token_id for e in events]

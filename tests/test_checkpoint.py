@@ -455,3 +455,37 @@ def test_list_import_and_delete(good, tmp_path, tok):
         delete_checkpoint(resumable)
     with pytest.raises(CheckpointError):
         delete_checkpoint(tmp_path / "notes.txt")
+
+
+def test_autoencoders_beside_a_checkpoint_are_listed_with_it_and_deleted_with_it_or_alone(tmp_path, tok):
+    from lmcore.runlog import list_runs
+    from lmcore.sae import SparseAutoencoder
+
+    model = tiny(tok)
+    for name in ("m", "m-2"):
+        save_checkpoint(tmp_path / f"{name}.safetensors", model, tok, optimizer=torch.optim.AdamW(model.parameters()))
+    first = ck.sae_path(tmp_path / "m.safetensors", "blocks.1.hook_resid_post-64-k4")
+    assert first.name == "m.sae-blocks_1_hook_resid_post-64-k4.safetensors"
+    second = ck.sae_path(tmp_path / "m.safetensors", "../other")
+    assert second.parent == tmp_path and second.name == "m.sae-other.safetensors"
+    theirs = ck.sae_path(tmp_path / "m-2.safetensors", "blocks.1.hook_resid_post-64-k4")
+    for path in (first, second, theirs):
+        SparseAutoencoder(32, 64, 4, hook="blocks.1.hook_resid_post").save(path)
+    rows = {r["name"]: r for r in ck.list_checkpoints(tmp_path)}
+    assert sorted(rows) == ["m", "m-2"]  # an autoencoder is no model of its own
+    assert rows["m"]["sae_files"] == [first, second] and rows["m-2"]["sae_files"] == [theirs]
+    assert sorted(r["name"] for r in list_runs(tmp_path)) == ["m", "m-2"]
+    assert ck.sae_files(tmp_path / "m.safetensors") == [first, second]
+
+    ck.delete_sae(second)  # one alone
+    assert not second.exists() and first.exists() and (tmp_path / "m.safetensors").exists()
+    with pytest.raises(CheckpointError, match="already be deleted"):
+        ck.delete_sae(second)
+    with pytest.raises(CheckpointError, match="not an autoencoder"):
+        ck.delete_sae(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="not a checkpoint file name"):
+        delete_checkpoint(first)
+    delete_checkpoint(tmp_path / "m.safetensors")  # with the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m-2.safetensors", "m-2.optim.safetensors", theirs.name]
+    )

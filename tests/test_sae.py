@@ -189,3 +189,105 @@ def test_cli_trains_saves_and_prints_the_evaluation_as_one_json_line(tmp_path: P
         assert run.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert run.stdout == b"" and "Traceback" not in err
     assert not (tmp_path / "g.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def dictionary(trained) -> S.SparseAutoencoder:
+    return S.train_sae(trained, text(), n_features=64, k=4, batch_size=128, buffer_tokens=1024)
+
+
+def test_token_search_and_text_search_read_the_recorded_activations(trained, dictionary) -> None:
+    ids = text(400, seed=5)
+    acts = S.feature_activations(trained, dictionary, ids)
+    token = int(ids[7])
+    found = S.FeatureActivations.token_features(acts, token, n=5)
+    assert 1 <= len(found) <= 5
+    at = ids == token
+    for s in found:
+        col = acts.column(s.feature)
+        assert s.mean == pytest.approx(float(col[at].sum()) / int(at.sum()), rel=1e-5)
+        assert s.count == int((col[at] > 0).sum()) and s.share == s.count / int(at.sum())
+        assert s.precision == pytest.approx(s.count / int((col > 0).sum()))
+    means = [s.mean for s in found]
+    assert means == sorted(means, reverse=True)
+    best = max(range(64), key=lambda f: float(acts.column(f)[at].sum()))
+    assert found[0].feature == best
+    assert acts.token_features(V + 100) == []  # a token the text lacks
+    top = acts.top_features(n=3)
+    totals = torch.stack([acts.column(f).sum() for f in range(64)])
+    assert [s.feature for s in top] == totals.topk(3).indices.tolist()
+    assert top[0].total == pytest.approx(float(totals.max()), rel=1e-5)
+    # which features fire on each token of a typed text: the SAE's encoding of that token's activation
+    typed = ids[:12]
+    here = S.feature_activations(trained, dictionary, typed)
+    with torch.no_grad():
+        z = dictionary.encode(next(S.stream_activations(trained, typed, dictionary.hook)))
+    for pos in (0, 5, 11):
+        expected = sorted(((int(f), float(z[pos, f])) for f in z[pos].nonzero()[:, 0]), key=lambda p: -p[1])
+        assert [f for f, _ in here.features_at(pos)] == [f for f, _ in expected]
+
+
+def test_steering_at_strength_zero_is_plain_generation_and_a_strong_push_raises_its_token(trained, dictionary) -> None:
+    from lmcore.sample import SamplingConfig, generate, next_token_distribution
+
+    prompt = text(10, seed=6).tolist()
+    cfg = SamplingConfig(temperature=1.0, seed=3)
+    plain = [e.token_id for e in generate(trained, prompt, max_new_tokens=30, sampling=cfg)]
+    assert S.steered_generate(trained, dictionary, prompt, 5, 0.0, max_new_tokens=30, sampling=cfg) == plain
+    effects = S.logit_effects(trained, dictionary)
+    plain_probs = next_token_distribution(trained, prompt)
+    favours = effects.argmax(-1)  # (F,): the token each feature's direction favours most
+    unlikely = plain_probs[favours] < 0.05  # features whose token the plain model does not expect here
+    feature = int(torch.where(unlikely, effects.std(-1), -1.0).argmax())
+    favoured = int(favours[feature])
+    before = float(plain_probs[favoured])
+    with S.feature_steering(trained, dictionary, feature, 40.0):
+        after = float(next_token_distribution(trained, prompt)[favoured])
+    assert after > 10 * before
+    pushed = S.steered_generate(trained, dictionary, prompt, feature, 40.0, max_new_tokens=30, sampling=cfg)
+    assert pushed != plain and pushed.count(favoured) > plain.count(favoured)
+    with pytest.raises(ConfigError, match="feature must be"):
+        S.steered_generate(trained, dictionary, prompt, 64, 1.0)
+    with pytest.raises(ConfigError, match="another model"):
+        S.steered_generate(tiny(n_embd=32, seed=4), dictionary, prompt, 1, 1.0)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "mamba"])
+def test_streamed_activations_stop_at_the_hook_and_equal_a_full_cached_run(preset) -> None:
+    from lmcore.hooks import run_with_cache
+    from lmcore.sample import SamplingConfig, generate, next_token_distribution
+
+    model = tiny(preset=preset) if preset == "gpt2" else _mamba()
+    ids = text(16 * 5 + 3, seed=7)
+    hook = S.default_hook(model)
+    streamed = torch.cat(list(S.stream_activations(model, ids, hook, batch_windows=2)))
+    window = S._window(model)
+    expected = []
+    for lo in range(0, len(ids), window):
+        _, cache = run_with_cache(model, ids[lo : lo + window][None], [hook])
+        expected.append(cache[hook][0])
+    torch.testing.assert_close(streamed, torch.cat(expected), rtol=1e-5, atol=1e-6)
+    sae = S.train_sae(model, text(600), hook=hook, n_features=32, k=4, batch_size=64, buffer_tokens=256)
+    prompt, cfg = [1, 2, 3], SamplingConfig(temperature=1.0, seed=1)
+    plain = [e.token_id for e in generate(model, prompt, max_new_tokens=12, sampling=cfg)]
+    assert S.steered_generate(model, sae, prompt, 3, 0.0, max_new_tokens=12, sampling=cfg) == plain
+    with S.feature_steering(model, sae, 3, 50.0):  # the push reaches the next token (an untrained model's is faint)
+        pushed = next_token_distribution(model, prompt)
+    assert float((pushed - next_token_distribution(model, prompt)).abs().max()) > 1e-3
+
+
+def _mamba() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig.preset("mamba", vocab_size=V, n_layer=2, n_embd=16)).eval()
+
+
+def test_training_runs_the_model_only_up_to_the_hook(trained) -> None:
+    calls = []
+    last = trained.residual_blocks()[-1]
+    handle = last.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        S.train_sae(trained, text(300), hook="blocks.0.hook_resid_post", n_features=16, k=2, batch_size=64,
+                    buffer_tokens=128)  # fmt: skip
+    finally:
+        handle.remove()
+    assert calls == []

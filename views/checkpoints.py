@@ -14,6 +14,7 @@ import streamlit as st
 from lmcore.checkpoint import (
     checkpoint_path,
     delete_checkpoint,
+    delete_sae,
     import_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -214,7 +215,9 @@ else:
         st.session_state[state.CHECKPOINTS_FLASH] = ("success", f"{md(name)} is loaded: the attention and generation pages now use it.")
         st.rerun()
     with col_del:
-        sure = st.checkbox(f"Yes, delete {md(name)}", key=f"checkpoints.confirm.{name}")
+        saes = row.get("sae_files") or []
+        also = f" and its {len(saes)} autoencoder{'s' * (len(saes) != 1)}" if saes else ""
+        sure = st.checkbox(f"Yes, delete {md(name)}{also}", key=f"checkpoints.confirm.{name}")
         if st.button("Delete", disabled=not sure, key="checkpoints.delete", help="Tick the box first: this cannot be undone."):
             with user_errors():
                 delete_checkpoint(path)
@@ -239,6 +242,27 @@ else:
     )
     if refusal and not row.get("error"):
         st.caption(f"Export is not available: {md(refusal)}")
+
+    if row.get("sae_files"):
+        with st.container(border=True):
+            st.markdown(f"**Sparse autoencoders of {md(name)}** (saved on the Features page; deleted with the model)")
+            sae_file = st.selectbox("Autoencoder", [str(p) for p in row["sae_files"]],
+                                    format_func=lambda p: Path(p).name, key="checkpoints.sae")  # fmt: skip
+            a, b = st.columns(2)
+            a.download_button(
+                "Download the autoencoder",
+                data=lambda: Path(sae_file).read_bytes(),
+                file_name=Path(sae_file).name,
+                mime="application/octet-stream",
+                on_click="ignore",
+                key="checkpoints.sae_download",
+                icon=":material/download:",
+            )
+            if b.button("Delete the autoencoder", key="checkpoints.sae_delete"):
+                with user_errors():
+                    delete_sae(sae_file)
+                st.session_state[state.CHECKPOINTS_FLASH] = ("success", f"Deleted {md(Path(sae_file).name)}.")
+                st.rerun()
 
 st.subheader("Open a Hugging Face model")
 st.write(
