@@ -22,21 +22,17 @@ Prints one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from common import CORPUS, emit, machine
 
-import torch  # noqa: E402
-
-from lmcore.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids  # noqa: E402
-from lmcore.finetune import (  # noqa: E402
+from lmcore.checkpoint import load_checkpoint, save_checkpoint
+from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+from lmcore.finetune import (
     apply_lora,
     chat_tokenizer,
     exact_match,
@@ -45,10 +41,10 @@ from lmcore.finetune import (  # noqa: E402
     save_adapter,
     trainable_share,
 )
-from lmcore.models import ModelConfig, build_model  # noqa: E402
-from lmcore.recipes import RECIPES  # noqa: E402
-from lmcore.tasks import get_task  # noqa: E402
-from lmcore.train import TrainConfig, Trainer, evaluate_ids  # noqa: E402
+from lmcore.models import ModelConfig, build_model
+from lmcore.recipes import RECIPES
+from lmcore.tasks import get_task
+from lmcore.train import TrainConfig, Trainer, evaluate_ids
 
 
 def say(msg: str) -> None:
@@ -112,7 +108,7 @@ def gpt2_small_lora(rank: int, block: int, steps: int, folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--data", default=str(CORPUS))
     ap.add_argument("--task", default="uppercase")
     ap.add_argument("--pretrain-iters", type=int, default=600)
     ap.add_argument("--iters", type=int, default=800)
@@ -131,12 +127,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     task = get_task(args.task)
-    out: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    out: dict = {"machine": machine(),
                  "task": task.name, "pretrain_iters": args.pretrain_iters, "iters": args.iters}  # fmt: skip
 
     if args.skip_chat:
         out["gpt2_small_lora"] = gpt2_small_lora(args.rank, args.gpt2_block, args.gpt2_steps, folder)
-        print(json.dumps(out, indent=1))
+        emit(out)
         return
     if args.base:
         base_path = Path(args.base)
@@ -169,7 +165,7 @@ def main() -> None:
 
     if not args.skip_gpt2:
         out["gpt2_small_lora"] = gpt2_small_lora(args.rank, args.gpt2_block, args.gpt2_steps, folder)
-    print(json.dumps(out, indent=1))
+    emit(out)
 
 
 if __name__ == "__main__":

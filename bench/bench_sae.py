@@ -28,14 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from common import CORPUS, ROOT, emit
 
-import torch  # noqa: E402
-
-from lmcore.checkpoint import load_checkpoint  # noqa: E402
-from lmcore.data import encode_corpus, load_corpus  # noqa: E402
-from lmcore.sae import evaluate_sae, feature_activations, logit_effects, train_sae  # noqa: E402
+from lmcore.checkpoint import load_checkpoint
+from lmcore.data import encode_corpus, load_corpus
+from lmcore.sae import evaluate_sae, feature_activations, logit_effects, train_sae
 
 BABY = ["--preset", "gpt2", "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
         "--batch-size", "12", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-iters", "100", "--weight-decay", "0.1",
@@ -45,7 +43,7 @@ BABY = ["--preset", "gpt2", "--n-layer", "4", "--n-head", "4", "--n-embd", "128"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--data", default=str(CORPUS))
     ap.add_argument("--train-budget", type=float, default=600)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--n-features", type=int, default=1024)
@@ -89,7 +87,7 @@ def main() -> None:
     logit_effects(ckpt.model, sae)
     out["feature_click_s"] = round(time.time() - t0, 3)
     out["top_context_tokens"] = ckpt.tokenizer.decode(ctx[0].tokens) if ctx else ""
-    print(json.dumps(out))
+    emit(out, indent=None)
 
 
 def module_at(rev: str):
