@@ -11,10 +11,14 @@ pair, ready for ``build_model`` and ``Trainer``::
   100, cosine to 1e-4, 2000 iterations; 0.80M parameters at a vocabulary of 66).
 - ``cpu-best``: the best recipe found for the same wall-clock time on a 2-core
   CPU: a Mamba of 3 layers, 192 wide, d_state 8 (0.74M parameters), lr 4e-3
-  (bench/bench_equal_time.py compares it with the baby GPT side by side). Its
-  ``max_iters`` is the number of steps that fit in the baby GPT's training time
-  on such a machine; elsewhere the ratio of step times, not the absolute time,
-  is what carries over.
+  (bench/bench_equal_time.py compares it with the baby GPT side by side). It
+  states a time budget, not a step count: ``time_budget_s`` is the baby GPT's
+  training time on the reference machine (``BABY_GPT_SECONDS``, evaluations
+  included when the Trainer runs it), and ``schedule="time"`` makes warmup
+  (the first 5%) and the cosine follow the elapsed share of it, so on a
+  machine at half the speed the run does half the steps and still ends its
+  decay inside the budget; ``max_iters`` is only a cap. To give it the baby
+  GPT's time on another machine, measure that and set ``time_budget_s``.
 - ``induction``: watching an induction head form (Olsson et al. 2022): a
   2-layer, 4-head, 64-wide gpt2-preset model (learned positions) trained on
   random tokens, each segment repeated twice (``induction_data``); segment
