@@ -11,11 +11,16 @@ exactly as a user would run it. Every other run gets the same training time:
 - ``llama``: the llama preset (RMSNorm, RoPE, SwiGLU, no biases) of the same
   shape and hyper-parameters, cosine over the time budget;
 - ``cpu-best``: the playground's best CPU recipe (``recipe("cpu-best")``),
-  cosine over the time budget;
-- ``mamba-muon``: the cpu-best Mamba trained with Muon (muon_lr 0.02) on its
+  its time-shaped schedule over this run's budget;
+- ``mamba``: the Mamba-1 that was cpu-best before Mamba-2 (3 x 192, d_state
+  8, lr 4e-3, warmup 50 steps), cosine over the time budget;
+- ``mamba-muon``: that Mamba trained with Muon (muon_lr 0.02) on its
   hidden matrices and AdamW on the rest;
 - ``llama-muon``: the llama of the baby GPT's shape with a ReLU squared MLP
-  and QK-norm, Muon (muon_lr 0.05) and AdamW at lr 3e-3.
+  and QK-norm, Muon (muon_lr 0.05) and AdamW at lr 3e-3;
+- ``mamba2``, ``mamba2-lr8e-3``, ``mamba2-s16``: Mamba-2 at the Mamba's
+  3 x 192 with 6 heads of 64 channels, state 32 at lr 4e-3 and 8e-3, state
+  16 at lr 6e-3, under the Trainer's time-shaped schedule (``schedule="time"``).
 
 Fairness on a shared, noisy machine: all runs live in one process and take
 turns step by step. After each baseline step (a ``Trainer`` callback), the
@@ -33,7 +38,9 @@ Time-based schedule: the contenders cannot know how many steps fit in the
 budget, so their learning rate warms up linearly over the recipe's
 ``warmup_iters`` steps and then follows a cosine from ``lr`` to ``min_lr`` over
 the fraction of the budget spent (the budget is the baseline's projected time
-while it is still running). The baseline keeps its 2000-iteration schedule.
+while it is still running). A contender whose config says ``schedule="time"``
+(a recipe stated as a time budget, as ``cpu-best`` is) follows the Trainer's own
+``lr_schedule`` instead, with its ``time_budget_s`` replaced by this budget. The baseline keeps its 2000-iteration schedule.
 The step itself is the Trainer's (same batches from a generator seeded with the
 recipe's seed, AdamW with decay on matrices, clipping at 1, loss read back).
 
@@ -52,38 +59,30 @@ baseline) about 30 s.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
-import platform
 import statistics
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import CORPUS, emit, log, machine, read_corpus
+from lmcore.batches import as_source
+from lmcore.data import get_batch, split_ids
+from lmcore.models import ModelConfig, build_model, lm_loss
+from lmcore.recipes import recipe
+from lmcore.tokenizers import CharTokenizer
+from lmcore.train import TrainConfig, Trainer, lr_schedule, make_optimizer, score_windows
 
-from lmcore.batches import as_source  # noqa: E402
-from lmcore.data import get_batch, split_ids  # noqa: E402
-from lmcore.models import ModelConfig, build_model, lm_loss  # noqa: E402
-from lmcore.recipes import recipe  # noqa: E402
-from lmcore.tokenizers import CharTokenizer  # noqa: E402
-from lmcore.train import TrainConfig, Trainer, make_optimizer, score_windows  # noqa: E402
-
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BLOCK, EVAL_BATCH, EVAL_SEED = 64, 12, 42  # the baseline's windows, as bench_train.py scores them
 REFERENCE_VAL_LOSS = 1.886  # nanoGPT's baby GPT after 2000 iterations on this machine
 TARGET_VAL_LOSS = 1.75
-RUNS = ("baseline", "gpt2", "llama", "cpu-best", "mamba-muon", "llama-muon")
+RUNS = ("baseline", "gpt2", "llama", "cpu-best", "mamba-muon", "llama-muon", "mamba", "mamba2", "mamba2-lr8e-3",
+        "mamba2-s16")
 STALL_FACTOR = 4.0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,6 +144,8 @@ class TimedRun:
 
     def lr(self, budget_s: float) -> float:
         cfg = self.cfg
+        if cfg.schedule == "time":  # the Trainer's own time-shaped schedule, over this run's budget
+            return lr_schedule(self.steps, dataclasses.replace(cfg, time_budget_s=budget_s), self.train_s)
         if self.steps < cfg.warmup_iters:
             return cfg.lr * (self.steps + 1) / cfg.warmup_iters
         if self.warmup_end_s is None:
@@ -252,6 +253,31 @@ def evaluate(model: torch.nn.Module, ids: torch.Tensor, starts: torch.Tensor) ->
     return total / n, correct / n
 
 
+def mamba1_recipe(vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    """The Mamba-1 that was ``cpu-best`` before Mamba-2: 3 x 192, d_state 8, lr 4e-3, warmup 50 steps."""
+    model = ModelConfig.preset("mamba", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=192, d_state=8,
+                               d_conv=4, expand=2)  # fmt: skip
+    train = TrainConfig(batch_size=12, max_iters=1100, lr=4e-3, min_lr=4e-4, warmup_iters=50, weight_decay=0.1,
+                        beta1=0.9, beta2=0.99, grad_clip=1.0)  # fmt: skip
+    return model.validate(), train.validate()
+
+
+def mamba2_model(vocab_size: int, d_state: int) -> ModelConfig:
+    """Mamba-2 (state-space duality) at the Mamba-1's shape, with fewer, wider SSM heads (64 channels).
+
+    The scan's cost grows with heads x state: 6 heads of 64 and a state of 16 or 32
+    cost less per step than the preset's 24 heads of 16 with a state of 64.
+    """
+    return ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=192,
+                              d_state=d_state, ssm_head_dim=64).validate()  # fmt: skip
+
+
+def mamba2_train(lr: float) -> TrainConfig:
+    """AdamW at ``lr`` under the Trainer's time-shaped schedule: warmup over 5% of the budget, cosine to lr / 10."""
+    return TrainConfig(batch_size=12, max_iters=20_000, warmup_iters=1000, lr=lr, min_lr=lr / 10, weight_decay=0.1,
+                       beta1=0.9, beta2=0.99, grad_clip=1.0, schedule="time", time_budget_s=94.0).validate()  # fmt: skip
+
+
 def contender_configs(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     """The runs that train for the baseline's time: gpt2 and llama at the recipe's shape, and cpu-best."""
     base_model, base_train = recipe("baby-gpt", vocab_size)
@@ -261,16 +287,21 @@ def contender_configs(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConf
         **{k: getattr(base_model, k) for k in ("block_size", "n_layer", "n_head", "n_embd", "dropout")},
     )
     best_model, best_train = recipe("cpu-best", vocab_size)
-    # The recipe search's candidates: Muon on the cpu-best Mamba, and a llama with the newer switches and Muon.
-    mamba_muon = TrainConfig(**{**best_train.to_dict(), "optimizer": "muon", "muon_lr": 0.02})
+    mamba_model, mamba_train = mamba1_recipe(vocab_size)
+    # The recipe search's candidates: Muon on the Mamba-1, and a llama with the newer switches and Muon.
+    mamba_muon = TrainConfig(**{**mamba_train.to_dict(), "optimizer": "muon", "muon_lr": 0.02})
     llama_muon = llama.replace(mlp="relu2", qk_norm=True)
     llama_muon_train = TrainConfig(**{**base_train.to_dict(), "lr": 3e-3, "min_lr": 3e-4, "optimizer": "muon",
                                       "muon_lr": 0.05})  # fmt: skip
     return {
+        "mamba": (mamba_model, mamba_train),
+        "mamba2": (mamba2_model(vocab_size, 32), mamba2_train(4e-3)),
+        "mamba2-lr8e-3": (mamba2_model(vocab_size, 32), mamba2_train(8e-3)),
+        "mamba2-s16": (mamba2_model(vocab_size, 16), mamba2_train(6e-3)),
         "gpt2": (base_model, base_train),
         "llama": (llama, base_train),
         "cpu-best": (best_model, best_train),
-        "mamba-muon": (best_model, mamba_muon),
+        "mamba-muon": (mamba_model, mamba_muon),
         "llama-muon": (llama_muon.validate(), llama_muon_train),
     }
 
@@ -305,8 +336,6 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(RUNS[:4]), help=f"comma-separated subset of {', '.join(RUNS)}")
     ap.add_argument("--quick", action="store_true", help="200 baseline iterations, 20 eval batches: a smoke test")
     args = ap.parse_args()
-    if not CORPUS.exists():
-        sys.exit(f"the standard corpus {CORPUS} is missing; put tinyshakespeare.txt there to run this benchmark")
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
@@ -317,7 +346,7 @@ def main() -> None:
         sys.exit("--budget-s must be a positive number of seconds")
     torch.set_num_threads(1)  # one thread per run: tiny models run fastest so, and the machine is shared
 
-    text = CORPUS.read_text(encoding="utf-8")
+    text = read_corpus()
     tok = CharTokenizer.train(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
@@ -354,15 +383,15 @@ def main() -> None:
             "model": {k: v for k, v in mc.to_dict().items() if k not in ("preset", "vocab_size")},
             "train": {k: getattr(tc, k) for k in ("batch_size", "lr", "min_lr", "warmup_iters", "weight_decay",
                                                   "optimizer", "muon_lr")},  # fmt: skip
-            "schedule": "cosine over iterations" if name == "baseline" else "cosine over the time budget",
+            "schedule": "cosine over iterations" if name == "baseline" else (
+                "warmup and cosine over the time budget (schedule=time)" if tc.schedule == "time"
+                else "warmup in steps, cosine over the time budget"),
         }
         log(f"{name}: {out[name]['params']:,} params, {r.steps} iters in {r.train_s:.1f}s, val loss {loss:.4f}")
     result: dict[str, Any] = {
         "benchmark": "equal_time",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "data": {"corpus": "tinyshakespeare", "tokenizer": "char", "vocab_size": V, "train_tokens": len(train_ids),
+        **machine(),
+        "data": {"corpus": CORPUS.stem, "tokenizer": "char", "vocab_size": V, "train_tokens": len(train_ids),
                  "val_tokens": len(val_ids)},  # fmt: skip
         "quick": args.quick,
         "budget_s": round(budget, 2),
@@ -378,7 +407,7 @@ def main() -> None:
         result["cpu_best_reaches_target"] = out["cpu-best"]["val_loss"] <= TARGET_VAL_LOSS
         if "baseline" in out:
             result["cpu_best_minus_baseline"] = round(out["cpu-best"]["val_loss"] - out["baseline"]["val_loss"], 4)
-    print(json.dumps(result, indent=1))
+    emit(result)
 
 
 if __name__ == "__main__":

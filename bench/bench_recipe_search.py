@@ -23,7 +23,9 @@ import time
 
 import torch
 
-from bench_equal_time import EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate
+from bench_equal_time import (
+    EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate, mamba1_recipe, mamba2_model, mamba2_train,
+)
 from common import CORPUS, emit, log, read_corpus
 from lmcore.data import load_corpus, split_ids
 from lmcore.models import ModelConfig, build_model
@@ -35,7 +37,7 @@ from lmcore.train import TrainConfig, Trainer
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     """The baseline and the candidates, by name."""
     base_model, base_train = recipe("baby-gpt", vocab_size)
-    best_model, best_train = recipe("cpu-best", vocab_size)
+    best_model, best_train = mamba1_recipe(vocab_size)  # the Mamba-1 the earlier searches started from
     bt = best_train.to_dict()
     llama = ModelConfig.preset(
         "llama", vocab_size=vocab_size,
@@ -45,7 +47,8 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     lt = {**base_train.to_dict(), "lr": 3e-3, "min_lr": 3e-4}
     return {
         "baseline": (base_model, base_train),
-        "cpu-best": (best_model, best_train),
+        "cpu-best": recipe("cpu-best", vocab_size),
+        "mamba": (best_model, best_train),
         "mamba-muon-0.02": (best_model, TrainConfig(**{**bt, "optimizer": "muon", "muon_lr": 0.02})),
         "mamba-muon-0.04": (best_model, TrainConfig(**{**bt, "optimizer": "muon", "muon_lr": 0.04})),
         "mamba-b16": (best_model, TrainConfig(**{**bt, "batch_size": 16})),
@@ -60,6 +63,9 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         "mamba-d4": (best_model.replace(d_state=4).validate(), best_train),
         "mamba-d4-lr6e-3": (best_model.replace(d_state=4).validate(), TrainConfig(**{**bt, "lr": 6e-3, "min_lr": 6e-4})),
         "mamba-d4-lr8e-3": (best_model.replace(d_state=4).validate(), TrainConfig(**{**bt, "lr": 8e-3, "min_lr": 8e-4})),
+        # Mamba-2 at the same width and depth, 64-channel heads, under the time-shaped schedule.
+        **{f"mamba2-s{n}-lr{lr:g}": (mamba2_model(vocab_size, n), mamba2_train(lr))
+           for n, lr in ((16, 4e-3), (16, 6e-3), (16, 1e-2), (32, 6e-3))},  # fmt: skip
     }
 
 
@@ -101,7 +107,11 @@ def main() -> None:
         return
 
     model_cfg, train_cfg = cands[args.name]
-    cfg = TrainConfig(**{**train_cfg.to_dict(), "max_iters": args.iters, "eval_interval": args.iters,
+    steps_cfg = {}
+    if train_cfg.schedule == "time":  # the same shape over the counted steps: warmup takes the same share
+        warm = max(1, round(args.iters * train_cfg.warmup_iters / train_cfg.max_iters))
+        steps_cfg = {"schedule": "steps", "time_budget_s": None, "warmup_iters": warm}
+    cfg = TrainConfig(**{**train_cfg.to_dict(), **steps_cfg, "max_iters": args.iters, "eval_interval": args.iters,
                          "eval_iters": 1, "device": "cpu"})  # fmt: skip
     torch.manual_seed(0)
     model = build_model(model_cfg)

@@ -124,3 +124,44 @@ def test_induction_recipe_forms_an_induction_head() -> None:
     assert untrained < 0.2  # the score measures what training made, not the probe's shape
     assert induction > 0.5
     assert repeated < math.log(INDUCTION_VOCAB) - 2.0  # far below guessing
+
+
+class _FakeClock:
+    """A clock that moves ``tick`` seconds each time it is read: a machine of a chosen speed."""
+
+    def __init__(self, tick: float):
+        self.tick, self.now = tick, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("steps_in_budget", [8, 32], ids=["slow", "fast"])
+def test_cpu_best_is_a_time_budget_that_ends_its_decay_inside_it_at_any_speed(steps_in_budget, small_text):
+    # The recipe states the baby GPT's time, not a step count: on a machine at a quarter of the
+    # speed it does a quarter of the steps, and still reaches min_lr by the budget's end.
+    tok = CharTokenizer.train(small_text)
+    ids = torch.tensor(tok.encode(small_text), dtype=torch.long)
+    train_ids, val_ids = split_ids(ids, 0.1)
+    model_cfg, train_cfg = recipe("cpu-best", tok.vocab_size)
+    assert train_cfg.schedule == "time" and train_cfg.time_budget_s == RECIPES["cpu-best"]["train"]["time_budget_s"]
+    budget = train_cfg.time_budget_s
+    # The recipe's training settings on a tiny model of its family (the schedule is what is tested).
+    cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": 100_000, "eval_iters": 1, "device": "cpu"})
+    torch.manual_seed(0)
+    model = build_model(model_cfg.replace(n_layer=1, n_embd=32))
+    lrs: list[float] = []
+
+    class Record:
+        def on_step(self, event) -> None:
+            lrs.append(event.lr)
+
+    trainer = Trainer(model, train_ids, val_ids, cfg, callbacks=[Record()])
+    trainer.clock = _FakeClock(budget / steps_in_budget)  # 94 / 8 and 94 / 32 are exact in binary
+    result = trainer.fit()
+    assert result["stopped_early"] and len(lrs) == steps_in_budget - 1  # the budget ended the run, not max_iters
+    assert max(lrs) == pytest.approx(train_cfg.lr, rel=0.05)  # warmed up to the peak
+    top = lrs.index(max(lrs))
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[top:], lrs[top + 1 :]))
+    assert lrs[-1] <= train_cfg.final_lr + 0.05 * (train_cfg.lr - train_cfg.final_lr)  # decayed by the budget's end
