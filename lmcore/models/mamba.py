@@ -480,6 +480,15 @@ FAMILY = Family(
 )
 
 
+def one_sequence(idx: torch.Tensor) -> torch.Tensor:
+    """idx as (1, T) with T >= 1, or ConfigError: the attention maps are of one sequence."""
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
+        raise ConfigError(f"attention maps need one non-empty sequence of token ids, got shape {tuple(idx.shape)}")
+    return idx
+
+
 class StateSpaceLM(LanguageModel):
     """What Mamba and Mamba-2 share around their blocks: an embedding, a stack of
     residual blocks (``layers``, each returning ``(x, state)``), a final norm and a
@@ -491,6 +500,24 @@ class StateSpaceLM(LanguageModel):
 
     def residual_blocks(self) -> nn.ModuleList:
         return self.layers
+
+    def scan_inputs(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer, (Δ, A, B, C) of one sequence idx (1, T): Δ, B and C read at the mixers' hook
+        points in one pass (in eval mode), in float32; A = -exp(A_log), in float32 or float64."""
+        names = [layer_names(self, f"mixer.hook_{k}") for k in ("delta", "B", "C")]
+        was_training = self.training
+        self.eval()
+        try:
+            _, cache = run_with_cache(self, idx, [n for group in names for n in group])
+        finally:
+            self.train(was_training)
+        out = []
+        for i, layer in enumerate(self.layers):
+            delta, B, C = (cache[group[i]][0].float() for group in names)
+            A_log = layer.mixer.A_log
+            A = -torch.exp(A_log if A_log.dtype in (torch.float32, torch.float64) else A_log.float())
+            out.append((delta, A, B, C))
+        return out
 
     def readout(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V)
         x = self.norm_f(x)
@@ -579,25 +606,11 @@ class Mamba(StateSpaceLM):
         opposite directions. Rows are not normalised; the diagonal holds the
         current token's own weight. Values are float32 on the model's device.
         """
-        if idx.dim() == 1:
-            idx = idx[None]
-        if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
-            raise ConfigError(f"attention maps need one non-empty sequence of token ids, got shape {tuple(idx.shape)}")
+        idx = one_sequence(idx)
         n_groups = max(1, min(n_groups, self.config.d_inner))
         T = idx.shape[1]
         maps = []
-        # Δ, B and C of every layer from one pass through the hook points.
-        names = [layer_names(self, f"mixer.hook_{k}") for k in ("delta", "B", "C")]
-        was_training = self.training
-        self.eval()
-        try:
-            _, cache = run_with_cache(self, idx, [n for group in names for n in group])
-        finally:
-            self.train(was_training)
-        for i, layer in enumerate(self.layers):
-            delta, B, C = (cache[group[i]][0].float() for group in names)
-            A_log = layer.mixer.A_log
-            A = -torch.exp(A_log if A_log.dtype in (torch.float32, torch.float64) else A_log.float())  # (E, N)
+        for delta, A, B, C in self.scan_inputs(idx):  # A: (E, N)
             per_group = []
             for channels in torch.arange(self.config.d_inner, device=idx.device).tensor_split(n_groups):
                 total = torch.zeros(T, T, device=idx.device)

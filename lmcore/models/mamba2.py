@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmcore.errors import ConfigError
-from lmcore.hooks import HookPoint, layer_names, run_with_cache
+from lmcore.hooks import HookPoint
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import (
     BLOCK_SIZE,
@@ -66,7 +66,7 @@ from lmcore.models.family import (
     embedding_node,
 )
 from lmcore.models.layers import RMSNorm
-from lmcore.models.mamba import StateSpaceLM
+from lmcore.models.mamba import StateSpaceLM, one_sequence
 
 # Δ initialisation, as Mamba's: dt log-uniform in [DT_MIN, DT_MAX], at least DT_FLOOR,
 # stored in dt_bias through the inverse of softplus.
@@ -506,24 +506,7 @@ class Mamba2(StateSpaceLM):
         output for the head is M x (before the D skip, the gate and the
         projection). Signed, not normalised; float32 on the model's device.
         """
-        if idx.dim() == 1:
-            idx = idx[None]
-        if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
-            raise ConfigError(f"attention maps need one non-empty sequence of token ids, got shape {tuple(idx.shape)}")
-        # Δ, B and C of every layer from one pass through the hook points.
-        names = [layer_names(self, f"mixer.hook_{k}") for k in ("delta", "B", "C")]
-        was_training = self.training
-        self.eval()
-        try:
-            _, cache = run_with_cache(self, idx, [n for group in names for n in group])
-        finally:
-            self.train(was_training)
-        maps = []
-        for i, layer in enumerate(self.layers):
-            dt, B, C = (cache[group[i]][0].float() for group in names)
-            A_log = layer.mixer.A_log
-            A = -torch.exp(A_log if A_log.dtype in (torch.float32, torch.float64) else A_log.float())  # (H,)
-            maps.append(ssd_attention(dt, A.float(), B, C))
+        maps = [ssd_attention(dt, A.float(), B, C) for dt, A, B, C in self.scan_inputs(one_sequence(idx))]  # A: (H,)
         return torch.stack(maps)  # (n_layer, H, T, T)
 
     def num_params(self, non_embedding: bool = False) -> int:
