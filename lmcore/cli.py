@@ -45,10 +45,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lmcore.errors import ConfigError, LMCoreError
+from lmcore.sample import MAX_NEW_TOKENS  # noqa: F401 (generate's cap, declared with max_new_tokens)
 
-# The longest text one `generate` writes: past it, a typo (an extra zero or
-# three) would run for hours. Refused with a message naming the cap.
-MAX_NEW_TOKENS = 100_000
 MAX_SEED = 2**32 - 1
 _MAX_COUNT = 2**31 - 1  # steps, batch sizes, token counts: far past any run, far below an overflow
 
@@ -156,6 +154,16 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from lmcore.train import TrainConfig
 
     return flag_values(args, TrainConfig)
+
+
+def _sampling(args: argparse.Namespace) -> tuple[Any, int]:
+    """(the SamplingConfig, max_new_tokens) that ``generate``'s flags set; the declared defaults for the rest."""
+    from lmcore.sample import MAX_NEW, SAMPLING_SETTINGS, SamplingConfig
+    from lmcore.settings import flag_values
+
+    given = flag_values(args, SAMPLING_SETTINGS)
+    max_new = given.pop(MAX_NEW.name, MAX_NEW.default)
+    return SamplingConfig(**given).validate(), max_new
 
 
 def _out_path(out: str, name: str) -> Path:
@@ -472,12 +480,11 @@ class _Utf8Out:
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmcore.checkpoint import load_checkpoint
     from lmcore.device import resolve_device
-    from lmcore.sample import SamplingConfig, generate, prompt_start
+    from lmcore.sample import generate, prompt_start
 
     if getattr(args, "chat", False) or getattr(args, "prompts_file", None) or getattr(args, "adapter", None):
         return _chat_generate(args)
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    sampling.validate()
+    sampling, max_new = _sampling(args)
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     tok = ckpt.tokenizer
     prompt = args.prompt or ""
@@ -486,7 +493,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = _Utf8Out()
     out.write(prompt)
     pending: list[int] = []
-    for event in generate(ckpt.model, ids, args.max_new_tokens, sampling, stop_ids=stop_ids):
+    for event in generate(ckpt.model, ids, max_new, sampling, stop_ids=stop_ids):
         pending.append(event.token_id)
         text = tok.decode(pending)
         # A byte-level token may end inside a multi-byte character: wait for the rest.
@@ -509,15 +516,13 @@ def _chat_generate(args: argparse.Namespace) -> int:
     from lmcore.device import resolve_device
     from lmcore.errors import DataError
     from lmcore.finetune import chat_reply, load_with_adapter
-    from lmcore.sample import SamplingConfig
     from lmcore.tokenizers import ChatTokenizer
 
     if not args.chat:
         raise ConfigError("--prompts-file and --adapter answer as a chat model: add --chat")
     if args.prompts_file and args.prompt:
         raise ConfigError("give either --prompt or --prompts-file, not both")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    sampling.validate()
+    sampling, max_new = _sampling(args)
     if args.prompts_file:
         try:
             prompts = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
@@ -538,7 +543,7 @@ def _chat_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{Path(args.checkpoint).name} has no chat template; fine-tune it first (lmcore finetune)")
     out = _Utf8Out()
     for prompt in prompts:
-        answer = chat_reply(model, tok, prompt, args.max_new_tokens, sampling)
+        answer = chat_reply(model, tok, prompt, max_new, sampling)
         if args.prompts_file:
             out.write(json.dumps({"prompt": prompt, "response": answer}) + "\n")
         else:
@@ -669,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lmcore.device import DEVICE_CHOICES
     from lmcore.models import PRESETS, ModelConfig
     from lmcore.models.config import MAX_FIELD
+    from lmcore.sample import SAMPLING_SETTINGS
     from lmcore.settings import add_flags
     from lmcore.train import MAX_WINDOWS, TrainConfig
 
@@ -724,13 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="print a prompt and its continuation")
     g.add_argument("--checkpoint", required=True, metavar="FILE")
     g.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    g.add_argument(
-        "--max-new-tokens", type=_whole(0, MAX_NEW_TOKENS), default=200, help=f"at most {MAX_NEW_TOKENS:,} (default 200)"
-    )
-    g.add_argument("--temperature", type=_finite, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=_COUNT)
-    g.add_argument("--top-p", type=_finite)
-    g.add_argument("--seed", type=_SEED, default=0, help=f"0 to {MAX_SEED:,}")
+    add_flags(g, SAMPLING_SETTINGS, _FLAG_TYPES)  # one per declared setting (lmcore.sample.SamplingConfig)
     g.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     g.add_argument("--chat", action="store_true", help="answer as a fine-tuned chat model; print the answer only")
     g.add_argument("--prompts-file", metavar="FILE", help="with --chat: one prompt a line; one JSON line per answer")

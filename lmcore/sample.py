@@ -24,7 +24,6 @@ Shapes: V vocabulary, t prompt length.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,30 +32,54 @@ import numpy as np
 import torch
 
 from lmcore.errors import ConfigError, TokenizerError, TrainingError
+from lmcore.settings import Declared, check, check_value, declared, loose, setting
+
+
+# The longest text one generation writes: past it, a typo (an extra zero or three)
+# would run for hours. Refused with a message naming the cap.
+MAX_NEW_TOKENS = 100_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int | None = None  # None = no top-k filter
-    top_p: float | None = None  # None = no nucleus filter
-    seed: int = 0
+    """How each new token is drawn. Each field is declared once (``lmcore.settings``): its
+    bounds, help, command-line flag, page-address key and widget come from here."""
+
+    temperature: float = setting(
+        0.8, "0 = greedy: always the most likely token. 1 = the model's own odds. Above 1: flatter, more surprising.",
+        low=0, metavar="T", key="temp", label="Sampling temperature", widget="slider", page=(0.0, 2.0), step=0.05,
+    )  # fmt: skip
+    # None = no top-k filter; the page's box has no vocabulary-sized maximum: the value outlives a switch of model
+    top_k: int | None = setting(
+        None, "Draw only among the k most likely tokens (default: all).", low=1, high=2**31 - 1, metavar="K",
+        key="top_k", label="Top-k (0 = off)", widget="number", page=(0, 1_000_000), step=1, off=0,
+    )  # fmt: skip
+    # None = no nucleus filter
+    top_p: float | None = setting(
+        None, "Draw only among the most likely tokens whose probabilities add up to p (default: all).",
+        low=0, low_open=True, high=1, metavar="P",
+        key="top_p", label="Top-p (1 = off)", widget="slider", page=(0.05, 1.0), step=0.05, off=1.0,
+    )  # fmt: skip
+    seed: int = setting(
+        0, f"Same seed, prompt, settings and model: the same text (0 to {MAX_SEED:,}).", low=0, high=MAX_SEED,
+        key="gseed", label="Seed", widget="number", page=(0, 2**31 - 1), step=1,
+    )  # fmt: skip
 
     def validate(self) -> "SamplingConfig":
-        """Check every value; ConfigError naming the bad one. Returns self."""
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
-            raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {t!r}")
-        if self.top_k is not None and (
-            not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
-        ):
-            raise ConfigError(f"top_k must be a whole number >= 1 (or unset), got {self.top_k!r}")
-        p = self.top_p
-        if p is not None and (not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1):
-            raise ConfigError(f"top_p must be in (0, 1] (or unset), got {p!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        """Check every value against its declaration; ConfigError naming the bad one. Returns self."""
+        check(self)
         return self
+
+
+# How long one generation runs: generate()'s argument, not part of SamplingConfig, but
+# the command line and the pages set it beside the sampling settings.
+MAX_NEW = loose(
+    "max_new_tokens", int, 200, f"Write at most this many tokens (default 200, at most {MAX_NEW_TOKENS:,}).", low=0,
+    high=MAX_NEW_TOKENS, metavar="N", key="new", label="Max new tokens", widget="number", page=(1, 2000), step=10,
+)  # fmt: skip
+# Every setting one generation takes, in the order the command line and the pages show them.
+SAMPLING_SETTINGS: dict[str, Declared] = {**declared(SamplingConfig), "max_new_tokens": MAX_NEW}
 
 
 @dataclass(frozen=True)
@@ -202,7 +225,7 @@ def generate(
     stop_ids: Iterable[int] | None = None,
     crop_keep: int | None = None,
 ) -> Iterator[GenerationEvent]:
-    """Generate up to ``max_new_tokens`` tokens after ``prompt_ids``, one event per token.
+    """Generate up to ``max_new_tokens`` (at most ``MAX_NEW_TOKENS``) tokens after ``prompt_ids``, one event per token.
 
     Generation ends early, without yielding it, at a token of ``stop_ids``.
     An empty prompt is refused: pass ``[tokenizer.bos_id]`` to start from
@@ -213,8 +236,7 @@ def generate(
     """
     sampling = (sampling or SamplingConfig()).validate()
     ids = _prompt_list(prompt_ids, model.config.vocab_size)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    check_value(MAX_NEW, max_new_tokens)
     max_context = getattr(model, "max_context", None)
     if max_context is not None:
         keep = max(1, max_context // 2) if crop_keep is None else crop_keep

@@ -5,7 +5,9 @@ A config dataclass (``TrainConfig``, ``ModelConfig``) declares each field with
 metadata and everything else reads it from there: ``check()`` (the type and
 bounds part of each ``validate()``), the command line's flags (``add_flags``,
 ``flag_values``), the page address (``ui.urlstate``) and the page's widgets
-(``ui.settings``). A new setting is one line in its dataclass.
+(``ui.settings``). A new setting is one line in its dataclass. A setting that
+is a function's argument rather than a config's field (``generate``'s
+``max_new_tokens``) is declared the same way with ``loose()``.
 
 The field's annotation gives its kind (``int``, ``float``, ``bool``, ``str``,
 each ``| None`` when it may be unset); a field with ``choices`` is a choice.
@@ -45,7 +47,7 @@ class Setting:
       metavar: its argument's name in ``--help``.
     - key: the page-address key ("" = the field's name; None = not in the
       address); the page's widget key is ``keep.<page>.<key>``.
-    - label, widget (``number``, ``select``, ``checkbox``): how a page draws
+    - label, widget (``number``, ``slider``, ``select``, ``checkbox``): how a page draws
       it ("" = the page does not draw it); page: the widget's bounds when
       narrower than low/high, which the address then holds to; page_kind:
       "int" when the page takes whole numbers of a float field; step, fmt: the
@@ -135,6 +137,12 @@ class Declared:
         return value
 
 
+def loose(name: str, kind: type, default: Any, help: str = "", **how: Any) -> Declared:
+    """A declared setting that is no config's field (a function's argument), e.g. ``loose("n", int, 5, ...)``."""
+    s = Setting(help=help, **how)
+    return Declared(name, "choice" if s.choices else kind.__name__, False, default, s)
+
+
 _CACHE: dict[type, dict[str, Declared]] = {}
 
 
@@ -161,11 +169,15 @@ def _number(x: float) -> str:
 def check(cfg: Any) -> None:
     """Check each declared field of ``cfg`` against its kind, bounds and choices; ConfigError naming it."""
     for d in declared(type(cfg)).values():
-        value = getattr(cfg, d.name)
-        if value is None and d.optional:
-            continue
-        check_kind(d, value)
-        _check_bounds(d, value)
+        check_value(d, getattr(cfg, d.name))
+
+
+def check_value(d: Declared, value: Any) -> None:
+    """Check one value of declared setting ``d`` against its kind and bounds; ConfigError naming it."""
+    if value is None and d.optional:
+        return
+    check_kind(d, value)
+    _check_bounds(d, value)
 
 
 def check_kind(d: Declared, value: Any) -> None:
@@ -207,8 +219,13 @@ def _range(s: Setting) -> str:
 
 
 # ------------------------------------------------------------------ the command line
-def add_flags(group: Any, cls: type, types: dict[str, Any], skip: tuple[str, ...] = (), bare: bool = False) -> None:
-    """Add a flag to argparse ``group`` for each declared field of ``cls`` that has one.
+def _settings(of: type | dict[str, Declared]) -> dict[str, Declared]:
+    return of if isinstance(of, dict) else declared(of)
+
+
+def add_flags(group: Any, cls: type | dict[str, Declared], types: dict[str, Any], skip: tuple[str, ...] = (),
+              bare: bool = False) -> None:  # fmt: skip
+    """Add a flag to argparse ``group`` for each declared field of ``cls`` (or setting of a dict) that has one.
 
     ``types`` maps a kind to a function ``(low, high) -> argparse type`` for
     ``int`` and ``float``; a choice gets its choices, a bool an on/off pair
@@ -217,7 +234,7 @@ def add_flags(group: Any, cls: type, types: dict[str, Any], skip: tuple[str, ...
     """
     import argparse
 
-    for d in declared(cls).values():
+    for d in _settings(cls).values():
         if d.flag is None or d.name in skip:
             continue
         s = d.setting
@@ -232,10 +249,10 @@ def add_flags(group: Any, cls: type, types: dict[str, Any], skip: tuple[str, ...
             group.add_argument(d.flag, dest=d.name, type=types[d.kind](s.low, s.high), **extra)
 
 
-def flag_values(args: Any, cls: type) -> dict[str, Any]:
-    """The fields of ``cls`` whose flags were given (argparse namespace ``args``)."""
+def flag_values(args: Any, cls: type | dict[str, Declared]) -> dict[str, Any]:
+    """The fields of ``cls`` (or settings of a dict) whose flags were given (argparse namespace ``args``)."""
     out = {}
-    for d in declared(cls).values():
+    for d in _settings(cls).values():
         if d.flag is not None and getattr(args, d.name, None) is not None:
             out[d.name] = getattr(args, d.name)
     return out

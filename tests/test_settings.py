@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lmcore.cli import _model_overrides, _train_overrides, build_parser
+from lmcore.cli import _model_overrides, _sampling, _train_overrides, build_parser
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig
+from lmcore.sample import SAMPLING_SETTINGS, SamplingConfig
 from lmcore.settings import Declared, declared
 from lmcore.train import TrainConfig
 from ui import state as S
-from ui.urlstate import ADDRESS_FIELDS, TRAIN_FIELDS
+from ui.settings import sampling_key
+from ui.urlstate import ADDRESS_FIELDS, SAMPLING_FIELDS, TRAIN_FIELDS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # Set by something else: the architecture by --preset (the address's arch), the vocabulary's size by the tokenizer.
@@ -150,3 +152,96 @@ def test_every_training_setting_has_its_widget_key_in_the_address_rules() -> Non
     for name in _fields(TrainConfig):
         d = declared(TrainConfig)[name]
         assert TRAIN_FIELDS[d.key].key == train_key(name), name
+
+
+# ----------------------------------------------------------- the sampling settings, the same way
+# generate()'s length is set beside SamplingConfig's fields on the command line and the pages.
+SAMPLING_NAMES = [f.name for f in dataclasses.fields(SamplingConfig)] + ["max_new_tokens"]
+
+
+def test_every_sampling_setting_is_declared_with_a_flag_an_address_key_and_a_widget() -> None:
+    flags = {s for a in _subparser("generate")._actions for s in a.option_strings}
+    assert set(SAMPLING_SETTINGS) == set(SAMPLING_NAMES)
+    for name in SAMPLING_NAMES:
+        d = SAMPLING_SETTINGS[name]
+        assert d is declared(SamplingConfig).get(name, d), f"SamplingConfig.{name} is not declared with setting()"
+        assert d.flag in flags, f"{name}: no command-line flag"
+        assert d.key in SAMPLING_FIELDS and SAMPLING_FIELDS[d.key].key == sampling_key(name), f"{name}: no address key"
+        assert d.setting.help and d.setting.label and d.setting.widget, f"{name}: no help, label or widget"
+
+
+def test_every_sampling_setting_round_trips_through_the_flags() -> None:
+    wanted = {n: _other(SAMPLING_SETTINGS[n]) for n in SAMPLING_NAMES}
+    argv = ["generate", "--checkpoint", "model.safetensors"]
+    for name, value in wanted.items():
+        argv += _argv(SAMPLING_SETTINGS[name], value)
+    sampling, max_new = _sampling(build_parser().parse_args(argv))
+    assert max_new == wanted.pop("max_new_tokens") != SAMPLING_SETTINGS["max_new_tokens"].default
+    assert sampling == SamplingConfig(**wanted) != SamplingConfig()  # none was dropped on the way
+    assert _sampling(build_parser().parse_args(argv[:3])) == (SamplingConfig(), 200)  # no flag: the defaults
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [(dict(temperature=-0.5), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
+     (dict(seed=-1), "seed"), (dict(top_k=2.5), "top_k")],
+)  # fmt: skip
+def test_a_sampling_config_error_names_its_field(change: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        SamplingConfig(**change).validate()
+    assert e.value.field == field and str(e.value).count("\n") == 0
+
+
+def _page_value(d: Declared) -> Any:
+    """A widget value of sampling setting ``d`` other than the page's first one, within its bounds and on its step."""
+    lo, hi = d.bounds
+    if d.page_kind == "int":
+        value = d.to_widget(d.page_default) + 1
+    else:
+        step = d.setting.step or 0.01
+        value = round(lo + step * round((hi - lo) / 2 / step), 6)
+    assert lo <= value <= hi and value != d.to_widget(d.page_default), d.name
+    return value
+
+
+@pytest.fixture
+def one_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint folder with one tiny model, so the Generation page draws its sampling widgets."""
+    from lmcore.checkpoint import save_checkpoint
+    from lmcore.data import build_tokenizer
+    from lmcore.models import build_model
+
+    tok = build_tokenizer("char", "the quick brown fox jumps over the lazy dog\n")
+    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    save_checkpoint(tmp_path / "tiny", build_model(cfg), tok)
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINT_DIR", str(tmp_path))
+
+
+def _generation_widget(at: AppTest, name: str) -> Any:
+    (w,) = [w for kind in ("number_input", "slider") for w in getattr(at, kind) if w.key == sampling_key(name)]
+    return w
+
+
+@pytest.mark.slow  # two app sessions
+def test_every_sampling_setting_survives_the_generation_page_and_a_reload(one_checkpoint: None) -> None:
+    wanted = {n: _page_value(SAMPLING_SETTINGS[n]) for n in SAMPLING_NAMES}
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/generation.py").run()
+    for name, value in wanted.items():
+        _generation_widget(at, name).set_value(value)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    address = dict(at.query_params)
+    for name in SAMPLING_NAMES:
+        assert SAMPLING_SETTINGS[name].key in address, name
+
+    again = AppTest.from_file(APP, default_timeout=120)  # a reload, or the link pasted in another browser
+    again.query_params.update(address)
+    again.run()
+    assert not again.sidebar.warning, [w.value for w in again.sidebar.warning]
+    again.switch_page("views/generation.py").run()
+    assert not again.exception, [e.value for e in again.exception]
+    read = {n: _generation_widget(again, n).value for n in SAMPLING_NAMES}
+    assert read == wanted
+    config = {n: SAMPLING_SETTINGS[n].from_widget(v) for n, v in read.items() if n != "max_new_tokens"}
+    assert SamplingConfig(**config).validate() != SamplingConfig()

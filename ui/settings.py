@@ -1,10 +1,11 @@
 """A config field's page widget, drawn from its declaration (``lmcore.settings``).
 
-``widget()`` draws a number box, a select box or a checkbox with the field's
-label, the page's bounds, step, format and help, keeps its value across page
-switches (``ui.state.keep_default``) and returns the config's value (None for
-an unset optional field). The widget's key is ``keep.<page>.<address key>``,
-so the page address (``ui.urlstate``) finds it by the same declaration.
+``widget()`` draws a number box, a slider, a select box or a checkbox with the
+field's label, the page's bounds, step, format and help, keeps its value across
+page switches (``ui.state.keep_default``) and returns the config's value (None
+for an unset optional field). A training widget's key is ``keep.train.<address
+key>``, a sampling widget's ``keep.<page>.<field name>``, so the page address
+(``ui.urlstate``) finds it by the same declaration.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import streamlit as st
 
+from lmcore.sample import SAMPLING_SETTINGS, SamplingConfig
 from lmcore.settings import UNSET, Declared, declared
 from lmcore.train import TrainConfig
 from ui import state as S
@@ -26,16 +28,18 @@ def train_key(name: str) -> str:
 def widget(where: Any, d: Declared, key: str, choices: list | None = None, **extra: Any) -> Any:
     """Draw field ``d``'s widget in ``where`` (``st``, a column or a container); its value for the config.
 
-    ``choices``: the ones this machine offers, when fewer than the declared; ``extra``: more widget arguments.
+    ``choices``: the ones this machine offers, when fewer than the declared; ``extra``: more widget arguments
+    (``label`` and ``help`` replace the declared ones; ``first``: the first value, instead of the page's default).
     """
     s = d.setting
-    S.keep_default(key, d.to_widget(d.page_default))
+    S.keep_default(key, d.to_widget(extra.pop("first", d.page_default)))
     common = {"key": key, "help": s.help or None, **extra}
+    label = common.pop("label", s.label)
     if s.widget == "select":
-        return d.from_widget(where.selectbox(s.label, list(choices or s.choices), **common))
+        return d.from_widget(where.selectbox(label, list(choices or s.choices), **common))
     if s.widget == "checkbox":
-        return bool(where.checkbox(s.label, **common))
-    assert s.widget == "number", f"{d.name} declares no widget"
+        return bool(where.checkbox(label, **common))
+    assert s.widget in ("number", "slider"), f"{d.name} declares no widget"
     lo, hi = d.bounds
     if d.page_kind == "int":
         lo, hi, step = int(lo), int(hi), int(s.step or 1)
@@ -45,7 +49,9 @@ def widget(where: Any, d: Declared, key: str, choices: list | None = None, **ext
         common["value"] = None  # an empty box: unset
     if s.fmt:
         common["format"] = s.fmt
-    return d.from_widget(where.number_input(s.label, lo, hi, step=step, **common))
+    if s.widget == "slider":
+        return d.from_widget(where.slider(label, lo, hi, step=step, **common))
+    return d.from_widget(where.number_input(label, lo, hi, step=step, **common))
 
 
 def train_widget(where: Any, name: str, **extra: Any) -> Any:
@@ -75,3 +81,26 @@ def page_config() -> TrainConfig:
     """The TrainConfig the Training page's widgets set (each field the page draws; the rest their defaults)."""
     return TrainConfig(**{n: train_value(n) for n, d in declared(TrainConfig).items() if d.setting.widget})
 
+
+
+# ------------------------------------------------------------------ sampling
+def sampling_key(name: str, page: str = "generation") -> str:
+    """A page's widget key of sampling setting ``name`` ("keep.generation.temperature")."""
+    assert name in SAMPLING_SETTINGS, f"{name} is no declared sampling setting"
+    return S.KEEP + f"{page}.{name}"
+
+
+def sampling_widgets(where: Any, page: str = "generation", names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Draw the widgets of sampling settings ``names`` (default: all) side by side in ``where``; their values.
+
+    Returns the config's value of each (None for an unset filter), read back by ``sampling_config``.
+    """
+    names = tuple(SAMPLING_SETTINGS) if names is None else names
+    cols = where.columns(len(names))
+    return {n: widget(cols[i], SAMPLING_SETTINGS[n], sampling_key(n, page)) for i, n in enumerate(names)}
+
+
+def sampling_config(values: dict[str, Any]) -> SamplingConfig:
+    """The checked SamplingConfig of ``values`` (from ``sampling_widgets``; settings not there: their defaults)."""
+    fields = declared(SamplingConfig)
+    return SamplingConfig(**{n: v for n, v in values.items() if n in fields}).validate()

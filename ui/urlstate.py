@@ -27,11 +27,12 @@ import streamlit as st
 from lmcore.data import BUILTIN_CORPORA, DEFAULT_BPE_VOCAB, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
 from lmcore.models import FIELDS, SIZES, Field, ModelConfig, preset_family
+from lmcore.sample import SAMPLING_SETTINGS
 from lmcore.settings import Declared, declared
 from lmcore.train import TrainConfig
 from ui import state as S
 from ui.ownership import address_key
-from ui.settings import train_key
+from ui.settings import sampling_key, train_key
 
 STORE_CAP_BYTES = 200 * 1000 * 1000  # pasted and uploaded texts kept on the server, oldest dropped first
 
@@ -109,15 +110,12 @@ TRAIN_FIELDS: dict[str, AddressField] = {
     "name": AddressField(S.TRAIN_NAME, "str", high=100),
     "x": AddressField(S.TRAIN_X, "choice", choices=("step", "tokens")),
 }
-# The generation page's prompt and sampling settings, the same way.
+# The generation page's sampling settings the same way, one per declared setting (lmcore.sample),
+# and the page's own: the prompt and the temperature explorer's temperature.
 SAMPLING_FIELDS: dict[str, AddressField] = {
     "prompt": AddressField(S.GENERATION_PROMPT, "str", high=5000),
-    "temp": AddressField(S.GENERATION_TEMPERATURE, "float", 0.0, 2.0),
-    "top_k": AddressField(S.GENERATION_TOP_K, "int", 0, 1_000_000),
-    "top_p": AddressField(S.GENERATION_TOP_P, "float", 0.05, 1.0),
-    "new": AddressField(S.GENERATION_MAX_NEW, "int", 1, 2000),
-    "gseed": AddressField(S.GENERATION_SEED, "int", 0, 2**31 - 1),
-    "etemp": AddressField(S.EXPLORER_TEMPERATURE, "float", 0.0, 2.0),
+    **{d.key: _declared(d, sampling_key(n)) for n, d in SAMPLING_SETTINGS.items() if d.key},
+    "etemp": _declared(SAMPLING_SETTINGS["temperature"], S.EXPLORER_TEMPERATURE),
 }
 # The rest of the address: corpus, vocabulary and model choices (checked the same way).
 SETUP_FIELDS: dict[str, AddressField] = {

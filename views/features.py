@@ -14,8 +14,10 @@ from lmcore.data import encode_corpus, load_corpus
 from lmcore.errors import LMCoreError
 from lmcore.hooks import hook_names
 from lmcore.jobs import REGISTRY
+from lmcore.sample import SAMPLING_SETTINGS
 from ui import models, state
 from ui.boundary import user_errors
+from ui.settings import sampling_config, sampling_key, widget
 from ui.shell import require_app
 
 MODEL_KEY = state.KEEP + "features.model"
@@ -241,16 +243,15 @@ peak = max((c.value for c in acts.top_contexts(feature, n=1)), default=0.0)
 cols = st.columns(3)
 strength = cols[0].slider("Strength", -100.0, 100.0, 20.0, 1.0, key="features.steer_strength",
                           help=f"Feature {feature}'s top activation in the held-out text is {peak:.2f}.")  # fmt: skip
-seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0, key="features.steer_seed")
-temperature = cols[2].slider("Temperature", 0.0, 1.5, 0.8, 0.1, key="features.steer_temperature")
+# The app's sampling settings (the Generation page's too, and the page address's): lmcore.sample's declarations.
+steer_sampling = {n: widget(cols[i], SAMPLING_SETTINGS[n], sampling_key(n))
+                  for i, n in ((1, "seed"), (2, "temperature"))}  # fmt: skip
 prompt = st.text_input("Prompt", key=models.prompt_default(STEER_PROMPT, tokenizer, data_info))
 STEERED = "features.steered"
 if st.button("Generate", key="features.steer"):
     with user_errors():
-        from lmcore.sample import SamplingConfig
-
         prompt_ids = models.encode_prompt(tokenizer, prompt, data_info) or [tokenizer.bos_id]
-        sampling = SamplingConfig(temperature=temperature, seed=int(seed))
+        sampling = sampling_config(steer_sampling)
         stops = models.stop_ids(tokenizer, data_info)
         texts = [
             tokenizer.decode(S.steered_generate(model, sae, prompt_ids, feature, a, 80, sampling, stops))

@@ -15,9 +15,9 @@ from lmcore import viz
 from lmcore.errors import LMCoreError
 from lmcore.finetune import chat_reply
 from lmcore.interpret import NOVELTY_MIN_LEN, ngram_index, novelty
-from lmcore.sample import SamplingConfig, generate, next_token_distribution, token_candidates
+from lmcore.sample import SAMPLING_SETTINGS, SamplingConfig, generate, next_token_distribution, token_candidates
 from lmcore.tokenizers import ChatTokenizer
-from ui import models, state
+from ui import models, settings, state
 from ui.boundary import user_errors
 from ui.figure import show_figure
 from ui.shell import require_app
@@ -60,37 +60,12 @@ if documents:
     n_docs = int(st.number_input("Documents per click", 1, MAX_DOCS, step=1, key=state.keep_default(state.GENERATION_N_DOCS, 5),
                                  help="Each Generate writes this many documents, with seeds seed, seed + 1, …"))  # fmt: skip
 
-c1, c2, c3, c4, c5 = st.columns(5)
-temperature = c1.slider(
-    "Sampling temperature", 0.0, 2.0, step=0.05, key=state.keep_default(state.GENERATION_TEMPERATURE, 0.8),
-    help="0 = greedy: always the most likely token. 1 = the model's own odds. Above 1: flatter, more surprising.",
-)
-top_k = c2.number_input(  # no vocabulary-sized maximum: the value outlives a switch to a smaller model
-    "Top-k", 0, 1_000_000, step=1, key=state.keep_default(state.GENERATION_TOP_K, 0),
-    help="Draw only among the k most likely tokens; 0 = off.",
-)
-top_p = c3.slider(
-    "Top-p", 0.05, 1.0, step=0.05, key=state.keep_default(state.GENERATION_TOP_P, 1.0),
-    help="Draw only among the most likely tokens whose probabilities add up to p; 1 = off.",
-)
-max_new = c4.number_input(
-    "Max new tokens", 1, 2000, step=10, key=state.keep_default(state.GENERATION_MAX_NEW, 200),
-)
-seed = c5.number_input(
-    "Seed", 0, 2**31 - 1, step=1, key=state.keep_default(state.GENERATION_SEED, 0),
-    help="Same seed, prompt, settings and model: the same text.",
-)
+sampling = settings.sampling_widgets(st)  # temperature, top-k, top-p, seed, max new tokens: lmcore.sample
+max_new = sampling["max_new_tokens"]
 
 
 def sampling_config() -> SamplingConfig:
-    cfg = SamplingConfig(
-        temperature=float(temperature),
-        top_k=int(top_k) or None,
-        top_p=float(top_p) if top_p < 1.0 else None,
-        seed=int(seed),
-    )
-    cfg.validate()
-    return cfg
+    return settings.sampling_config(sampling)
 
 
 def stream(
@@ -332,8 +307,9 @@ with tab_temp:
             if not prompt_ids:
                 st.info("Type a prompt above to see what the model expects next.")
                 return
-            t = st.slider("Temperature to explore", 0.0, 2.0, step=0.05, key=state.keep_default(state.EXPLORER_TEMPERATURE, 1.0),
-                          help="Only for this chart: Generate uses the temperature above.")  # fmt: skip
+            t = settings.widget(st, SAMPLING_SETTINGS["temperature"], state.EXPLORER_TEMPERATURE, first=1.0,
+                                label="Temperature to explore",
+                                help="Only for this chart: Generate uses the temperature above.")  # fmt: skip
             probs = next_token_distribution(model, prompt_ids, temperature=float(t)).numpy()
             reference = next_token_distribution(model, prompt_ids, temperature=1.0).numpy()
             vocab = [tokenizer.token_str(i) for i in range(len(reference))]
