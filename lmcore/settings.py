@@ -143,6 +143,13 @@ def loose(name: str, kind: type, default: Any, help: str = "", **how: Any) -> De
     return Declared(name, "choice" if s.choices else kind.__name__, False, default, s)
 
 
+def on_page(d: Declared, **how: Any) -> Declared:
+    """``d`` as one page draws it: ``how`` (Setting fields, e.g. a family's ``label``, ``page`` or ``choices``)
+    replaces the declared ones; empty values (None, "", ()) leave them as declared."""
+    given = {k: v for k, v in how.items() if v is not None and v != "" and v != ()}
+    return dataclasses.replace(d, setting=dataclasses.replace(d.setting, **given)) if given else d
+
+
 _CACHE: dict[type, dict[str, Declared]] = {}
 
 

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from lmcore.cli import _model_overrides, _sampling, _train_overrides, build_parser
 from lmcore.errors import ConfigError
-from lmcore.models import ModelConfig
+from lmcore.models import ModelConfig, preset_family
 from lmcore.sample import SAMPLING_SETTINGS, SamplingConfig
 from lmcore.settings import Declared, declared
 from lmcore.train import TrainConfig
@@ -119,6 +119,24 @@ MODELS = {
 }  # fmt: skip
 
 
+def test_every_model_page_field_is_drawn_from_its_declaration() -> None:
+    """A family names the fields its page draws; their kind, widget and help are the declaration's."""
+    from lmcore.models import ARCHS, family_of
+    from lmcore.settings import check_value
+
+    for arch in ARCHS:
+        for f in family_of(arch).fields:
+            d = declared(ModelConfig)[f.name]
+            s = d.setting
+            assert s.label and s.widget and s.help, f"{f.name}: declare its label, widget and help on ModelConfig"
+            assert f.declared.setting.widget == s.widget and f.declared.kind == d.kind, f.name
+            assert f.help in (s.help, f.declared.setting.help) and f.label == f.declared.setting.label, f.name
+            if d.kind in ("int", "float"):
+                for bound in f.limits:  # the page offers only values validate() accepts
+                    check_value(d, int(bound) if d.kind == "int" else float(bound))
+            assert set(f.choices) <= set(s.choices), f.name
+
+
 def test_the_models_below_set_every_model_field() -> None:
     assert set(_fields(ModelConfig)) == {n for values in MODELS.values() for n in values}
 
@@ -143,7 +161,18 @@ def test_every_model_field_survives_the_model_page_and_a_reload(arch: str) -> No
         assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
         cfg = at.session_state[S.MODEL_CONFIG]
         assert {n: getattr(cfg, n) for n in values} == values
+        for f in preset_family(arch).fields:  # each widget as its declaration (and the family) says
+            w = _model_widget(at, f.name)
+            assert w.label == f.label and w.help == f.help, f.name
+            if f.kind in ("int", "float", "fraction"):
+                assert (w.proto.min, w.proto.max) == f.limits, f.name
         address = dict(at.query_params)
+
+
+def _model_widget(at: AppTest, name: str) -> Any:
+    kinds = ("number_input", "slider", "selectbox", "checkbox")
+    (w,) = [w for kind in kinds for w in getattr(at, kind) if w.key == S.model_field(name)]
+    return w
 
 
 def test_every_training_setting_has_its_widget_key_in_the_address_rules() -> None:

@@ -26,7 +26,7 @@ import streamlit as st
 
 from lmcore.data import BUILTIN_CORPORA, DEFAULT_BPE_VOCAB, Corpus, build_tokenizer, corpus_from_text, default_cache_dir, load_corpus
 from lmcore.errors import LMCoreError
-from lmcore.models import FIELDS, SIZES, Field, ModelConfig, preset_family
+from lmcore.models import FIELDS, SIZES, ModelConfig, preset_family
 from lmcore.sample import SAMPLING_SETTINGS
 from lmcore.settings import Declared, declared
 from lmcore.train import TrainConfig
@@ -85,15 +85,6 @@ class AddressField:
         return value
 
 
-def _model_field(f: Field) -> AddressField:
-    """A model field's address rule, from its declaration (lmcore.models.family.Field)."""
-    if f.kind in ("int", "float", "fraction"):
-        return AddressField(S.model_field(f.name), "int" if f.kind == "int" else "float", *f.limits)
-    if f.kind == "choice":
-        return AddressField(S.model_field(f.name), "choice", choices=f.choices)
-    return AddressField(S.model_field(f.name), "bool")
-
-
 def _declared(d: Declared, key: str) -> AddressField:
     """A declared config field's address rule (lmcore.settings): the bounds of its widget."""
     if d.page_kind in ("int", "float"):
@@ -129,7 +120,7 @@ SETUP_FIELDS: dict[str, AddressField] = {
 # Every address field with a rule, model fields included: the one table a hostile address is checked against.
 ADDRESS_FIELDS: dict[str, AddressField] = (
     SETUP_FIELDS
-    | {name: _model_field(f) for name, f in FIELDS.items()}
+    | {name: _declared(f.declared, S.model_field(name)) for name, f in FIELDS.items()}
     | {declared(ModelConfig)[n].key: _declared(declared(ModelConfig)[n], S.model_field(n)) for n in UNDRAWN_FIELDS}
     | TRAIN_FIELDS
     | SAMPLING_FIELDS

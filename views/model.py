@@ -25,6 +25,7 @@ from ui.flow import (
     require_tokenizer,
     set_model_config,
 )
+from ui.settings import widget
 from ui.shell import require_app
 from ui.state import keep_default
 from ui.urlstate import UNDRAWN_FIELDS
@@ -140,24 +141,13 @@ st.session_state[S.FAMILY_DRAWN] = PRESETS[arch]["arch"]
 values: dict = {}
 if saved is not None and saved.preset == arch:  # fields the page does not draw (the address sets them) stay
     values.update({f: getattr(saved, f) for f in UNDRAWN_FIELDS})
+# Each field's widget from its declaration (lmcore.models.config), with the family's own label or limits:
+# the whole numbers in the first rows, the rest below.
 ints = [f.name for f in family.fields if f.kind == "int"]
-cols = st.columns(4)
-for k, f in enumerate(FIELDS[name] for name in ints):
-    lo, hi = f.limits
-    values[f.name] = int(cols[k % 4].number_input(f.label, min_value=lo, max_value=hi, step=1, key=keep_default(S.model_field(f.name), start_values[f.name]), help=f.help))
-others = [f for f in family.fields if f.kind != "int"]
-if others:
-    cols = st.columns(4)
-    for k, f in enumerate(others):
-        col, key = cols[k % 4], keep_default(S.model_field(f.name), start_values[f.name])
-        if f.kind == "choice":
-            values[f.name] = col.selectbox(f.label, f.choices, key=key, help=f.help)
-        elif f.kind == "float":
-            values[f.name] = float(col.number_input(f.label, min_value=f.limits[0], max_value=f.limits[1], step=f.step, format="%.3f", key=key, help=f.help))
-        elif f.kind == "fraction":
-            values[f.name] = float(col.slider(f.label, *f.limits, step=f.step, key=key, help=f.help))
-        else:
-            values[f.name] = bool(col.checkbox(f.label, key=key, help=f.help))
+for group in ([f for f in family.fields if f.kind == "int"], [f for f in family.fields if f.kind != "int"]):
+    cols = st.columns(4) if group else []
+    for k, f in enumerate(group):
+        values[f.name] = widget(cols[k % 4], f.declared, S.model_field(f.name), first=start_values[f.name])
 if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
     values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
 

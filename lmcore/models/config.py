@@ -57,32 +57,60 @@ GELU_FORMS = ("none", "tanh")  # torch's F.gelu(approximate=...)
 @dataclass
 class ModelConfig:
     """Each field is declared once (``lmcore.settings``): its bounds, help, command-line
-    flag and page-address key (its name) come from here; each family's page widgets
-    from ``Family.fields``."""
+    flag, page-address key (its name) and the model page's widget come from here;
+    ``Family.fields`` says which fields a family's page draws (and where its page differs)."""
 
     # which model family: a key of lmcore.models.ARCHITECTURES (the CLI's --preset and the address's arch set it)
     arch: str = setting("transformer", flag=None, key=None)
     preset: str = setting("", flag=None, key=None)  # the preset this config started from, for display only
     vocab_size: int = setting(65, flag=None, key=None)  # V: the tokenizer's (validate() asks for at least 2)
     # longest context seen in training (T); the transformer's hard limit
-    block_size: int = setting(64, "context length in tokens", low=1)
-    n_layer: int = setting(4, "number of blocks", low=1)
-    n_embd: int = setting(128, "width of the residual stream", low=1)  # D (the LSTM's hidden size)
+    block_size: int = setting(
+        64, "How many tokens the model sees at once during training.", low=1,
+        label="Context length", widget="number", page=(2, 4096),
+    )  # fmt: skip
+    n_layer: int = setting(4, "How many blocks are stacked.", low=1, label="Layers", widget="number", page=(1, 48))
+    # D (the LSTM's hidden size)
+    n_embd: int = setting(
+        128, "The size of each token's vector (for the LSTM, its hidden size).", low=1,
+        label="Width", widget="number", page=(8, 4096),
+    )  # fmt: skip
     # transformer
-    n_head: int = setting(4, "attention heads", low=1)
+    n_head: int = setting(
+        4, "Each head learns its own pattern of which earlier tokens to look at.", low=1,
+        label="Attention heads", widget="number", page=(1, 64),
+    )  # fmt: skip
     # key/value heads: None = n_head (MHA), 1 = MQA, else GQA
-    n_kv_head: int | None = setting(None, "key/value heads (1 = multi-query; default: one per head)", low=1)
-    dropout: float = setting(0.0, "dropout probability", low=0, high=1, high_open=True)
-    norm: str = setting("layernorm", "layernorm or rmsnorm", choices=NORMS, what="norm")
-    pos: str = setting("learned", "learned or rope", choices=POSITIONS, what="position encoding")
+    n_kv_head: int | None = setting(
+        None, "Equal to the heads (the default): multi-head attention; 1: multi-query; in between: grouped-query.",
+        low=1, label="Key/value heads", widget="number", page=(1, 64),
+    )  # fmt: skip
+    dropout: float = setting(
+        0.0, "Randomly zeroes activations while training; helps against overfitting on small data.",
+        low=0, high=1, high_open=True, label="Dropout", widget="slider", page=(0.0, 0.5), step=0.05,
+    )  # fmt: skip
+    norm: str = setting(
+        "layernorm", "LayerNorm centres and scales; RMSNorm only scales.", choices=NORMS, what="norm",
+        label="Normalisation", widget="select",
+    )  # fmt: skip
+    pos: str = setting(
+        "learned", "Learned position vectors, or rotary embeddings (RoPE) applied inside attention.",
+        choices=POSITIONS, what="position encoding", label="Positions", widget="select",
+    )  # fmt: skip
     # gelu | swiglu | relu2 (ReLU squared: c_proj(relu(c_fc(x))^2), as wide as gelu)
-    mlp: str = setting("gelu", "gelu, swiglu or relu2 (ReLU squared)", choices=MLPS, what="MLP")
+    mlp: str = setting(
+        "gelu", "GELU, the gated SwiGLU, or relu2 (ReLU squared).", choices=MLPS, what="MLP",
+        label="MLP", widget="select",
+    )  # fmt: skip
     # MLP hidden width / n_embd (SwiGLU uses 2/3 of it, so parameters match)
     mlp_ratio: float = setting(
         4.0, "MLP hidden width / n_embd", low=0, low_open=True, high=MAX_MLP_RATIO, page=(0.1, 64.0)
     )
-    bias: bool = setting(True, "biases in linear layers and norms")
-    tie_weights: bool = setting(True, "share embedding and output head")
+    bias: bool = setting(True, "Bias terms in linear layers and norms.", label="Biases", widget="checkbox")
+    tie_weights: bool = setting(
+        True, "Use the token embedding matrix as the output layer too.", label="Tie embedding and output",
+        widget="checkbox",
+    )  # fmt: skip
     rope_theta: float = setting(10000.0, "RoPE's base period", low=0, low_open=True, page=(1.0, 1e9))
     # epsilon of every LayerNorm / RMSNorm (LLaMA checkpoints often use 1e-6)
     norm_eps: float = setting(
@@ -96,23 +124,52 @@ class ModelConfig:
     # a learned gain of size head_dim per projection (checkpoint keys attn.q_norm, attn.k_norm).
     qk_norm: bool = setting(False, "transformer: RMSNorm on each head's queries and keys", flag="--qk-norm")
     # mamba (Gu & Dao 2023)
-    d_state: int = setting(16, "Mamba: state size per channel", low=1)  # N, the SSM state size per channel
-    d_conv: int = setting(4, "Mamba: causal convolution width", low=1)  # width of the causal depthwise convolution
-    expand: int = setting(2, "Mamba: inner width factor", low=1)  # E: the inner width is E * D
+    # N, the SSM state size per channel
+    d_state: int = setting(
+        16, "Mamba: numbers each channel remembers along the sequence.", low=1,
+        label="State size (N)", widget="number", page=(1, 256),
+    )  # fmt: skip
+    # width of the causal depthwise convolution
+    d_conv: int = setting(
+        4, "Mamba: the short causal convolution before the scan.", low=1,
+        label="Convolution width", widget="number", page=(1, 16),
+    )  # fmt: skip
+    # E: the inner width is E * D
+    expand: int = setting(
+        2, "Mamba: inner width = E × width.", low=1, label="Expansion (E)", widget="number", page=(1, 8)
+    )
     # rank of the Δ projection; None = ceil(D / 16)
     dt_rank: int | None = setting(None, "Mamba: rank of the step-size projection (default width / 16)", low=1,
                                   page=(1, 4096))  # fmt: skip
     # mamba2 (Dao & Gu 2024; it reads d_state, d_conv and expand too)
     # P, channels per SSM head: the inner width splits into E / P heads
-    ssm_head_dim: int = setting(16, "Mamba-2: channels per SSM head", low=1)
+    ssm_head_dim: int = setting(
+        16, "Mamba-2: channels per head; the inner width is cut into heads of this size, each with its own decay. "
+        "Must divide the inner width.", low=1, label="Head size (P)", widget="number", page=(1, 256),
+    )  # fmt: skip
     # groups of heads that share B and C (like grouped-query attention's key/value heads)
-    n_groups: int = setting(1, "Mamba-2: groups of heads that share B and C", low=1)
+    n_groups: int = setting(
+        1, "Mamba-2: heads in a group share their input (B) and output (C) projections, as grouped-query "
+        "attention shares keys and values. Must divide the number of heads.", low=1,
+        label="Groups of B and C", widget="number", page=(1, 64),
+    )  # fmt: skip
     # time steps per chunk of the SSD algorithm: changes the speed, never the result
-    chunk_size: int = setting(64, "Mamba-2: time steps per chunk of the SSD algorithm", low=1)
+    chunk_size: int = setting(
+        64, "Mamba-2: time steps computed together as a masked matrix product; the rest is a short recurrence "
+        "between chunks. Changes the speed, never the result.", low=1,
+        label="Chunk length (SSD)", widget="number", page=(1, 1024),
+    )  # fmt: skip
     # n-gram counting baseline
     # n: the next token is predicted from the previous n - 1
-    ngram_n: int = setting(3, "n-gram: predict from the previous n - 1 tokens (1-5)", low=1)
-    add_k: float = setting(0.1, "n-gram: add-k smoothing constant", low=0, low_open=True)  # added to every count
+    # (the page's limits are the n-gram family's: its largest order)
+    ngram_n: int = setting(
+        3, "n-gram: the next token is looked up from the previous n - 1 tokens (1 to 5).", low=1,
+        label="Order (n)", widget="number",
+    )  # fmt: skip
+    add_k: float = setting(
+        0.1, "n-gram: added to every count, so tokens never seen after a context keep a small chance.",
+        low=0, low_open=True, label="Smoothing (k)", widget="number", page=(0.001, 10.0), step=0.05, fmt="%.3f",
+    )  # fmt: skip
 
     # -- derived values (properties, never fields) --
     @property

@@ -2,8 +2,9 @@
 
 Each model file declares one ``Family`` and sets it as its class's ``family``:
 its presets (with the names and notes the app shows), its sizes for the app's
-size presets, the config fields a person sets (with help text and limits),
-which attention views apply, the parts of its block diagram and its rule of
+size presets, the config fields a person sets (declared on ModelConfig; the
+family names them, with its own label or limits where they differ), which
+attention views apply, the parts of its block diagram and its rule of
 thumb for the activations training keeps. Pages, figures and estimates read
 these instead of branching on the architecture's name.
 """
@@ -11,10 +12,11 @@ these instead of branching on the architecture's name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmcore.models.config import ModelConfig
+from lmcore.settings import Declared, declared, on_page
 
 # The app's size presets, smallest first, with what each means; every family gives
 # its overrides for each. "tiny" trains in seconds on a laptop CPU, "small" is
@@ -42,39 +44,44 @@ class Preset:
 
 @dataclass(frozen=True)
 class Field:
-    """A config field a person sets on the model page.
+    """A config field a person sets on the model page: a declared ModelConfig field a family draws.
 
-    kind: ``int`` (a number within ``limits``), ``float`` (a number within
-    ``limits``, in ``step``s), ``fraction`` (a slider over ``limits``),
-    ``choice`` (one of ``choices``) or ``bool``. ``by_preset``: the preset
-    decides it, so switching presets within a family resets it.
+    Its kind, bounds, label, help and widget are the field's declaration's
+    (``lmcore.models.config``, ``lmcore.settings``); a family gives only where
+    its page differs: ``label``, ``help``, ``limits`` (the widget's bounds) and
+    ``choices`` (those the page offers). ``by_preset``: the preset decides it,
+    so switching presets within a family resets it. After construction every
+    attribute holds the value the page uses; ``declared`` is the declaration
+    the page's widget and the address's rule are drawn from, and ``kind`` is
+    ``int``, ``float``, ``fraction`` (a slider), ``choice`` or ``bool``.
     """
 
     name: str
-    label: str
-    help: str
-    kind: str = "int"
-    limits: tuple[float, float] = (0, 0)
-    step: float = 1
+    label: str = ""
+    help: str = ""
+    limits: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     by_preset: bool = False
+    kind: str = field(init=False, default="")
+    step: float = field(init=False, default=1)
+    declared: Declared = field(init=False, repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        d = on_page(declared(ModelConfig)[self.name], label=self.label, help=self.help, page=self.limits,
+                    choices=self.choices)  # fmt: skip
+        s = d.setting
+        kind = "fraction" if s.widget == "slider" else d.kind
+        for name, value in (("declared", d), ("label", s.label), ("help", s.help), ("limits", d.bounds),
+                            ("choices", s.choices), ("kind", kind), ("step", s.step or 1)):  # fmt: skip
+            object.__setattr__(self, name, value)
 
 
-# Fields most families share.
-N_LAYER = Field("n_layer", "Layers", "How many blocks are stacked.", limits=(1, 48))
-N_EMBD = Field(
-    "n_embd", "Width", "The size of each token's vector (for the LSTM, its hidden size).", limits=(8, 4096)
-)
-BLOCK_SIZE = Field(
-    "block_size", "Context length", "How many tokens the model sees at once during training.", limits=(2, 4096)
-)
-DROPOUT = Field(
-    "dropout", "Dropout", "Randomly zeroes activations while training; helps against overfitting on small data.",
-    kind="fraction", limits=(0.0, 0.5), step=0.05,
-)  # fmt: skip
-TIE_WEIGHTS = Field(
-    "tie_weights", "Tie embedding and output", "Use the token embedding matrix as the output layer too.", kind="bool"
-)
+# Fields most families share (each as its declaration says).
+N_LAYER = Field("n_layer")
+N_EMBD = Field("n_embd")
+BLOCK_SIZE = Field("block_size")
+DROPOUT = Field("dropout")
+TIE_WEIGHTS = Field("tie_weights")
 
 
 @dataclass(frozen=True)

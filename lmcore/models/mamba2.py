@@ -391,24 +391,12 @@ FAMILY = Family(
         N_LAYER,
         N_EMBD,
         BLOCK_SIZE,
-        Field("d_state", "State size (N)", "Numbers each head's channels remember along the sequence.", limits=(1, 256)),
-        Field("d_conv", "Convolution width", "The short causal convolution before the scan.", limits=(1, 16)),
-        Field("expand", "Expansion (E)", "Inner width = E × width.", limits=(1, 8)),
-        Field(
-            "ssm_head_dim", "Head size (P)",
-            "Channels per head; the inner width is cut into heads of this size, each with its own decay. "
-            "Must divide the inner width.", limits=(1, 256),
-        ),
-        Field(
-            "n_groups", "Groups of B and C",
-            "Heads in a group share their input (B) and output (C) projections, as grouped-query attention "
-            "shares keys and values. Must divide the number of heads.", limits=(1, 64),
-        ),
-        Field(
-            "chunk_size", "Chunk length (SSD)",
-            "Time steps computed together as a masked matrix product; the rest is a short recurrence between "
-            "chunks. Changes the speed, never the result.", limits=(1, 1024),
-        ),
+        Field("d_state", help="Numbers each head's channels remember along the sequence."),
+        Field("d_conv"),
+        Field("expand"),
+        Field("ssm_head_dim"),
+        Field("n_groups"),
+        Field("chunk_size"),
         TIE_WEIGHTS,
     ),  # fmt: skip
     diagram=_diagram,

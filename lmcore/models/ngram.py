@@ -45,11 +45,8 @@ FAMILY = Family(
         "GPU": dict(block_size=256, ngram_n=5, add_k=0.1),
     },
     fields=(
-        Field("ngram_n", "Order (n)", "The next token is looked up from the previous n - 1 tokens (1 to 5).",
-              limits=(1, MAX_ORDER)),
-        Field("add_k", "Smoothing (k)",
-              "Added to every count, so tokens never seen after a context keep a small chance.",
-              kind="float", limits=(0.001, 10.0), step=0.05),
+        Field("ngram_n", limits=(1, MAX_ORDER)),
+        Field("add_k"),
         BLOCK_SIZE,
     ),  # fmt: skip
     diagram=lambda c: Diagram(
