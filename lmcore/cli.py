@@ -7,7 +7,8 @@
 - ``train`` builds a vocabulary and a model from a corpus, trains it and saves
   the best checkpoint (by validation loss) to ``--out``, with its optimizer
   state beside it so ``--resume`` continues the run exactly, and appends to
-  the run's log ``NAME.metrics.jsonl``. Under ``torchrun`` every process
+  the run's log ``NAME.metrics.jsonl`` (a text sample at each evaluation):
+  the same run as the app's (``lmcore.run``). Under ``torchrun`` every process
   trains one share of each step (DistributedDataParallel); rank 0 alone
   prints, logs and saves.
 - ``generate`` prints the prompt and then the generated text on stdout, token by
