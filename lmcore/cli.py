@@ -7,7 +7,8 @@
 - ``train`` builds a vocabulary and a model from a corpus, trains it and saves
   the best checkpoint (by validation loss) to ``--out``, with its optimizer
   state beside it so ``--resume`` continues the run exactly, and appends to
-  the run's log ``NAME.metrics.jsonl``. Under ``torchrun`` every process
+  the run's log ``NAME.metrics.jsonl`` (a text sample at each evaluation):
+  the same run as the app's (``lmcore.run``). Under ``torchrun`` every process
   trains one share of each step (DistributedDataParallel); rank 0 alone
   prints, logs and saves.
 - ``generate`` prints the prompt and then the generated text on stdout, token by
@@ -213,138 +214,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, dist: Any) -> int:
-    import torch
-
-    from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, resume_settings
-    from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+    """The run the flags describe, trained through ``lmcore.run`` with a progress bar and Ctrl-C; its result lines."""
     from lmcore.device import describe_device
-    from lmcore.models import ModelConfig, build_model
-    from lmcore.models.estimate import check_fits
-    from lmcore.runlog import RunLogger
-    from lmcore.shards import is_prepared, load_prepared
-    from lmcore.train import BitsPerByteCallback, HeadScoresCallback, ProgressBar, TrainConfig, Trainer
+    from lmcore.run import Run
+    from lmcore.train import ProgressBar
 
-    overrides = _train_overrides(args)
-    device = dist.device
     say = _say if dist.is_main else (lambda msg: None)  # rank 0 alone prints
-    state = None
     if args.out:
         _check_out_name(Path(args.out))
         if not (args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()):  # a folder: the name is ours
             _check_component(Path(args.out).name, "--out")
-    if args.resume:
-        if _model_overrides(args) or args.tokenizer or args.vocab_size or args.documents:
-            raise ConfigError("--resume continues a saved model: drop the model, tokenizer and --documents flags")
-        ckpt = load_checkpoint(args.resume)
-        state = load_resume_state(args.resume)
-        if state is None:
-            raise ConfigError(
-                f"{Path(args.resume).name} has no optimizer state beside it (NAME.optim.safetensors), "
-                "so it cannot be resumed exactly"
-            )
-        tc = resume_settings(args.resume, overrides).train_config  # the run's own settings, less its time budget
-        model, tokenizer = ckpt.model, ckpt.tokenizer
-        source = args.data or ckpt.data_info.get("source")
-        if not source:
-            raise ConfigError("the checkpoint does not say which data it was trained on; pass --data")
-        documents = ckpt.documents
-        val_fraction = args.val_fraction if args.val_fraction is not None else ckpt.data_info.get("val_fraction", 0.1)
-        keep = args.keep or ckpt.data_info.get("keep") or "best"  # the run's own choice unless overridden
-        out = _out_path(args.out, Path(args.resume).name) if args.out else Path(args.resume)
-        train_ids, val_ids, data_name, source = _load_data(
-            source, documents, tokenizer, val_fraction, args.allow_local_urls
-        )
-    else:
-        if not args.data:
-            raise ConfigError("no data given; pass --data FILE or --data builtin:python-docs")
-        if not args.out:
-            raise ConfigError("no output file given; pass --out FILE.safetensors")
-        if "warmup_iters" not in overrides and "max_iters" in overrides:
-            # The default warmup suits the default length; keep it to a tenth of a shorter run.
-            overrides["warmup_iters"] = min(TrainConfig.warmup_iters, overrides["max_iters"] // 10)
-        kind = args.tokenizer or "char"
-        if kind == "char" and args.vocab_size is not None:
-            raise ConfigError(
-                "--vocab-size sets the size of a BPE vocabulary; a char vocabulary is the corpus's own characters: "
-                "drop --vocab-size or add --tokenizer bpe"
-            )
-        tc = TrainConfig(**overrides)
-        tc.validate()
-        # Refuse a model too big for this machine before reading any data: the
-        # smallest vocabulary gives a lower bound; the real one is checked below.
-        check_fits(ModelConfig.preset(args.preset, vocab_size=2, **_model_overrides(args)), tc.batch_size, device)
-        val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
-        keep = args.keep or "best"
-        out = _out_path(args.out, f"{args.preset}.safetensors")
-        if is_prepared(args.data):
-            if args.tokenizer or args.vocab_size or args.documents:
-                raise ConfigError(
-                    f"{args.data} is prepared data with its own vocabulary: drop --tokenizer, --vocab-size and --documents"
-                )
-            prepared = load_prepared(args.data)
-            tokenizer, documents = prepared.tokenizer, False
-            train_ids, val_ids, data_name, source = prepared.train, prepared.val, Path(args.data).name, str(args.data)
-            val_fraction = prepared.meta.get("val_fraction", val_fraction)
-        else:
-            corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
-            documents = corpus.documents
-            progress = None
-            if kind == "bpe":  # the slow one: say what is going on
-                say(f"building a BPE vocabulary from {corpus.name} ({len(corpus.text):,} characters)")
-                progress = _bpe_progress() if dist.is_main else None
-            tokenizer = build_tokenizer(kind, corpus.text, vocab_size=args.vocab_size, progress=progress)
-            train_ids, val_ids = split_ids(encode_corpus(tokenizer, corpus), val_fraction)
-            data_name, source = corpus.name, corpus.source
-        config = ModelConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, **_model_overrides(args))
-        check_fits(config, tc.batch_size, device)  # validates, and counts without building
-        torch.manual_seed(tc.seed)  # the same seed builds the same initial weights
-        model = build_model(config)
-    data_info = {
-        "documents": documents,
-        "source": source,
-        "name": data_name,
-        "val_fraction": val_fraction,
-        "keep": keep,  # how `--resume` goes on saving
-    }
-    saver = CheckpointCallback(out, tokenizer, keep=keep, data_info=data_info)
-    callbacks: list[Any] = []
-    if dist.is_main:  # rank 0 alone prints, logs and saves
-        logger = RunLogger(out, {"source": source, "train_tokens": len(train_ids)})
-        callbacks = [ProgressBar(file=sys.stderr), HeadScoresCallback(), BitsPerByteCallback(tokenizer, val_ids), saver, logger]
-    trainer = Trainer(model, train_ids, val_ids, tc, callbacks=callbacks, device=device)
-    if state is not None:
-        trainer.load_state_dict(state)
-    cfg = model.config
-    where = describe_device(device) + (f" x {dist.world_size} processes" if dist.world_size > 1 else "")
+    spec, out = _resume_spec(args) if args.resume else _new_spec(args, dist, say)
+    # Rank 0 alone measures, samples, saves and logs (lmcore.run); the others train their share of each step.
+    run = Run(spec, out, dist.device, callbacks=[ProgressBar(file=sys.stderr)] if dist.is_main else [])
+    trainer = run.build()
+    model, tc, cfg = trainer.model, spec.train_config, trainer.model.config
+    where = describe_device(dist.device) + (f" x {dist.world_size} processes" if dist.world_size > 1 else "")
     say(
         f"training {cfg.preset or cfg.arch} ({model.num_params() / 1e6:.2f}M parameters) on {where}: "
-        f"{len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}"
-        + (f", from step {trainer.step}" if state is not None else "")
+        f"{len(spec.train_ids):,} training and {len(spec.val_ids):,} validation tokens, "
+        f"vocabulary {spec.tokenizer.vocab_size}" + (f", from step {trainer.step}" if spec.resume_from else "")
     )
     say(
         f"effective batch: {tc.batch_size} windows x {cfg.block_size} tokens x {tc.grad_accum} accumulation "
         f"x {dist.world_size} processes = {trainer.tokens_per_step:,} tokens per step"
     )
-
-    interrupted = []
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        # First Ctrl-C: finish the step, evaluate and save. A second one quits at once.
-        interrupted.append(signum)
-        trainer.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        say("\nstopping after this step (press Ctrl-C again to quit without saving)")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        result = trainer.fit()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        for cb in callbacks:  # the bar's line ends before any message below it
-            if isinstance(cb, ProgressBar):
-                cb.close()
+    result, interrupted = _fit(run, say)
     if not dist.is_main:
         return 0
+    saver = run.checkpointer
     saved = saver.saved_path
     where = f"saved {saved} (step {saver.saved_step})" if saved else f"nothing saved to {out}"
     if interrupted:
@@ -354,6 +252,126 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
     _say(f"{end} at step {result['step']}: val loss {result['val_loss']:.4f}; {where}")
     print(_json_line({**result, "checkpoint": str(saved) if saved else None}), flush=True)
     return 0
+
+
+def _fit(run: Any, say: Callable[[str], None]) -> tuple[dict[str, Any], bool]:
+    """``run.fit()`` and whether Ctrl-C stopped it: the first finishes the step, evaluates and saves; a second quits."""
+    from lmcore.train import ProgressBar
+
+    interrupted = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        run.trainer.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        say("\nstopping after this step (press Ctrl-C again to quit without saving)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = run.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for cb in run.callbacks:  # the bar's line ends before any message below it
+            if isinstance(cb, ProgressBar):
+                cb.close()
+    return result, bool(interrupted)
+
+
+def _resume_spec(args: argparse.Namespace) -> tuple[Any, Path]:
+    """``train --resume``: the run saved in the checkpoint, on its data (or ``--data``), and where it goes on saving.
+
+    Only the checkpoint's metadata is read here; the run loads its weights and resume state.
+    """
+    from lmcore.checkpoint import load_resume_state, optimizer_path, resume_settings
+    from lmcore.run import RunSpec
+
+    if _model_overrides(args) or args.tokenizer or args.vocab_size or args.documents:
+        raise ConfigError("--resume continues a saved model: drop the model, tokenizer and --documents flags")
+    saved = resume_settings(args.resume, _train_overrides(args))  # the run's own settings, less its time budget
+    if not optimizer_path(args.resume).exists() and load_resume_state(args.resume) is None:
+        raise ConfigError(
+            f"{Path(args.resume).name} has no optimizer state beside it (NAME.optim.safetensors), "
+            "so it cannot be resumed exactly"
+        )
+    info = saved.data_info
+    source = args.data or info.get("source")
+    if not source:
+        raise ConfigError("the checkpoint does not say which data it was trained on; pass --data")
+    documents = bool(info.get("documents"))
+    val_fraction = args.val_fraction if args.val_fraction is not None else info.get("val_fraction", 0.1)
+    keep = args.keep or info.get("keep") or "best"  # the run's own choice unless overridden
+    out = _out_path(args.out, Path(args.resume).name) if args.out else Path(args.resume)
+    train_ids, val_ids, data_name, source = _load_data(
+        source, documents, saved.tokenizer, val_fraction, args.allow_local_urls
+    )
+    data_info = {"documents": documents, "source": source, "name": data_name, "val_fraction": val_fraction, "keep": keep}
+    spec = RunSpec(out.stem, saved.config, saved.tokenizer, train_ids, val_ids, saved.train_config,
+                   data_info=data_info, resume_from=args.resume, keep=keep)  # fmt: skip
+    return spec, out
+
+
+def _new_spec(args: argparse.Namespace, dist: Any, say: Callable[[str], None]) -> tuple[Any, Path]:
+    """``train --data``: a new model of the flags' shape, its vocabulary and the data's splits; nothing read
+    before the model is known to fit."""
+    from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+    from lmcore.models import ModelConfig
+    from lmcore.models.estimate import check_fits
+    from lmcore.run import RunSpec
+    from lmcore.shards import is_prepared, load_prepared
+    from lmcore.train import TrainConfig
+
+    overrides = _train_overrides(args)
+    if not args.data:
+        raise ConfigError("no data given; pass --data FILE or --data builtin:python-docs")
+    if not args.out:
+        raise ConfigError("no output file given; pass --out FILE.safetensors")
+    if "warmup_iters" not in overrides and "max_iters" in overrides:
+        # The default warmup suits the default length; keep it to a tenth of a shorter run.
+        overrides["warmup_iters"] = min(TrainConfig.warmup_iters, overrides["max_iters"] // 10)
+    kind = args.tokenizer or "char"
+    if kind == "char" and args.vocab_size is not None:
+        raise ConfigError(
+            "--vocab-size sets the size of a BPE vocabulary; a char vocabulary is the corpus's own characters: "
+            "drop --vocab-size or add --tokenizer bpe"
+        )
+    tc = TrainConfig(**overrides)
+    tc.validate()
+    # Refuse a model too big for this machine before reading any data: the
+    # smallest vocabulary gives a lower bound; the real one is checked below.
+    check_fits(ModelConfig.preset(args.preset, vocab_size=2, **_model_overrides(args)), tc.batch_size, dist.device)
+    val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
+    keep = args.keep or "best"
+    out = _out_path(args.out, f"{args.preset}.safetensors")
+    if is_prepared(args.data):
+        if args.tokenizer or args.vocab_size or args.documents:
+            raise ConfigError(
+                f"{args.data} is prepared data with its own vocabulary: drop --tokenizer, --vocab-size and --documents"
+            )
+        prepared = load_prepared(args.data)
+        tokenizer, documents = prepared.tokenizer, False
+        train_ids, val_ids, data_name, source = prepared.train, prepared.val, Path(args.data).name, str(args.data)
+        val_fraction = prepared.meta.get("val_fraction", val_fraction)
+    else:
+        corpus = load_corpus(args.data, documents=args.documents, allow_local_urls=args.allow_local_urls)
+        documents = corpus.documents
+        progress = None
+        if kind == "bpe":  # the slow one: say what is going on
+            say(f"building a BPE vocabulary from {corpus.name} ({len(corpus.text):,} characters)")
+            progress = _bpe_progress() if dist.is_main else None
+        tokenizer = build_tokenizer(kind, corpus.text, vocab_size=args.vocab_size, progress=progress)
+        train_ids, val_ids = split_ids(encode_corpus(tokenizer, corpus), val_fraction)
+        data_name, source = corpus.name, corpus.source
+    config = ModelConfig.preset(args.preset, vocab_size=tokenizer.vocab_size, **_model_overrides(args))
+    check_fits(config, tc.batch_size, dist.device)  # validates, and counts without building
+    data_info = {
+        "documents": documents,
+        "source": source,
+        "name": data_name,
+        "val_fraction": val_fraction,
+        "keep": keep,  # how `--resume` goes on saving
+    }
+    # The run draws the initial weights with the seed, as the app's runs do (lmcore.run).
+    return RunSpec(out.stem, config, tokenizer, train_ids, val_ids, tc, data_info=data_info, keep=keep), out
 
 
 # Characters and names one platform or another refuses, or reads as a path: a
@@ -552,22 +570,49 @@ def _chat_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA); one JSON line of results."""
-    import json
+    """Fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA) as the app does; one JSON line."""
+    import dataclasses
 
-    from lmcore.finetune import finetune
-    from lmcore.train import TrainConfig
+    from lmcore.checkpoint import resume_settings
+    from lmcore.device import resolve_device
+    from lmcore.finetune import read_examples, save_adapter
+    from lmcore.jobs import finetune_spec
+    from lmcore.run import Run
+    from lmcore.tokenizers import ChatTokenizer
+    from lmcore.train import ProgressBar, TrainConfig
 
     if args.out:
         _check_out_name(Path(args.out))
+    if args.out is None and args.adapter_out is None:
+        raise ConfigError("say where to write the result: an output checkpoint and/or an adapter file")
+    if args.adapter_out is not None and args.lora_rank is None:
+        raise ConfigError("an adapter file needs a LoRA rank; add --lora-rank")
     targets = [t for t in args.lora_targets.split(",") if t] if args.lora_targets else None
     overrides = {"max_iters": 300, "eval_interval": 100, "eval_iters": 10, **_train_overrides(args)}
     overrides.setdefault("warmup_iters", min(20, overrides["max_iters"]))  # fine-tuning runs are short
-    result = finetune(
-        args.checkpoint, args.data, TrainConfig(**overrides), args.out,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=targets, adapter_out=args.adapter_out, add_chars=args.add_chars,
-    )  # fmt: skip
+    tc = TrainConfig(**overrides).validate()
+    lora = None if args.lora_rank is None else {
+        "rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": targets}  # fmt: skip
+    out = Path(args.out) if args.out else None
+    name = out.name if out is not None else Path(args.adapter_out).name
+    spec = finetune_spec(name, args.checkpoint, read_examples(args.data), tc, lora=lora, add_chars=args.add_chars)
+    run = Run(dataclasses.replace(spec, keep="last"), out, resolve_device(tc.device), [ProgressBar(file=sys.stderr)])
+    run.build()
+    result, interrupted = _fit(run, _say)
+    ft = spec.data_info["finetune"]
+    result["trainable_share"] = ft["trainable_share"]
+    if run.checkpointer is not None and run.checkpointer.saved_path is not None:
+        result["out"] = str(run.checkpointer.saved_path)
+    if args.adapter_out is not None:
+        base = resume_settings(args.checkpoint)
+        base_vocab = base.tokenizer.vocab_size if isinstance(base.tokenizer, ChatTokenizer) else base.config.vocab_size
+        info = {"extra": list(spec.tokenizer.extra), "base_vocab": base_vocab}
+        result["adapter"] = str(save_adapter(args.adapter_out, run.model, ft["base_checkpoint_id"], info))
+    if interrupted:
+        written = [result[k] for k in ("out", "adapter") if k in result]
+        _say(f"error: interrupted at step {result['step']} of {tc.max_iters}; "
+             + (f"saved {' and '.join(written)}" if written else "nothing saved"))  # fmt: skip
+        return 2
     keys = ("step", "train_loss", "val_loss", "val_acc", "elapsed_s", "trainable_share", "out", "adapter")
     print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0

@@ -10,7 +10,8 @@ in a thread of this process instead (what the run process itself does).
 Both kinds of job answer the same questions (``events_since``, ``progress``,
 ``snapshot_model``, ``stop``, ``wait``...).
 
-A ``TrainingJob`` wraps one ``Trainer.fit()`` in a daemon thread. The thread
+A ``TrainingJob`` runs one ``lmcore.run.Run`` (the path every run takes, the
+command line's too) in a daemon thread. The thread
 never touches the UI: it appends every ``TrainEvent`` to ``job.events`` (under
 a lock), saves the model to one checkpoint file at each eval and at the end,
 and records how the run ended in ``job.status`` / ``job.error``. A UI polls
@@ -40,7 +41,7 @@ default size (``torch.get_num_threads()``); concurrent runs share it.
 ``torch.set_num_threads`` is process-global, so changing it for one run would
 change it for every other run and for the app itself: we leave it alone.
 
-Determinism: a run's initial weights are drawn with its seed (see ``_build``),
+Determinism: a run's initial weights are drawn with its seed (see ``lmcore.run``),
 batches come from the trainer's own seeded generator and samples from the
 sampler's, so a run repeats exactly, also beside another run. Dropout is the
 exception: it draws from torch's global generator, which concurrent runs share.
@@ -63,45 +64,27 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmcore.batches import TokenSource
 from lmcore.checkpoint import (
     MAX_NAME_BYTES,
     MAX_NAME_CHARS,
     CheckpointCallback,
     checkpoint_path,
     load_checkpoint,
-    load_resume_state,
-    optimizer_path,
     sanitize_name,
 )
-from lmcore.data import as_source
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
-from lmcore.finetune import (
-    BaseLossCallback,
-    MaskedTokens,
-    apply_lora,
-    chat_reply,
-    chat_tokenizer,
-    encode_examples,
-    extends,
-    grow_vocab,
-    lora_trainable_share,
-    merged_checkpoint_callback,
-    plain_state_dict,
-    train_new_rows,
-)
+from lmcore.finetune import MaskedTokens, chat_tokenizer, encode_examples, lora_trainable_share, plain_state_dict
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
-from lmcore.runlog import RunLogger, log_path, parse_lines
-from lmcore.tokenizers import ChatTokenizer, Tokenizer
-from lmcore.train import BitsPerByteCallback, HeadScoresCallback, Trainer, TrainConfig, TrainEvent
+from lmcore.run import Run, RunSpec
+from lmcore.runlog import log_path, parse_lines
+from lmcore.train import Trainer, TrainConfig, TrainEvent
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +95,6 @@ ACTIVE_STATUSES = (RUNNING, STOPPING)
 DEFAULT_MAX_RUNS = 2
 MAX_RUNS_CEILING = 64
 MAX_RUNS_ENV = "LMCORE_MAX_RUNS"
-# Length of the text sample generated at each eval, in tokens.
-SAMPLE_TOKENS = 120
-# Serialises seeded model construction (it uses torch's global generator).
-_BUILD_LOCK = threading.Lock()
 # The time-left estimate reads this many of the latest events, and times steps over the
 # later ETA_RECENT_SHARE of the training time so far, at least the last ETA_RECENT_S
 # seconds and ETA_MIN_STEPS steps: it leaves a slow start behind, follows a lasting change
@@ -174,41 +153,6 @@ def remaining_seconds(events: list[TrainEvent], cfg: TrainConfig) -> float | Non
     return max(0, end - step) * step_s + evals * eval_s
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What a training run needs: its name, the model and training settings, the tokenizer and the data.
-
-    ``train_ids`` and ``val_ids`` are 1-D long tensors or token sources (see
-    ``lmcore.batches``). ``data_info`` (``documents``, ``source``...) is saved
-    with the checkpoint. ``resume_from`` continues that checkpoint (weights,
-    optimizer and step); ``init_from`` fine-tunes: the run starts from that
-    checkpoint's weights (an imported model, say) with a new optimizer and
-    schedule, and saves under its own name. ``keep="best"``: the checkpoint
-    holds the best-validation weights; ``"last"``: the latest.
-    ``sample_tokens``: the length of the text sampled at each evaluation.
-    Fine-tuning (see ``lmcore.finetune.finetune_spec``): ``tokenizer`` may extend the
-    ``init_from`` checkpoint's with chat tokens (the model grows to it), the ids may be
-    masked sources (``MaskedTokens``), ``lora`` (``rank``, ``alpha``, ``dropout``,
-    ``targets``) trains adapters on a frozen base (saved merged, without a resume
-    state), and ``base_val_ids`` (plain text in the base's vocabulary) adds its loss to
-    every evaluation (``base_val_loss``: what the model forgets).
-    """
-
-    name: str
-    model_config: ModelConfig
-    tokenizer: Tokenizer
-    train_ids: torch.Tensor | TokenSource
-    val_ids: torch.Tensor | TokenSource
-    train_config: TrainConfig
-    data_info: dict[str, Any] | None = None
-    resume_from: str | Path | None = None
-    init_from: str | Path | None = None
-    keep: str = "best"
-    sample_tokens: int = SAMPLE_TOKENS
-    lora: dict[str, Any] | None = None
-    base_val_ids: torch.Tensor | TokenSource | None = None
-
-
 class TrainingJob:
     """One training run in a background thread. Create through ``JobRegistry.start``.
 
@@ -223,7 +167,6 @@ class TrainingJob:
         self.key = secrets.token_hex(16)  # the capability to attach and stop: see the module's notes
         self.memory_estimate = 0  # bytes the fit check counted for this run (JobRegistry.start)
         self.keep = spec.keep
-        self._runlog = RunLogger(checkpoint_path)
         self.name = spec.name
         self.model_config = spec.model_config
         self.train_config = spec.train_config
@@ -244,9 +187,7 @@ class TrainingJob:
         self.finished_at: float | None = None
 
         self._lock = threading.Lock()
-        self._train_ids: torch.Tensor | TokenSource | None = spec.train_ids
-        self._val_ids: torch.Tensor | TokenSource | None = spec.val_ids
-        self._base_val_ids: torch.Tensor | TokenSource | None = spec.base_val_ids
+        self._spec: RunSpec | None = spec  # the data with it: dropped when the run ends
         self._model: LanguageModel | None = None
         self._trainer: Trainer | None = None
         self._stop_requested = False
@@ -358,112 +299,23 @@ class TrainingJob:
             self._last_event_at = time.time()
 
     def on_eval(self, event: TrainEvent) -> None:
-        if event.sample is None and self.sample_tokens > 0:
-            event = dataclasses.replace(event, sample=self._sample())
-        self._runlog.log_eval(event)  # the log gets the sample too
-        with self._lock:
+        with self._lock:  # the Run has added the text sample (and logged the eval)
             if self._first_step is None:
                 self._first_step = event.step
             self.events.append(event)
             self._last_event_at = time.time()
 
-    def _sample(self) -> str:
-        """A short text from the model as it is now, seeded so that evals compare."""
-        from lmcore.sample import SamplingConfig, generate, prompt_start
-
-        model, tok = self._model, self.tokenizer
-        assert model is not None
-        asked = (self.data_info.get("finetune") or {}).get("sample_prompt")
-        if asked and isinstance(tok, ChatTokenizer):  # a fine-tuning run answers a held-out prompt
-            last = max(i for i, m in enumerate(asked) if m["role"] == "assistant")
-            sampling = SamplingConfig(temperature=0.8, seed=self.train_config.seed)
-            answer = chat_reply(model, tok, asked[:last], self.sample_tokens, sampling)
-            return "".join(f"{m['role']}: {m['content']}\n" for m in asked[:last]) + f"assistant: {answer}"
-        documents = bool(self.data_info.get("documents"))
-        first: list[int] = []  # a plain-text run continues the first validation token (ids or shards)
-        if not documents and self._val_ids is not None and len(self._val_ids) > 0:
-            first = [int(as_source(self._val_ids).windows(torch.zeros(1, dtype=torch.long), 1)[0, 0])]
-        prompt = prompt_start(first, tok.bos_id, documents)
-        sampling = SamplingConfig(temperature=0.8, seed=self.train_config.seed)
-        events = generate(model, prompt, max_new_tokens=self.sample_tokens, sampling=sampling, stop_ids=[tok.bos_id])
-        ids = [e.token_id for e in events]  # generate samples in eval mode and puts the model back as it was
-        return tok.decode([i for i in prompt + ids if i != tok.bos_id])
-
-    def _build(self) -> tuple[LanguageModel, dict[str, Any] | None]:
-        """The model to train, and the resume state when continuing a checkpoint."""
-        if self.init_from is not None:
-            ckpt = load_checkpoint(self.init_from, device="cpu")
-            if not extends(self.tokenizer, ckpt.tokenizer):
-                raise TrainingError(
-                    f"{Path(self.init_from).name} has another vocabulary than the one that encoded this data; "
-                    "encode the data with the checkpoint's tokenizer"
-                )
-            model = grow_vocab(ckpt.model, self.tokenizer.vocab_size)  # chat tokens added: new rows
-            if self.lora is not None:
-                lora = self.lora
-                apply_lora(model, lora["rank"], lora.get("alpha"), lora.get("dropout", 0.0), lora.get("targets"))
-                train_new_rows(model, ckpt.config.vocab_size)  # the chat tokens' rows learn beside the adapters
-            self.model_config = model.config
-            return model, None
-        if self.resumed_from is None:
-            # Initial weights come from torch's global generator: seed it, in a
-            # fork that leaves the global state as it was, and one build at a
-            # time, so that the run's seed fixes its starting point.
-            with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.train_config.seed)
-                return build_model(self.model_config), None
-        ckpt = load_checkpoint(self.resumed_from, device="cpu")
-        state = load_resume_state(self.resumed_from)
-        if state is None:
-            raise TrainingError(
-                f"{Path(self.resumed_from).name} has no resume state beside it ({optimizer_path(self.resumed_from).name}); "
-                "start a new run instead"
-            )
-        if ckpt.tokenizer.to_dict() != self.tokenizer.to_dict():
-            raise TrainingError(
-                f"{Path(self.resumed_from).name} was trained with another vocabulary than the one that encoded "
-                "this data; encode the data with the checkpoint's tokenizer"
-            )
-        self.model_config = ckpt.config
-        self.data_info = {"documents": False, **ckpt.data_info}
-        return ckpt.model, state
-
     def _run(self) -> None:
         try:
-            model, resume_state = self._build()
-            model.train()
-            # Saves weights, tokenizer and resume state at the evals that improve
-            # on the best validation loss (keep="last": at every eval), so the
-            # file holds the best (or last) model; a run that fails keeps its last good save.
-            # A run on masked prompt/response pairs saves no resume state: Resume continues a run on the
-            # corpus, which is not what it trained on.
-            if self.lora is not None:
-                checkpointer = merged_checkpoint_callback(self.checkpoint_path, self.tokenizer, self.keep, self.data_info)
-            else:
-                checkpointer = CheckpointCallback(self.checkpoint_path, self.tokenizer, keep=self.keep,
-                                                  data_info=self.data_info,
-                                                  save_optimizer=not hasattr(self._train_ids, "target_windows"))  # fmt: skip
-            self._runlog = RunLogger(
-                self.checkpoint_path,
-                {"source": self.data_info.get("source"), "train_tokens": len(self._train_ids)},
-                own_evals=True,
-            )
-            trainer = Trainer(
-                model,
-                self._train_ids,
-                self._val_ids,
-                self.train_config,
-                callbacks=[HeadScoresCallback(), *self._measures(), self, checkpointer, self._runlog],
-                device=self.device,
-            )
-            if resume_state is not None:
-                trainer.load_state_dict(resume_state)
+            run = Run(self._spec, self.checkpoint_path, self.device, callbacks=[self])
+            trainer = run.build()
             with self._lock:
-                self._model, self._trainer, self._checkpointer = model, trainer, checkpointer
+                self._model, self._trainer, self._checkpointer = run.model, trainer, run.checkpointer
+                self.model_config, self.data_info = run.model_config, run.data_info
                 stop_now = self._stop_requested
             if stop_now:
                 trainer.stop()
-            result = trainer.fit()
+            result = run.fit()
             with self._lock:
                 self.result = result
                 self.status = STOPPED if self._stop_requested and result["stopped_early"] else FINISHED
@@ -475,20 +327,9 @@ class TrainingJob:
         finally:
             with self._lock:
                 self.finished_at = time.time()
-                # Free what only training needed; keep the model for snapshots.
-                self._train_ids = self._val_ids = self._base_val_ids = None
+                # Free what only training needed (the data); keep the model for snapshots.
+                self._spec = None
                 self._trainer = None
-            self._runlog.close()
-
-    def _measures(self) -> list[Any]:
-        """Bits per byte of the validation text (not of a masked source: its loss is the answers' alone),
-        and the base's loss on its own text when a fine-tuning run has it."""
-        out: list[Any] = []
-        if not hasattr(self._val_ids, "target_windows"):
-            out.append(BitsPerByteCallback(self.tokenizer, self._val_ids))
-        if self._base_val_ids is not None:
-            out.append(BaseLossCallback(self._base_val_ids, seed=self.train_config.seed))
-        return out
 
     @property
     def saved(self) -> bool:
@@ -558,8 +399,6 @@ class RunProcess(TrainingJob):
 
     def __init__(self, spec: RunSpec, checkpoint_path: Path, device: torch.device):
         super().__init__(spec, checkpoint_path, device)
-        self._train_ids = self._val_ids = self._base_val_ids = None  # the process has them
-        self._spec = spec
         self._dir = Path(tempfile.mkdtemp(prefix="lmcore-run-"))
         self._log = log_path(checkpoint_path)
         self._offset = self._log.stat().st_size if self._log.exists() else 0  # a resumed run appends

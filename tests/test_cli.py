@@ -94,6 +94,44 @@ def test_train_saves_a_checkpoint_and_reports_on_stderr(trained, work):
     assert (work / "model.safetensors").is_file() and (work / "model.optim.safetensors").is_file()
 
 
+def test_a_cli_run_logs_a_text_sample_and_head_scores_at_each_eval_as_app_runs_do(trained, work):
+    from lmcore import runlog
+
+    assert trained.returncode == 0, text_of(trained.stderr)
+    evals = runlog.evals(runlog.read_log(work / "model.safetensors"))
+    assert [e["step"] for e in evals] == [10, 20, 30]
+    text = (work / "small.txt").read_text(encoding="utf-8")
+    for e in evals:
+        assert isinstance(e.get("sample"), str) and len(e["sample"]) > 1 and set(e["sample"]) <= set(text)
+        assert len(e["head_scores"]["previous_token"]) == 2  # one row per layer
+
+
+def test_a_cli_run_and_an_app_run_with_one_seed_train_the_same_weights(work, capsys, tmp_path):
+    """Both go through lmcore.run: the same settings and seed start from the same weights (and train alike)."""
+    import torch
+
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
+    from lmcore.jobs import FINISHED, JobRegistry
+    from lmcore.models import ModelConfig
+    from lmcore.run import RunSpec
+    from lmcore.train import TrainConfig
+
+    status, _, err = run_main(capsys, "train", "--data", "small.txt", *TINY, *FAST, "--max-iters", "2", "--seed", "7",
+                              "--device", "cpu", "--out", str(tmp_path / "cli.safetensors"))  # fmt: skip
+    assert status == 0, err
+    corpus = load_corpus(str(work / "small.txt"))
+    tok = build_tokenizer("char", corpus.text)
+    train_ids, val_ids = split_ids(encode_corpus(tok, corpus), 0.1)
+    cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=16)
+    tc = TrainConfig(batch_size=8, eval_iters=2, max_iters=2, warmup_iters=0, seed=7, device="cpu")
+    job = JobRegistry(processes=False).start(RunSpec("app", cfg, tok, train_ids, val_ids, tc), tmp_path)
+    assert job.wait(120) and job.status == FINISHED, job.error
+    cli, app = load_checkpoint(tmp_path / "cli.safetensors").model, load_checkpoint(job.checkpoint_path).model
+    for (name, a), b in zip(cli.state_dict().items(), app.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_generate_prints_the_prompt_and_its_continuation_only(trained, work, capsys):
     args = ["generate", "--checkpoint", "model.safetensors", "--prompt", "The ", "--max-new-tokens", "40", "--seed", "3"]
     first = lmcore(*args, cwd=work)

@@ -275,6 +275,11 @@ def test_cli_finetune_then_chat(base, tmp_path):
                 "--weight-decay", "0", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["step"] == 300
+    # The app's run path: its log has each evaluation with a held-out prompt answered.
+    from lmcore import runlog
+
+    evals = runlog.evals(runlog.read_log(tmp_path / "ft.safetensors"))
+    assert [e["step"] for e in evals] == [100, 200, 300] and all(e["sample"].startswith("user: ") for e in evals)
     r = run_cli("generate", "--checkpoint", "ft.safetensors", "--chat", "--prompt", "a", "--temperature", "0",
                 cwd=tmp_path)
     assert (r.returncode, r.stdout) == (0, "bead")
