@@ -163,7 +163,7 @@ def _out_path(out: str, name: str) -> Path:
 
     In a folder the file is ``name``, or ``NAME-2``, ``NAME-3``... if taken, so nothing saved is replaced.
     """
-    from lmcore.checkpoint import SUFFIX, checkpoint_path
+    from lmcore.checkpoint_names import SUFFIX, checkpoint_path
 
     path = Path(out)
     if not (out.endswith(("/", os.sep)) or path.is_dir()):
@@ -207,7 +207,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, dist: Any) -> int:
     import torch
 
-    from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, resume_settings
+    from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+    from lmcore.checkpoint_resume import load_resume_state, resume_settings
     from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
     from lmcore.device import describe_device
     from lmcore.models import ModelConfig, build_model
@@ -379,7 +380,7 @@ def _check_out_name(out: Path) -> None:
     and a save's temporary file ".<random>.tmp" to the stem: the stem gets the
     run names' budget.
     """
-    from lmcore.checkpoint import MAX_NAME_BYTES
+    from lmcore.checkpoint_names import MAX_NAME_BYTES
 
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
     size = len(stem.encode("utf-8", errors="surrogateescape"))
@@ -589,7 +590,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from lmcore.checkpoint import load_checkpoint, optimizer_path
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.checkpoint_names import optimizer_path
 
     ckpt = load_checkpoint(args.checkpoint)
     meta = ckpt.metadata

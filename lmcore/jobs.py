@@ -70,16 +70,9 @@ from typing import Any
 import torch
 
 from lmcore.batches import TokenSource
-from lmcore.checkpoint import (
-    MAX_NAME_BYTES,
-    MAX_NAME_CHARS,
-    CheckpointCallback,
-    checkpoint_path,
-    load_checkpoint,
-    load_resume_state,
-    optimizer_path,
-    sanitize_name,
-)
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+from lmcore.checkpoint_names import MAX_NAME_BYTES, MAX_NAME_CHARS, checkpoint_path, optimizer_path, sanitize_name
+from lmcore.checkpoint_resume import load_resume_state
 from lmcore.data import as_source
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
