@@ -478,35 +478,11 @@ def load_checkpoint(
     # Check names, dtypes and shapes against a weightless ("meta") model first, so a
     # hostile config cannot make us allocate a huge model before the file is checked.
     tied: dict[str, str] = meta["tied"]
-    in_file = set(header)
-    # Aliases, counted apart from the stored tensors (at most one each), cannot make the
-    # layer-count check below build more than twice what the file really holds.
-    provided = in_file | set(tied)
-    expected = _expected_tensors(config, where, len(provided))
-    missing = sorted(set(expected) - provided)
-    extra = sorted(provided - set(expected))
-    if missing:
-        raise CheckpointError(f"{where} lacks tensors its config needs: {_names(missing)}; the file is damaged")
-    if extra:
-        raise CheckpointError(f"{where} has tensors its config does not know: {_names(extra)}; the file is damaged")
-    bad_alias = sorted(a for a, t in tied.items() if t not in in_file)
-    if bad_alias:
-        raise CheckpointError(f"{where} ties {_names(bad_alias)} to tensors that are not in the file; it is damaged")
-    for name, (dtype, shape) in expected.items():
-        entry = header[tied.get(name, name)]
-        got_dtype = entry.get("dtype") if isinstance(entry, dict) else None
-        got_shape = entry.get("shape") if isinstance(entry, dict) else None
-        if got_dtype != _SAFETENSORS_DTYPES.get(dtype):
-            shown = _dtype(_TORCH_DTYPES[got_dtype]) if got_dtype in _TORCH_DTYPES else repr(got_dtype)
-            raise CheckpointError(f"{where}: tensor {name!r} is stored as {shown} but the model needs {_dtype(dtype)}")
-        # Counting models (n-grams) size their tables by the data: only the rank is fixed.
-        sized_by_data = model_class(config.arch).sized_by_data and isinstance(got_shape, list)
-        if got_shape != shape and not (sized_by_data and len(got_shape) == len(shape)):
-            raise CheckpointError(f"{where}: tensor {name!r} has shape {got_shape} but its config needs {shape}")
+    _check_entries(header, tied, config, where)
     state: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in sorted(in_file):
+            for name in sorted(header):
                 state[name] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where} is not a valid safetensors file ({_one_line(e)})") from None
@@ -544,6 +520,35 @@ def _tokenizer(meta: dict[str, Any], where: str) -> Tokenizer:
         raise CheckpointError(f"{where} holds an unusable tokenizer: {e}") from None
     except Exception as e:  # a damaged tokenizer dict may break its from_dict in any way
         raise CheckpointError(f"{where} holds a damaged tokenizer ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _check_entries(header: dict[str, Any], tied: dict[str, str], config: ModelConfig, where: str) -> None:
+    """CheckpointError unless the header's tensors are those the model of ``config`` saves, in its dtypes and shapes."""
+    in_file = set(header)
+    # Aliases, counted apart from the stored tensors (at most one each), cannot make the
+    # layer-count check below build more than twice what the file really holds.
+    provided = in_file | set(tied)
+    expected = _expected_tensors(config, where, len(provided))
+    missing = sorted(set(expected) - provided)
+    extra = sorted(provided - set(expected))
+    if missing:
+        raise CheckpointError(f"{where} lacks tensors its config needs: {_names(missing)}; the file is damaged")
+    if extra:
+        raise CheckpointError(f"{where} has tensors its config does not know: {_names(extra)}; the file is damaged")
+    bad_alias = sorted(a for a, t in tied.items() if t not in in_file)
+    if bad_alias:
+        raise CheckpointError(f"{where} ties {_names(bad_alias)} to tensors that are not in the file; it is damaged")
+    for name, (dtype, shape) in expected.items():
+        entry = header[tied.get(name, name)]
+        got_dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        got_shape = entry.get("shape") if isinstance(entry, dict) else None
+        if got_dtype != _SAFETENSORS_DTYPES.get(dtype):
+            shown = _dtype(_TORCH_DTYPES[got_dtype]) if got_dtype in _TORCH_DTYPES else repr(got_dtype)
+            raise CheckpointError(f"{where}: tensor {name!r} is stored as {shown} but the model needs {_dtype(dtype)}")
+        # Counting models (n-grams) size their tables by the data: only the rank is fixed.
+        sized_by_data = model_class(config.arch).sized_by_data and isinstance(got_shape, list)
+        if got_shape != shape and not (sized_by_data and len(got_shape) == len(shape)):
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {got_shape} but its config needs {shape}")
 
 
 # torch dtype -> the name safetensors writes in its header

@@ -162,15 +162,12 @@ def _open_regular(path: Path, shown: str) -> BinaryIO:
     return f
 
 
-def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check the file's framing by hand and parse its JSON header: (tensor entries, metadata).
+def _header_bytes(path: Path, display_name: str | None) -> tuple[bytes, int]:
+    """The file's JSON header as bytes, and the length of the data after it; its framing checked by hand.
 
     Gives one-line reasons for the common ways a file is not a safetensors
-    file at all, before the safetensors parser sees it. The work is bounded by
-    the header's size, and a header with more tensor entries than its config
-    can need is refused before they are parsed.
+    file at all, before the safetensors parser sees it.
     """
-    path = Path(path)
     shown = display_name or path.name
     with _open_regular(path, display_name or str(path)) as f:
         try:
@@ -204,6 +201,18 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
             raw = f.read(n)
         except OSError as e:
             raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    return raw, size - 8 - n
+
+
+def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check the file's framing by hand and parse its JSON header: (tensor entries, metadata).
+
+    The work is bounded by the header's size, and a header with more tensor
+    entries than its config can need is refused before they are parsed.
+    """
+    path = Path(path)
+    shown = display_name or path.name
+    raw, data_len = _header_bytes(path, display_name)
     # Every key in JSON is followed by a colon, so the colons after the metadata bound the
     # tensor entries (a real entry has four keys): counted in C, before any parsing.
     lead = _leading_metadata(raw)
@@ -239,7 +248,6 @@ def _read_header(path: str | os.PathLike, display_name: str | None = None) -> tu
             f"{shown} is not a usable checkpoint: its header holds {len(header):,} tensor entries, "
             f"more than its config can need (at most {limit:,}); the file is damaged or hostile"
         )
-    data_len = size - 8 - n
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if not (
@@ -289,21 +297,7 @@ def _parse_metadata(
                 found = ["chat"]
             meta[key] = {"type": found[0]} if len(found) == 1 else {}
             continue
-        max_chars, max_containers = _FIELD_LIMITS[key]
-        text = raw[key]
-        containers = text.count("{") + text.count("[")
-        if len(text) > max_chars or containers > max_containers:
-            what = f"{len(text):,} characters" if len(text) > max_chars else f"{containers:,} JSON objects and lists"
-            raise CheckpointError(
-                f"{where} has {what} in its {key!r} metadata, more than it can need; the file is damaged or hostile"
-            )
-        try:
-            value = _loads(raw[key])
-        except _JSONRefused as e:
-            raise CheckpointError(f"{where} has {e} in its {key!r} metadata; the file is damaged") from None
-        if not isinstance(value, kind):
-            raise CheckpointError(f"{where} has a {key!r} metadata that is not a JSON object; the file is damaged")
-        meta[key] = value
+        meta[key] = _parse_field(raw[key], key, kind, where)
     try:
         meta["config_obj"] = ModelConfig.from_dict(meta["config"]).validate()
     except LMCoreError as e:
@@ -326,6 +320,24 @@ def _parse_metadata(
     data = meta["data"]
     data["documents"] = bool(data.get("documents", False))
     return meta
+
+
+def _parse_field(text: str, key: str, kind: type, where: str) -> Any:
+    """The JSON metadata value ``text`` of field ``key``, refused when larger than the field can need."""
+    max_chars, max_containers = _FIELD_LIMITS[key]
+    containers = text.count("{") + text.count("[")
+    if len(text) > max_chars or containers > max_containers:
+        what = f"{len(text):,} characters" if len(text) > max_chars else f"{containers:,} JSON objects and lists"
+        raise CheckpointError(
+            f"{where} has {what} in its {key!r} metadata, more than it can need; the file is damaged or hostile"
+        )
+    try:
+        value = _loads(text)
+    except _JSONRefused as e:
+        raise CheckpointError(f"{where} has {e} in its {key!r} metadata; the file is damaged") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{where} has a {key!r} metadata that is not a JSON object; the file is damaged")
+    return value
 
 
 def _check_train(train: dict[str, Any], where: str) -> None:
