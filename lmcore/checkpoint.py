@@ -30,12 +30,12 @@ whose optimizer file is still under its temporary name is completed by the
 next read. Temporary files of killed saves (they carry the writer's process
 id) are removed at the next save or listing.
 
-The header is read by ``lmcore.checkpoint_header``, which bounds its cost;
-loading then checks every tensor's name, dtype and shape against a weightless
-model before any weight is read, and tokenizers are checked against their
-limits from their declared sizes before they are built. Every malformed file
-raises ``CheckpointError`` with a one-line reason. The files' names and paths
-are ``lmcore.checkpoint_names``'.
+The header is read by ``lmcore.checkpoint_header``, at a cost bounded by the
+file's size; loading then checks every tensor's name, dtype and shape against a
+weightless model before any weight is read, and tokenizers are checked against
+their limits from their declared sizes before they are built. Every malformed
+file raises ``CheckpointError`` with a one-line reason. File names and paths
+come from ``lmcore.checkpoint_names``.
 """
 
 from __future__ import annotations
@@ -213,6 +213,88 @@ def save_checkpoint(
     return path
 
 
+def _storage_key(t: torch.Tensor) -> tuple:
+    """Identifies tensors that are the very same view of the same memory."""
+    if t.numel() == 0:  # empty tensors hold no memory to share (an unfitted n-gram's tables)
+        return ("empty", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One CPU copy per shared tensor; returns (tensors, {alias: kept name}).
+
+    The first name in module order is kept (the embedding comes before the head).
+    """
+    kept: dict[tuple, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state.items():
+        key = _storage_key(t)
+        if key in kept:
+            tied[name] = kept[key]
+            continue
+        kept[key] = name
+        out = t.detach().to("cpu").contiguous()
+        # Distinct views of one storage (rare: buffers sliced from another) must be copied apart.
+        storage = (out.untyped_storage().data_ptr(),)
+        if storage in storages and out.numel() > 0:
+            out = out.clone()
+            storage = (out.untyped_storage().data_ptr(),)
+        storages.add(storage)
+        tensors[name] = out
+    return tensors, tied
+
+
+def _dumps(value: Any) -> str:
+    """JSON with non-finite floats written as null, so every reader can parse it."""
+    return json.dumps(_finite(value), sort_keys=True, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# The resume state is a nested structure (dicts with int keys, tuples, tensors).
+# It is written as JSON in which each tensor is a reference into the file
+# (read back by lmcore.checkpoint_resume._unpack).
+
+
+def _pack(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = path
+        n = 1
+        while key in tensors:
+            n += 1
+            key = f"{path}#{n}"
+        # Written at once by the caller's thread, between optimizer steps: no copy needed.
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"cannot store a state key of type {type(k).__name__}")
+            items.append([k, _pack(v, f"{path}.{k}", tensors)])
+        return {"__dict__": items}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} in a resume state")
+
+
+# --------------------------------------------------------------------------- the two-file commit
+
+
 # Names of the temporary files this process is writing now (for other processes: see _in_use).
 _WRITING: set[str] = set()
 
@@ -355,85 +437,6 @@ def _checkpoint_id(path: Path) -> str | None:
     except CheckpointError:
         return None
     return raw.get("checkpoint_id")
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    """Identifies tensors that are the very same view of the same memory."""
-    if t.numel() == 0:  # empty tensors hold no memory to share (an unfitted n-gram's tables)
-        return ("empty", id(t))
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
-def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """One CPU copy per shared tensor; returns (tensors, {alias: kept name}).
-
-    The first name in module order is kept (the embedding comes before the head).
-    """
-    kept: dict[tuple, str] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    tied: dict[str, str] = {}
-    storages: set[tuple] = set()
-    for name, t in state.items():
-        key = _storage_key(t)
-        if key in kept:
-            tied[name] = kept[key]
-            continue
-        kept[key] = name
-        out = t.detach().to("cpu").contiguous()
-        # Distinct views of one storage (rare: buffers sliced from another) must be copied apart.
-        storage = (out.untyped_storage().data_ptr(),)
-        if storage in storages and out.numel() > 0:
-            out = out.clone()
-            storage = (out.untyped_storage().data_ptr(),)
-        storages.add(storage)
-        tensors[name] = out
-    return tensors, tied
-
-
-def _dumps(value: Any) -> str:
-    """JSON with non-finite floats written as null, so every reader can parse it."""
-    return json.dumps(_finite(value), sort_keys=True, default=str)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-# The resume state is a nested structure (dicts with int keys, tuples, tensors).
-# It is written as JSON in which each tensor is a reference into the file
-# (read back by lmcore.checkpoint_resume._unpack).
-
-
-def _pack(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = path
-        n = 1
-        while key in tensors:
-            n += 1
-            key = f"{path}#{n}"
-        # Written at once by the caller's thread, between optimizer steps: no copy needed.
-        tensors[key] = obj.detach().to("cpu").contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        items = []
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"cannot store a state key of type {type(k).__name__}")
-            items.append([k, _pack(v, f"{path}.{k}", tensors)])
-        return {"__dict__": items}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_pack(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot store a value of type {type(obj).__name__} in a resume state")
 
 
 # --------------------------------------------------------------------------- loading
