@@ -172,7 +172,7 @@ def _out_path(out: str, name: str) -> Path:
 
     In a folder the file is ``name``, or ``NAME-2``, ``NAME-3``... if taken, so nothing saved is replaced.
     """
-    from lmcore.checkpoint import SUFFIX, checkpoint_path
+    from lmcore.checkpoint_names import SUFFIX, checkpoint_path
 
     path = Path(out)
     if not (out.endswith(("/", os.sep)) or path.is_dir()):
@@ -282,7 +282,8 @@ def _resume_spec(args: argparse.Namespace) -> tuple[Any, Path]:
 
     Only the checkpoint's metadata is read here; the run loads its weights and resume state.
     """
-    from lmcore.checkpoint import load_resume_state, optimizer_path, resume_settings
+    from lmcore.checkpoint_names import optimizer_path
+    from lmcore.checkpoint_resume import load_resume_state, resume_settings
     from lmcore.run import RunSpec
 
     if _model_overrides(args) or args.tokenizer or args.vocab_size or args.documents:
@@ -405,7 +406,7 @@ def _check_out_name(out: Path) -> None:
     and a save's temporary file ".<random>.tmp" to the stem: the stem gets the
     run names' budget.
     """
-    from lmcore.checkpoint import MAX_NAME_BYTES
+    from lmcore.checkpoint_names import MAX_NAME_BYTES
 
     stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
     size = len(stem.encode("utf-8", errors="surrogateescape"))
@@ -573,7 +574,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA) as the app does; one JSON line."""
     import dataclasses
 
-    from lmcore.checkpoint import resume_settings
+    from lmcore.checkpoint_resume import resume_settings
     from lmcore.device import resolve_device
     from lmcore.finetune import read_examples, save_adapter
     from lmcore.jobs import finetune_spec
@@ -639,7 +640,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from lmcore.checkpoint import load_checkpoint, optimizer_path
+    from lmcore.checkpoint import load_checkpoint
+    from lmcore.checkpoint_names import optimizer_path
 
     ckpt = load_checkpoint(args.checkpoint)
     meta = ckpt.metadata

@@ -249,7 +249,7 @@ def _read_bytes(path: Path, name: str, limit: int, what: str = "") -> bytes:
 
 
 def _read_json(path: Path, limit: int = MAX_SMALL_JSON_BYTES, root: Path | None = None) -> dict[str, Any]:
-    from lmcore.checkpoint import _JSONRefused, _loads
+    from lmcore.checkpoint_header import _JSONRefused, _loads
 
     if root is not None:
         path = _checked_path(path.parent, path.name, root)
@@ -677,7 +677,7 @@ def _check_header(path: Path, limit: int, entries_left: int) -> tuple[dict[str, 
     """
     import struct
 
-    from lmcore.checkpoint import _JSONRefused, _loads
+    from lmcore.checkpoint_header import _JSONRefused, _loads
 
     name = path.name
     with _open_regular(path, name) as f:

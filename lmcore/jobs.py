@@ -69,14 +69,8 @@ from typing import Any
 
 import torch
 
-from lmcore.checkpoint import (
-    MAX_NAME_BYTES,
-    MAX_NAME_CHARS,
-    CheckpointCallback,
-    checkpoint_path,
-    load_checkpoint,
-    sanitize_name,
-)
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+from lmcore.checkpoint_names import MAX_NAME_BYTES, MAX_NAME_CHARS, checkpoint_path, sanitize_name
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
 from lmcore.finetune import MaskedTokens, chat_tokenizer, encode_examples, lora_trainable_share, plain_state_dict

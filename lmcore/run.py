@@ -37,7 +37,9 @@ from typing import Any
 import torch
 
 from lmcore.batches import TokenSource, as_source
-from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, optimizer_path
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+from lmcore.checkpoint_names import optimizer_path
+from lmcore.checkpoint_resume import load_resume_state
 from lmcore.distributed import is_main
 from lmcore.errors import TrainingError
 from lmcore.finetune import (

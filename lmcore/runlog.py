@@ -46,7 +46,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lmcore.checkpoint import LOG_SUFFIX, SUFFIX, is_companion_file, log_path, read_metadata  # noqa: F401  (log_path: re-exported)
+from lmcore.checkpoint import read_metadata
+from lmcore.checkpoint_names import LOG_SUFFIX, SUFFIX, is_companion_file, log_path  # noqa: F401  (log_path: re-exported)
 from lmcore.errors import CheckpointError, LMCoreError
 
 KINDS = ("start", "step", "eval", "end")

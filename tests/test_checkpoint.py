@@ -17,18 +17,15 @@ from safetensors.torch import load_file, save_file
 
 import lmcore.checkpoint as ck
 from lmcore.checkpoint import (
-    checkpoint_path,
     delete_checkpoint,
     import_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_resume_state,
-    optimizer_path,
     read_metadata,
-    resume_settings,
-    sanitize_name,
     save_checkpoint,
 )
+from lmcore.checkpoint_names import checkpoint_path, optimizer_path, sae_files, sae_path, sanitize_name
+from lmcore.checkpoint_resume import load_resume_state, resume_settings
 from lmcore.errors import CheckpointError
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer
@@ -146,8 +143,11 @@ def test_read_metadata_parses_json_values_without_loading_weights(good):
 
 
 def test_no_pickle_and_no_torch_load_in_the_checkpoint_code():
-    source = Path(ck.__file__).read_text()
-    assert not re.search(r"torch\.load\(|^\s*(import|from) pickle", source, re.MULTILINE)
+    modules = sorted(Path(ck.__file__).parent.glob("checkpoint*.py"))
+    assert {m.stem for m in modules} >= {"checkpoint", "checkpoint_names", "checkpoint_header", "checkpoint_resume"}
+    for module in modules:
+        source = module.read_text()
+        assert not re.search(r"torch\.load\(|^\s*(import|from) pickle", source, re.MULTILINE), module.name
 
 
 # ---------------------------------------------------------------- atomic writes and resume state
@@ -464,18 +464,18 @@ def test_autoencoders_beside_a_checkpoint_are_listed_with_it_and_deleted_with_it
     model = tiny(tok)
     for name in ("m", "m-2"):
         save_checkpoint(tmp_path / f"{name}.safetensors", model, tok, optimizer=torch.optim.AdamW(model.parameters()))
-    first = ck.sae_path(tmp_path / "m.safetensors", "blocks.1.hook_resid_post-64-k4")
+    first = sae_path(tmp_path / "m.safetensors", "blocks.1.hook_resid_post-64-k4")
     assert first.name == "m.sae-blocks_1_hook_resid_post-64-k4.safetensors"
-    second = ck.sae_path(tmp_path / "m.safetensors", "../other")
+    second = sae_path(tmp_path / "m.safetensors", "../other")
     assert second.parent == tmp_path and second.name == "m.sae-other.safetensors"
-    theirs = ck.sae_path(tmp_path / "m-2.safetensors", "blocks.1.hook_resid_post-64-k4")
+    theirs = sae_path(tmp_path / "m-2.safetensors", "blocks.1.hook_resid_post-64-k4")
     for path in (first, second, theirs):
         SparseAutoencoder(32, 64, 4, hook="blocks.1.hook_resid_post").save(path)
     rows = {r["name"]: r for r in ck.list_checkpoints(tmp_path)}
     assert sorted(rows) == ["m", "m-2"]  # an autoencoder is no model of its own
     assert rows["m"]["sae_files"] == [first, second] and rows["m-2"]["sae_files"] == [theirs]
     assert sorted(r["name"] for r in list_runs(tmp_path)) == ["m", "m-2"]
-    assert ck.sae_files(tmp_path / "m.safetensors") == [first, second]
+    assert sae_files(tmp_path / "m.safetensors") == [first, second]
 
     ck.delete_sae(second)  # one alone
     assert not second.exists() and first.exists() and (tmp_path / "m.safetensors").exists()

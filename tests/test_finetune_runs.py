@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from lmcore.checkpoint import load_checkpoint, optimizer_path, save_checkpoint
+from lmcore.checkpoint import load_checkpoint, save_checkpoint
+from lmcore.checkpoint_names import optimizer_path
 from lmcore.errors import TokenizerError
 from lmcore.finetune import chat_ids, encode_example, exact_match, lora_trainable_share, parse_examples
 from lmcore.jobs import FINISHED, JobRegistry, finetune_spec

@@ -13,7 +13,8 @@ import torch
 
 import hostile_files as hostile
 import lmcore.checkpoint as ck
-from lmcore.checkpoint import list_checkpoints, load_checkpoint, load_resume_state, read_metadata, save_checkpoint
+from lmcore.checkpoint import list_checkpoints, load_checkpoint, read_metadata, save_checkpoint
+from lmcore.checkpoint_resume import load_resume_state
 from lmcore.errors import CheckpointError
 from lmcore.models import build_model
 from lmcore.tokenizers import CharTokenizer

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from lmcore.checkpoint import load_checkpoint, optimizer_path, read_metadata
+from lmcore.checkpoint import load_checkpoint, read_metadata
+from lmcore.checkpoint_names import optimizer_path
 from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
 from lmcore.errors import ConfigError, TrainingError
 from lmcore.jobs import FAILED, FINISHED, RUNNING, STOPPED, JobRegistry, RunSpec, TrainingJob

@@ -19,7 +19,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from lmcore.checkpoint import MAX_NAME_BYTES, load_checkpoint, sanitize_name
+from lmcore.checkpoint import load_checkpoint
+from lmcore.checkpoint_names import MAX_NAME_BYTES, sanitize_name
 from lmcore.cli import MAX_NEW_TOKENS, main
 from lmcore.errors import ConfigError
 from lmcore.jobs import FINISHED, JobRegistry, RunSpec

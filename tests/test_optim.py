@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state, save_checkpoint
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint, save_checkpoint
+from lmcore.checkpoint_resume import load_resume_state
 from lmcore.errors import CheckpointError, ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer

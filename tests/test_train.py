@@ -8,7 +8,8 @@ import threading
 import pytest
 import torch
 
-from lmcore.checkpoint import CheckpointCallback, load_checkpoint, load_resume_state
+from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+from lmcore.checkpoint_resume import load_resume_state
 from lmcore.errors import ConfigError, DataError, TrainingError
 from lmcore.models import ModelConfig, build_model
 from lmcore.train import TrainConfig, Trainer, TrainEvent, evaluate_ids, lr_schedule, make_optimizer

@@ -11,15 +11,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from lmcore.checkpoint import (
-    checkpoint_path,
-    delete_checkpoint,
-    delete_sae,
-    import_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    sanitize_name,
-)
+from lmcore.checkpoint import delete_checkpoint, delete_sae, import_checkpoint, list_checkpoints, load_checkpoint
+from lmcore.checkpoint_names import checkpoint_path, sanitize_name
 from lmcore.errors import LMCoreError
 from ui import state
 from ui.boundary import user_errors

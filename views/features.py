@@ -9,7 +9,7 @@ import streamlit as st
 import torch
 
 from lmcore import sae as S
-from lmcore.checkpoint import sae_files, sae_path
+from lmcore.checkpoint_names import sae_files, sae_path
 from lmcore.data import encode_corpus, load_corpus
 from lmcore.errors import LMCoreError
 from lmcore.hooks import hook_names

@@ -11,7 +11,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from lmcore.checkpoint import checkpoint_path, list_checkpoints, optimizer_path, resume_settings, sanitize_name
+from lmcore.checkpoint import list_checkpoints
+from lmcore.checkpoint_names import checkpoint_path, optimizer_path, sanitize_name
+from lmcore.checkpoint_resume import resume_settings
 from lmcore.batches import as_source
 from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
