@@ -74,6 +74,7 @@ from lmcore.checkpoint_names import MAX_NAME_BYTES, MAX_NAME_CHARS, checkpoint_p
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
 from lmcore.finetune import MaskedTokens, chat_tokenizer, encode_examples, lora_trainable_share, plain_state_dict
+from lmcore.launcher import ForkedRun, start_run
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
 from lmcore.run import Run, RunSpec
@@ -396,7 +397,7 @@ class RunProcess(TrainingJob):
         self._dir = Path(tempfile.mkdtemp(prefix="lmcore-run-"))
         self._log = log_path(checkpoint_path)
         self._offset = self._log.stat().st_size if self._log.exists() else 0  # a resumed run appends
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | ForkedRun | None = None
         self._state: dict[str, Any] = {}
         self._state_mtime: int | None = None
         self._last_loss = math.nan
@@ -414,12 +415,17 @@ class RunProcess(TrainingJob):
         self._spec = None  # the ids live in the file now, then in the process
         # The process imports what this one can (the same sys.path), and a server's
         # Ctrl-C does not reach it (a session of its own): it outlives the server.
+        # On Linux it is forked from a process that has imported torch already (lmcore.launcher).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        with open(self._dir / "output.log", "wb") as out:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "lmcore.runs", str(self._dir)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )  # fmt: skip
+        pid = start_run(self._dir, env)
+        if pid is not None:
+            self._proc = ForkedRun(pid, self._dir)
+        else:
+            with open(self._dir / "output.log", "wb") as out:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "lmcore.runs", str(self._dir)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                )  # fmt: skip
         self._thread.start()
 
     def stop(self) -> None:

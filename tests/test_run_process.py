@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from lmcore import launcher
 from lmcore.checkpoint import read_metadata
 from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
 from lmcore.jobs import FINISHED, REGISTRY, STOPPED, JobRegistry, RunSpec, remaining_seconds
@@ -67,6 +68,32 @@ def test_a_run_is_its_own_process_in_its_own_session_and_a_signal_stops_it_with_
     last = job.last_event()
     assert last.val_loss is not None  # evaluated once more, then saved
     assert read_metadata(job.checkpoint_path)["train"]["steps"] == last.step == job.saved_step
+
+
+def _parent(pid: int) -> int:
+    """The parent process id of ``pid`` (Linux's /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+@pytest.mark.skipif(not launcher.supported(), reason="runs are forked on Linux only")
+def test_on_linux_a_run_is_forked_from_the_launcher_and_its_exit_code_is_recorded(registry, spec, tmp_path):
+    job = registry.start(spec(), tmp_path)
+    parent = _parent(job.pid)
+    assert parent not in (os.getpid(), 1) and "lmcore.launcher" in Path(f"/proc/{parent}/cmdline").read_text()
+    assert job.wait(WAIT_S) and job.status == FINISHED and job.error is None
+    assert job._proc.returncode == 0  # read from the file the launcher wrote when it reaped the run
+    second = registry.start(spec("second"), tmp_path)  # the same launcher forks the next run
+    assert _parent(second.pid) == parent
+    assert second.wait(WAIT_S) and second.status == FINISHED
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_with_forking_turned_off_a_run_is_a_fresh_interpreter(registry, spec, tmp_path, monkeypatch):
+    monkeypatch.setenv(launcher.FORK_ENV, "0")
+    job = registry.start(spec(), tmp_path)
+    assert _parent(job.pid) == os.getpid()
+    assert job.wait(WAIT_S) and job.status == FINISHED and job.error is None
 
 
 SERVER = """

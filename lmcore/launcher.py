@@ -1,0 +1,181 @@
+"""Run processes started by forking one that has already imported torch: ``python -m lmcore.launcher``.
+
+Every run of the app is a process of its own (``lmcore.runs``). Started as a
+new interpreter, each would import torch and lmcore first: about 2.5 CPU
+seconds, and as long again before its first step on a small machine. A
+launcher pays that once per server: it imports them, then forks a run for
+each run folder the server names, one line each on its standard input, and
+answers with the run's process id on its standard output.
+
+A forked run is what ``python -m lmcore.runs RUN_DIR`` would be: a session of
+its own (a Ctrl-C of the server's terminal does not reach it), its output in
+``RUN_DIR/output.log``, SIGTERM and SIGINT asking it to stop with a save. The
+launcher reaps each run and writes its exit code to ``RUN_DIR/exit`` (as
+``subprocess`` gives it: negative for a signal). When the server goes, the
+launcher's input ends and it exits; the runs go on.
+
+Only on Linux, unless the operator sets ``LMCORE_FORK_RUNS=0``, and only while nothing has initialised CUDA in the launcher (a
+forked process cannot use a CUDA context made before the fork): elsewhere
+``start_run`` answers None and the caller starts a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+FORK_ENV = "LMCORE_FORK_RUNS"  # "0": start every run as a fresh interpreter
+EXIT_FILE = "exit"  # the run's exit code, written by the launcher when it reaps it
+_lock = threading.Lock()
+_launcher: subprocess.Popen | None = None
+
+
+def supported() -> bool:
+    """Whether runs are forked here: on Linux (fork is safe after importing torch), unless ``LMCORE_FORK_RUNS=0``."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get(FORK_ENV, "1") != "0"
+
+
+def start_run(run_dir: Path, env: dict[str, str]) -> int | None:
+    """Fork the run in ``run_dir`` from this server's launcher (started on first use); its pid, or None.
+
+    None when forking is not supported here or the launcher cannot start or
+    answer: the caller then starts ``python -m lmcore.runs RUN_DIR`` itself.
+    """
+    global _launcher
+    if not supported():
+        return None
+    with _lock:
+        for _ in range(2):  # a launcher that has died is replaced once
+            if _launcher is None or _launcher.poll() is not None:
+                _launcher = subprocess.Popen(
+                    [sys.executable, "-m", "lmcore.launcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1,
+                )  # fmt: skip
+            try:
+                assert _launcher.stdin is not None and _launcher.stdout is not None
+                _launcher.stdin.write(f"{run_dir}\n")
+                _launcher.stdin.flush()
+                answer = _launcher.stdout.readline().strip()
+            except (OSError, ValueError):
+                answer = ""
+            if answer.isdigit():
+                return int(answer)
+            if answer == "no":  # CUDA came up in the launcher: fork no more
+                return None
+            with contextlib.suppress(OSError):
+                _launcher.kill()
+            _launcher = None
+    return None
+
+
+class ForkedRun:
+    """A forked run seen as ``subprocess.Popen`` sees its child: ``pid``, ``poll()``, ``returncode``, ``send_signal``."""
+
+    def __init__(self, pid: int, run_dir: Path):
+        self.pid, self.run_dir = pid, run_dir
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit code once the run has ended (from the launcher's record), else None."""
+        if self.returncode is None:
+            try:
+                self.returncode = int((self.run_dir / EXIT_FILE).read_text())
+            except (OSError, ValueError):
+                try:
+                    os.kill(self.pid, 0)
+                except (ProcessLookupError, PermissionError):  # gone unrecorded: its launcher went first
+                    self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+
+def _run(run_dir: str) -> int:
+    """In the forked child: become ``python -m lmcore.runs RUN_DIR``."""
+    from lmcore import runs
+
+    signal.signal(signal.SIGTERM, runs._on_signal)
+    signal.signal(signal.SIGINT, runs._on_signal)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+    return runs.main([run_dir])
+
+
+def _reap(children: dict[int, str]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        run_dir = children.pop(pid, None)
+        if run_dir is not None:
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            with contextlib.suppress(OSError):
+                tmp = Path(run_dir) / (EXIT_FILE + ".tmp")
+                tmp.write_text(str(code))
+                os.replace(tmp, Path(run_dir) / EXIT_FILE)
+
+
+def main() -> int:
+    import torch
+
+    import lmcore.runs  # noqa: F401 - imported once here, inherited by every run forked below
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C ends the server; its input then ends
+    children: dict[int, str] = {}
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.2)
+        _reap(children)
+        if not ready:
+            continue
+        data = os.read(0, 65536)
+        if not data:
+            return 0  # the server is gone; the runs go on
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            _fork(os.fsdecode(line), children, torch.cuda.is_initialized())
+
+
+def _fork(run_dir: str, children: dict[int, str], cuda_up: bool) -> None:
+    if cuda_up:
+        print("no", flush=True)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _run(run_dir)
+        except BaseException:  # noqa: BLE001 - the child must never return into the launcher's loop
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    children[pid] = run_dir
+    print(pid, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
