@@ -21,7 +21,7 @@ from pathlib import Path
 from common import emit, log, machine
 
 from lmcore import launcher
-from lmcore.data import build_tokenizer, builtin_corpus, encode_corpus, split_ids
+from lmcore.data import build_tokenizer, encode_corpus, load_corpus, split_ids
 from lmcore.jobs import JobRegistry, RunSpec
 from lmcore.models import ModelConfig
 from lmcore.train import TrainConfig
@@ -57,7 +57,7 @@ def main() -> None:
     if not launcher.supported():
         log("runs are forked on Linux only; nothing to compare here")
         raise SystemExit(2)
-    corpus = builtin_corpus("python-names")
+    corpus = load_corpus("builtin:python-names")
     tok = build_tokenizer("char", corpus.text)
     train_ids, val_ids = split_ids(encode_corpus(tok, corpus), 0.1)
     cfg = ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=16)

@@ -1,8 +1,8 @@
 """Run processes started by forking one that has already imported torch: ``python -m lmcore.launcher``.
 
 Every run of the app is a process of its own (``lmcore.runs``). Started as a
-new interpreter, each would import torch and lmcore first: about 2.5 CPU
-seconds, and as long again before its first step on a small machine. A
+new interpreter, each imports torch and lmcore, then what its first steps
+need: about 5 CPU seconds before it trains (bench/bench_run_start.py). A
 launcher pays that once per server: it imports them, then forks a run for
 each run folder the server names, one line each on its standard input, and
 answers with the run's process id on its standard output.
@@ -14,9 +14,11 @@ launcher reaps each run and writes its exit code to ``RUN_DIR/exit`` (as
 ``subprocess`` gives it: negative for a signal). When the server goes, the
 launcher's input ends and it exits; the runs go on.
 
-Only on Linux, unless the operator sets ``LMCORE_FORK_RUNS=0``, and only while nothing has initialised CUDA in the launcher (a
-forked process cannot use a CUDA context made before the fork): elsewhere
-``start_run`` answers None and the caller starts a fresh interpreter.
+Only on Linux (unless the operator sets ``LMCORE_FORK_RUNS=0``), and only
+while nothing has initialised CUDA in the launcher (a forked process cannot
+use a CUDA context made before the fork): elsewhere ``start_run`` answers
+None and the caller starts a fresh interpreter. The launcher holds about
+300 MB of memory (torch, imported), which its runs share until they write.
 """
 
 from __future__ import annotations
@@ -134,8 +136,15 @@ def _reap(children: dict[int, str]) -> None:
 
 def main() -> int:
     import torch
+    import torch._dynamo  # noqa: F401 - a run's first optimizer step imports it (sympy and all): ~1.7 s
 
-    import lmcore.runs  # noqa: F401 - imported once here, inherited by every run forked below
+    # Imported once here, inherited by every run forked below: with what a run imports as it
+    # goes (its data, the head scores and the text sample at each evaluation), a forked run's
+    # first step comes after a tenth of a second of CPU, not 4 seconds.
+    import lmcore.data  # noqa: F401
+    import lmcore.interpret  # noqa: F401
+    import lmcore.runs  # noqa: F401
+    import lmcore.sample  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C ends the server; its input then ends
     children: dict[int, str] = {}
