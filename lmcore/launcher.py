@@ -1,4 +1,4 @@
-"""Run processes started by forking one that has already imported torch: ``python -m lmcore.launcher``.
+"""Run processes forked from one that has already imported torch: ``python -m lmcore.runs --launcher``.
 
 Every run of the app is a process of its own (``lmcore.runs``). Started as a
 new interpreter, each imports torch and lmcore, then what its first steps
@@ -12,7 +12,8 @@ its own (a Ctrl-C of the server's terminal does not reach it), its output in
 ``RUN_DIR/output.log``, SIGTERM and SIGINT asking it to stop with a save. The
 launcher reaps each run and writes its exit code to ``RUN_DIR/exit`` (as
 ``subprocess`` gives it: negative for a signal). When the server goes, the
-launcher's input ends and it exits; the runs go on.
+launcher's input ends and it exits; the runs go on. This module is the
+server's side; the launcher's loop is ``lmcore.runs.launch``.
 
 Only on Linux (unless the operator sets ``LMCORE_FORK_RUNS=0``), and only
 while nothing has initialised CUDA in the launcher (a forked process cannot
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -56,7 +55,7 @@ def start_run(run_dir: Path, env: dict[str, str]) -> int | None:
         for _ in range(2):  # a launcher that has died is replaced once
             if _launcher is None or _launcher.poll() is not None:
                 _launcher = subprocess.Popen(
-                    [sys.executable, "-m", "lmcore.launcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    [sys.executable, "-m", "lmcore.runs", "--launcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1,
                 )  # fmt: skip
             try:
@@ -98,93 +97,3 @@ class ForkedRun:
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, sig)
-
-
-def _run(run_dir: str) -> int:
-    """In the forked child: become ``python -m lmcore.runs RUN_DIR``."""
-    from lmcore import runs
-
-    signal.signal(signal.SIGTERM, runs._on_signal)
-    signal.signal(signal.SIGINT, runs._on_signal)
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(null)
-    os.close(out)
-    return runs.main([run_dir])
-
-
-def _reap(children: dict[int, str]) -> None:
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        run_dir = children.pop(pid, None)
-        if run_dir is not None:
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            with contextlib.suppress(OSError):
-                tmp = Path(run_dir) / (EXIT_FILE + ".tmp")
-                tmp.write_text(str(code))
-                os.replace(tmp, Path(run_dir) / EXIT_FILE)
-
-
-def main() -> int:
-    import torch
-    import torch._dynamo  # noqa: F401 - a run's first optimizer step imports it (sympy and all): ~1.7 s
-
-    # Imported once here, inherited by every run forked below: with what a run imports as it
-    # goes (its data, the head scores and the text sample at each evaluation), a forked run's
-    # first step comes after a tenth of a second of CPU, not 4 seconds.
-    import lmcore.data  # noqa: F401
-    import lmcore.interpret  # noqa: F401
-    import lmcore.runs  # noqa: F401
-    import lmcore.sample  # noqa: F401
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C ends the server; its input then ends
-    children: dict[int, str] = {}
-    pending = b""
-    while True:
-        ready, _, _ = select.select([0], [], [], 0.2)
-        _reap(children)
-        if not ready:
-            continue
-        data = os.read(0, 65536)
-        if not data:
-            return 0  # the server is gone; the runs go on
-        pending += data
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            _fork(os.fsdecode(line), children, torch.cuda.is_initialized())
-
-
-def _fork(run_dir: str, children: dict[int, str], cuda_up: bool) -> None:
-    if cuda_up:
-        print("no", flush=True)
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = _run(run_dir)
-        except BaseException:  # noqa: BLE001 - the child must never return into the launcher's loop
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    children[pid] = run_dir
-    print(pid, flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

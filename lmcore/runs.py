@@ -20,19 +20,24 @@ step beside the checkpoint). What it writes for whoever follows it:
   they are, written when ``RUN_DIR/snapshot.request`` holds a newer number,
   and once more at the end.
 
+``python -m lmcore.runs --launcher`` is the launcher ``lmcore.launcher``
+starts on Linux: it imports all this once and forks such a run for each
+run folder it is given (``launch``).
+
 SIGTERM or SIGINT stops the run after its current step: it is evaluated,
 saved, and ends as "stopped" (Stop in the app sends SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402 - after the signal handlers
 from safetensors.torch import save_file  # noqa: E402
 
+from lmcore.launcher import EXIT_FILE  # noqa: E402
 from lmcore.jobs import SPEC_FILE  # noqa: E402 - the app's side of a run folder (it writes the spec)
 
 STATE_FILE = "state.json"
@@ -148,8 +154,96 @@ def serve(run_dir: Path) -> int:
     return 0
 
 
+def _forked(run_dir: str) -> int:
+    """In a process forked by the launcher: become ``python -m lmcore.runs RUN_DIR``."""
+    _STOP.clear()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+    return main([run_dir])
+
+
+def _reap(children: dict[int, str]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        run_dir = children.pop(pid, None)
+        if run_dir is not None:
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            with contextlib.suppress(OSError):
+                tmp = Path(run_dir) / (EXIT_FILE + ".tmp")
+                tmp.write_text(str(code))
+                os.replace(tmp, Path(run_dir) / EXIT_FILE)
+
+
+def launch() -> int:
+    """The launcher (``python -m lmcore.runs --launcher``, started by ``lmcore.launcher``): forks a run
+    for each run folder named on its standard input and answers with its process id."""
+    import torch._dynamo  # noqa: F401 - a run's first optimizer step imports it (sympy and all): ~1.7 s
+
+    # Imported once here, inherited by every run forked below: with what a run imports as it
+    # goes (its data, the head scores and the text sample at each evaluation), a forked run's
+    # first step comes after a tenth of a second of CPU, not 4 seconds.
+    import lmcore.data  # noqa: F401
+    import lmcore.interpret  # noqa: F401
+    import lmcore.sample  # noqa: F401
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C ends the server; its input then ends
+    children: dict[int, str] = {}
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.2)
+        _reap(children)
+        if not ready:
+            continue
+        data = os.read(0, 65536)
+        if not data:
+            return 0  # the server is gone; the runs go on
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            _fork(os.fsdecode(line), children, torch.cuda.is_initialized())
+
+
+def _fork(run_dir: str, children: dict[int, str], cuda_up: bool) -> None:
+    if cuda_up:
+        print("no", flush=True)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _forked(run_dir)
+        except BaseException:  # noqa: BLE001 - the child must never return into the launcher's loop
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    children[pid] = run_dir
+    print(pid, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--launcher"]:
+        return launch()
     if len(args) != 1 or not (Path(args[0]) / SPEC_FILE).is_file():
         print("usage: python -m lmcore.runs RUN_DIR (a folder holding spec.pt, written by lmcore.jobs)", file=sys.stderr)
         return 2

@@ -80,7 +80,7 @@ def _parent(pid: int) -> int:
 def test_on_linux_a_run_is_forked_from_the_launcher_and_its_exit_code_is_recorded(registry, spec, tmp_path):
     job = registry.start(spec(), tmp_path)
     parent = _parent(job.pid)
-    assert parent not in (os.getpid(), 1) and "lmcore.launcher" in Path(f"/proc/{parent}/cmdline").read_text()
+    assert parent not in (os.getpid(), 1) and "--launcher" in Path(f"/proc/{parent}/cmdline").read_text()
     assert job.wait(WAIT_S) and job.status == FINISHED and job.error is None
     assert job._proc.returncode == 0  # read from the file the launcher wrote when it reaped the run
     second = registry.start(spec("second"), tmp_path)  # the same launcher forks the next run
