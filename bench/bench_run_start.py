@@ -65,7 +65,8 @@ def main() -> None:
     registry = JobRegistry(max_concurrent=1)
     results: dict[str, list[dict[str, float]]] = {"forked": [], "fresh": []}
     with tempfile.TemporaryDirectory() as folder:
-        one_run(registry, RunSpec("warmup", cfg, tok, train_ids, val_ids, tc), folder)  # starts the launcher
+        launcher.warm(wait_s=120)
+        one_run(registry, RunSpec("warmup", cfg, tok, train_ids, val_ids, tc), folder)
         for r in range(args.rounds):
             for way in results:
                 os.environ[launcher.FORK_ENV] = "1" if way == "forked" else "0"

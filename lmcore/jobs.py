@@ -74,7 +74,7 @@ from lmcore.checkpoint_names import MAX_NAME_BYTES, MAX_NAME_CHARS, checkpoint_p
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
 from lmcore.finetune import MaskedTokens, chat_tokenizer, encode_examples, lora_trainable_share, plain_state_dict
-from lmcore.launcher import ForkedRun, start_run
+from lmcore.launcher import ForkedRun, run_env, start_run, warm
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
 from lmcore.run import Run, RunSpec
@@ -416,15 +416,14 @@ class RunProcess(TrainingJob):
         # The process imports what this one can (the same sys.path), and a server's
         # Ctrl-C does not reach it (a session of its own): it outlives the server.
         # On Linux it is forked from a process that has imported torch already (lmcore.launcher).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        pid = start_run(self._dir, env)
+        pid = start_run(self._dir)
         if pid is not None:
             self._proc = ForkedRun(pid, self._dir)
         else:
             with open(self._dir / "output.log", "wb") as out:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "lmcore.runs", str(self._dir)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=run_env(), start_new_session=True,
                 )  # fmt: skip
         self._thread.start()
 
@@ -580,6 +579,11 @@ class JobRegistry:
         self._jobs: dict[str, TrainingJob] = {}
         self.max_concurrent = max_runs_from_env() if max_concurrent is None else max_concurrent
         self.keep = keep  # ended jobs beyond this many (oldest first) are forgotten
+
+    def warm(self) -> None:
+        """Get ready to start runs at once: the launcher that forks them (``lmcore.launcher``) starts importing."""
+        if self.processes:
+            warm()
 
     @property
     def max_concurrent(self) -> int:

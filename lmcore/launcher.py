@@ -15,6 +15,10 @@ launcher reaps each run and writes its exit code to ``RUN_DIR/exit`` (as
 launcher's input ends and it exits; the runs go on. This module is the
 server's side; the launcher's loop is ``lmcore.runs.launch``.
 
+The launcher is started by ``warm`` (the Training page calls it) or by the
+first run, which does not wait for it: until it is ready, runs start as
+fresh interpreters.
+
 Only on Linux (unless the operator sets ``LMCORE_FORK_RUNS=0``), and only
 while nothing has initialised CUDA in the launcher (a forked process cannot
 use a CUDA context made before the fork): elsewhere ``start_run`` answers
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -33,8 +38,10 @@ from pathlib import Path
 
 FORK_ENV = "LMCORE_FORK_RUNS"  # "0": start every run as a fresh interpreter
 EXIT_FILE = "exit"  # the run's exit code, written by the launcher when it reaps it
+ANSWER_S = 30.0  # a fork takes milliseconds; a launcher this slow to answer is replaced
 _lock = threading.Lock()
 _launcher: subprocess.Popen | None = None
+_ready = False
 
 
 def supported() -> bool:
@@ -42,37 +49,70 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get(FORK_ENV, "1") != "0"
 
 
-def start_run(run_dir: Path, env: dict[str, str]) -> int | None:
-    """Fork the run in ``run_dir`` from this server's launcher (started on first use); its pid, or None.
+def run_env() -> dict[str, str]:
+    """The environment a run process gets: this one's, with this process's import path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
-    None when forking is not supported here or the launcher cannot start or
-    answer: the caller then starts ``python -m lmcore.runs RUN_DIR`` itself.
+
+def warm(wait_s: float = 0.0) -> bool:
+    """Start this server's launcher if it is not running; True once it is ready to fork runs.
+
+    ``wait_s``: how long to wait for it to finish importing (0: not at all).
     """
-    global _launcher
+    global _launcher, _ready
     if not supported():
+        return False
+    with _lock:
+        if _launcher is None or _launcher.poll() is not None:
+            _launcher = subprocess.Popen(
+                [sys.executable, "-m", "lmcore.runs", "--launcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, env=run_env(), text=True, bufsize=1,
+            )  # fmt: skip
+            _ready = False
+        if not _ready and _answered(_launcher, wait_s):  # it says "ready" once it has imported what a run needs
+            _ready = _launcher.stdout.readline().strip() == "ready"
+            if not _ready:
+                _stop_launcher()
+        return _ready
+
+
+def start_run(run_dir: Path) -> int | None:
+    """Fork the run in ``run_dir`` from this server's launcher; its pid, or None.
+
+    None when forking is not supported here, or while the launcher is still
+    importing (the first run of a server starts it and does not wait for it),
+    or when it does not answer: the caller then starts ``python -m lmcore.runs
+    RUN_DIR`` itself, as a fresh interpreter.
+    """
+    if not warm():
         return None
     with _lock:
-        for _ in range(2):  # a launcher that has died is replaced once
-            if _launcher is None or _launcher.poll() is not None:
-                _launcher = subprocess.Popen(
-                    [sys.executable, "-m", "lmcore.runs", "--launcher"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1,
-                )  # fmt: skip
-            try:
-                assert _launcher.stdin is not None and _launcher.stdout is not None
-                _launcher.stdin.write(f"{run_dir}\n")
-                _launcher.stdin.flush()
-                answer = _launcher.stdout.readline().strip()
-            except (OSError, ValueError):
-                answer = ""
-            if answer.isdigit():
-                return int(answer)
-            if answer == "no":  # CUDA came up in the launcher: fork no more
-                return None
-            with contextlib.suppress(OSError):
-                _launcher.kill()
-            _launcher = None
-    return None
+        if _launcher is None:
+            return None
+        try:
+            _launcher.stdin.write(f"{run_dir}\n")
+            _launcher.stdin.flush()
+            answer = _launcher.stdout.readline().strip() if _answered(_launcher, ANSWER_S) else ""
+        except (OSError, ValueError):
+            answer = ""
+        if answer.isdigit():
+            return int(answer)
+        if answer != "no":  # "no": CUDA came up in the launcher, which forks no more; else it is broken
+            _stop_launcher()
+        return None
+
+
+def _stop_launcher() -> None:
+    global _launcher, _ready
+    if _launcher is not None:
+        with contextlib.suppress(OSError):
+            _launcher.kill()
+    _launcher, _ready = None, False
+
+
+def _answered(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``proc`` has written a line to read within ``timeout`` seconds."""
+    return bool(select.select([proc.stdout], [], [], timeout)[0])
 
 
 class ForkedRun:

@@ -201,6 +201,7 @@ def launch() -> int:
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C ends the server; its input then ends
+    print("ready", flush=True)
     children: dict[int, str] = {}
     pending = b""
     while True:

@@ -78,6 +78,7 @@ def _parent(pid: int) -> int:
 
 @pytest.mark.skipif(not launcher.supported(), reason="runs are forked on Linux only")
 def test_on_linux_a_run_is_forked_from_the_launcher_and_its_exit_code_is_recorded(registry, spec, tmp_path):
+    assert launcher.warm(wait_s=WAIT_S)  # what the Training page asks for when it opens
     job = registry.start(spec(), tmp_path)
     parent = _parent(job.pid)
     assert parent not in (os.getpid(), 1) and "--launcher" in Path(f"/proc/{parent}/cmdline").read_text()

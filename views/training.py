@@ -390,6 +390,7 @@ def _show_picked() -> None:
 require_app()
 
 st.title("Training")
+REGISTRY.warm()  # the first run then starts at once
 st.markdown(
     "Training shows the model batch after batch of text windows and nudges every parameter to make the true "
     "next token a little more likely. Watch two curves: the **training loss** (on text it learns from) and the "
