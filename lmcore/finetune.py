@@ -727,7 +727,9 @@ def plain_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Modul
     from lmcore.models import build_model
 
     module = getattr(model, "_orig_mod", model)
-    copy = build_model(module.config, device=device)
+    # The copy's drawn weights are overwritten: drawn in a fork, the run's own draws (dropout) go on as they were.
+    with torch.random.fork_rng(devices=[]):
+        copy = build_model(module.config, device=device)
     copy.load_state_dict({k: v.detach().to(device, copy=True) for k, v in plain_state_dict(module).items()})
     return copy
 

@@ -130,3 +130,19 @@ def test_lora_trains_the_added_tokens_rows_alone_and_the_adapter_carries_them(ba
     x = torch.tensor([encode_example(chat, EXAMPLES[0])[0]])
     with torch.no_grad():
         assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
+def test_saving_a_lora_run_leaves_its_random_draws_as_they_were(base):
+    """A LoRA run saves a merged copy at its evaluations; making the copy draws none of the numbers the run's
+    dropout draws next, so a run trains the same whether it saves or not."""
+    from lmcore.finetune import apply_lora, plain_copy
+
+    path, tok, _ = base
+    model = load_checkpoint(path).model
+    apply_lora(model, 2)
+    state = torch.get_rng_state()
+    copy = plain_copy(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    x = torch.tensor([tok.encode("the cat")])
+    with torch.no_grad():
+        assert torch.allclose(copy.eval()(x), model.eval()(x), atol=1e-5)
