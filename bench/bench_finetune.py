@@ -7,7 +7,7 @@ Run: nice python3 bench/bench_finetune.py [--data PATH] [--task NAME] [--pretrai
    ``--data`` (default: tiny Shakespeare under ../shared, characters; the first
    90% train, the last 10% validate).
 2. It is fine-tuned on a shipped task (``lmcore.tasks``, default ``uppercase``)
-   ``--iters`` steps twice, through ``lmcore.finetune.finetune``: every weight,
+   ``--iters`` steps twice, through ``lmcore.run.finetune``: every weight,
    and LoRA adapters of rank ``--rank`` on the attention and MLP projections.
    Each reports the share of weights that train, its time, the exact match on
    the task's held-out prompts (greedy, never trained on) and the loss on the
@@ -36,13 +36,13 @@ from lmcore.finetune import (
     apply_lora,
     chat_tokenizer,
     exact_match,
-    finetune,
     grow_vocab,
     save_adapter,
     trainable_share,
 )
 from lmcore.models import ModelConfig, build_model
 from lmcore.recipes import RECIPES
+from lmcore.run import finetune
 from lmcore.tasks import get_task
 from lmcore.train import TrainConfig, Trainer, evaluate_ids
 

@@ -572,43 +572,22 @@ def _chat_generate(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a checkpoint on JSONL prompt/response pairs (full or LoRA) as the app does; one JSON line."""
-    import dataclasses
-
-    from lmcore.checkpoint_resume import resume_settings
-    from lmcore.device import resolve_device
-    from lmcore.finetune import read_examples, save_adapter
-    from lmcore.jobs import finetune_spec
-    from lmcore.run import Run
-    from lmcore.tokenizers import ChatTokenizer
+    from lmcore.run import finetune_result, finetune_run
     from lmcore.train import ProgressBar, TrainConfig
 
     if args.out:
         _check_out_name(Path(args.out))
-    if args.out is None and args.adapter_out is None:
-        raise ConfigError("say where to write the result: an output checkpoint and/or an adapter file")
-    if args.adapter_out is not None and args.lora_rank is None:
-        raise ConfigError("an adapter file needs a LoRA rank; add --lora-rank")
     targets = [t for t in args.lora_targets.split(",") if t] if args.lora_targets else None
     overrides = {"max_iters": 300, "eval_interval": 100, "eval_iters": 10, **_train_overrides(args)}
     overrides.setdefault("warmup_iters", min(20, overrides["max_iters"]))  # fine-tuning runs are short
     tc = TrainConfig(**overrides).validate()
     lora = None if args.lora_rank is None else {
         "rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": targets}  # fmt: skip
-    out = Path(args.out) if args.out else None
-    name = out.name if out is not None else Path(args.adapter_out).name
-    spec = finetune_spec(name, args.checkpoint, read_examples(args.data), tc, lora=lora, add_chars=args.add_chars)
-    run = Run(dataclasses.replace(spec, keep="last"), out, resolve_device(tc.device), [ProgressBar(file=sys.stderr)])
+    run = finetune_run(args.checkpoint, args.data, tc, args.out or None, lora=lora, adapter_out=args.adapter_out,
+                       add_chars=args.add_chars, callbacks=[ProgressBar(file=sys.stderr)])  # fmt: skip
     run.build()
     result, interrupted = _fit(run, _say)
-    ft = spec.data_info["finetune"]
-    result["trainable_share"] = ft["trainable_share"]
-    if run.checkpointer is not None and run.checkpointer.saved_path is not None:
-        result["out"] = str(run.checkpointer.saved_path)
-    if args.adapter_out is not None:
-        base = resume_settings(args.checkpoint)
-        base_vocab = base.tokenizer.vocab_size if isinstance(base.tokenizer, ChatTokenizer) else base.config.vocab_size
-        info = {"extra": list(spec.tokenizer.extra), "base_vocab": base_vocab}
-        result["adapter"] = str(save_adapter(args.adapter_out, run.model, ft["base_checkpoint_id"], info))
+    result = finetune_result(run, result, args.adapter_out)
     if interrupted:
         written = [result[k] for k in ("out", "adapter") if k in result]
         _say(f"error: interrupted at step {result['step']} of {tc.max_iters}; "

@@ -515,68 +515,6 @@ def load_adapter(path: str | os.PathLike, model: nn.Module, base_id: str) -> dic
     return info
 
 
-# --------------------------------------------------------------------------- the run
-
-
-def finetune(
-    base: str | os.PathLike,
-    data: str | os.PathLike,
-    train_config: Any,
-    out: str | os.PathLike | None = None,
-    *,
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-    lora_dropout: float = 0.0,
-    lora_targets: Iterable[str] | None = None,
-    adapter_out: str | os.PathLike | None = None,
-    add_chars: bool = False,
-    val_share: float = 0.1,
-    callbacks: Any = (),
-) -> dict[str, Any]:
-    """Fine-tune the checkpoint ``base`` on the JSONL ``data``; write ``out`` (merged) and/or ``adapter_out``.
-
-    Every check (the data, its characters, the LoRA settings) runs before the
-    first step, so a bad line trains nothing. Returns the Trainer's result plus
-    ``trainable_share`` and the examples' counts.
-    """
-    from lmcore.checkpoint import load_checkpoint, save_checkpoint
-    from lmcore.train import Trainer
-
-    if out is None and adapter_out is None:
-        raise ConfigError("say where to write the result: an output checkpoint and/or an adapter file")
-    if adapter_out is not None and lora_rank is None:
-        raise ConfigError("an adapter file needs a LoRA rank; add --lora-rank")
-    examples = read_examples(data)
-    ckpt = load_checkpoint(base)
-    tok = chat_tokenizer(ckpt.tokenizer, examples, add_chars=add_chars)
-    base_vocab = ckpt.config.vocab_size
-    if isinstance(ckpt.tokenizer, ChatTokenizer):
-        base_vocab = ckpt.tokenizer.vocab_size
-    model = grow_vocab(ckpt.model, tok.vocab_size)
-    model.train()
-    n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0
-    train_ex, val_ex = examples[: len(examples) - n_val], examples[len(examples) - n_val :] or examples
-    block = model.config.block_size
-    train_src = MaskedTokens(*encode_examples(tok, train_ex), min_len=block + 1)
-    val_src = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
-    if lora_rank is not None:
-        apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
-        train_new_rows(model, ckpt.config.vocab_size)
-    share = trainable_share(model)
-    trainer = Trainer(model, train_src, val_src, train_config, callbacks=callbacks)
-    result = trainer.fit()
-    model = trainer.model.cpu()
-    base_id = str(ckpt.metadata.get("checkpoint_id", ""))
-    info = {"extra": list(tok.extra), "base_vocab": base_vocab}
-    if adapter_out is not None:
-        result["adapter"] = str(save_adapter(adapter_out, model, base_id, info))
-    if out is not None:
-        merge_lora(model)
-        data_info = {"finetune": {"examples": len(examples), "lora_rank": lora_rank, "base": base_id}}
-        result["out"] = str(save_checkpoint(out, model, tok, train_state=trainer.train_state(), data_info=data_info))
-    return {**result, "trainable_share": share, "train_examples": len(train_ex), "val_examples": n_val}
-
-
 def load_with_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> tuple[nn.Module, ChatTokenizer]:
     """The base checkpoint grown to the adapter's vocabulary and wrapped with its adapters."""
     from lmcore.checkpoint import load_checkpoint
@@ -727,7 +665,9 @@ def plain_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Modul
     from lmcore.models import build_model
 
     module = getattr(model, "_orig_mod", model)
-    copy = build_model(module.config, device=device)
+    # The copy's drawn weights are overwritten: drawn in a fork, the run's own draws (dropout) go on as they were.
+    with torch.random.fork_rng(devices=[]):
+        copy = build_model(module.config, device=device)
     copy.load_state_dict({k: v.detach().to(device, copy=True) for k, v in plain_state_dict(module).items()})
     return copy
 

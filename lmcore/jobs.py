@@ -69,11 +69,11 @@ from typing import Any
 
 import torch
 
-from lmcore.checkpoint import CheckpointCallback, load_checkpoint
+from lmcore.checkpoint import CheckpointCallback
 from lmcore.checkpoint_names import MAX_NAME_BYTES, MAX_NAME_CHARS, checkpoint_path, sanitize_name
 from lmcore.device import describe_device, resolve_device
 from lmcore.errors import ConfigError, LMCoreError, TrainingError
-from lmcore.finetune import MaskedTokens, chat_tokenizer, encode_examples, lora_trainable_share, plain_state_dict
+from lmcore.finetune import plain_state_dict
 from lmcore.launcher import ForkedRun, run_env, start_run, warm
 from lmcore.models import LanguageModel, ModelConfig, build_model
 from lmcore.models.estimate import available_memory, check_fits, estimate_memory, format_bytes
@@ -723,62 +723,3 @@ def _check_room(needs: int, running: list[TrainingJob], device: torch.device) ->
 
 
 REGISTRY = JobRegistry()
-
-
-def finetune_spec(
-    name: str,
-    base: str | os.PathLike,
-    examples: list[list[dict[str, str]]],
-    train_config: Any,
-    *,
-    lora: dict[str, Any] | None = None,
-    add_chars: bool = False,
-    base_val_ids: Any = None,
-    val_share: float = 0.1,
-    data_info: dict[str, Any] | None = None,
-) -> Any:
-    """The ``RunSpec`` of a fine-tuning run of the checkpoint ``base`` on ``examples`` (through ``JobRegistry.start``).
-
-    The checkpoint's vocabulary gets the chat template (``chat_tokenizer``; unseen
-    characters refused unless ``add_chars``), the examples are split (the last
-    ``val_share`` validate) and encoded with their loss mask. ``lora``: ``rank``
-    (and ``alpha``, ``dropout``, ``targets``) for adapters on a frozen base, else
-    every weight trains. ``base_val_ids``: plain text in the base's vocabulary whose
-    loss every evaluation reports (``BaseLossCallback``). Everything is checked here,
-    before any run starts.
-    """
-    ckpt = load_checkpoint(base, device="cpu")
-    tok = chat_tokenizer(ckpt.tokenizer, examples, add_chars=add_chars)
-    if getattr(ckpt.model, "sized_by_data", False) or not any(p.requires_grad for p in ckpt.model.parameters()):
-        raise ConfigError(f"a {ckpt.config.arch} model learns no weights by gradient; fine-tune a neural model")
-    config = ckpt.config.replace(vocab_size=tok.vocab_size)
-    lora = None if lora is None else {"rank": int(lora["rank"]), "alpha": lora.get("alpha"),
-                                      "dropout": float(lora.get("dropout", 0.0)), "targets": lora.get("targets")}  # fmt: skip
-    share = 1.0
-    if lora is not None:
-        share = lora_trainable_share(config, lora["rank"], lora["targets"], ckpt.config.vocab_size)
-        if not 0.0 <= lora["dropout"] < 1.0:
-            raise ConfigError(f"the LoRA dropout must be in [0, 1), not {lora['dropout']}")
-    n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0
-    train_ex, val_ex = examples[: len(examples) - n_val], examples[len(examples) - n_val :] or examples
-    block = config.block_size
-    train = MaskedTokens(*encode_examples(tok, train_ex), min_len=block + 1)
-    val = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
-    if base_val_ids is not None and len(base_val_ids) < block + 1:
-        base_val_ids = None  # too short to measure; the run goes on without the curve
-    info = {
-        **(data_info or {}),
-        "finetune": {
-            "base": Path(base).name,
-            "base_checkpoint_id": str(ckpt.metadata.get("checkpoint_id", "")),
-            "examples": len(examples),
-            "train_examples": len(train_ex),
-            "val_examples": n_val,
-            "lora_rank": None if lora is None else lora["rank"],
-            "trainable_share": share,
-            "sample_prompt": val_ex[0],
-        },
-        "train_tokens": len(train),
-    }
-    return RunSpec(name, config, tok, train, val, train_config, data_info=info, init_from=base, lora=lora,
-                   base_val_ids=base_val_ids)  # fmt: skip

@@ -4,9 +4,10 @@ A ``RunSpec`` says what to train (a model config from scratch, a checkpoint to
 resume, or one to fine-tune), on which data, and how to keep the checkpoint;
 ``Run(spec, path, device, callbacks)`` builds the model and the ``Trainer``
 (``build``) and trains it (``fit``). The command line (``lmcore train`` and
-``lmcore finetune``, and each rank under torchrun) and the app's runs
+``lmcore finetune``, and each rank under torchrun), the app's runs
 (``jobs.TrainingJob``, in a thread or in the run process of ``lmcore.runs``)
-all go through it, so a run is the same wherever it starts:
+and the library's ``finetune`` all go through it, so a run is the same
+wherever it starts:
 
 - the initial weights are drawn with the run's seed, in a fork of torch's
   global generator and one build at a time (runs in threads beside each
@@ -29,7 +30,9 @@ sample.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +42,23 @@ import torch
 from lmcore.batches import TokenSource, as_source
 from lmcore.checkpoint import CheckpointCallback, load_checkpoint
 from lmcore.checkpoint_names import optimizer_path
-from lmcore.checkpoint_resume import load_resume_state
+from lmcore.checkpoint_resume import load_resume_state, resume_settings
+from lmcore.device import resolve_device
 from lmcore.distributed import is_main
-from lmcore.errors import TrainingError
+from lmcore.errors import ConfigError, TrainingError
 from lmcore.finetune import (
     BaseLossCallback,
+    MaskedTokens,
     apply_lora,
     chat_reply,
+    chat_tokenizer,
+    encode_examples,
     extends,
     grow_vocab,
+    lora_trainable_share,
     merged_checkpoint_callback,
+    read_examples,
+    save_adapter,
     train_new_rows,
 )
 from lmcore.models import LanguageModel, ModelConfig, build_model
@@ -74,7 +84,7 @@ class RunSpec:
     schedule, and saves under its own name. ``keep="best"``: the checkpoint
     holds the best-validation weights; ``"last"``: the latest.
     ``sample_tokens``: the length of the text sampled at each evaluation.
-    Fine-tuning (see ``lmcore.jobs.finetune_spec``): ``tokenizer`` may extend the
+    Fine-tuning (see ``finetune_spec``): ``tokenizer`` may extend the
     ``init_from`` checkpoint's with chat tokens (the model grows to it), the ids may be
     masked sources (``MaskedTokens``), ``lora`` (``rank``, ``alpha``, ``dropout``,
     ``targets``) trains adapters on a frozen base (saved merged, without a resume
@@ -262,3 +272,144 @@ class Run:
         events = generate(model, prompt, max_new_tokens=n, sampling=sampling, stop_ids=[tok.bos_id])
         ids = [e.token_id for e in events]  # generate samples in eval mode and puts the model back as it was
         return tok.decode([i for i in prompt + ids if i != tok.bos_id])
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_spec(
+    name: str,
+    base: str | os.PathLike,
+    examples: list[list[dict[str, str]]],
+    train_config: Any,
+    *,
+    lora: dict[str, Any] | None = None,
+    add_chars: bool = False,
+    base_val_ids: Any = None,
+    val_share: float = 0.1,
+    data_info: dict[str, Any] | None = None,
+) -> RunSpec:
+    """The ``RunSpec`` of a fine-tuning run of the checkpoint ``base`` on ``examples`` (for ``Run``, ``finetune`` or
+    ``jobs.JobRegistry.start``).
+
+    The checkpoint's vocabulary gets the chat template (``chat_tokenizer``; unseen
+    characters refused unless ``add_chars``), the examples are split (the last
+    ``val_share`` validate) and encoded with their loss mask. ``lora``: ``rank``
+    (and ``alpha``, ``dropout``, ``targets``) for adapters on a frozen base, else
+    every weight trains. ``base_val_ids``: plain text in the base's vocabulary whose
+    loss every evaluation reports (``BaseLossCallback``). Everything is checked here,
+    before any run starts.
+    """
+    ckpt = load_checkpoint(base, device="cpu")
+    tok = chat_tokenizer(ckpt.tokenizer, examples, add_chars=add_chars)
+    if getattr(ckpt.model, "sized_by_data", False) or not any(p.requires_grad for p in ckpt.model.parameters()):
+        raise ConfigError(f"a {ckpt.config.arch} model learns no weights by gradient; fine-tune a neural model")
+    config = ckpt.config.replace(vocab_size=tok.vocab_size)
+    lora = None if lora is None else {"rank": int(lora["rank"]), "alpha": lora.get("alpha"),
+                                      "dropout": float(lora.get("dropout", 0.0)), "targets": lora.get("targets")}  # fmt: skip
+    share = 1.0
+    if lora is not None:
+        share = lora_trainable_share(config, lora["rank"], lora["targets"], ckpt.config.vocab_size)
+        if not 0.0 <= lora["dropout"] < 1.0:
+            raise ConfigError(f"the LoRA dropout must be in [0, 1), not {lora['dropout']}")
+    n_val = max(1, int(len(examples) * val_share)) if len(examples) > 1 else 0
+    train_ex, val_ex = examples[: len(examples) - n_val], examples[len(examples) - n_val :] or examples
+    block = config.block_size
+    train = MaskedTokens(*encode_examples(tok, train_ex), min_len=block + 1)
+    val = MaskedTokens(*encode_examples(tok, val_ex), min_len=block + 1)
+    if base_val_ids is not None and len(base_val_ids) < block + 1:
+        base_val_ids = None  # too short to measure; the run goes on without the curve
+    info = {
+        **(data_info or {}),
+        "finetune": {
+            "base": Path(base).name,
+            "base_checkpoint_id": str(ckpt.metadata.get("checkpoint_id", "")),
+            "examples": len(examples),
+            "train_examples": len(train_ex),
+            "val_examples": n_val,
+            "lora_rank": None if lora is None else lora["rank"],
+            "trainable_share": share,
+            "sample_prompt": val_ex[0],
+        },
+        "train_tokens": len(train),
+    }
+    return RunSpec(name, config, tok, train, val, train_config, data_info=info, init_from=base, lora=lora,
+                   base_val_ids=base_val_ids)  # fmt: skip
+
+
+def finetune_run(
+    base: str | os.PathLike,
+    data: str | os.PathLike,
+    train_config: TrainConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    lora: dict[str, Any] | None = None,
+    adapter_out: str | os.PathLike | None = None,
+    add_chars: bool = False,
+    val_share: float = 0.1,
+    callbacks: Any = (),
+) -> Run:
+    """The run that fine-tunes the checkpoint ``base`` on the JSONL ``data`` (``lmcore finetune`` and ``finetune``).
+
+    Refused before anything is read unless it has somewhere to write: ``out`` (the
+    merged checkpoint, saved at every evaluation with the run log beside it) and/or
+    ``adapter_out`` (which needs ``lora``; ``finetune_result`` writes it after the fit).
+    """
+    if out is None and adapter_out is None:
+        raise ConfigError("say where to write the result: an output checkpoint and/or an adapter file")
+    if adapter_out is not None and lora is None:
+        raise ConfigError("an adapter file needs a LoRA rank; add --lora-rank")
+    name = Path(out if out is not None else adapter_out).name  # type: ignore[arg-type]
+    examples = read_examples(data)
+    spec = finetune_spec(name, base, examples, train_config, lora=lora, add_chars=add_chars, val_share=val_share)
+    return Run(dataclasses.replace(spec, keep="last"), out, resolve_device(train_config.device), callbacks)
+
+
+def finetune_result(run: Run, result: dict[str, Any], adapter_out: str | os.PathLike | None) -> dict[str, Any]:
+    """``result`` (the fit's) with what the fine-tuning ``run`` wrote and trained.
+
+    ``out``: the merged checkpoint the run saved (if it saved one); ``adapter``: its
+    LoRA adapters, saved now to ``adapter_out`` with the tokens they add;
+    ``trainable_share`` and the examples' counts (``train_examples``, ``val_examples``).
+    """
+    ft = run.spec.data_info["finetune"]
+    result = {**result, "trainable_share": ft["trainable_share"], "train_examples": ft["train_examples"],
+              "val_examples": ft["val_examples"]}  # fmt: skip
+    if run.checkpointer is not None and run.checkpointer.saved_path is not None:
+        result["out"] = str(run.checkpointer.saved_path)
+    if adapter_out is not None:
+        base = resume_settings(run.spec.init_from)
+        base_vocab = base.tokenizer.vocab_size if isinstance(base.tokenizer, ChatTokenizer) else base.config.vocab_size
+        info = {"extra": list(run.tokenizer.extra), "base_vocab": base_vocab}
+        result["adapter"] = str(save_adapter(adapter_out, run.model, ft["base_checkpoint_id"], info))
+    return result
+
+
+def finetune(
+    base: str | os.PathLike,
+    data: str | os.PathLike,
+    train_config: TrainConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.0,
+    lora_targets: Iterable[str] | None = None,
+    adapter_out: str | os.PathLike | None = None,
+    add_chars: bool = False,
+    val_share: float = 0.1,
+    callbacks: Any = (),
+) -> dict[str, Any]:
+    """Fine-tune the checkpoint ``base`` on the JSONL ``data``; write ``out`` (merged) and/or ``adapter_out``.
+
+    The run ``lmcore finetune`` makes (``finetune_run``): every check (the data, its
+    characters, the LoRA settings) runs before the first step, so a bad line trains
+    nothing; ``out`` gets the run log beside it, with a held-out prompt answered at
+    each evaluation. Returns the fit's result plus ``trainable_share`` and the
+    examples' counts (``finetune_result``).
+    """
+    lora = None if lora_rank is None else {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout,
+                                           "targets": None if lora_targets is None else list(lora_targets)}  # fmt: skip
+    run = finetune_run(base, data, train_config, out, lora=lora, adapter_out=adapter_out, add_chars=add_chars,
+                       val_share=val_share, callbacks=callbacks)  # fmt: skip
+    return finetune_result(run, run.fit(), adapter_out)

@@ -15,7 +15,6 @@ from lmcore.finetune import (
     chat_tokenizer,
     encode_example,
     encode_examples,
-    finetune,
     grow_vocab,
     load_with_adapter,
     merge_lora,
@@ -26,6 +25,7 @@ from lmcore.finetune import (
 from lmcore.models import build_model
 from lmcore.models.base import lm_loss
 from lmcore.models.config import ModelConfig
+from lmcore.run import finetune
 from lmcore.sample import SamplingConfig, generate
 from lmcore.tokenizers import CharTokenizer, tokenizer_from_dict
 from lmcore.train import TrainConfig
@@ -194,6 +194,11 @@ def test_lora_trains_only_the_adapters_and_the_adapter_refuses_another_base(base
     cfg = TrainConfig(batch_size=8, max_iters=20, lr=1e-2, warmup_iters=0, eval_interval=20, eval_iters=2, device="cpu")
     result = finetune(path, data, cfg, tmp_path / "out", lora_rank=4, adapter_out=tmp_path / "ad")
     assert 0 < result["trainable_share"] < 0.5
+    # The run path's log beside the checkpoint: each evaluation with a held-out prompt answered.
+    from lmcore import runlog
+
+    evals = runlog.evals(runlog.read_log(result["out"]))
+    assert [e["step"] for e in evals] == [20] and evals[0]["sample"].startswith("user: ")
     # The base file is untouched and the adapter rebuilds exactly the merged model.
     adapted, tok = load_with_adapter(path, result["adapter"])
     merged = load_checkpoint(result["out"])

@@ -9,9 +9,10 @@ from lmcore.checkpoint import load_checkpoint, save_checkpoint
 from lmcore.checkpoint_names import optimizer_path
 from lmcore.errors import TokenizerError
 from lmcore.finetune import chat_ids, encode_example, exact_match, lora_trainable_share, parse_examples
-from lmcore.jobs import FINISHED, JobRegistry, finetune_spec
+from lmcore.jobs import FINISHED, JobRegistry
 from lmcore.models import build_model
 from lmcore.models.config import ModelConfig
+from lmcore.run import finetune_spec
 from lmcore.tokenizers import CharTokenizer, ChatTokenizer
 from lmcore.train import TrainConfig
 
@@ -130,3 +131,31 @@ def test_lora_trains_the_added_tokens_rows_alone_and_the_adapter_carries_them(ba
     x = torch.tensor([encode_example(chat, EXAMPLES[0])[0]])
     with torch.no_grad():
         assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
+def test_saving_a_lora_run_leaves_its_random_draws_as_they_were(base):
+    """A LoRA run saves a merged copy at its evaluations; making the copy draws none of the numbers the run's
+    dropout draws next, so a run trains the same whether it saves or not."""
+    from lmcore.finetune import apply_lora, plain_copy
+
+    path, tok, _ = base
+    model = load_checkpoint(path).model
+    apply_lora(model, 2)
+    state = torch.get_rng_state()
+    copy = plain_copy(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    x = torch.tensor([tok.encode("the cat")])
+    with torch.no_grad():
+        assert torch.allclose(copy.eval()(x), model.eval()(x), atol=1e-5)
+
+
+def test_a_library_fine_tune_without_somewhere_to_write_is_refused_before_reading(base, tmp_path):
+    from lmcore.errors import ConfigError
+    from lmcore.run import finetune
+
+    path, _, _ = base
+    missing = tmp_path / "not-there.jsonl"  # not read: the refusal comes first
+    with pytest.raises(ConfigError, match="say where to write the result"):
+        finetune(path, missing, settings())
+    with pytest.raises(ConfigError, match="an adapter file needs a LoRA rank"):
+        finetune(path, missing, settings(), adapter_out=tmp_path / "ad")

@@ -19,10 +19,11 @@ from lmcore.data import check_length
 from lmcore.device import DEVICE_CHOICES, describe_device, resolve_device
 from lmcore.errors import LMCoreError
 from lmcore.finetune import chat_tokenizer, encode_example, lora_trainable_share, parse_examples
-from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob, finetune_spec
+from lmcore.jobs import FAILED, FINISHED, MAX_RUNS_ENV, REGISTRY, RUNNING, STOPPED, RunSpec, TrainingJob
 from lmcore.models import SIZES, ModelConfig, family_of
 from lmcore.models.estimate import model_counts
 from lmcore.recipes import INDUCTION_FORMED, INDUCTION_VOCAB, best_induction, recipe, train_settings
+from lmcore.run import finetune_spec
 from lmcore.settings import declared
 from lmcore.tasks import list_tasks
 from lmcore.train import TrainConfig
