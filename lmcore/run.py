@@ -187,11 +187,14 @@ class Run:
                     f"{Path(spec.init_from).name} has another vocabulary than the one that encoded this data; "
                     "encode the data with the checkpoint's tokenizer"
                 )
-            model = grow_vocab(ckpt.model, self.tokenizer.vocab_size)  # chat tokens added: new rows
-            if spec.lora is not None:
-                lora = spec.lora
-                apply_lora(model, lora["rank"], lora.get("alpha"), lora.get("dropout", 0.0), lora.get("targets"))
-                train_new_rows(model, ckpt.config.vocab_size)  # the chat tokens' rows learn beside the adapters
+            # The new rows and the adapters draw their first values from the run's seed, as a new model does.
+            with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.train_config.seed)
+                model = grow_vocab(ckpt.model, self.tokenizer.vocab_size)  # chat tokens added: new rows
+                if spec.lora is not None:
+                    lora = spec.lora
+                    apply_lora(model, lora["rank"], lora.get("alpha"), lora.get("dropout", 0.0), lora.get("targets"))
+                    train_new_rows(model, ckpt.config.vocab_size)  # the chat tokens' rows learn beside the adapters
             self.model_config = model.config
             return model, None
         if spec.resume_from is None:
