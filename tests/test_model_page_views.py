@@ -54,3 +54,19 @@ def test_how_it_works_shows_live_numbers_on_model_training_and_generation(tmp_pa
     at.button(key="generation.go").click().run()
     assert not at.exception
     assert any("\\text{ nats}" in x.value and "bits" in x.value for x in at.get("latex"))
+
+
+@pytest.mark.parametrize("change", ["architecture", "field"])
+def test_a_model_change_holds_when_the_next_page_is_opened_before_this_one_redraws(change: str) -> None:
+    # A click on another page can reach a busy server before the Model page has run again for
+    # the change: the widget's callback (which runs first, whatever comes next) keeps it.
+    at = open_page("views/model.py")
+    if change == "architecture":
+        at.radio(key="keep.model.arch").set_value("mamba")
+    else:
+        at.number_input(key="keep.model.n_layer").set_value(3)
+    at.switch_page("views/training.py").run()  # the Training page runs, not the Model page
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cfg = at.session_state[S.MODEL_CONFIG]
+    assert (cfg.arch == "mamba") if change == "architecture" else (cfg.n_layer == 3), cfg
+    assert f"Model: {'Mamba' if change == 'architecture' else 'GPT-2'}" in " ".join(m.value for m in at.markdown)

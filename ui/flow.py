@@ -110,11 +110,14 @@ def set_tokenizer(tok: Tokenizer) -> None:
     _redraw_setup()
 
 
-def set_model_config(cfg: ModelConfig) -> None:
-    """Make ``cfg`` (validated) the session's model config."""
+def set_model_config(cfg: ModelConfig, redraw: bool = True) -> None:
+    """Make ``cfg`` (validated) the session's model config.
+
+    ``redraw=False`` from a widget's callback: the page has not drawn its sidebar yet (it will, with this).
+    """
     changed = st.session_state.get(S.MODEL_CONFIG) != cfg
     st.session_state[S.MODEL_CONFIG] = cfg
-    if changed:
+    if changed and redraw:
         _redraw_setup()
 
 

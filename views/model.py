@@ -7,7 +7,7 @@ import streamlit as st
 
 from lmcore.data import check_length
 from lmcore.device import resolve_device
-from lmcore.errors import ConfigError
+from lmcore.errors import ConfigError, LMCoreError
 from lmcore.models import FIELDS, PRESETS, SIZES, ModelConfig, preset_family
 from lmcore.models.estimate import check_fits, model_counts, params_by_part, training_memory
 from lmcore.viz import model_diagram
@@ -44,11 +44,37 @@ def _set_fields(cfg: ModelConfig) -> None:
         st.session_state[S.model_field(f)] = kept[S.model_field(f)] = v
 
 
+def _commit() -> None:
+    """A widget's callback: the model the fields now describe becomes the session's at once.
+
+    Callbacks run before the page does, to the end; the page's own run may be cut short
+    by the next click (another page, on a busy server), and the model must not be left
+    behind with it. The page commits the same model again as it draws it.
+    """
+    arch = st.session_state[S.MODEL_ARCH]
+    saved = st.session_state.get(S.MODEL_CONFIG)
+    values = {f: getattr(saved, f) for f in UNDRAWN_FIELDS} if saved is not None and saved.preset == arch else {}
+    for f in preset_family(arch).fields:
+        key = S.model_field(f.name)
+        if key in st.session_state:
+            values[f.name] = f.declared.from_widget(st.session_state[key])
+    if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
+        values["n_kv_head"] = None  # as the page reads it
+    kept = st.session_state.get(S.KEPT, {})
+    try:
+        cfg = ModelConfig.preset(arch, vocab_size=st.session_state[S.TOKENIZER].vocab_size, **values).validate()
+        check_fits(cfg, int(kept.get(S.TRAIN_BATCH, 16)), resolve_device(kept.get(S.TRAIN_DEVICE, "auto")))
+    except LMCoreError:
+        return  # the page says what is wrong when it draws
+    set_model_config(cfg, redraw=False)
+
+
 def _apply_preset() -> None:
     """Size changed: every field goes to that preset."""
     arch = st.session_state[S.MODEL_ARCH]
     size = st.session_state[S.MODEL_SIZE]
     _set_fields(preset_config(arch, size, st.session_state[S.TOKENIZER].vocab_size))
+    _commit()
 
 
 def _switch_arch() -> None:
@@ -67,6 +93,7 @@ def _switch_arch() -> None:
     except ConfigError:
         cfg = cfg.replace(block_size=carried.get("block_size", cfg.block_size))
     _set_fields(cfg)
+    _commit()
 
 
 def explain(error: ConfigError, arch: str, values: dict, vocab_size: int, ints: list[str]) -> str:
@@ -147,7 +174,8 @@ ints = [f.name for f in family.fields if f.kind == "int"]
 for group in ([f for f in family.fields if f.kind == "int"], [f for f in family.fields if f.kind != "int"]):
     cols = st.columns(4) if group else []
     for k, f in enumerate(group):
-        values[f.name] = widget(cols[k % 4], f.declared, S.model_field(f.name), first=start_values[f.name])
+        values[f.name] = widget(cols[k % 4], f.declared, S.model_field(f.name), first=start_values[f.name],
+                                on_change=_commit)
 if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
     values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
 
