@@ -70,3 +70,12 @@ def test_a_model_change_holds_when_the_next_page_is_opened_before_this_one_redra
     cfg = at.session_state[S.MODEL_CONFIG]
     assert (cfg.arch == "mamba") if change == "architecture" else (cfg.n_layer == 3), cfg
     assert f"Model: {'Mamba' if change == 'architecture' else 'GPT-2'}" in " ".join(m.value for m in at.markdown)
+
+
+def test_a_corpus_chosen_holds_when_the_next_page_is_opened_before_the_data_page_redraws() -> None:
+    at = open_page("views/data.py")
+    at.selectbox(key=S.DATA_BUILTIN).set_value("python-names")
+    at.switch_page("views/model.py").run()  # the Model page runs, not the Data page
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    corpus = at.session_state[S.CORPUS]
+    assert corpus.name == "python-names" and corpus.documents  # a list of names: one document per line

@@ -64,8 +64,11 @@ def tokenizer_id(tok: Tokenizer) -> str:
     return hashlib.sha1(json.dumps(tok.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def set_corpus(corpus: Corpus) -> bool:
-    """Make ``corpus`` the session's corpus; False when it is the one already there."""
+def set_corpus(corpus: Corpus, redraw: bool = True) -> bool:
+    """Make ``corpus`` the session's corpus; False when it is the one already there.
+
+    ``redraw=False`` from a widget's callback: the page has not drawn its sidebar yet (it will, with this).
+    """
     cid = corpus_id(corpus)
     if st.session_state.get(S.CORPUS_ID) == cid:
         return False
@@ -74,7 +77,8 @@ def set_corpus(corpus: Corpus) -> bool:
     recipe = st.session_state.get(S.RECIPE_SAVED)
     if recipe is not None and recipe["corpus"] != cid:
         leave_recipe()  # another corpus: the recipe's training settings do not follow it
-    _redraw_setup()
+    if redraw:
+        _redraw_setup()
     return True
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
 import streamlit as st
 
 from lmcore.data import BUILTIN_CORPORA, MAX_CORPUS_BYTES, Corpus, corpus_from_text, corpus_stats, load_corpus
+from lmcore.errors import LMCoreError
 from ui import state as S
 from ui.boundary import user_errors
 from ui.flow import (
@@ -47,7 +49,16 @@ current = require_corpus()
 
 def _on_builtin_change() -> None:
     # A list of names is read one document per line; prose and code as one stream.
-    st.session_state[S.DATA_DOCUMENTS] = st.session_state[S.DATA_BUILTIN] in DOCUMENT_CORPORA
+    name = st.session_state[S.DATA_BUILTIN]
+    st.session_state[S.DATA_DOCUMENTS] = name in DOCUMENT_CORPORA
+    # The corpus becomes the session's here, in the callback (which runs to its end before
+    # anything else): a click on another page could cut this page's own run short.
+    with contextlib.suppress(LMCoreError):  # the page says what is wrong when it draws
+        if set_corpus(load_builtin(name, st.session_state[S.DATA_DOCUMENTS]), redraw=False):
+            st.session_state[_CORPUS_TOAST] = name
+
+
+_CORPUS_TOAST = "data_corpus_set"  # the corpus a callback set, for the page's toast
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -130,8 +141,8 @@ documents = False if shards is not None else st.toggle(
     "start token, and generation stops at the end of a document.",
 )
 
-if new is not None and set_corpus(new):
-    st.toast(f"Corpus set: {md(new.name)}", icon=":material/check:")
+if (new is not None and set_corpus(new)) or st.session_state.pop(_CORPUS_TOAST, None):
+    st.toast(f"Corpus set: {md(st.session_state[S.CORPUS].name)}", icon=":material/check:")
 corpus = st.session_state[S.CORPUS]
 if corpus.documents != documents:
     corpus = dataclasses.replace(corpus, documents=documents)
