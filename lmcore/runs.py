@@ -58,8 +58,8 @@ if __name__ == "__main__":
 import torch  # noqa: E402 - after the signal handlers
 from safetensors.torch import save_file  # noqa: E402
 
-from lmcore.launcher import EXIT_FILE  # noqa: E402
 from lmcore.jobs import SPEC_FILE  # noqa: E402 - the app's side of a run folder (it writes the spec)
+from lmcore.launcher import EXIT_FILE  # noqa: E402 - the exit code the launcher records for a forked run
 
 STATE_FILE = "state.json"
 SNAPSHOT_FILE = "snapshot.safetensors"
@@ -67,7 +67,7 @@ SNAPSHOT_REQUEST = "snapshot.request"
 POLL_S = 0.05
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON at once: a reader sees the old file or the new one."""
     from lmcore.runlog import _clean
 
@@ -181,10 +181,8 @@ def _reap(children: dict[int, str]) -> None:
         run_dir = children.pop(pid, None)
         if run_dir is not None:
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            with contextlib.suppress(OSError):
-                tmp = Path(run_dir) / (EXIT_FILE + ".tmp")
-                tmp.write_text(str(code))
-                os.replace(tmp, Path(run_dir) / EXIT_FILE)
+            with contextlib.suppress(OSError):  # the follower may have removed the folder
+                write_json(Path(run_dir) / EXIT_FILE, code)
 
 
 def launch() -> int:
@@ -230,8 +228,6 @@ def _fork(run_dir: str, children: dict[int, str], cuda_up: bool) -> None:
         try:
             code = _forked(run_dir)
         except BaseException:  # noqa: BLE001 - the child must never return into the launcher's loop
-            import traceback
-
             traceback.print_exc()
         finally:
             sys.stdout.flush()

@@ -76,6 +76,15 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
+def _state(pid: int) -> str | None:
+    """A process's state letter (Linux's /proc: "Z" for a zombie), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
 @pytest.mark.skipif(not launcher.supported(), reason="runs are forked on Linux only")
 def test_on_linux_a_run_is_forked_from_the_launcher_and_its_exit_code_is_recorded(registry, spec, tmp_path):
     assert launcher.warm(wait_s=WAIT_S)  # what the Training page asks for when it opens
@@ -87,6 +96,26 @@ def test_on_linux_a_run_is_forked_from_the_launcher_and_its_exit_code_is_recorde
     second = registry.start(spec("second"), tmp_path)  # the same launcher forks the next run
     assert _parent(second.pid) == parent
     assert second.wait(WAIT_S) and second.status == FINISHED
+
+
+@pytest.mark.skipif(not launcher.supported(), reason="runs are forked on Linux only")
+def test_a_run_still_starts_when_the_launcher_has_died_and_the_next_launcher_forks_again(registry, spec, tmp_path):
+    assert launcher.warm(wait_s=WAIT_S)
+    first = registry.start(spec("first"), tmp_path)
+    dead = _parent(first.pid)
+    assert first.wait(WAIT_S) and first.status == FINISHED
+    os.kill(dead, signal.SIGKILL)  # the launcher is gone (say, the kernel's out-of-memory killer)
+    deadline = time.monotonic() + WAIT_S
+    while _state(dead) not in ("Z", None):  # dead, not yet reaped by this process (its parent)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    after = registry.start(spec("after"), tmp_path)  # a fresh interpreter while a new launcher imports
+    assert _parent(after.pid) == os.getpid()
+    assert after.wait(WAIT_S) and after.status == FINISHED and after.error is None
+    assert launcher.warm(wait_s=WAIT_S)
+    again = registry.start(spec("again"), tmp_path)
+    assert _parent(again.pid) not in (os.getpid(), dead)
+    assert again.wait(WAIT_S) and again.status == FINISHED
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

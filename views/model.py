@@ -44,6 +44,29 @@ def _set_fields(cfg: ModelConfig) -> None:
         st.session_state[S.model_field(f)] = kept[S.model_field(f)] = v
 
 
+def _training_batch() -> int:
+    """The batch size the estimates and the memory check use: the Training page's (a widget key belongs to one page only)."""
+    return int(st.session_state.get(S.KEPT, {}).get(S.TRAIN_BATCH, 16))
+
+
+def _undrawn(saved: ModelConfig | None, arch: str) -> dict:
+    """The fields the page does not draw (the address sets them): they stay while the architecture does."""
+    return {f: getattr(saved, f) for f in UNDRAWN_FIELDS} if saved is not None and saved.preset == arch else {}
+
+
+def _model_of(arch: str, values: dict) -> ModelConfig:
+    """The model the fields' ``values`` describe, validated; ConfigError when training it would not fit in free memory.
+
+    ``values`` is normalised in place: as many key/value heads as heads is plain multi-head attention.
+    """
+    if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
+        values["n_kv_head"] = None
+    cfg = ModelConfig.preset(arch, vocab_size=st.session_state[S.TOKENIZER].vocab_size, **values).validate()
+    device = resolve_device(st.session_state.get(S.KEPT, {}).get(S.TRAIN_DEVICE, "auto"))
+    check_fits(cfg, _training_batch(), device)  # refused before anything is built
+    return cfg
+
+
 def _commit() -> None:
     """A widget's callback: the model the fields now describe becomes the session's at once.
 
@@ -52,18 +75,13 @@ def _commit() -> None:
     behind with it. The page commits the same model again as it draws it.
     """
     arch = st.session_state[S.MODEL_ARCH]
-    saved = st.session_state.get(S.MODEL_CONFIG)
-    values = {f: getattr(saved, f) for f in UNDRAWN_FIELDS} if saved is not None and saved.preset == arch else {}
+    values = _undrawn(st.session_state.get(S.MODEL_CONFIG), arch)
     for f in preset_family(arch).fields:
         key = S.model_field(f.name)
         if key in st.session_state:
             values[f.name] = f.declared.from_widget(st.session_state[key])
-    if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
-        values["n_kv_head"] = None  # as the page reads it
-    kept = st.session_state.get(S.KEPT, {})
     try:
-        cfg = ModelConfig.preset(arch, vocab_size=st.session_state[S.TOKENIZER].vocab_size, **values).validate()
-        check_fits(cfg, int(kept.get(S.TRAIN_BATCH, 16)), resolve_device(kept.get(S.TRAIN_DEVICE, "auto")))
+        cfg = _model_of(arch, values)
     except LMCoreError:
         return  # the page says what is wrong when it draws
     set_model_config(cfg, redraw=False)
@@ -165,9 +183,7 @@ family = preset_family(arch)
 st.info(family.presets[arch].note, icon=":material/lightbulb:")
 
 st.session_state[S.FAMILY_DRAWN] = PRESETS[arch]["arch"]
-values: dict = {}
-if saved is not None and saved.preset == arch:  # fields the page does not draw (the address sets them) stay
-    values.update({f: getattr(saved, f) for f in UNDRAWN_FIELDS})
+values = _undrawn(saved, arch)
 # Each field's widget from its declaration (lmcore.models.config), with the family's own label or limits:
 # the whole numbers in the first rows, the rest below.
 ints = [f.name for f in family.fields if f.kind == "int"]
@@ -176,17 +192,9 @@ for group in ([f for f in family.fields if f.kind == "int"], [f for f in family.
     for k, f in enumerate(group):
         values[f.name] = widget(cols[k % 4], f.declared, S.model_field(f.name), first=start_values[f.name],
                                 on_change=_commit)
-if "n_kv_head" in values and values["n_kv_head"] == values.get("n_head"):
-    values["n_kv_head"] = None  # as many key/value heads as heads: plain multi-head attention
-
-# The batch size and device are Training-page settings (a widget key belongs to one
-# page only); the estimates and the memory check use their current values.
-kept = st.session_state.get(S.KEPT, {})
-batch = int(kept.get(S.TRAIN_BATCH, 16))
+batch = _training_batch()
 try:
-    cfg = ModelConfig.preset(arch, vocab_size=tok.vocab_size, **values).validate()
-    # Refused before anything is built when training it would not fit in free memory.
-    check_fits(cfg, batch, resolve_device(kept.get(S.TRAIN_DEVICE, "auto")))
+    cfg = _model_of(arch, values)
     facts = model_counts(cfg)
 except ConfigError as e:
     st.error(explain(e, arch, values, tok.vocab_size, ints), icon=":material/error:")
