@@ -464,6 +464,9 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
         page.get_by_text("Saved runs (from files, any process)").click()
         # Type into the picker's own box: keys typed before it is drawn reach the page, where
         # Streamlit's "r" shortcut reruns the app and redraws the expander closed.
+        # The picker to the top of the window first: its list of options opens below it, and a list
+        # that opens past the window's bottom edge cannot be clicked.
+        page.locator(".st-key-runs_pick").evaluate("el => el.scrollIntoView({block: 'start'})")
         page.locator(".st-key-runs_pick input").press_sequentially("cli-run")
         # Earlier tests leave other runs in the folder: choose the option by name, not the first match.
         page.get_by_role("option", name=re.compile(r"^cli-run\b")).first.click()
