@@ -13,6 +13,9 @@ FAST := -m "not slow and not browser"
 # Two pytest workers, one per core of a small machine (pytest-xdist); each test file runs
 # on one worker, so a module's fixtures (a trained model, the browser and its server) are made once.
 WORKERS ?= 2
+# A file to a worker (the browser files together: tests/conftest.py), in the order
+# tests/conftest.py gives them (the longest first), not by their number of tests.
+DIST := --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test test-fast test-latest lock setup setup-dev chromium bench
 
@@ -21,15 +24,17 @@ run: setup
 	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 # Set up and run every test: unit, CLI, app and browser tests (CI runs this).
-# The browser tests run after the others, alone: on a machine busy with the other tests
-# their pages' clicks race the redraws (measured: no faster beside them, and flaky).
+# The browser tests run after the others: on a machine busy with the other tests their
+# pages' clicks race the redraws (measured: no faster beside them, and flaky). They leave
+# about a core idle, so the few long computations marked beside_browser run then, on a
+# second worker of their own, niced (tests/conftest.py).
 test: setup-dev chromium
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile -m "not browser"
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m browser
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser and not beside_browser"
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n 2 $(DIST) -m "browser or beside_browser"
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile $(FAST)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) $(FAST)
 
 # The newest versions pyproject.toml allows, in a throwaway environment, against the fast
 # tests: finds drift on purpose (not part of CI). Prints how they differ from the lock.
@@ -40,7 +45,7 @@ test-latest:
 	.venv-latest/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' > .venv-latest/versions.txt
 	@echo "newest allowed versions against $(LOCK) (< lock, > newest):"; \
 	  grep -v '^#' $(LOCK) | diff - .venv-latest/versions.txt || true
-	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) --dist loadfile $(FAST)
+	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) $(DIST) $(FAST)
 	rm -rf .venv-latest
 
 # Write the newest versions pyproject.toml allows into requirements.lock; then run

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lmcore.cli import main
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -36,9 +37,7 @@ FAST = ["--batch-size", "8", "--eval-iters", "2"]
 
 
 def lmcore(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lmcore", *args], cwd=cwd, env=ENV, capture_output=True, timeout=timeout
-    )
+    return run_lmcore(*args, cwd=cwd, env=ENV, timeout=timeout)
 
 
 def text_of(stream: bytes) -> str:

@@ -276,14 +276,11 @@ def test_fine_tuned_model_learns_to_answer(base, tmp_path):
 
 def run_cli(*args, cwd):
     import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    from tests.helpers import ROOT, run_lmcore
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return run_lmcore(*args, cwd=cwd, env=env, text=True)
 
 
 def test_cli_finetune_then_chat(base, tmp_path):

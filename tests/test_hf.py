@@ -7,8 +7,6 @@ classes and ``save_pretrained`` into tmp_path; no test touches the network.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,7 +35,7 @@ from lmcore.models import ModelConfig, build_model
 from lmcore.sample import SamplingConfig, generate
 from lmcore.tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, tokenizer_from_dict
 
-from tests.helpers import ROOT, short_training_run
+from tests.helpers import ROOT, run_lmcore, short_training_run
 
 CORPUS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom.",
@@ -307,8 +305,8 @@ def test_cli_import_and_export(saved: dict[str, Path], tmp_path: Path, capsys: p
 
 def test_cli_offline_hub_id_says_so_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "lmcore", "import", "someone/tiny-model", "--out", str(tmp_path / "x.safetensors")]
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    run = run_lmcore("import", "someone/tiny-model", "--out", str(tmp_path / "x.safetensors"), cwd=ROOT, env=env,
+                     text=True)
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot reach the Hugging Face hub" in lines[0] and "Traceback" not in run.stderr

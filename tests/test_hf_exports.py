@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from lmcore.hf import export_model, import_checkpoint, import_model
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import CharTokenizer
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_lmcore
 
 TEXT = "hello world, a small corpus.\nanother line of it.\n"
 UNSEEN = "x_0"  # none of these characters is in TEXT
@@ -66,9 +64,8 @@ def test_an_older_export_without_its_unknown_token_reports_it_too(tmp_path: Path
 def test_cli_generate_with_an_unseen_character_says_one_line(tmp_path: Path) -> None:
     ckpt, _ = import_checkpoint(str(_export(tmp_path)), tmp_path / "back.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "lmcore", "generate", "--checkpoint", str(ckpt), "--prompt", UNSEEN,
-           "--max-new-tokens", "3", "--device", "cpu"]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    run = run_lmcore("generate", "--checkpoint", str(ckpt), "--prompt", UNSEEN, "--max-new-tokens", "3",
+                     "--device", "cpu", cwd=ROOT, env=env, text=True)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr and "never seen" in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1, run.stderr

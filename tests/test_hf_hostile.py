@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from lmcore.hf import describe_source, import_model, locate_source
 from lmcore.models import ModelConfig, build_model
 from lmcore.tokenizers import HFTokenizer
 from lmcore.tokenizers.hf import backtracking_hazard
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 # Importing torch, transformers and tokenizers takes about 350 MB; a refusal adds little to it.
@@ -169,8 +168,7 @@ def test_a_checkpoint_with_a_backtracking_tokenizer_is_refused_by_eval_and_gener
     text.write_text("a" * 5000 + "b")
     for cmd in (["generate", "--checkpoint", str(bad), "--prompt", "a" * 40 + "b", "--max-new-tokens", "2"],
                 ["eval", "--checkpoint", str(bad), "--data", str(text)]):  # fmt: skip
-        run = subprocess.run([sys.executable, "-m", "lmcore", *cmd, "--device", "cpu"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        run = run_lmcore(*cmd, "--device", "cpu", cwd=ROOT, env=env, text=True)
         assert run.returncode == 2, run.stderr
         assert "panicked" not in run.stderr and "Traceback" not in run.stderr, run.stderr
         assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1, run.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from lmcore.checkpoint_resume import load_resume_state
 from lmcore.errors import CheckpointError
 from lmcore.models import build_model
 from lmcore.tokenizers import CharTokenizer
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 # A careless loader takes many seconds and gigabytes. The time bound is on CPU time, which
@@ -77,10 +76,7 @@ def test_a_five_thousand_digit_number_is_a_checkpoint_error(tmp_path, field):
 
 def test_info_says_one_line_about_a_hostile_file(tmp_path):
     path = hostile.nested(tmp_path, "train")
-    run = subprocess.run(
-        [sys.executable, "-m", "lmcore", "info", "--checkpoint", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    run = run_lmcore("info", "--checkpoint", str(path), cwd=ROOT, text=True)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "nested more than" in run.stderr, run.stderr
 
@@ -209,10 +205,9 @@ def test_out_of_a_folder_writes_inside_it(tmp_path):
     (tmp_path / "models" / "gpt2.safetensors").write_bytes(b"kept")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for out in (tmp_path / "models", str(tmp_path / "new") + "/"):
-        train = [sys.executable, "-m", "lmcore", "train", "--data", str(data), "--n-layer", "1", "--n-embd", "16",
-                 "--n-head", "2", "--block-size", "8", "--batch-size", "2", "--max-iters", "2", "--eval-interval", "2",
-                 "--eval-iters", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
-        run = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        run = run_lmcore("train", "--data", str(data), "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                         "--block-size", "8", "--batch-size", "2", "--max-iters", "2", "--eval-interval", "2",
+                         "--eval-iters", "1", "--device", "cpu", "--out", str(out), cwd=ROOT, env=env, text=True)  # fmt: skip
         assert run.returncode == 0, run.stderr
     assert (tmp_path / "models" / "gpt2.safetensors").read_bytes() == b"kept"
     assert load_checkpoint(tmp_path / "models" / "gpt2-2.safetensors").config.n_layer == 1

@@ -23,7 +23,7 @@ from lmcore.train import (
     lr_schedule,
     make_optimizer,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_lmcore
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -236,20 +236,18 @@ def test_cli_trains_with_muon_and_the_switches_then_refuses_another_optimizer_on
     data.write_text(small_text, encoding="utf-8")
     out = tmp_path / "m.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "lmcore", "train"]
-    run = subprocess.run(
-        [*base, "--data", str(data), "--n-layer", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-         "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--device", "cpu", "--optimizer", "muon",
-         "--muon-lr", "0.05", "--qk-norm", "--mlp", "relu2", "--out", str(out)],  # fmt: skip
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-    )
+    run = run_lmcore(
+        "train", "--data", str(data), "--n-layer", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--device", "cpu", "--optimizer", "muon",
+        "--muon-lr", "0.05", "--qk-norm", "--mlp", "relu2", "--out", str(out), cwd=ROOT, env=env, text=True,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     ckpt = load_checkpoint(out)
     assert ckpt.config.qk_norm and ckpt.config.mlp == "relu2"
     saved = ckpt.train_state["config"]
     assert saved["optimizer"] == "muon" and saved["muon_lr"] == 0.05
-    run = subprocess.run([*base, "--resume", str(out), "--max-iters", "6", "--optimizer", "adamw"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    run = run_lmcore("train", "--resume", str(out), "--max-iters", "6", "--optimizer", "adamw", cwd=ROOT, env=env,
+                     text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == ["error: the run was trained with muon, not adamw; "
                                                "resume it with optimizer muon or train from the weights only"]  # fmt: skip

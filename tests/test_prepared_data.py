@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from lmcore.jobs import FINISHED, REGISTRY
 from lmcore.shards import load_prepared, prepare
 from lmcore.tokenizers import CharTokenizer
 from ui import state as S
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_S = 120
@@ -211,10 +210,8 @@ def test_a_hostile_folder_is_one_line_in_train_on_the_command_line(data_dir: Pat
         folder = data_dir / kind
         prepare(str(outside), folder, "char")
         _hostile(folder, kind, outside)
-        run = subprocess.run(
-            [sys.executable, "-m", "lmcore", "train", "--data", str(folder), "--n-layer", "1", "--n-embd", "8",
-             "--n-head", "1", "--block-size", "8", "--max-iters", "1", "--out", str(data_dir / "m.safetensors")],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        run = run_lmcore("train", "--data", str(folder), "--n-layer", "1", "--n-embd", "8", "--n-head", "1",
+                         "--block-size", "8", "--max-iters", "1", "--out", str(data_dir / "m.safetensors"),
+                         cwd=os.getcwd(), env=env, text=True)  # fmt: skip
         assert run.returncode == 2 and run.stderr.count("\n") == 1 and HOSTILE[kind] in run.stderr, run.stderr
         assert not (data_dir / "m.safetensors").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from lmcore import sae as S
 from lmcore.errors import CheckpointError, ConfigError, LMCoreError
 from lmcore.hooks import run_with_hooks
 from lmcore.models import ModelConfig, build_model
+from tests.helpers import run_lmcore
 
 V = 20
 
@@ -162,7 +162,7 @@ def test_bad_settings_are_one_line_errors(trained) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=cwd, env=env, capture_output=True, timeout=180)
+    return run_lmcore(*args, cwd=cwd, env=env, timeout=180)
 
 
 def test_cli_trains_saves_and_prints_the_evaluation_as_one_json_line(tmp_path: Path) -> None:
