@@ -54,6 +54,8 @@ TOKENIZERS: dict[str, tuple[str, int]] = {
     "mamba-bpe512": ("bpe", 512),
     "mamba-bpe768": ("bpe", 768),
     "mamba-bpe1024-176": ("bpe", 1024),
+    "mamba-bpe1024-176-lr0.003": ("bpe", 1024),
+    "mamba-bpe1024-176-lr0.006": ("bpe", 1024),
     "mamba-bpe1536-176": ("bpe", 1536),
     "mamba-bpe2048-160": ("bpe", 2048),
     "gpt-bpe512": ("bpe", 512),
@@ -99,6 +101,10 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         "cpu-best-char": mamba_bpe(vocab_size, 192),  # cpu-best by character (3 x 192), pinned here
         **{f"mamba-bpe{v}": mamba_bpe(vocab_size, 192) for v in (384, 512, 768)},
         "mamba-bpe1024-176": mamba_bpe(vocab_size, 176),
+        **{f"mamba-bpe1024-176-lr{lr:g}": (mamba_bpe(vocab_size, 176)[0],
+                                           TrainConfig(**{**mamba_bpe(vocab_size, 176)[1].to_dict(), "lr": lr,
+                                                          "min_lr": lr / 10}))
+           for lr in (3e-3, 6e-3)},  # fmt: skip
         "mamba-bpe1536-176": mamba_bpe(vocab_size, 176),
         "mamba-bpe2048-160": mamba_bpe(vocab_size, 160),
         "gpt-bpe512": (base_model, base_train),
