@@ -60,7 +60,8 @@ def test_a_recipe_states_its_tokenizer(small_text: str) -> None:
     # cpu-best-bpe was measured in bits per byte on a byte-level BPE (bench/RESULTS.md); the recipe says so.
     tok = recipe_tokenizer("cpu-best-bpe", small_text)
     assert isinstance(tok, BPETokenizer)
-    assert 256 < tok.vocab_size <= RECIPES["cpu-best-bpe"]["tokenizer"]["vocab_size"]  # a small text may run out of pairs
+    # A small text may run out of pairs before the vocabulary is full.
+    assert 256 < tok.vocab_size <= RECIPES["cpu-best-bpe"]["tokenizer"]["vocab_size"]
     assert tok.decode(tok.encode(small_text[:500])) == small_text[:500]
     assert len(tok.encode(small_text)) < 0.6 * len(small_text)  # several characters a token
     assert isinstance(recipe_tokenizer("baby-gpt", small_text), CharTokenizer)
