@@ -4,6 +4,19 @@ Run:
   python3 bench/bench_recipe_search.py ratio [--steps 30] [--runs a,b,...]
   python3 bench/bench_recipe_search.py train NAME --iters N [--eval-batches 200] [--corpus builtin:python-docs]
 
+A candidate names its tokenizer (``TOKENIZERS``; the character tokenizer
+unless it says otherwise, e.g. ``mamba-bpe512``: byte-level BPE of 512;
+a recipe, as ``cpu-best-bpe``, has its own).
+Every candidate gets the same 90/10 split of the corpus by characters, each
+part tokenized on its own, a BPE trained on the training part only
+(``bench_equal_time.tokenized_split``). ``train`` reports the loss per token
+on the fixed validation batches (``val_loss``, and ``val_bpb_fixed``: that loss
+x the validation part's tokens / bytes / ln 2) and a full pass over the whole
+validation text (``val_loss_full``, ``val_bpb``: every token scored once, in
+windows of 64 tokens), so candidates with different vocabularies compare in
+bits per byte; ``tokenizer_s`` (training the BPE and encoding the corpus) is
+reported apart from the training time.
+
 ``ratio`` steps the baby-GPT baseline and the candidates one step each in
 turn (one process, one thread), so a busy neighbour slows all alike, and
 prints each candidate's median step time over the baseline's: a candidate
@@ -18,20 +31,36 @@ One JSON object on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
 from bench_equal_time import (
-    EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate, mamba1_recipe, mamba2_model, mamba2_train,
+    EVAL_BATCH, EVAL_BLOCK, EVAL_SEED, TimedRun, evaluate, full_pass, mamba1_recipe, mamba2_model, mamba2_train,
+    tokenized_split,
 )
 from common import CORPUS, emit, log, read_corpus
-from lmcore.data import load_corpus, split_ids
+from lmcore.data import load_corpus
 from lmcore.models import ModelConfig, build_model
-from lmcore.recipes import recipe
-from lmcore.tokenizers import CharTokenizer
-from lmcore.train import TrainConfig, Trainer
+from lmcore.recipes import RECIPES, recipe
+from lmcore.train import TrainConfig, Trainer, bits_per_byte
+
+# The candidates that are not by character: name -> (tokenizer, vocabulary size). Each is
+# built by ``candidates`` for its own vocabulary; widths keep them at 0.7-0.9M parameters.
+TOKENIZERS: dict[str, tuple[str, int]] = {
+    "mamba-bpe384": ("bpe", 384),
+    "mamba-bpe512": ("bpe", 512),
+    "mamba-bpe768": ("bpe", 768),
+    "mamba-bpe1024-176": ("bpe", 1024),
+    "mamba-bpe1024-176-lr0.003": ("bpe", 1024),
+    "mamba-bpe1024-176-lr0.006": ("bpe", 1024),
+    "mamba-bpe1536-176": ("bpe", 1536),
+    "mamba-bpe2048-160": ("bpe", 2048),
+    "gpt-bpe512": ("bpe", 512),
+    "gpt-bpe1024-112": ("bpe", 1024),
+}
 
 
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
@@ -48,6 +77,7 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     return {
         "baseline": (base_model, base_train),
         "cpu-best": recipe("cpu-best", vocab_size),
+        "cpu-best-bpe": recipe("cpu-best-bpe", vocab_size),  # on its recipe's tokenizer, a BPE of 1,024
         "mamba": (best_model, best_train),
         "mamba-muon-0.02": (best_model, TrainConfig(**{**bt, "optimizer": "muon", "muon_lr": 0.02})),
         "mamba-muon-0.04": (best_model, TrainConfig(**{**bt, "optimizer": "muon", "muon_lr": 0.04})),
@@ -66,7 +96,37 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         # Mamba-2 at the same width and depth, 64-channel heads, under the time-shaped schedule.
         **{f"mamba2-s{n}-lr{lr:g}": (mamba2_model(vocab_size, n), mamba2_train(lr))
            for n, lr in ((16, 4e-3), (16, 6e-3), (16, 1e-2), (32, 6e-3))},  # fmt: skip
+        # On a byte-level BPE (TOKENIZERS): the char cpu-best's Mamba (3 layers, d_state 8, lr 4e-3,
+        # its time-shaped schedule) at a width that keeps 0.7-0.9M parameters, and the baby GPT; block 64 tokens.
+        "cpu-best-char": mamba_bpe(vocab_size, 192),  # cpu-best by character (3 x 192), pinned here
+        **{f"mamba-bpe{v}": mamba_bpe(vocab_size, 192) for v in (384, 512, 768)},
+        "mamba-bpe1024-176": mamba_bpe(vocab_size, 176),
+        **{f"mamba-bpe1024-176-lr{lr:g}": (mamba_bpe(vocab_size, 176)[0],
+                                           TrainConfig(**{**mamba_bpe(vocab_size, 176)[1].to_dict(), "lr": lr,
+                                                          "min_lr": lr / 10}))
+           for lr in (3e-3, 6e-3)},  # fmt: skip
+        "mamba-bpe1536-176": mamba_bpe(vocab_size, 176),
+        "mamba-bpe2048-160": mamba_bpe(vocab_size, 160),
+        "gpt-bpe512": (base_model, base_train),
+        "gpt-bpe1024-112": (base_model.replace(n_embd=112).validate(), base_train),
     }
+
+
+def mamba_bpe(vocab_size: int, width: int) -> tuple[ModelConfig, TrainConfig]:
+    """cpu-best's Mamba (3 layers, d_state 8) at ``width``, with the training settings it had by character."""
+    model = ModelConfig.preset("mamba", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=width, d_state=8,
+                               d_conv=4, expand=2)  # fmt: skip
+    train = TrainConfig(batch_size=12, max_iters=20_000, lr=4e-3, min_lr=4e-4, warmup_iters=1000, weight_decay=0.1,
+                        beta1=0.9, beta2=0.99, grad_clip=1.0, schedule="time", time_budget_s=94.0)  # fmt: skip
+    return model.validate(), train.validate()
+
+
+def tokenizer_of(name: str) -> tuple[str, int | None]:
+    """(kind, vocabulary size) of candidate ``name``'s tokenizer: a recipe's own, the rest char unless listed."""
+    if name in RECIPES:
+        spec = RECIPES[name]["tokenizer"]
+        return spec["kind"], spec.get("vocab_size")
+    return TOKENIZERS.get(name, ("char", None))
 
 
 def main() -> None:
@@ -81,14 +141,25 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     text = load_corpus(args.corpus).text if args.corpus else read_corpus()
-    tok = CharTokenizer.train(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    train_ids, val_ids = split_ids(ids, 0.1)
-    cands = candidates(tok.vocab_size)
+    splits: dict[tuple[str, int | None], dict] = {}
+
+    def data(name: str) -> dict:
+        """The split for candidate ``name``'s tokenizer, tokenized once per tokenizer."""
+        spec = tokenizer_of(name)
+        if spec not in splits:
+            splits[spec] = tokenized_split(text, *spec)
+            d = splits[spec]
+            log(f"{spec[0]} {d['tokenizer'].vocab_size}: {len(d['train_ids']):,} + {len(d['val_ids']):,} tokens, "
+                f"{d['val_bytes'] / len(d['val_ids']):.3f} bytes per val token, {d['tokenizer_s']:.1f}s")
+        return splits[spec]
+
+    def configs(name: str) -> tuple[ModelConfig, TrainConfig]:
+        return candidates(data(name)["tokenizer"].vocab_size)[name]
 
     if args.mode == "ratio":
-        names = ["baseline"] + [n for n in (args.runs.split(",") if args.runs else cands) if n != "baseline"]
-        runs = {n: TimedRun(*cands[n], train_ids) for n in names}
+        every = candidates(66)
+        names = ["baseline"] + [n for n in (args.runs.split(",") if args.runs else every) if n != "baseline"]
+        runs = {n: TimedRun(*configs(n), data(n)["train_ids"]) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.steps):
             for n, r in runs.items():
@@ -100,13 +171,16 @@ def main() -> None:
         for n in names:
             med = statistics.median(times[n][3:])
             ratio = med / base
-            out[n] = {"params": runs[n].model.num_params(), "ms_per_step": round(med * 1e3, 1),
+            out[n] = {"tokenizer": tokenizer_of(n)[0], "vocab_size": runs[n].model.config.vocab_size,
+                      "params": runs[n].model.num_params(), "ms_per_step": round(med * 1e3, 1),
                       "ratio": round(ratio, 3), "steps_in_budget": int(2000 / ratio)}  # fmt: skip
             log(f"{n}: {out[n]}")
         emit({"mode": "ratio", "steps": args.steps, "runs": out})
         return
 
-    model_cfg, train_cfg = cands[args.name]
+    d = data(args.name)
+    tok, train_ids, val_ids = d["tokenizer"], d["train_ids"], d["val_ids"]
+    model_cfg, train_cfg = configs(args.name)
     steps_cfg = {}
     if train_cfg.schedule == "time":  # the same shape over the counted steps: warmup takes the same share
         warm = max(1, round(args.iters * train_cfg.warmup_iters / train_cfg.max_iters))
@@ -120,8 +194,15 @@ def main() -> None:
     gen = torch.Generator().manual_seed(EVAL_SEED)
     starts = torch.randint(len(val_ids) - EVAL_BLOCK, (args.eval_batches, EVAL_BATCH), generator=gen)
     loss, acc = evaluate(model, val_ids, starts)
-    res = {"mode": "train", "name": args.name, "corpus": args.corpus or CORPUS.name, "params": model.num_params(), "iters": args.iters,
-           "wall_s": round(time.perf_counter() - t0, 1), "val_loss": round(loss, 4), "val_acc": round(acc, 4)}  # fmt: skip
+    wall_s = time.perf_counter() - t0
+    loss_full, bpb = full_pass(model, val_ids, tok)
+    res = {"mode": "train", "name": args.name, "corpus": args.corpus or CORPUS.name,
+           "tokenizer": d["kind"], "vocab_size": tok.vocab_size, "tokenizer_s": round(d["tokenizer_s"], 2),
+           "val_bytes_per_token": round(d["val_bytes"] / len(val_ids), 4),
+           "params": model.num_params(), "iters": args.iters, "wall_s": round(wall_s, 1),
+           "val_loss": round(loss, 4), "val_bpb_fixed": round(bits_per_byte(loss, val_ids, tok), 4),
+           "val_acc": round(acc, 4), "val_loss_full": round(loss_full, 4), "val_bpb": round(bpb, 4),
+           "val_nats_per_char_full": round(bpb * math.log(2) * d["val_bytes"] / d["val_chars"], 4)}  # fmt: skip
     log(str(res))
     emit(res, indent=None)
 

@@ -11,18 +11,20 @@ from lmcore.data import split_ids
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.interpret import head_scores, probe_ids, token_losses
-from lmcore.recipes import INDUCTION_VOCAB, RECIPES, induction_data, recipe
-from lmcore.tokenizers import CharTokenizer
+from lmcore.recipes import INDUCTION_VOCAB, RECIPES, induction_data, recipe, recipe_tokenizer
+from lmcore.tokenizers import BPETokenizer, CharTokenizer
 from lmcore.train import TrainConfig, Trainer
 
 SHAKESPEARE_VOCAB = 66  # the character vocabulary of tiny Shakespeare (65 characters and BOS)
 
 
-@pytest.mark.parametrize("name", ["baby-gpt", "cpu-best"])
+@pytest.mark.parametrize("name", ["baby-gpt", "cpu-best", "cpu-best-bpe"])
 def test_recipe_validates_and_is_between_0_7m_and_0_9m_parameters(name: str) -> None:
-    model_cfg, train_cfg = recipe(name, SHAKESPEARE_VOCAB)
+    # At the vocabulary of its own tokenizer on tiny Shakespeare: a BPE's size is the one asked for.
+    vocab = RECIPES[name]["tokenizer"].get("vocab_size", SHAKESPEARE_VOCAB)
+    model_cfg, train_cfg = recipe(name, vocab)
     assert isinstance(model_cfg, ModelConfig) and isinstance(train_cfg, TrainConfig)
-    assert model_cfg.vocab_size == SHAKESPEARE_VOCAB
+    assert model_cfg.vocab_size == vocab
     assert model_cfg.preset == RECIPES[name]["preset"]
     n = build_model(model_cfg).num_params()
     assert 700_000 <= n <= 900_000, f"{name} has {n:,} parameters"
@@ -54,6 +56,22 @@ def test_recipe_follows_the_vocabulary() -> None:
     assert build_model(model_cfg).num_params() > build_model(recipe("cpu-best", SHAKESPEARE_VOCAB)[0]).num_params()
 
 
+def test_a_recipe_states_its_tokenizer(small_text: str) -> None:
+    # cpu-best-bpe was measured in bits per byte on a byte-level BPE (bench/RESULTS.md); the recipe says so.
+    tok = recipe_tokenizer("cpu-best-bpe", small_text)
+    assert isinstance(tok, BPETokenizer)
+    # A small text may run out of pairs before the vocabulary is full.
+    assert 256 < tok.vocab_size <= RECIPES["cpu-best-bpe"]["tokenizer"]["vocab_size"]
+    assert tok.decode(tok.encode(small_text[:500])) == small_text[:500]
+    assert len(tok.encode(small_text)) < 0.6 * len(small_text)  # several characters a token
+    assert isinstance(recipe_tokenizer("baby-gpt", small_text), CharTokenizer)
+    assert isinstance(recipe_tokenizer("cpu-best", small_text), CharTokenizer)
+    with pytest.raises(ConfigError, match="induction_data"):
+        recipe_tokenizer("induction", small_text)
+    with pytest.raises(ConfigError, match="choose one of"):
+        recipe_tokenizer("gpt-5", small_text)
+
+
 def test_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="baby-gpt.*cpu-best"):
         recipe("gpt-5", SHAKESPEARE_VOCAB)
@@ -66,7 +84,8 @@ def test_bad_vocabulary_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_trains_a_few_steps(name: str, small_text: str) -> None:
-    tok = CharTokenizer.train(small_text)
+    # On the recipe's own tokenizer (the induction recipe has none: by character here).
+    tok = recipe_tokenizer(name, small_text) if "tokenizer" in RECIPES[name] else CharTokenizer.train(small_text)
     ids = torch.tensor(tok.encode(small_text), dtype=torch.long)
     train_ids, val_ids = split_ids(ids, 0.1)
     model_cfg, train_cfg = recipe(name, tok.vocab_size)
