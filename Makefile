@@ -13,8 +13,8 @@ FAST := -m "not slow and not browser"
 # Two pytest workers, one per core of a small machine (pytest-xdist); each test file runs
 # on one worker, so a module's fixtures (a trained model, the browser and its server) are made once.
 WORKERS ?= 2
-# A file to a worker (the browser files together: tests/conftest.py), in the order
-# tests/conftest.py gives them (the longest first), not by their number of tests.
+# A file to a worker, in the order tests/conftest.py gives them (the longest first), not by
+# their number of tests: two workers that end with short files finish together.
 DIST := --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test test-fast test-latest lock setup setup-dev chromium bench
@@ -24,13 +24,13 @@ run: setup
 	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 # Set up and run every test: unit, CLI, app and browser tests (CI runs this).
-# The browser tests run after the others: on a machine busy with the other tests their
-# pages' clicks race the redraws (measured: no faster beside them, and flaky). They leave
-# about a core idle, so the few long computations marked beside_browser run then, on a
-# second worker of their own, niced (tests/conftest.py).
+# The browser tests run after the others, alone: on a machine busy with the other tests
+# their pages' clicks race the redraws (measured: no faster beside them, and flaky). They
+# live in tests/test_browser*.py (tests/conftest.py refuses one elsewhere), so only those
+# files are collected for them.
 test: setup-dev chromium
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser and not beside_browser"
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n 2 $(DIST) -m "browser or beside_browser"
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser"
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m browser tests/test_browser*.py
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev

@@ -171,18 +171,22 @@ def _forked(run_dir: str) -> int:
 
 
 def _reap(children: dict[int, str]) -> None:
+    """Record each ended run's exit code, then reap it: the record is there before the process is gone,
+    so a server that finds the process gone finds its code (``launcher.ForkedRun.poll``)."""
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # look, leave it waitable
         except ChildProcessError:
             return
-        if pid == 0:
+        if ended is None:
             return
-        run_dir = children.pop(pid, None)
+        run_dir = children.pop(ended.si_pid, None)
         if run_dir is not None:
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            signalled = ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+            code = -ended.si_status if signalled else ended.si_status
             with contextlib.suppress(OSError):  # the follower may have removed the folder
                 write_json(Path(run_dir) / EXIT_FILE, code)
+        os.waitpid(ended.si_pid, 0)
 
 
 def launch() -> int:

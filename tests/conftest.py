@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,19 +78,14 @@ SLOW_TESTS = {
     "test_finetune_runs.py::test_a_fine_tuning_run_saves_a_chat_checkpoint_and_measures_forgetting",
 }
 FAST_LIMIT_S = 2.0
-# Long computations with no page to watch. `make test` runs them beside the browser tests
-# (`-m "browser or beside_browser"` on two workers): the browser tests wait on redraws and live
-# runs and so leave about a core idle. Their worker is niced, so the pages come first.
-BESIDE_BROWSER = {
-    "test_recipes.py::test_induction_recipe_forms_an_induction_head",
-    "test_distributed.py::test_two_gloo_ranks_equal_one_process_accumulating_two_micro_batches_and_resume",
-}
-# The browser tests live in these files, each with its server: on two workers they stay on one.
+# The browser tests live in these files: `make test` collects only them for its browser run.
 BROWSER_FILES = "test_browser*.py"
 # The modules that take longest (measured), run first: two workers that start with the long
 # ones and end with the short ones finish together, instead of one waiting for the other
 # (`make test` passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FIRST = [
+    "test_recipes.py",  # the induction recipe: about two minutes on one core
+    "test_distributed.py",
     "test_finetune.py",
     "test_cli.py",
     "test_package.py",
@@ -116,47 +110,16 @@ _slow_in_fast: list[tuple[str, float]] = []
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if {"browser", "server"} & set(getattr(item, "fixturenames", ())):
             if not item.path.match(BROWSER_FILES):
-                raise pytest.UsageError(f"{item.nodeid} drives the browser: move it to a {BROWSER_FILES} file")
+                raise pytest.UsageError(f"{item.nodeid} drives the browser: move it to a tests/{BROWSER_FILES} file")
             item.add_marker(pytest.mark.browser)
             item.add_marker(pytest.mark.slow)
-        if name in BESIDE_BROWSER:
-            item.add_marker(pytest.mark.beside_browser)
-            item.add_marker(pytest.mark.slow)
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if item.path.name in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order stays
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """With `--dist loadfile`: a file to a worker, as pytest-xdist does, except that the browser
-    files go to one worker together and the BESIDE_BROWSER tests to one worker together."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class Grouped(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path, _, rest = nodeid.partition("::")
-            name = f"{Path(path).name}::{rest.partition('[')[0]}"
-            if name in BESIDE_BROWSER:
-                return "beside_browser"
-            return "browser" if Path(path).match(BROWSER_FILES) else path
-
-    return Grouped(config, log)  # type: ignore[arg-type]
-
-
-_niced = False
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    global _niced
-    if item.get_closest_marker("beside_browser") and not _niced:
-        os.nice(10)
-        _niced = True
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -19,6 +19,7 @@ from lmcore import runlog
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
 from lmcore.train import TrainConfig, Trainer
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -31,9 +32,12 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 
 
 def run(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
-    cmd = [sys.executable, *launch, "-m", "lmcore", "train", *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    if ranks == 1:
+        done = run_lmcore("train", *args, cwd=ROOT, env=ENV, text=True)
+    else:
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+        cmd = [sys.executable, *launch, "-m", "lmcore", "train", *args]
+        done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
