@@ -82,10 +82,12 @@ def assert_seeded_sampling_past_block_size(model, new_tokens: int, seed: int) ->
 # and environment, as `python -m lmcore` has. What only a fresh interpreter shows (the console
 # script, what importing costs, Ctrl-C) is tested through subprocess.
 _SERVER = r"""
-import json, os, runpy, sys, traceback
+import json, os, resource, runpy, sys, traceback
 import torch, lmcore.cli
 
 def run(request):
+    if request["address_space"]:  # a runaway allocation fails here, not the machine
+        resource.setrlimit(resource.RLIMIT_AS, (request["address_space"],) * 2)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -159,8 +161,11 @@ def _fork_server() -> subprocess.Popen:
 
 
 def run_lmcore(*args: str, cwd: Path | str, env: dict[str, str] | None = None, timeout: float = 300,
-               text: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
-    """``subprocess.run([python, "-m", "lmcore", *args], capture_output=True)``, less the interpreter's start."""
+               text: bool = False, address_space: int | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """``subprocess.run([python, "-m", "lmcore", *args], capture_output=True)``, less the interpreter's start.
+
+    ``address_space``: the process's RLIMIT_AS in bytes, as a ``preexec_fn`` would set it.
+    """
     import json
     import signal
     import tempfile
@@ -171,7 +176,7 @@ def run_lmcore(*args: str, cwd: Path | str, env: dict[str, str] | None = None, t
     with tempfile.TemporaryDirectory() as folder:
         out, err = os.path.join(folder, "out"), os.path.join(folder, "err")
         request = {"args": list(args), "cwd": str(cwd), "env": dict(os.environ if env is None else env),
-                   "out": out, "err": err}  # fmt: skip
+                   "out": out, "err": err, "address_space": address_space}  # fmt: skip
         server.stdin.write((json.dumps(request) + "\n").encode())
         server.stdin.flush()
         pid = int(_read_line(server.stdout.fileno(), time.monotonic() + 60) or "0")

@@ -104,7 +104,8 @@ def go(page: Page, label: str, wait_for: str | None = None) -> tuple[float, floa
 
 def screenshot(page: Page, name: str) -> None:
     wait_idle(page)
-    page.wait_for_timeout(500)  # lazily loaded widgets (the file uploader) draw themselves
+    if page.locator('[data-testid="stFileUploader"]').count():
+        page.wait_for_timeout(500)  # the file uploader is loaded lazily: let it draw itself
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 

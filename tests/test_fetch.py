@@ -14,10 +14,8 @@ import functools
 import http.server
 import ipaddress
 import os
-import resource
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ import lmcore.shards as shards
 from lmcore.data import load_corpus
 from lmcore.errors import DataError
 from lmcore.shards import load_prepared, prepare
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -38,17 +37,13 @@ BAD_URLS = ["http://[::1", "http://[::1/x.txt", "https://example.org:99999/x.txt
 BOUND_S = 20.0  # generous on a shared machine; without a deadline the slow server below runs for 60 s
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a runaway allocation fails here, not the machine
+MEMORY_CAP = 3 << 30  # the process's address space: a runaway allocation fails there, not the machine
 
 
 def lmcore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", *PROXY_VARS)}
     base.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", LMCORE_CACHE_DIR=str(cwd / "cache"))
-    return subprocess.run(
-        [sys.executable, "-m", "lmcore", *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True,
-        text=True, timeout=300, preexec_fn=_limit_memory,
-    )  # fmt: skip
+    return run_lmcore(*args, cwd=cwd, env={**base, **(env or {})}, text=True, address_space=MEMORY_CAP)
 
 
 def one_line(err: str) -> str:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lmcore.cli import build_parser, main
+from tests.helpers import run_lmcore
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTREMES = ["-1", "1e308", "nan", "2147483647", "99999999999"]
@@ -132,8 +130,7 @@ def test_a_checkpoint_or_export_name_is_one_safe_component(capsys, here, name):
     assert sorted(p.name for p in here.iterdir()) == ["ckpt.safetensors", "small.txt"]
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a runaway allocation fails here, not the machine
+MEMORY_CAP = 3 << 30  # the process's address space: a runaway allocation fails there, not the machine
 
 
 CASES = {
@@ -159,8 +156,7 @@ CASES = {
 def test_flags_that_cost_a_machine_are_one_line_in_a_real_process(here, case):
     args, words = CASES[case]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=here, env=env, capture_output=True, text=True,
-                         timeout=300, preexec_fn=_limit_memory)  # fmt: skip
+    run = run_lmcore(*args, cwd=here, env=env, text=True, address_space=MEMORY_CAP)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and words in run.stderr, run.stderr
     assert "MemoryError" not in run.stderr and sorted(p.name for p in here.iterdir()) == ["ckpt.safetensors", "small.txt"]
 
