@@ -179,7 +179,10 @@ def run_lmcore(*args: str, cwd: Path | str, env: dict[str, str] | None = None, t
                    "out": out, "err": err, "address_space": address_space}  # fmt: skip
         server.stdin.write((json.dumps(request) + "\n").encode())
         server.stdin.flush()
-        pid = int(_read_line(server.stdout.fileno(), time.monotonic() + 60) or "0")
+        pid_line = _read_line(server.stdout.fileno(), time.monotonic() + 60)
+        if pid_line is None:  # never signal a pid that was not read: 0 would be this process group
+            raise RuntimeError("the lmcore fork server did not start the command within 60 s")
+        pid = int(pid_line)
         status = _read_line(server.stdout.fileno(), time.monotonic() + timeout)
         if status is None:
             os.kill(pid, signal.SIGKILL)

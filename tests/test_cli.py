@@ -12,7 +12,6 @@ import json
 import keyword
 import math
 import os
-import re
 import time
 import shutil
 import signal
@@ -38,6 +37,18 @@ FAST = ["--batch-size", "8", "--eval-iters", "2"]
 
 def lmcore(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     return run_lmcore(*args, cwd=cwd, env=ENV, timeout=timeout)
+
+
+def test_a_forked_command_line_answers_as_a_fresh_interpreter_does(work):
+    # run_lmcore (tests/helpers.py) stands in for `python -m lmcore` in most tests: the same
+    # exit status, stdout and stderr, byte for byte, for a success and for two refusals.
+    for args in (["--help"], ["info", "--checkpoint", "missing.safetensors"],
+                 ["train", "--preset", "gpt5", "--data", "small.txt"]):  # fmt: skip
+        fresh = subprocess.run([sys.executable, "-m", "lmcore", *args], cwd=work, env=ENV, capture_output=True,
+                               timeout=180)  # fmt: skip
+        forked = lmcore(*args, cwd=work)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert fresh.returncode == 2 and fresh.stderr.count(b"\n") == 1
 
 
 def text_of(stream: bytes) -> str:
