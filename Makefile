@@ -62,11 +62,19 @@ lock:
 $(PYTHON):
 	$(BASE_PYTHON) -m venv $(VENV)
 
-setup: $(PYTHON)
-	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements.txt
+# pip runs only when the lock, a requirements file or pyproject.toml is newer than the last
+# install (a stamp file in the environment): even a pip that finds nothing to do takes seconds.
+# `rm $(VENV)/.installed-*` installs again.
+setup: $(VENV)/.installed-app
+setup-dev: $(VENV)/.installed-dev
 
-setup-dev: $(PYTHON)
+$(VENV)/.installed-app: $(LOCK) requirements.txt pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(LOCK) requirements.txt requirements-dev.txt pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install -q -c $(LOCK) -r requirements-dev.txt
+	touch $@
 
 # Debian's Chromium for the browser tests, installed only when missing.
 chromium:

@@ -463,6 +463,7 @@ def test_a_cli_run_in_another_process_is_listed_overlaid_and_followed_live(serve
         # redraw moves the expander under the click.
         wait_idle(page)
         page.get_by_text("Saved runs (from files, any process)").click()
+        wait_idle(page)  # a rerun under way shows the picker twice (the old one marked stale) until it ends
         # Type into the picker's own box: keys typed before it is drawn reach the page, where
         # Streamlit's "r" shortcut reruns the app and redraws the expander closed.
         # The picker to the top of the window first: its list of options opens below it, and a list
