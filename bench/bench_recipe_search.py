@@ -62,6 +62,27 @@ TOKENIZERS: dict[str, tuple[str, int]] = {
     "gpt-bpe1024-112": ("bpe", 1024),
 }
 
+# Settings tried on the two best BPE Mambas (``mamba-bpe2048-160-minlr0``, ...): suffix -> (ModelConfig
+# overrides, TrainConfig overrides). The model's and ``batch_size`` change the step time (measure the ratio);
+# the others keep the base's. Warmup is a share of max_iters (20,000) under the time-shaped schedule: 400 = 2%.
+BPE_VARIANTS: dict[str, tuple[dict, dict]] = {
+    "minlr0": ({}, {"min_lr": 0.0}),
+    "minlr1e-5": ({}, {"min_lr": 1e-5}),
+    "lr6e-3-minlr0": ({}, {"lr": 6e-3, "min_lr": 0.0}),
+    "warm2-minlr0": ({}, {"warmup_iters": 400, "min_lr": 0.0}),
+    "wd0-minlr0": ({}, {"weight_decay": 0.0, "min_lr": 0.0}),
+    "b2-0.95-minlr0": ({}, {"beta2": 0.95, "min_lr": 0.0}),
+    "b8-minlr0": ({}, {"batch_size": 8, "min_lr": 0.0}),
+    "b16-minlr0": ({}, {"batch_size": 16, "min_lr": 0.0}),
+    "b24-minlr0": ({}, {"batch_size": 24, "min_lr": 0.0}),
+    "d4-minlr0": ({"d_state": 4}, {"min_lr": 0.0}),
+    "d4-lr6e-3-minlr0": ({"d_state": 4}, {"lr": 6e-3, "min_lr": 0.0}),
+}
+BPE_BASES = {"mamba-bpe2048-160": (2048, 160), "mamba-bpe1024-176": (1024, 176)}
+TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() for v in BPE_VARIANTS})
+# Mamba-2 on a BPE of 2,048 (160 wide: 5 SSM heads of 64), state 16, its char search's lr 6e-3, cosine to 0.
+TOKENIZERS["mamba2-bpe2048-160-s16"] = ("bpe", 2048)
+
 
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     """The baseline and the candidates, by name."""
@@ -107,6 +128,13 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
            for lr in (3e-3, 6e-3)},  # fmt: skip
         "mamba-bpe1536-176": mamba_bpe(vocab_size, 176),
         "mamba-bpe2048-160": mamba_bpe(vocab_size, 160),
+        **{f"{b}-{v}": (mamba_bpe(vocab_size, w)[0].replace(**mo).validate(),
+                        TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), **to}))
+           for b, (_, w) in BPE_BASES.items() for v, (mo, to) in BPE_VARIANTS.items()},  # fmt: skip
+        "mamba2-bpe2048-160-s16": (
+            ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=160, d_state=16,
+                               ssm_head_dim=64).validate(),
+            TrainConfig(**{**mamba_bpe(vocab_size, 160)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0})),  # fmt: skip
         "gpt-bpe512": (base_model, base_train),
         "gpt-bpe1024-112": (base_model.replace(n_embd=112).validate(), base_train),
     }
