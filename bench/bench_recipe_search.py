@@ -94,6 +94,7 @@ MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "-lr8e-3-wd0.3": {"lr": 8e-3, "weight_decay": 0.3},
 }
 TOKENIZERS.update({f"mamba2-bpe2048-160-s16{v}": ("bpe", 2048) for v in MAMBA2_BPE_VARIANTS})
+TOKENIZERS.update({f"mamba2-bpe1024-192-s16{v}": ("bpe", 1024) for v in MAMBA2_BPE_VARIANTS})  # 6 heads of 64
 
 
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
@@ -143,11 +144,11 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
         **{f"{b}-{v}": (mamba_bpe(vocab_size, w)[0].replace(**mo).validate(),
                         TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), **to}))
            for b, (_, w) in BPE_BASES.items() for v, (mo, to) in BPE_VARIANTS.items()},  # fmt: skip
-        **{f"mamba2-bpe2048-160-s16{v}": (
-            ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=160, d_state=16,
+        **{f"mamba2-bpe{vs}-{w}-s16{v}": (
+            ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=w, d_state=16,
                                ssm_head_dim=64).validate(),
-            TrainConfig(**{**mamba_bpe(vocab_size, 160)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0, **o}))
-           for v, o in MAMBA2_BPE_VARIANTS.items()},  # fmt: skip
+            TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0, **o}))
+           for vs, w in ((2048, 160), (1024, 192)) for v, o in MAMBA2_BPE_VARIANTS.items()},  # fmt: skip
         "gpt-bpe512": (base_model, base_train),
         "gpt-bpe1024-112": (base_model.replace(n_embd=112).validate(), base_train),
     }
