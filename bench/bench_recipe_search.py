@@ -88,6 +88,8 @@ TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() f
 MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "": {},
     "-wd0.3": {"weight_decay": 0.3},
+    "-wd0.3-seed1": {"weight_decay": 0.3, "seed": 1},  # other batches: the spread a seed gives
+    "-wd0.3-seed2": {"weight_decay": 0.3, "seed": 2},
     "-wd0.5": {"weight_decay": 0.5},
     "-wd1": {"weight_decay": 1.0},
     "-lr4e-3": {"lr": 4e-3},
