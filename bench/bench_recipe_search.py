@@ -76,6 +76,7 @@ BPE_VARIANTS: dict[str, tuple[dict, dict]] = {
     "b16-minlr0": ({}, {"batch_size": 16, "min_lr": 0.0}),
     "b24-minlr0": ({}, {"batch_size": 24, "min_lr": 0.0}),
     "seed1-minlr0": ({}, {"seed": 1, "min_lr": 0.0}),  # other batches: the spread a seed gives
+    "seed2-minlr0": ({}, {"seed": 2, "min_lr": 0.0}),
     "wd0.3-minlr0": ({}, {"weight_decay": 0.3, "min_lr": 0.0}),
     "wd1-minlr0": ({}, {"weight_decay": 1.0, "min_lr": 0.0}),
     "d4-minlr0": ({"d_state": 4}, {"min_lr": 0.0}),
