@@ -15,7 +15,13 @@ x the validation part's tokens / bytes / ln 2) and a full pass over the whole
 validation text (``val_loss_full``, ``val_bpb``: every token scored once, in
 windows of 64 tokens), so candidates with different vocabularies compare in
 bits per byte; ``tokenizer_s`` (training the BPE and encoding the corpus) is
-reported apart from the training time.
+reported apart from the training time. ``train_tail_bpb`` is the same full
+pass over the training part's last tokens (as many as the validation part
+has) and ``passes`` the training tokens seen over those in the training part:
+the gap between the two bpb shows how much a run has fitted its training text.
+Settings variants of the best BPE models are named by suffix
+(``BPE_VARIANTS``, ``MAMBA2_BPE_VARIANTS``: ``mamba-bpe2048-160-wd0.3-minlr0``,
+``mamba2-bpe2048-160-s16-wd0.3``, ...).
 
 ``ratio`` steps the baby-GPT baseline and the candidates one step each in
 turn (one process, one thread), so a busy neighbour slows all alike, and
