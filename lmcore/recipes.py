@@ -29,7 +29,7 @@ text)`` trains the tokenizer the recipe was measured with (by character, or
   cpu-best's time budget. Each token is about 2.4 characters of tiny
   Shakespeare, so every step sees more text over a longer context for about
   the same time: in the baby GPT's time it reaches 2.17-2.19 bits per byte
-  there (two batch seeds) against cpu-best's 2.33. On a text of 1 MB the BPE
+  there (three runs) against cpu-best's 2.33. On a text of 1 MB the BPE
   runs overfit (their training text scores about 0.4 bits per byte better
   than held-out text), hence the weight decay. It is not ``cpu-best`` because that holds only on
   a large enough text: the run goes over the training tokens more often (2.3
