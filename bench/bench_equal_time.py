@@ -12,9 +12,9 @@ exactly as a user would run it. Every other run gets the same training time:
   shape and hyper-parameters, cosine over the time budget;
 - ``cpu-best``: the playground's best CPU recipe (``recipe("cpu-best")``),
   its time-shaped schedule over this run's budget;
-- ``cpu-best-bpe``: that recipe on a byte-level BPE of 1,024 tokens
-  (``recipe("cpu-best-bpe")``), trained on the training part: compare it
-  with the others in ``val_bpb``;
+- ``cpu-best-bpe``: the best recipe on a byte-level BPE of 1,024 tokens
+  (``recipe("cpu-best-bpe")``, a Mamba-2), the BPE trained on the training
+  part: compare it with the others in ``val_bpb``;
 - ``mamba``: the Mamba-1 that was cpu-best before Mamba-2 (3 x 192, d_state
   8, lr 4e-3, warmup 50 steps), cosine over the time budget;
 - ``mamba-muon``: that Mamba trained with Muon (muon_lr 0.02) on its

@@ -15,7 +15,13 @@ x the validation part's tokens / bytes / ln 2) and a full pass over the whole
 validation text (``val_loss_full``, ``val_bpb``: every token scored once, in
 windows of 64 tokens), so candidates with different vocabularies compare in
 bits per byte; ``tokenizer_s`` (training the BPE and encoding the corpus) is
-reported apart from the training time.
+reported apart from the training time. ``train_tail_bpb`` is the same full
+pass over the training part's last tokens (as many as the validation part
+has) and ``passes`` the training tokens seen over those in the training part:
+the gap between the two bpb shows how much a run has fitted its training text.
+Settings variants of the best BPE models are named by suffix
+(``BPE_VARIANTS``, ``MAMBA2_BPE_VARIANTS``: ``mamba-bpe2048-160-wd0.3-minlr0``,
+``mamba2-bpe2048-160-s16-wd0.3``, ...).
 
 ``ratio`` steps the baby-GPT baseline and the candidates one step each in
 turn (one process, one thread), so a busy neighbour slows all alike, and
@@ -62,6 +68,43 @@ TOKENIZERS: dict[str, tuple[str, int]] = {
     "gpt-bpe1024-112": ("bpe", 1024),
 }
 
+# Settings tried on the two best BPE Mambas (``mamba-bpe2048-160-minlr0``, ...): suffix -> (ModelConfig
+# overrides, TrainConfig overrides). The model's and ``batch_size`` change the step time (measure the ratio);
+# the others keep the base's. Warmup is a share of max_iters (20,000) under the time-shaped schedule: 400 = 2%.
+BPE_VARIANTS: dict[str, tuple[dict, dict]] = {
+    "minlr0": ({}, {"min_lr": 0.0}),
+    "minlr1e-5": ({}, {"min_lr": 1e-5}),
+    "lr6e-3-minlr0": ({}, {"lr": 6e-3, "min_lr": 0.0}),
+    "warm2-minlr0": ({}, {"warmup_iters": 400, "min_lr": 0.0}),
+    "wd0-minlr0": ({}, {"weight_decay": 0.0, "min_lr": 0.0}),
+    "b2-0.95-minlr0": ({}, {"beta2": 0.95, "min_lr": 0.0}),
+    "b8-minlr0": ({}, {"batch_size": 8, "min_lr": 0.0}),
+    "b16-minlr0": ({}, {"batch_size": 16, "min_lr": 0.0}),
+    "b24-minlr0": ({}, {"batch_size": 24, "min_lr": 0.0}),
+    "seed1-minlr0": ({}, {"seed": 1, "min_lr": 0.0}),  # other batches: the spread a seed gives
+    "seed2-minlr0": ({}, {"seed": 2, "min_lr": 0.0}),
+    "wd0.3-minlr0": ({}, {"weight_decay": 0.3, "min_lr": 0.0}),
+    "wd1-minlr0": ({}, {"weight_decay": 1.0, "min_lr": 0.0}),
+    "d4-minlr0": ({"d_state": 4}, {"min_lr": 0.0}),
+    "d4-lr6e-3-minlr0": ({"d_state": 4}, {"lr": 6e-3, "min_lr": 0.0}),
+}
+BPE_BASES = {"mamba-bpe2048-160": (2048, 160), "mamba-bpe1024-176": (1024, 176)}
+TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() for v in BPE_VARIANTS})
+# Mamba-2 on a BPE of 2,048 (160 wide: 5 SSM heads of 64), state 16, its char search's lr 6e-3, cosine to 0.
+# Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``); none changes the step time.
+MAMBA2_BPE_VARIANTS: dict[str, dict] = {
+    "": {},
+    "-wd0.3": {"weight_decay": 0.3},
+    "-wd0.3-seed1": {"weight_decay": 0.3, "seed": 1},  # other batches: the spread a seed gives
+    "-wd0.3-seed2": {"weight_decay": 0.3, "seed": 2},
+    "-wd0.5": {"weight_decay": 0.5},
+    "-wd1": {"weight_decay": 1.0},
+    "-lr4e-3": {"lr": 4e-3},
+    "-lr8e-3-wd0.3": {"lr": 8e-3, "weight_decay": 0.3},
+}
+TOKENIZERS.update({f"mamba2-bpe2048-160-s16{v}": ("bpe", 2048) for v in MAMBA2_BPE_VARIANTS})
+TOKENIZERS.update({f"mamba2-bpe1024-192-s16{v}": ("bpe", 1024) for v in MAMBA2_BPE_VARIANTS})  # 6 heads of 64
+
 
 def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
     """The baseline and the candidates, by name."""
@@ -107,6 +150,14 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
            for lr in (3e-3, 6e-3)},  # fmt: skip
         "mamba-bpe1536-176": mamba_bpe(vocab_size, 176),
         "mamba-bpe2048-160": mamba_bpe(vocab_size, 160),
+        **{f"{b}-{v}": (mamba_bpe(vocab_size, w)[0].replace(**mo).validate(),
+                        TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), **to}))
+           for b, (_, w) in BPE_BASES.items() for v, (mo, to) in BPE_VARIANTS.items()},  # fmt: skip
+        **{f"mamba2-bpe{vs}-{w}-s16{v}": (
+            ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=w, d_state=16,
+                               ssm_head_dim=64).validate(),
+            TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0, **o}))
+           for vs, w in ((2048, 160), (1024, 192)) for v, o in MAMBA2_BPE_VARIANTS.items()},  # fmt: skip
         "gpt-bpe512": (base_model, base_train),
         "gpt-bpe1024-112": (base_model.replace(n_embd=112).validate(), base_train),
     }
@@ -196,12 +247,16 @@ def main() -> None:
     loss, acc = evaluate(model, val_ids, starts)
     wall_s = time.perf_counter() - t0
     loss_full, bpb = full_pass(model, val_ids, tok)
+    # The same full pass over the end of the training part (as many tokens as the validation part): the gap
+    # to val_bpb shows how much the run has fitted its training text.
+    _, train_bpb = full_pass(model, train_ids[-len(val_ids):], tok)
     res = {"mode": "train", "name": args.name, "corpus": args.corpus or CORPUS.name,
            "tokenizer": d["kind"], "vocab_size": tok.vocab_size, "tokenizer_s": round(d["tokenizer_s"], 2),
            "val_bytes_per_token": round(d["val_bytes"] / len(val_ids), 4),
            "params": model.num_params(), "iters": args.iters, "wall_s": round(wall_s, 1),
            "val_loss": round(loss, 4), "val_bpb_fixed": round(bits_per_byte(loss, val_ids, tok), 4),
            "val_acc": round(acc, 4), "val_loss_full": round(loss_full, 4), "val_bpb": round(bpb, 4),
+           "train_tail_bpb": round(train_bpb, 4), "passes": round(args.iters * cfg.batch_size * 64 / len(train_ids), 2),
            "val_nats_per_char_full": round(bpb * math.log(2) * d["val_bytes"] / d["val_chars"], 4)}  # fmt: skip
     log(str(res))
     emit(res, indent=None)
