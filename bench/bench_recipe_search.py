@@ -256,7 +256,7 @@ def main() -> None:
            "params": model.num_params(), "iters": args.iters, "wall_s": round(wall_s, 1),
            "val_loss": round(loss, 4), "val_bpb_fixed": round(bits_per_byte(loss, val_ids, tok), 4),
            "val_acc": round(acc, 4), "val_loss_full": round(loss_full, 4), "val_bpb": round(bpb, 4),
-           "train_tail_bpb": round(train_bpb, 4), "passes": round(args.iters * cfg.batch_size * 64 / len(train_ids), 2),
+           "train_tail_bpb": round(train_bpb, 4), "passes": round(args.iters * cfg.batch_size * model_cfg.block_size / len(train_ids), 2),
            "val_nats_per_char_full": round(bpb * math.log(2) * d["val_bytes"] / d["val_chars"], 4)}  # fmt: skip
     log(str(res))
     emit(res, indent=None)
