@@ -217,6 +217,27 @@ def test_the_chunk_length_changes_nothing_but_the_speed():
         torch.testing.assert_close(a(idx), b(idx), rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_acts_on_the_mixer_output_in_training_only():
+    plain, dropped = tiny_model(), tiny_model(dropout=0.5)
+    idx = ids(2, 16, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(idx), plain(idx))  # evaluation: no dropout, the same weights
+        dropped.train()
+        torch.manual_seed(1)
+        first = dropped(idx)
+        torch.manual_seed(1)
+        again = dropped(idx)
+        other = dropped(idx)
+    torch.testing.assert_close(first, again)  # drawn from torch's generator: a seed repeats it
+    assert not torch.allclose(first, other) and not torch.allclose(first, plain(idx))
+    # What is dropped is the mixer's branch, not the residual stream: where an entry of the branch is
+    # zeroed the block passes its input through unchanged, about half the entries at p = 0.5.
+    x = dropped.embedding(idx)
+    with torch.no_grad():
+        kept_input = (dropped.layers[0](x)[0] == x).float().mean().item()
+    assert 0.35 < kept_input < 0.65, kept_input
+
+
 def test_gated_norm_works_per_group():
     model = tiny_model()
     norm = model.layers[0].mixer.norm  # 32 channels in 2 groups of 16

@@ -15,6 +15,8 @@ One block, pre-norm and residual: ``x + mixer(rmsnorm(x))``, where the mixer is
 5. ``y + D x``, gated and normalised: RMSNorm(y · SiLU(z)) in groups of E / G
    channels (as mamba_ssm's Mamba2), then ``out_proj``: E -> D.
 A final RMSNorm, and logits through the token embedding (tied) or a separate head.
+``dropout`` (training only) zeroes entries of each block's mixer output before
+the residual add, as a transformer's residual dropout; 0 by default.
 
 Where Mamba-1 has a decay per channel and state (E x N exponentials per step),
 Mamba-2's decay is one scalar per head. That is what makes the duality: the
@@ -56,6 +58,7 @@ from lmcore.hooks import HookPoint
 from lmcore.models.config import ModelConfig
 from lmcore.models.family import (
     BLOCK_SIZE,
+    DROPOUT,
     N_EMBD,
     N_LAYER,
     TIE_WEIGHTS,
@@ -333,13 +336,17 @@ class Mamba2Block(nn.Module):
         self.hook_resid_post = HookPoint(f"blocks.{layer}.hook_resid_post")
         self.norm = RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mixer = Mamba2Mixer(config, layer)
+        self.dropout = config.dropout
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         residual = self.hook_resid_pre(x)  # (B, T, D)
         mixed, state = self.mixer(self.norm(residual), state)
-        return self.hook_resid_post(residual + self.hook_mixer_out(mixed)), state
+        mixed = self.hook_mixer_out(mixed)
+        if self.dropout and self.training:
+            mixed = F.dropout(mixed, self.dropout, True)
+        return self.hook_resid_post(residual + mixed), state
 
 
 def _diagram(c: ModelConfig) -> Diagram:
@@ -397,6 +404,7 @@ FAMILY = Family(
         Field("ssm_head_dim"),
         Field("n_groups"),
         Field("chunk_size"),
+        DROPOUT,
         TIE_WEIGHTS,
     ),  # fmt: skip
     diagram=_diagram,
