@@ -84,7 +84,7 @@ BROWSER_FILES = "test_browser*.py"
 # ones and end with the short ones finish together, instead of one waiting for the other
 # (`make test` passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FIRST = [
-    "test_recipes.py",  # the induction recipe: about two minutes on one core
+    "test_recipes.py",  # the induction recipe: about 1.7 minutes on one core
     "test_distributed.py",
     "test_finetune.py",
     "test_cli.py",
@@ -133,6 +133,20 @@ def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: p
         write(f"unmarked tests slower than {FAST_LIMIT_S:.0f} s (mark them slow, or list them in tests/conftest.py):")
         for nodeid, seconds in sorted(_slow_in_fast, key=lambda x: -x[1]):
             write(f"  {seconds:6.1f} s  {nodeid}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_launcher(request: pytest.FixtureRequest) -> None:
+    """Start this process's run launcher (lmcore.launcher) when the session drives the app in this process.
+
+    The app forks its runs from a launcher that has imported torch; the first run of a process
+    starts one and, until it is ready, runs start as fresh interpreters (about 4 CPU seconds
+    each). Started here, it has imported torch by the time the first test starts a run.
+    """
+    if any(item.path.name in SLOW_MODULES for item in request.session.items):
+        from lmcore import launcher
+
+        launcher.warm()
 
 
 @pytest.fixture(scope="session")

@@ -74,13 +74,14 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
-def new_page(browser: Browser, url: str) -> Page:
-    """A fresh browser session (its own cookies and Streamlit session) on the app's first page."""
+def new_page(browser: Browser, url: str, page_title: str = "Data") -> Page:
+    """A fresh browser session (its own cookies and Streamlit session) at ``url``: the app's first page,
+    or the page an address names (``page_title``: its title)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(url)
-    expect(page.locator("h1", has_text="Data")).to_be_visible(timeout=90_000)
+    expect(page.locator("h1", has_text=page_title)).to_be_visible(timeout=90_000)
     return page
 
 
@@ -306,10 +307,14 @@ def test_newcomer_journey(server: tuple[str, Path], browser: Browser, tmp_path: 
 
 def test_two_sessions_train_at_the_same_time(server: tuple[str, Path], browser: Browser) -> None:
     url, folder = server
-    pages = [new_page(browser, url) for _ in range(2)]
+    # Each opens an address that sets up its run (the settings a copied link carries; setting them
+    # by hand is the newcomer's journey).
+    settings = f"iters={TWIN_STEPS}&eval={TWIN_STEPS // 2}&eval_iters=2&warmup=5"
+    pages = [new_page(browser, f"{url}/training?{settings}&name=twin-{n}", "Training") for n in range(2)]
     for n, page in enumerate(pages):
-        go(page, "Training")
-        setup_run(page, iterations=TWIN_STEPS, eval_every=TWIN_STEPS // 2, name=f"twin-{n}")
+        wait_idle(page)
+        expect(page.get_by_label("Iterations", exact=True)).to_have_value(str(TWIN_STEPS))
+        expect(page.get_by_text(f"twin-{n}.safetensors").first).to_be_visible()
     start_times = []
     for page in pages:
         start_times.append(time.monotonic())
@@ -511,21 +516,22 @@ MEAN_BITS = re.compile(r"Mean surprise ([\d.]+) bits per token")
 
 @pytest.fixture(scope="module")
 def peek(server: tuple[str, Path]) -> str:
-    """A tiny GPT-2 trained for a few seconds on one repeated sentence, saved as peek.safetensors in the app's folder."""
+    """A tiny GPT-2 trained for a few seconds on one repeated sentence, with head scores at each evaluation,
+    saved as peek.safetensors in the app's folder."""
     import torch
 
     from lmcore.checkpoint import save_checkpoint
     from lmcore.data import build_tokenizer, corpus_from_text, encode_corpus, split_ids
     from lmcore.models import ModelConfig, build_model
-    from lmcore.train import TrainConfig, Trainer
+    from lmcore.train import HeadScoresCallback, TrainConfig, Trainer
 
     corpus = corpus_from_text(CATS, name="cats")
     tok = build_tokenizer("char", corpus.text)
     train_ids, val_ids = split_ids(encode_corpus(tok, corpus), 0.1)
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("gpt2", vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
-    cfg = TrainConfig(batch_size=8, max_iters=60, lr=1e-2, warmup_iters=5, eval_interval=60, eval_iters=2, device="cpu")
-    trainer = Trainer(model, train_ids, val_ids, cfg)
+    cfg = TrainConfig(batch_size=8, max_iters=60, lr=1e-2, warmup_iters=5, eval_interval=20, eval_iters=2, device="cpu")
+    trainer = Trainer(model, train_ids, val_ids, cfg, callbacks=[HeadScoresCallback()])
     trainer.fit()
     save_checkpoint(server[1] / "peek", model, tok, train_state=trainer.train_state())
     return "peek"
@@ -596,6 +602,36 @@ def test_surprise_colours_each_token_and_a_chart_downloads_as_html(server: tuple
     expect(emb.locator(".scatterlayer .point").first).to_be_attached(timeout=60_000)
     expect(emb).to_contain_text("letter")
     screenshot(page, "13_embedding_map")
+    page.context.close()
+
+
+def test_a_click_on_a_head_score_draws_its_map_beside_the_chart_and_selects_it(server: tuple[str, Path], browser: Browser, peek: str) -> None:
+    url, _ = server
+    page = new_page(browser, url)
+    go(page, "Attention")
+    wait_idle(page)
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name=re.compile(rf"^Saved: {peek} ")).click()
+    wait_idle(page)
+    charts = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]')
+    scores = charts.filter(has=page.locator(".scatterlayer"))
+    expect(scores.locator(".scatterlayer .trace").first).to_be_attached(timeout=60_000)
+    scores.scroll_into_view_if_needed()
+    # The last trace is layer 1, head 1 (the model has 2 layers of 2 heads); click its last point.
+    point = scores.locator(".scatterlayer .trace").last.locator(".point").last
+    point.click(force=True)
+    wait_idle(page)
+    picked = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]', has_text="layer 1 · head 1")
+    expect(picked.last).to_be_visible(timeout=60_000)
+    box, chart = picked.last.bounding_box(), scores.first.bounding_box()
+    assert abs(box["y"] - chart["y"]) < 200 and box["x"] > chart["x"] + chart["width"] / 2  # beside, not far below
+    screenshot(page, "17_head_score_click")
+    # The "One head" tab (above the chart) now shows layer 1, head 1: its selectors were moved there.
+    page.get_by_role("tab", name="One head").click()
+    one = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]:visible', has_text="layer 1 · head 1")
+    expect(one.first).to_be_visible()
+    roles = page.locator("h3", has_text="Head roles over training").bounding_box()
+    assert one.first.bounding_box()["y"] < roles["y"]
     page.context.close()
 
 
