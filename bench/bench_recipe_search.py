@@ -91,7 +91,9 @@ BPE_VARIANTS: dict[str, tuple[dict, dict]] = {
 BPE_BASES = {"mamba-bpe2048-160": (2048, 160), "mamba-bpe1024-176": (1024, 176)}
 TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() for v in BPE_VARIANTS})
 # Mamba-2 on a BPE of 2,048 (160 wide: 5 SSM heads of 64), state 16, its char search's lr 6e-3, cosine to 0.
-# Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``); none changes the step time.
+# Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``), and ``dropout``, the model's
+# (MAMBA2_MODEL_KEYS); none changes the step time but dropout's, a little.
+MAMBA2_MODEL_KEYS = ("dropout",)
 MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "": {},
     "-wd0.3": {"weight_decay": 0.3},
@@ -101,6 +103,11 @@ MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "-wd1": {"weight_decay": 1.0},
     "-lr4e-3": {"lr": 4e-3},
     "-lr8e-3-wd0.3": {"lr": 8e-3, "weight_decay": 0.3},
+    "-wd0.3-b2-0.95": {"weight_decay": 0.3, "beta2": 0.95},
+    "-wd0.3-warm2": {"weight_decay": 0.3, "warmup_iters": 400},  # warmup over 2% of the budget, not 5%
+    # The BPE models fit their training text (train-tail bpb far under val): dropout on each block's output.
+    **{f"-wd0.3-do{p:g}{s}": {"weight_decay": 0.3, "dropout": p, **({"seed": int(s[5:])} if s else {})}
+       for p in (0.05, 0.1, 0.2) for s in ("", "-seed1", "-seed2")},  # fmt: skip
 }
 TOKENIZERS.update({f"mamba2-bpe2048-160-s16{v}": ("bpe", 2048) for v in MAMBA2_BPE_VARIANTS})
 TOKENIZERS.update({f"mamba2-bpe1024-192-s16{v}": ("bpe", 1024) for v in MAMBA2_BPE_VARIANTS})  # 6 heads of 64
@@ -155,8 +162,9 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
            for b, (_, w) in BPE_BASES.items() for v, (mo, to) in BPE_VARIANTS.items()},  # fmt: skip
         **{f"mamba2-bpe{vs}-{w}-s16{v}": (
             ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=w, d_state=16,
-                               ssm_head_dim=64).validate(),
-            TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0, **o}))
+                               ssm_head_dim=64, **{k: v for k, v in o.items() if k in MAMBA2_MODEL_KEYS}).validate(),
+            TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0,
+                           **{k: v for k, v in o.items() if k not in MAMBA2_MODEL_KEYS}}))
            for vs, w in ((2048, 160), (1024, 192)) for v, o in MAMBA2_BPE_VARIANTS.items()},  # fmt: skip
         "gpt-bpe512": (base_model, base_train),
         "gpt-bpe1024-112": (base_model.replace(n_embd=112).validate(), base_train),
