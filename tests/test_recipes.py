@@ -117,7 +117,7 @@ def _scores(model: torch.nn.Module) -> tuple[float, float]:
     return float(head_scores(model)["induction"].max()), float(repeated)
 
 
-@pytest.mark.slow  # about 1,150 steps of the recipe on one thread: about 1.7 minutes here (more on a busy machine)
+@pytest.mark.slow  # about 900 steps of the recipe on one thread: about 1.5 minutes here (more on a busy machine)
 @pytest.mark.timeout(1800)
 def test_induction_recipe_forms_an_induction_head() -> None:
     # Olsson et al. 2022: copying by "what followed this token last time". The probe's segments
@@ -129,11 +129,11 @@ def test_induction_recipe_forms_an_induction_head() -> None:
     # steps leaves the run as the recipe's.
     train_cfg = TrainConfig(**{**train_cfg.to_dict(), "eval_interval": 50, "eval_iters": 1, "device": "cpu"})
     train_ids, val_ids = induction_data()
-    # The weights' seed decides how soon: under seed 2 a head scores over 0.5 at 1,150 steps, under
-    # seeds 0, 3 and 4 at 1,250 to 1,500, under seed 1 after 1,500 (bench/RESULTS.md). The test
+    # The weights' seed decides how soon: under seed 11 a head scores over 0.5 at 900 steps, the
+    # soonest of seeds 0-14; under the others at 1,100 steps or later (bench/RESULTS.md). The test
     # stops at the first such evaluation, so another seed or machine only takes longer, up to the
     # recipe's 3,000 steps.
-    torch.manual_seed(2)
+    torch.manual_seed(11)
     model = build_model(model_cfg)
     untrained, _ = _scores(model)
     formed: list[int] = []
