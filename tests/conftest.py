@@ -84,7 +84,7 @@ BROWSER_FILES = "test_browser*.py"
 # ones and end with the short ones finish together, instead of one waiting for the other
 # (`make test` passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FIRST = [
-    "test_recipes.py",  # the induction recipe: about 1.7 minutes on one core
+    "test_recipes.py",  # the induction recipe: about 1.5 minutes on one core
     "test_distributed.py",
     "test_finetune.py",
     "test_cli.py",

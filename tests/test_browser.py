@@ -554,15 +554,20 @@ def set_text(page: Page, label: str, text: str) -> None:
     expect(box).to_have_value(text)
 
 
-def test_surprise_colours_each_token_and_a_chart_downloads_as_html(server: tuple[str, Path], browser: Browser, peek: str, tmp_path: Path) -> None:
-    url, _ = server
+def open_saved(browser: Browser, url: str, label: str, name: str) -> Page:
+    """A fresh session on page ``label`` with the saved checkpoint ``name`` chosen as its model
+    (earlier tests leave runs on the server, so it is chosen by name)."""
     page = new_page(browser, url)
-    go(page, "Surprise")
-    # Earlier tests leave runs on the server: choose the saved checkpoint by name.
+    go(page, label)
     wait_idle(page)
     page.get_by_role("combobox", name="Model", exact=True).click()
-    page.get_by_role("option", name=re.compile(rf"^Saved: {peek} ")).click()
+    page.get_by_role("option", name=re.compile(rf"^Saved: {name} ")).click()
     wait_idle(page)
+    return page
+
+
+def test_surprise_colours_each_token_and_a_chart_downloads_as_html(server: tuple[str, Path], browser: Browser, peek: str, tmp_path: Path) -> None:
+    page = open_saved(browser, server[0], "Surprise", peek)
 
     # Each token of the text is a span whose tooltip gives its surprise and the model's guesses.
     set_text(page, "Text", FAMILIAR)
@@ -606,13 +611,7 @@ def test_surprise_colours_each_token_and_a_chart_downloads_as_html(server: tuple
 
 
 def test_a_click_on_a_head_score_draws_its_map_beside_the_chart_and_selects_it(server: tuple[str, Path], browser: Browser, peek: str) -> None:
-    url, _ = server
-    page = new_page(browser, url)
-    go(page, "Attention")
-    wait_idle(page)
-    page.get_by_role("combobox", name="Model", exact=True).click()
-    page.get_by_role("option", name=re.compile(rf"^Saved: {peek} ")).click()
-    wait_idle(page)
+    page = open_saved(browser, server[0], "Attention", peek)
     charts = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]')
     scores = charts.filter(has=page.locator(".scatterlayer"))
     expect(scores.locator(".scatterlayer .trace").first).to_be_attached(timeout=60_000)
