@@ -16,6 +16,10 @@ WORKERS ?= 2
 # A file to a worker, in the order tests/conftest.py gives them (the longest first), not by
 # their number of tests: two workers that end with short files finish together.
 DIST := --dist loadfile --no-loadscope-reorder
+# One torch thread per process (two workers share two cores), and bytecode kept: each of the
+# suite's processes (workers, servers, runs, command lines) would otherwise compile the project's
+# files again where the environment sets PYTHONDONTWRITEBYTECODE, as many containers do.
+TEST_ENV := OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=
 
 .PHONY: run test test-fast test-latest lock setup setup-dev chromium bench
 
@@ -29,12 +33,12 @@ run: setup
 # live in tests/test_browser*.py (tests/conftest.py refuses one elsewhere), so only those
 # files are collected for them.
 test: setup-dev chromium
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser"
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m browser tests/test_browser*.py
+	$(TEST_ENV) $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser"
+	$(TEST_ENV) $(PYTHON) -m pytest -m browser tests/test_browser*.py
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) $(DIST) $(FAST)
+	$(TEST_ENV) $(PYTHON) -m pytest -n $(WORKERS) $(DIST) $(FAST)
 
 # The newest versions pyproject.toml allows, in a throwaway environment, against the fast
 # tests: finds drift on purpose (not part of CI). Prints how they differ from the lock.
@@ -45,7 +49,7 @@ test-latest:
 	.venv-latest/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' > .venv-latest/versions.txt
 	@echo "newest allowed versions against $(LOCK) (< lock, > newest):"; \
 	  grep -v '^#' $(LOCK) | diff - .venv-latest/versions.txt || true
-	OMP_NUM_THREADS=1 .venv-latest/bin/python -m pytest -n $(WORKERS) $(DIST) $(FAST)
+	$(TEST_ENV) .venv-latest/bin/python -m pytest -n $(WORKERS) $(DIST) $(FAST)
 	rm -rf .venv-latest
 
 # Write the newest versions pyproject.toml allows into requirements.lock; then run
