@@ -77,24 +77,34 @@ def test_chunked_ssd_equals_the_recurrence_values_and_gradients(T, chunk, groups
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
 
 
-def test_chunked_ssd_without_initial_state_and_an_empty_sequence():
-    x, dt, A, B, C, _ = ssd_inputs(3, 21, 2, 4, 1, 3)
-    y_ref, h_ref = ssd_ref(x, dt, A, B, C)
-    y, h = ssd_chunked(x, dt, A, B, C, chunk_size=8)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(h, h_ref)
+@pytest.mark.parametrize("chunk", [8, 64], ids=["three-chunks", "one-chunk"])
+def test_chunked_ssd_without_initial_state_and_an_empty_sequence(chunk):
+    # Training passes no state: one chunk then skips the passing between chunks.
+    inputs = ssd_inputs(3, 21, 4, 4, 2, 3)[:5]
+    y_ref, h_ref = ssd_ref(*inputs)
+    y, h = ssd_chunked(*inputs, chunk_size=chunk)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + h_ref.sum(), inputs)
+    grads = torch.autograd.grad((y * gy).sum() + h.sum(), inputs)
+    for name, a, b in zip(("x", "dt", "A", "B", "C"), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
     e = [t.detach() for t in ssd_inputs(2, 0, 2, 4, 1, 3)]
     y, h = ssd_chunked(*e)
     assert y.shape == (2, 0, 2, 4) and torch.equal(h, e[5])
 
 
-def test_chunked_ssd_is_stable_where_decays_underflow():
+@pytest.mark.parametrize("chunk,with_state", [(16, True), (64, False)])
+def test_chunked_ssd_is_stable_where_decays_underflow(chunk, with_state):
     x, dt, A, B, C, h0 = [t.detach().float() for t in ssd_inputs(2, 50, 4, 3, 2, 4)]
+    h0 = h0 if with_state else None
     dt = dt * 200  # exp(Δ A) far below float32's smallest number within a chunk
     y_ref, h_ref = ssd_ref(x, dt, A, B, C, h0)
-    y, h = ssd_chunked(x, dt, A, B, C, h0, chunk_size=16)
+    y, h = ssd_chunked(x, dt, A, B, C, h0, chunk_size=chunk)
     assert torch.isfinite(y).all() and torch.isfinite(h).all()
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-3)
 
 
 def test_chunked_ssd_computes_half_precision_in_float32():

@@ -140,52 +140,61 @@ def ssd_chunked(
     A length that is not a multiple of L is padded with Δ = 0 steps (no decay, no
     input), which leave the state as it was. Half-precision inputs are computed
     in float32 and the output cast back. Gradients come from autograd.
+
+    Everything is laid out as (batch, chunk, group, head in group, step, ·), so
+    each part is one batched matrix product (B and C never repeated per head),
+    and a single chunk with no incoming state skips the passing between chunks.
+    The decay within a chunk is exp(a_cum_i - a_cum_j), differences of the
+    chunk's cumulative sum of Δ A, as mamba_ssm's kernels compute it: within a
+    chunk the sums stay small, so the difference loses nothing that matters.
     """
     assert chunk_size >= 1
     dtype = x.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     batch, T, heads, width = x.shape
     groups, n_state = B.shape[2], B.shape[3]
-    if h0 is None:
-        h0 = x.new_zeros(batch, heads, width, n_state, dtype=work)
     if T == 0:
-        return x.new_zeros(x.shape), h0.to(work)
-    x, dt, A, B, C, h0 = (t.to(work) for t in (x, dt, A, B, C, h0))
+        h = x.new_zeros(batch, heads, width, n_state, dtype=work) if h0 is None else h0.to(work)
+        return x.new_zeros(x.shape), h
+    x, dt, A, B, C = (t.to(work) for t in (x, dt, A, B, C))
     if T == 1:  # one token (generation): the loop's single step
-        y, h = ssd_ref(x, dt, A, B, C, h0)
+        y, h = ssd_ref(x, dt, A, B, C, None if h0 is None else h0.to(work))
         return y.to(dtype), h
     L = min(chunk_size, T)
     pad = -T % L
     if pad:
         x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    n_chunks = (T + pad) // L
+    c = (T + pad) // L
     r = heads // groups  # heads per group
-    # Chunked views: heads split as (group, head in group) so that B and C are never repeated.
-    xs = (x * dt[..., None]).view(batch, n_chunks, L, groups, r, width)  # Δ x: (B, c, L, G, r, P)
-    a = (dt * A).view(batch, n_chunks, L, groups, r).permute(0, 3, 4, 1, 2)  # Δ A: (B, G, r, c, L)
-    Bc = B.view(batch, n_chunks, L, groups, n_state)  # (B, c, L, G, N)
-    Cc = C.view(batch, n_chunks, L, groups, n_state)
-    a_cum = torch.cumsum(a, dim=-1)  # (B, G, r, c, L)
+    # Δ x (B, c, G, r, L, P), and the running sum of Δ A within each chunk (B, c, G, r, L).
+    xs = (x * dt[..., None]).view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5).contiguous()
+    a_cum = torch.cumsum((dt * A).view(batch, c, L, groups, r).permute(0, 1, 3, 4, 2), dim=-1)
+    Bc = B.view(batch, c, L, groups, n_state).transpose(2, 3)  # (B, c, G, L, N)
+    Cc = C.view(batch, c, L, groups, n_state).transpose(2, 3)
 
-    # 1. Within each chunk: the masked "attention" (C_i · B_j) exp(segsum) applied to Δ x.
-    CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (B, G, c, L, L)
-    M = CB[:, :, None] * torch.exp(_segsum(a))  # (B, G, r, c, L, L)
-    y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, xs)  # (B, c, L, G, r, P)
+    # 1. Within each chunk: the masked "attention" (C_i · B_j) exp(a_cum_i - a_cum_j) applied to Δ x.
+    above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    decay = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(above, float("-inf"))
+    M = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * torch.exp(decay)  # (B, c, G, r, L, L)
+    y = M @ xs  # (B, c, G, r, L, P)
 
-    # 2. Each chunk's own contribution to the state at its end.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, G, r, c, L): decay from step s to the chunk's end
-    states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, to_end, xs)  # (B, c, G, r, P, N)
+    # 2. Each chunk's own contribution to the state at its end: Σ_s exp(a_cum_L - a_cum_s) (Δ x)_s ⊗ B_s.
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, c, G, r, L)
+    states = (xs * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]  # (B, c, G, r, P, N)
 
-    # 3. Between chunks: the recurrence, one step per chunk, from h0.
-    h0 = h0.view(batch, 1, groups, r, width, n_state)
-    states = torch.cat([h0, states], dim=1)  # (B, 1 + c, G, r, P, N)
-    chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (B, G, r, 1 + c, 1 + c)
-    states = torch.einsum("bgrzc,bcgrpn->bzgrpn", chunk_decay, states)  # state at the end of each chunk
-    entering, h_last = states[:, :-1], states[:, -1]  # (B, c, G, r, P, N), (B, G, r, P, N)
-
-    # 4. Each step reads the state entering its chunk, decayed to the step.
-    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, entering, torch.exp(a_cum))
-    y = y.reshape(batch, n_chunks * L, heads, width)[:, :T]
+    if h0 is None and c == 1:  # nothing enters the only chunk
+        h_last = states[:, 0]
+    else:
+        # 3. Between chunks: the recurrence, one step per chunk, from h0 (zeros if None).
+        if h0 is None:
+            h0 = states.new_zeros(batch, groups, r, width, n_state)
+        states = torch.cat([h0.to(work).view(batch, 1, groups, r, width, n_state), states], dim=1)
+        chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1].permute(0, 2, 3, 1), (1, 0))))  # (B, G, r, 1+c, 1+c)
+        states = torch.einsum("bgrzc,bcgrpn->bzgrpn", chunk_decay, states)  # the state at each chunk's end
+        entering, h_last = states[:, :-1], states[:, -1]  # (B, c, G, r, P, N), (B, G, r, P, N)
+        # 4. Each step reads the state entering its chunk, decayed to the step.
+        y = y + (Cc[:, :, :, None] @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, c * L, heads, width)[:, :T]
     return y.to(dtype), h_last.reshape(batch, heads, width, n_state)
 
 
