@@ -28,13 +28,15 @@ run: setup
 	$(PYTHON) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 # Set up and run every test: unit, CLI, app and browser tests (CI runs this).
-# The browser tests run after the others, alone: on a machine busy with the other tests
-# their pages' clicks race the redraws (measured: no faster beside them, and flaky). They
-# live in tests/test_browser*.py (tests/conftest.py refuses one elsewhere), so only those
-# files are collected for them.
+# The browser tests run after the others: on a machine busy with them their pages' clicks race
+# the redraws (measured: no faster beside them, and flaky). They live in tests/test_browser*.py
+# (tests/conftest.py refuses one elsewhere), so only those files are collected for them, and
+# the files of the tests tests/conftest.py runs beside them (BESIDE_BROWSER: a long test on
+# one core, in the time the browser tests leave idle), on a second worker.
+BROWSER_RUN := tests/test_browser*.py tests/test_recipes.py
 test: setup-dev chromium
-	$(TEST_ENV) $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser"
-	$(TEST_ENV) $(PYTHON) -m pytest -m browser tests/test_browser*.py
+	$(TEST_ENV) $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "not browser and not beside_browser"
+	$(TEST_ENV) $(PYTHON) -m pytest -n $(WORKERS) $(DIST) -m "browser or beside_browser" $(BROWSER_RUN)
 
 # The edit loop: every test but the browser ones and those that train for more than a second.
 test-fast: setup-dev

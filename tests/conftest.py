@@ -80,11 +80,17 @@ SLOW_TESTS = {
 FAST_LIMIT_S = 2.0
 # The browser tests live in these files: `make test` collects only them for its browser run.
 BROWSER_FILES = "test_browser*.py"
+# Long tests that need only a core: `make test` runs them beside the browser tests (marked
+# `beside_browser`), whose clicks and redraws leave part of the machine idle, instead of with the
+# others, which keep both cores busy. The Makefile's browser run collects their files too.
+BESIDE_BROWSER = {
+    "test_recipes.py::test_induction_recipe_forms_an_induction_head",  # about 900 steps on one core
+}
 # The modules that take longest (measured), run first: two workers that start with the long
 # ones and end with the short ones finish together, instead of one waiting for the other
 # (`make test` passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FIRST = [
-    "test_recipes.py",  # the induction recipe: about 1.5 minutes on one core
+    "test_recipes.py",  # the induction recipe (beside the browser tests in `make test`)
     "test_distributed.py",
     "test_finetune.py",
     "test_cli.py",
@@ -118,6 +124,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if item.path.name in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if name in BESIDE_BROWSER:
+            item.add_marker(pytest.mark.beside_browser)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order stays
 

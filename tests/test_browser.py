@@ -402,6 +402,8 @@ def test_a_reload_restores_the_session_and_runs_keep_their_own_names(server: tup
     assert "pasted text" in side and "bpe" in side and "LLaMA" in side, side
     expect(page.get_by_label("Run name (the checkpoint's file name)", exact=True)).to_have_value("llama-gqa")
     screenshot(page, "10_training_after_reload")
+    page.locator(".st-key-train_stop button").click()  # the rest of the visit needs no run beside it
+    wait_saved(page, 60)
     go(page, "Model")
     expect(page.get_by_label("Key/value heads", exact=True)).to_have_value("1")
     go(page, "Data")
@@ -409,15 +411,13 @@ def test_a_reload_restores_the_session_and_runs_keep_their_own_names(server: tup
 
     # A Mamba run started after the llama run gets its own name.
     go(page, "Model")
+    wait_idle(page)  # a click during the page's first run would be drawn over by its end
     page.get_by_text("Mamba (state space)", exact=True).click()
     wait_idle(page)
+    expect(page.get_by_role("radio", name="Mamba (state space)")).to_be_checked()
     go(page, "Training")
     wait_idle(page)
-    page.locator(".st-key-train_stop button").click()
-    wait_saved(page, 60)
-    wait_idle(page)
-    expect(page.locator(".st-key-train_resume button:visible").first).to_be_enabled()  # redrawn for the ended run
-    wait_idle(page)
+    expect(page.locator(".st-key-train_resume button:visible").first).to_be_enabled()  # the ended run can go on
     page.locator(".st-key-train_start button:visible").click()
     expect(page.get_by_text(re.compile(r"mamba-tiny: running")).first).to_be_visible(timeout=60_000)
     assert re.search(r"Run: mamba-tiny · Mamba", sidebar_text(page)), sidebar_text(page)

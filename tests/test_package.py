@@ -174,3 +174,24 @@ def test_the_readme_library_example_runs_in_a_core_install(tmp_path: Path) -> No
     assert re.search(r"\b(\d+)/\1 \[", run.stderr) and "val loss" in run.stderr, run.stderr[-2000:]
     text = run.stdout.strip()
     assert len(text) >= 50 and text.count(" ") >= 5, text  # words, not nothing
+
+
+def test_make_test_runs_the_tests_set_beside_the_browser_tests_once() -> None:
+    # `make test` leaves them out of its first run and collects their files for the browser run:
+    # a file missing there would drop its test from `make test` without a word.
+    from fnmatch import fnmatch
+
+    from tests.conftest import BESIDE_BROWSER
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    browser_run = re.search(r"^BROWSER_RUN := (.+)$", makefile, re.M)
+    assert browser_run is not None
+    globs = browser_run.group(1).split()
+    assert BESIDE_BROWSER
+    for test in BESIDE_BROWSER:
+        assert any(fnmatch(f"tests/{test.split('::')[0]}", g) for g in globs), (test, globs)
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe is not None
+    commands = recipe.group(1)
+    assert '-m "not browser and not beside_browser"' in commands
+    assert '-m "browser or beside_browser" $(BROWSER_RUN)' in commands
