@@ -93,7 +93,7 @@ TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() f
 # Mamba-2 on a BPE of 2,048 (160 wide: 5 SSM heads of 64), state 16, its char search's lr 6e-3, cosine to 0.
 # Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``), and ``dropout``, the model's
 # (MAMBA2_MODEL_KEYS); none changes the step time but dropout's, a little.
-MAMBA2_MODEL_KEYS = ("dropout",)
+MAMBA2_MODEL_KEYS = ("dropout", "block_size")
 MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "": {},
     "-wd0.3": {"weight_decay": 0.3},
@@ -108,6 +108,9 @@ MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     # The BPE models fit their training text (train-tail bpb far under val): dropout on each block's output.
     **{f"-wd0.3-do{p:g}{s}": {"weight_decay": 0.3, "dropout": p, **({"seed": int(s[5:])} if s else {})}
        for p in (0.05, 0.1, 0.2) for s in ("", "-seed1", "-seed2")},  # fmt: skip
+    # A context of 128 tokens (about 310 characters) at batch 6: the same tokens a step, one chunk of 128.
+    **{f"-wd0.3-t128-b6{s}": {"weight_decay": 0.3, "block_size": 128, "batch_size": 6, **({"seed": int(s[5:])} if s else {})}
+       for s in ("", "-seed1", "-seed2")},  # fmt: skip
 }
 TOKENIZERS.update({f"mamba2-bpe2048-160-s16{v}": ("bpe", 2048) for v in MAMBA2_BPE_VARIANTS})
 TOKENIZERS.update({f"mamba2-bpe1024-192-s16{v}": ("bpe", 1024) for v in MAMBA2_BPE_VARIANTS})  # 6 heads of 64
@@ -161,8 +164,8 @@ def candidates(vocab_size: int) -> dict[str, tuple[ModelConfig, TrainConfig]]:
                         TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), **to}))
            for b, (_, w) in BPE_BASES.items() for v, (mo, to) in BPE_VARIANTS.items()},  # fmt: skip
         **{f"mamba2-bpe{vs}-{w}-s16{v}": (
-            ModelConfig.preset("mamba2", vocab_size=vocab_size, block_size=64, n_layer=3, n_embd=w, d_state=16,
-                               ssm_head_dim=64, **{k: v for k, v in o.items() if k in MAMBA2_MODEL_KEYS}).validate(),
+            ModelConfig.preset("mamba2", vocab_size=vocab_size, n_layer=3, n_embd=w, d_state=16, ssm_head_dim=64,
+                               **{"block_size": 64, **{k: v for k, v in o.items() if k in MAMBA2_MODEL_KEYS}}).validate(),
             TrainConfig(**{**mamba_bpe(vocab_size, w)[1].to_dict(), "lr": 6e-3, "min_lr": 0.0,
                            **{k: v for k, v in o.items() if k not in MAMBA2_MODEL_KEYS}}))
            for vs, w in ((2048, 160), (1024, 192)) for v, o in MAMBA2_BPE_VARIANTS.items()},  # fmt: skip
