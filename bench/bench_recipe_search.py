@@ -91,8 +91,8 @@ BPE_VARIANTS: dict[str, tuple[dict, dict]] = {
 BPE_BASES = {"mamba-bpe2048-160": (2048, 160), "mamba-bpe1024-176": (1024, 176)}
 TOKENIZERS.update({f"{b}-{v}": ("bpe", vs) for b, (vs, _) in BPE_BASES.items() for v in BPE_VARIANTS})
 # Mamba-2 on a BPE of 2,048 (160 wide: 5 SSM heads of 64), state 16, its char search's lr 6e-3, cosine to 0.
-# Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``), and ``dropout``, the model's
-# (MAMBA2_MODEL_KEYS); none changes the step time but dropout's, a little.
+# Suffix -> TrainConfig overrides of it (``mamba2-bpe2048-160-s16-wd0.3``), and the model's (MAMBA2_MODEL_KEYS:
+# ``dropout``, ``block_size``); only those and ``batch_size`` change the step time (measure the ratio).
 MAMBA2_MODEL_KEYS = ("dropout", "block_size")
 MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     "": {},
@@ -109,7 +109,8 @@ MAMBA2_BPE_VARIANTS: dict[str, dict] = {
     **{f"-wd0.3-do{p:g}{s}": {"weight_decay": 0.3, "dropout": p, **({"seed": int(s[5:])} if s else {})}
        for p in (0.05, 0.1, 0.2) for s in ("", "-seed1", "-seed2")},  # fmt: skip
     # A context of 128 tokens (about 310 characters) at batch 6: the same tokens a step, one chunk of 128.
-    **{f"-wd0.3-t128-b6{s}": {"weight_decay": 0.3, "block_size": 128, "batch_size": 6, **({"seed": int(s[5:])} if s else {})}
+    **{f"-wd0.3-t128-b6{s}": {"weight_decay": 0.3, "block_size": 128, "batch_size": 6,
+                              **({"seed": int(s[5:])} if s else {})}
        for s in ("", "-seed1", "-seed2")},  # fmt: skip
 }
 TOKENIZERS.update({f"mamba2-bpe2048-160-s16{v}": ("bpe", 2048) for v in MAMBA2_BPE_VARIANTS})

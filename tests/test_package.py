@@ -179,6 +179,7 @@ def test_the_readme_library_example_runs_in_a_core_install(tmp_path: Path) -> No
 def test_make_test_runs_the_tests_set_beside_the_browser_tests_once() -> None:
     # `make test` leaves them out of its first run and collects their files for the browser run:
     # a file missing there would drop its test from `make test` without a word.
+    import importlib
     from fnmatch import fnmatch
 
     from tests.conftest import BESIDE_BROWSER
@@ -189,7 +190,9 @@ def test_make_test_runs_the_tests_set_beside_the_browser_tests_once() -> None:
     globs = browser_run.group(1).split()
     assert BESIDE_BROWSER
     for test in BESIDE_BROWSER:
-        assert any(fnmatch(f"tests/{test.split('::')[0]}", g) for g in globs), (test, globs)
+        file, function = test.split("::")
+        assert any(fnmatch(f"tests/{file}", g) for g in globs), (test, globs)
+        assert callable(getattr(importlib.import_module(f"tests.{file[:-3]}"), function, None)), f"{test} is not a test"
     recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
     assert recipe is not None
     commands = recipe.group(1)

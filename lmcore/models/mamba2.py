@@ -113,7 +113,8 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     """a (..., L) -> S (..., L, L) with S[i, j] = a_{j+1} + ... + a_i for j <= i, -inf above.
 
     Summed from masked copies rather than as differences of a cumulative sum, so
-    that no large numbers cancel (exp(S) is the decay between steps j and i).
+    that no large numbers cancel (exp(S) is the decay between steps j and i):
+    used across chunks, where the sums grow with the length, and for the maps.
     """
     L = a.shape[-1]
     lower = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
@@ -174,8 +175,8 @@ def ssd_chunked(
 
     # 1. Within each chunk: the masked "attention" (C_i · B_j) exp(a_cum_i - a_cum_j) applied to Δ x.
     above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    decay = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(above, float("-inf"))
-    M = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * torch.exp(decay)  # (B, c, G, r, L, L)
+    log_decay = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(above, float("-inf"))
+    M = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * torch.exp(log_decay)  # (B, c, G, r, L, L)
     y = M @ xs  # (B, c, G, r, L, P)
 
     # 2. Each chunk's own contribution to the state at its end: Σ_s exp(a_cum_L - a_cum_s) (Δ x)_s ⊗ B_s.
