@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
-from lmcore.models.mamba2 import Mamba2, ssd_attention, ssd_chunked, ssd_ref
+from lmcore.models.mamba2 import FACTORED_MAX_SPAN, Mamba2, _factored_chunk, ssd_attention, ssd_chunked, ssd_ref
 from lmcore.tokenizers import CharTokenizer
 
 from helpers import (
@@ -93,6 +93,86 @@ def test_chunked_ssd_without_initial_state_and_an_empty_sequence(chunk):
     e = [t.detach() for t in ssd_inputs(2, 0, 2, 4, 1, 3)]
     y, h = ssd_chunked(*e)
     assert y.shape == (2, 0, 2, 4) and torch.equal(h, e[5])
+
+
+@pytest.mark.parametrize("T,chunk", [(21, 8), (24, 8), (21, 64), (1, 8)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_ssd_without_its_final_state_gives_the_same_output_and_gradients(T, chunk, with_state):
+    inputs = ssd_inputs(2, T, 4, 3, 2, 5)
+    inputs = inputs if with_state else inputs[:5]
+    y_ref, _ = ssd_ref(*inputs)
+    y, h = ssd_chunked(*inputs, chunk_size=chunk, final_state=False)
+    assert h is None
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum(), inputs)
+    grads = torch.autograd.grad((y * gy).sum(), inputs)
+    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+
+
+def test_a_block_carries_a_state_on_only_when_one_came_in():
+    model = tiny_model().double()
+    x = model.embedding(ids(2, 11, seed=3))
+    out, state = model.layers[0](x)
+    assert state is None
+    cache = model.init_cache(2)
+    out_stepped, (conv, h) = model.layers[0](x, (cache.conv[0], cache.ssm[0]))
+    torch.testing.assert_close(out_stepped, out, rtol=1e-10, atol=1e-12)
+    assert conv.shape == cache.conv[0].shape and h.shape == cache.ssm[0].shape and h.abs().sum() > 0
+
+
+def test_the_factored_decay_halves_the_chunk_until_its_span_fits_or_gives_way():
+    # One head decays by 1.5 a step: a chunk of 64 spans 96, of 32 spans 48 (within FACTORED_MAX_SPAN).
+    a = torch.zeros(1, 100, 3, dtype=torch.float64)
+    a[..., 1] = -1.5
+    assert _factored_chunk(a, 64) == 32
+    assert _factored_chunk(a, 20) == 20  # 30
+    a[0, 50, 2] = -(FACTORED_MAX_SPAN + 1)  # one step alone spans more than a factor can hold
+    assert _factored_chunk(a, 64) is None
+    assert _factored_chunk(torch.zeros(2, 5, 4), 8) == 8
+
+
+@pytest.mark.parametrize(
+    "step_decay,chunk",
+    [(1.5, 64), (6.0, 16), (0.1, 16)],
+    ids=["factored-in-halves", "per-head", "factored"],
+)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_ssd_is_exact_whichever_way_the_decay_is_computed(step_decay, chunk, with_state):
+    # Δ A of about -step_decay a step for every head: spans of 64 x 1.5 (halved to chunks of 32),
+    # 16 x 6 (no chunk of 16 or more factors: per head) and 16 x 0.1 (factored as it is).
+    x, dt, A, B, C, h0 = ssd_inputs(2, 70, 4, 3, 2, 5)
+    with torch.no_grad():
+        A.copy_(-step_decay / dt.mean((0, 1)))
+    factored = _factored_chunk((dt * A).detach(), chunk)
+    assert factored == {1.5: 32, 6.0: None, 0.1: 16}[step_decay]
+    inputs = [x, dt, A, B, C] + ([h0] if with_state else [])
+    y_ref, h_ref = ssd_ref(*inputs)
+    y, h = ssd_chunked(*inputs, chunk_size=chunk)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    gy, gh = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(h.shape, generator=g, dtype=h.dtype)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (h_ref * gh).sum(), inputs)
+    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs)
+    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("step_decay", [0.1, 6.0], ids=["factored", "per-head"])
+def test_chunked_ssd_outputs_depend_on_no_later_step_to_the_bit(step_decay):
+    x, dt, A, B, C, _ = [t.detach().float() for t in ssd_inputs(2, 40, 4, 3, 2, 5)]
+    A = -step_decay / dt.mean((0, 1))
+    y, _ = ssd_chunked(x, dt, A, B, C, chunk_size=16)
+    p = 21  # inside the second chunk: the steps before it, in both chunks, must not see the change
+    x2, dt2, B2 = x.clone(), dt.clone(), B.clone()
+    x2[:, p] += 1.0
+    dt2[:, p] *= 0.5
+    B2[:, p] -= 1.0
+    y2, _ = ssd_chunked(x2, dt2, A, B2, C, chunk_size=16)
+    assert torch.equal(y2[:, :p], y[:, :p])
+    assert not torch.equal(y2[:, p], y[:, p])
 
 
 @pytest.mark.parametrize("chunk,with_state", [(16, True), (64, False)])

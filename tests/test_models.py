@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lmcore.errors import ConfigError
 from lmcore.models import ARCHS, SIZES, ModelConfig, build_model, family_of, lm_loss, preset_config
-from lmcore.models.layers import apply_rope, apply_rope_reference, rope_table, swiglu_hidden
+from lmcore.models.layers import apply_rope, apply_rope_reference, causal_conv1d, rope_table, swiglu_hidden
 from lmcore.models.transformer import KVCache, Transformer
 
 V, BLOCK, N_HEAD = 13, 16, 4
@@ -243,6 +243,28 @@ def test_rope_fast_equals_reference_and_is_relative():
 
 
 # ---------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_conv1d_equals_torch_conv1d_values_and_gradients(K, with_state):
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, K, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, K - 1, 5, generator=g, dtype=torch.float64, requires_grad=True) if with_state else None
+    u, after = causal_conv1d(x, w, b, state)
+    before = state if with_state else torch.zeros(2, K - 1, 5, dtype=torch.float64)
+    full = torch.cat([before, x], dim=1)
+    expected = F.conv1d(full.transpose(1, 2), w[:, None, :], b, groups=5).transpose(1, 2)  # (B, T, C)
+    torch.testing.assert_close(u, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(after, full[:, full.shape[1] - (K - 1) :])
+    leaves = [x, w, b] + ([state] if with_state else [])
+    gu = torch.randn(u.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((u * gu).sum(), leaves)
+    grads_ref = torch.autograd.grad((expected * gu).sum(), leaves)
+    for name, a, e in zip(("x", "weight", "bias", "state"), grads, grads_ref):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=f"gradient of {name}")
 
 
 def test_tied_weights_are_one_parameter():

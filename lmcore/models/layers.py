@@ -1,4 +1,4 @@
-"""Layers shared by several architectures: norms, MLPs and rotary position embeddings.
+"""Layers shared by several architectures: norms, MLPs, rotary position embeddings and a causal conv.
 
 Shapes: B batch, T time, D width, H heads, hd head size.
 Parameter names (``weight``, ``c_fc``, ``c_proj``) are checkpoint keys.
@@ -130,3 +130,52 @@ def apply_rope_reference(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     a, b = pairs[..., 0], pairs[..., 1]  # (B, T, H, hd/2) each
     cos, sin = table[:, None, :, 0].to(x.dtype), table[:, None, :, 1].to(x.dtype)  # (T, 1, hd/2)
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3)  # (B, T, H, hd)
+
+
+class _CausalDepthwiseConv(torch.autograd.Function):
+    """``causal_conv1d``'s sums, with a backward that writes each gradient once.
+
+    Autograd through the forward's shifted slices would build a zero-filled
+    gradient the size of the padded input for every tap and add them up; here
+    the taps accumulate into one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, pad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        K = weight.shape[1]
+        T = pad.shape[1] - (K - 1)
+        u = torch.addcmul(bias, pad[:, K - 1 :], weight[:, K - 1])  # (B, T, C)
+        for k in range(K - 1):
+            u.addcmul_(pad[:, k : k + T], weight[:, k])  # tap k sees the input K-1-k steps back
+        ctx.save_for_backward(pad, weight)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        pad, weight = ctx.saved_tensors
+        K, T = weight.shape[1], grad.shape[1]
+        grad_pad = torch.zeros_like(pad)
+        for k in range(K):
+            grad_pad[:, k : k + T].addcmul_(grad, weight[:, k])
+        grad_weight = torch.stack([(grad * pad[:, k : k + T]).sum((0, 1)) for k in range(K)], dim=1)
+        return grad_pad, grad_weight, grad.sum((0, 1))
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, state: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal depthwise convolution over time, channels last: Mamba's short conv.
+
+    x (B, T, C); weight (C, K) (a ``Conv1d(C, C, K, groups=C)``'s weight[:, 0]);
+    bias (C,); state (B, K-1, C), the inputs just before x (None: zeros, the
+    causal padding). Returns u (B, T, C) with u_t = bias + Σ_k weight[:, k]
+    x_{t-K+1+k}, as ``F.conv1d`` with left padding K-1 computes it, and the
+    state after x (its last K-1 inputs). On CPU, K multiply-adds over the
+    channels-last input cost less than transposing it for ``conv1d``.
+    """
+    batch, _, channels = x.shape
+    K = weight.shape[1]
+    if state is None:
+        state = x.new_zeros(batch, K - 1, channels)
+    pad = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+T, C)
+    return _CausalDepthwiseConv.apply(pad, weight, bias), pad[:, pad.shape[1] - (K - 1) :]

@@ -72,7 +72,7 @@ from lmcore.models.family import (
     Preset,
     embedding_node,
 )
-from lmcore.models.layers import RMSNorm
+from lmcore.models.layers import RMSNorm, causal_conv1d
 
 # Time steps per chunk in the fast scan: long enough that the per-chunk work is a
 # few large operations, short enough that a chunk's (chunk, B, N, E) blocks stay
@@ -376,22 +376,13 @@ class MambaMixer(nn.Module):
         Returns u (B, T, E), Δ (B, T, E), A (E, N), B (B, T, N), C (B, T, N),
         the gate z (B, T, E) and the new conv state (B, K-1, E).
         """
-        batch, T, _ = x.shape
-        K = self.d_conv
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
-        if conv_state is None:  # zeros before the start: the conv's causal padding
-            conv_state = xi.new_zeros(batch, K - 1, self.d_inner)
-        xpad = torch.cat([conv_state.to(xi.dtype), xi], dim=1)  # (B, K-1+T, E)
-        w = self.conv1d.weight[:, 0, :]  # (E, K)
-        u = torch.addcmul(self.conv1d.bias, xpad[:, K - 1 :], w[:, K - 1])  # (B, T, E)
-        for k in range(K - 1):
-            u = torch.addcmul(u, xpad[:, k : k + T], w[:, k])  # tap k sees the input K-1-k steps back
+        u, new_conv = causal_conv1d(xi, self.conv1d.weight[:, 0, :], self.conv1d.bias, conv_state)  # (B, T, E)
         u = F.silu(u)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # (B, T, E)
         A_log = self.A_log if self.A_log.dtype in (torch.float32, torch.float64) else self.A_log.float()
         A = -torch.exp(A_log)  # (E, N), at least float32
-        new_conv = xpad[:, xpad.shape[1] - (K - 1) :]  # (B, K-1, E)
         return u, delta, A, B, C, z, new_conv
 
     def forward(

@@ -68,12 +68,17 @@ from lmcore.models.family import (
     Preset,
     embedding_node,
 )
-from lmcore.models.layers import RMSNorm
+from lmcore.models.layers import RMSNorm, causal_conv1d
 from lmcore.models.mamba import StateSpaceLM, one_sequence
 
 # Δ initialisation, as Mamba's: dt log-uniform in [DT_MIN, DT_MAX], at least DT_FLOOR,
 # stored in dt_bias through the inverse of softplus.
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
+# The SSD's factored decay (``ssd_chunked``): used where each chunk's decays span at most
+# this much (its larger factor then at most e^60, inside float32's e^88 with room for the
+# sums of a chunk's products), halving the chunk down to FACTORED_MIN_CHUNK steps to get there.
+FACTORED_MAX_SPAN = 60.0
+FACTORED_MIN_CHUNK = 16
 
 
 # --------------------------------------------------------------------------- the SSM, two ways
@@ -114,13 +119,32 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
 
     Summed from masked copies rather than as differences of a cumulative sum, so
     that no large numbers cancel (exp(S) is the decay between steps j and i):
-    used across chunks, where the sums grow with the length, and for the maps.
+    the maps span the whole sequence, where the sums grow with its length.
     """
     L = a.shape[-1]
     lower = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
     s = a[..., :, None].expand(*a.shape, L).masked_fill(~lower, 0.0)  # [..., k, j] = a_k for k > j
     s = torch.cumsum(s, dim=-2)  # [..., i, j] = Σ_{j<k<=i} a_k
     return s.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=a.device).tril(), float("-inf"))
+
+
+def _factored_chunk(a: torch.Tensor, chunk: int) -> int | None:
+    """The longest chunk, ``chunk`` or a half of it down to ``FACTORED_MIN_CHUNK``, whose decays factor safely.
+
+    a (B, T, H): Δ A per step (<= 0). Within a chunk the decay exp(a_cum_i - a_cum_j)
+    equals exp(a_cum_i) exp(-a_cum_j), a_cum counted from the chunk's start; the
+    second factor is at most exp(span), so a chunk factors when its span (minus
+    the sum of its Δ A) is at most ``FACTORED_MAX_SPAN``. None if no length does.
+    """
+    batch, T, heads = a.shape
+    length = chunk
+    while length >= min(FACTORED_MIN_CHUNK, chunk):
+        pad = -T % length
+        sums = F.pad(a, (0, 0, 0, pad)).view(batch, (T + pad) // length, length, heads).sum(2)
+        if -sums.min().item() <= FACTORED_MAX_SPAN:
+            return length
+        length //= 2
+    return None
 
 
 def ssd_chunked(
@@ -131,7 +155,8 @@ def ssd_chunked(
     C: torch.Tensor,
     h0: torch.Tensor | None = None,
     chunk_size: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSD algorithm in chunks; same arguments and results as ``ssd_ref``.
 
     Within a chunk of L steps the output is the masked, attention-like product
@@ -141,13 +166,25 @@ def ssd_chunked(
     A length that is not a multiple of L is padded with Δ = 0 steps (no decay, no
     input), which leave the state as it was. Half-precision inputs are computed
     in float32 and the output cast back. Gradients come from autograd.
+    ``final_state=False`` (a forward that carries no state on) returns None for
+    the state and skips the last chunk's.
 
-    Everything is laid out as (batch, chunk, group, head in group, step, ·), so
-    each part is one batched matrix product (B and C never repeated per head),
-    and a single chunk with no incoming state skips the passing between chunks.
-    The decay within a chunk is exp(a_cum_i - a_cum_j), differences of the
-    chunk's cumulative sum of Δ A, as mamba_ssm's kernels compute it: within a
-    chunk the sums stay small, so the difference loses nothing that matters.
+    The decay within a chunk, exp(a_cum_i - a_cum_j) from the chunk's running sum
+    of Δ A, is computed one of two ways; both are exact:
+    - on a CPU, where every chunk's decays span at most ``FACTORED_MAX_SPAN``
+      (halving the chunk down to ``FACTORED_MIN_CHUNK`` if that makes them so),
+      factored as exp(a_cum_i) exp(-a_cum_j): the second factor scales Δ x,
+      the first the output, and the masked C Bᵀ, shared by every head of a
+      group, is one product with all their channels at once. No step-by-step
+      matrix per head is built, and nothing leaves the input's layout. Both
+      factors count from the chunk's start, so a step's output depends on no
+      later step, to the last bit (the masked products add exact zeros);
+    - otherwise per head, as mamba_ssm's kernels compute it: one L x L matrix
+      (C Bᵀ ∘ exp(a_cum_i - a_cum_j)) per head, in the layout (batch, chunk,
+      group, head in group, step, channel), one batched product for all heads.
+    The states and what each step reads from them keep the input's layout
+    (batch, chunk, step, heads x channels): all heads of a group are one product
+    with its B or C.
     """
     assert chunk_size >= 1
     dtype = x.dtype
@@ -156,47 +193,66 @@ def ssd_chunked(
     groups, n_state = B.shape[2], B.shape[3]
     if T == 0:
         h = x.new_zeros(batch, heads, width, n_state, dtype=work) if h0 is None else h0.to(work)
-        return x.new_zeros(x.shape), h
+        return x.new_zeros(x.shape), h if final_state else None
     x, dt, A, B, C = (t.to(work) for t in (x, dt, A, B, C))
     if T == 1:  # one token (generation): the loop's single step
         y, h = ssd_ref(x, dt, A, B, C, None if h0 is None else h0.to(work))
-        return y.to(dtype), h
+        return y.to(dtype), h if final_state else None
     L = min(chunk_size, T)
+    a = dt * A  # (B, T, H) the log-decay of each step
+    factored = _factored_chunk(a.detach(), L) if x.device.type == "cpu" else None
+    L = factored or L
     pad = -T % L
     if pad:
-        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+        x, dt, a, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, a, B, C))
     c = (T + pad) // L
     r = heads // groups  # heads per group
-    # Δ x (B, c, G, r, L, P), and the running sum of Δ A within each chunk (B, c, G, r, L).
-    xs = (x * dt[..., None]).view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5).contiguous()
-    a_cum = torch.cumsum((dt * A).view(batch, c, L, groups, r).permute(0, 1, 3, 4, 2), dim=-1)
-    Bc = B.view(batch, c, L, groups, n_state).transpose(2, 3)  # (B, c, G, L, N)
-    Cc = C.view(batch, c, L, groups, n_state).transpose(2, 3)
+    xdt = (x * dt[..., None]).view(batch, c, L, heads, width)  # Δ x
+    a_cum = torch.cumsum(a.view(batch, c, L, heads), dim=2)  # running sum of Δ A in each chunk
+    last = a_cum[:, :, -1]  # (B, c, H): the log-decay across each whole chunk
+    Bg = B.view(batch, c, L, groups, n_state).transpose(2, 3)  # (B, c, G, L, N)
+    Cg = C.view(batch, c, L, groups, n_state).transpose(2, 3)
+    above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
 
     # 1. Within each chunk: the masked "attention" (C_i · B_j) exp(a_cum_i - a_cum_j) applied to Δ x.
-    above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    log_decay = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(above, float("-inf"))
-    M = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * torch.exp(log_decay)  # (B, c, G, r, L, L)
-    y = M @ xs  # (B, c, G, r, L, P)
-
-    # 2. Each chunk's own contribution to the state at its end: Σ_s exp(a_cum_L - a_cum_s) (Δ x)_s ⊗ B_s.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, c, G, r, L)
-    states = (xs * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]  # (B, c, G, r, P, N)
-
-    if h0 is None and c == 1:  # nothing enters the only chunk
-        h_last = states[:, 0]
+    if factored:
+        xv = (xdt * torch.exp(-a_cum)[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)
+        CB = (Cg @ Bg.transpose(-1, -2)).masked_fill_(above, 0.0)  # (B, c, G, L, L)
+        y = (CB @ xv).transpose(2, 3).reshape(batch, c, L, heads, width) * torch.exp(a_cum)[..., None]
+        to_end = torch.exp(last)[:, :, None]  # (B, c, 1, H): from the chunk's start to its end
     else:
-        # 3. Between chunks: the recurrence, one step per chunk, from h0 (zeros if None).
-        if h0 is None:
-            h0 = states.new_zeros(batch, groups, r, width, n_state)
-        states = torch.cat([h0.to(work).view(batch, 1, groups, r, width, n_state), states], dim=1)
-        chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1].permute(0, 2, 3, 1), (1, 0))))  # (B, G, r, 1+c, 1+c)
-        states = torch.einsum("bgrzc,bcgrpn->bzgrpn", chunk_decay, states)  # the state at each chunk's end
-        entering, h_last = states[:, :-1], states[:, -1]  # (B, c, G, r, P, N), (B, G, r, P, N)
-        # 4. Each step reads the state entering its chunk, decayed to the step.
-        y = y + (Cc[:, :, :, None] @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, c * L, heads, width)[:, :T]
-    return y.to(dtype), h_last.reshape(batch, heads, width, n_state)
+        xh = xdt.view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5)  # (B, c, G, r, L, P)
+        ah = a_cum.view(batch, c, L, groups, r).permute(0, 1, 3, 4, 2)  # (B, c, G, r, L)
+        log_decay = (ah[..., :, None] - ah[..., None, :]).masked_fill_(above, float("-inf"))
+        M = (Cg @ Bg.transpose(-1, -2))[:, :, :, None] * torch.exp(log_decay)  # (B, c, G, r, L, L)
+        y = (M @ xh).permute(0, 1, 4, 2, 3, 5).reshape(batch, c, L, heads, width)
+        to_end = torch.exp(last[:, :, None] - a_cum)  # (B, c, L, H): from each step to the chunk's end
+        xv = (xdt * to_end[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)  # (B, c, G, L, rP)
+
+    # 2. Each chunk's own contribution to the state at its end, Σ_s exp(a_cum_L - a_cum_s) (Δ x)_s ⊗ B_s,
+    # and 3. between chunks the recurrence, one step per chunk, from h0: the state entering each chunk.
+    n = c if final_state else c - 1  # the chunks whose states are needed
+    h = None if h0 is None else h0.to(work)  # None: zeros
+    entering = []
+    if n:
+        states = (xv[:, :n].transpose(-1, -2) @ Bg[:, :n]).view(batch, n, heads, width, n_state)
+        if factored:  # what xv left out: the decay from the chunk's start to its end
+            states = states * to_end[:, :n, 0, :, None, None]
+        decay = torch.exp(last)[..., None, None]  # (B, c, H, 1, 1)
+        for k in range(n):
+            entering.append(h)
+            h = states[:, k] if h is None else h * decay[:, k] + states[:, k]
+    if n < c:
+        entering.append(h)
+
+    # 4. Each step reads the state entering its chunk through C, decayed to the step (none enters at zeros).
+    first = next((k for k, e in enumerate(entering) if e is not None), c)
+    if first < c:
+        states_in = torch.stack(entering[first:], dim=1).view(batch, c - first, groups, r * width, n_state)
+        read = (Cg[:, first:] @ states_in.transpose(-1, -2)).transpose(2, 3)  # (B, c', L, G, rP)
+        read = read.reshape(batch, c - first, L, heads, width) * torch.exp(a_cum[:, first:])[..., None]
+        y[:, first:] += read  # in place: no backward reads y
+    return y.reshape(batch, c * L, heads, width)[:, :T].to(dtype), h if final_state else None
 
 
 def ssd_attention(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -295,16 +351,9 @@ class Mamba2Mixer(nn.Module):
 
     def ssm_inputs(self, x: torch.Tensor, conv_state: torch.Tensor | None = None) -> SSMInputs:
         """Everything the SSM needs, from the normed input x (B, T, D), as named steps."""
-        batch, T, _ = x.shape
-        K, E, G, N = self.d_conv, self.d_inner, self.n_groups, self.d_state
+        E, G, N = self.d_inner, self.n_groups, self.d_state
         z, xBC, dt = self.in_proj(x).split([E, self.conv_dim, self.n_heads], dim=-1)
-        if conv_state is None:  # zeros before the start: the conv's causal padding
-            conv_state = xBC.new_zeros(batch, K - 1, self.conv_dim)
-        pad = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)  # (B, K-1+T, E + 2GN)
-        w = self.conv1d.weight[:, 0, :]  # (E + 2GN, K)
-        u = torch.addcmul(self.conv1d.bias, pad[:, K - 1 :], w[:, K - 1])
-        for k in range(K - 1):
-            u = torch.addcmul(u, pad[:, k : k + T], w[:, k])  # tap k sees the input K-1-k steps back
+        u, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, conv_state)
         xs, B, C = F.silu(u).split([E, G * N, G * N], dim=-1)
         delta = F.softplus(dt + self.dt_bias)  # (B, T, H)
         A_log = self.A_log if self.A_log.dtype in (torch.float32, torch.float64) else self.A_log.float()
@@ -315,7 +364,7 @@ class Mamba2Mixer(nn.Module):
             B=B.unflatten(-1, (G, N)),
             C=C.unflatten(-1, (G, N)),
             z=z,
-            conv_state=pad[:, pad.shape[1] - (K - 1) :],
+            conv_state=conv_state,
         )
 
     def finish(self, y: torch.Tensor, s: SSMInputs) -> torch.Tensor:
@@ -325,14 +374,20 @@ class Mamba2Mixer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, T, D), optional (conv, ssm) state -> (B, T, D) and the state after x."""
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """x (B, T, D), optional (conv, ssm) state -> (B, T, D) and the state after x.
+
+        Without a state (a whole sequence, as in training) none is carried on:
+        the state after x is None, and the SSD skips computing it.
+        """
         conv_state, ssm_state = state if state is not None else (None, None)
         s = self.ssm_inputs(x, conv_state)
         s.dt, s.B, s.C = self.hook_delta(s.dt), self.hook_B(s.B), self.hook_C(s.C)
-        y, h = ssd_chunked(s.x, s.dt, s.A, s.B, s.C, h0=ssm_state, chunk_size=self.chunk_size)
+        y, h = ssd_chunked(
+            s.x, s.dt, s.A, s.B, s.C, h0=ssm_state, chunk_size=self.chunk_size, final_state=state is not None
+        )
         out = self.finish(y, s)
-        return out, (s.conv_state, h)
+        return out, None if state is None else (s.conv_state, h)
 
 
 class Mamba2Block(nn.Module):
@@ -350,7 +405,7 @@ class Mamba2Block(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         residual = self.hook_resid_pre(x)  # (B, T, D)
         mixed, state = self.mixer(self.norm(residual), state)
         mixed = self.hook_mixer_out(mixed)
