@@ -8,7 +8,9 @@ Run: python3 bench/bench_mamba2.py [--repeats 3] [--quick]
    64 per head, chunks of 64) and its plain recurrence ``ssd_ref``.
 2. ``train_step``: ms per forward + backward of the mamba and mamba2 presets at
    the same shape (3 layers, width 192, vocabulary 65, batch 16) for T = 256
-   and T = 64, and their parameter counts.
+   and T = 64, and their parameter counts; beside them the mamba2 preset with
+   heads of 64 channels (``mamba2_head64``: 6 heads, mamba_ssm's head size)
+   and the same state of 64.
 
 Steps are interleaved model by model, so a busy neighbour slows all alike;
 ratios use the medians of one run. One JSON object on stdout, progress on stderr.
@@ -73,21 +75,22 @@ def bench_train_step(repeats: int, T: int, batch: int = 16) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 65, (batch, T), generator=g)
     y = torch.randint(0, 65, (batch, T), generator=g)
-    for preset in ("mamba", "mamba2"):
+    for name, preset, extra in (("mamba", "mamba", {}), ("mamba2", "mamba2", {}),
+                                ("mamba2_head64", "mamba2", {"ssm_head_dim": 64})):  # fmt: skip
         torch.manual_seed(0)
-        cfg = ModelConfig.preset(preset, vocab_size=65, block_size=T, n_layer=3, n_embd=192)
+        cfg = ModelConfig.preset(preset, vocab_size=65, block_size=T, n_layer=3, n_embd=192, **extra)
         model = build_model(cfg).train()
-        models[preset] = model
+        models[name] = model
 
         def step(model=model) -> None:
             model.zero_grad(set_to_none=True)
             lm_loss(model(x), y).backward()
 
-        fns[preset] = step
+        fns[name] = step
     res = interleaved(fns, repeats)
-    ratio = res["mamba2"]["median_s"] / res["mamba"]["median_s"]
     params = {k: m.num_params() for k, m in models.items()}
-    return {"T": T, "batch": batch, "shape": "3 x 192", **res, "params": params, "mamba2_over_mamba": ratio}
+    ratios = {f"{k}_over_mamba": res[k]["median_s"] / res["mamba"]["median_s"] for k in ("mamba2", "mamba2_head64")}
+    return {"T": T, "batch": batch, "shape": "3 x 192", **res, "params": params, **ratios}
 
 
 def main() -> None:

@@ -238,10 +238,10 @@ def ssd_chunked(
         states = (xv[:, :n].transpose(-1, -2) @ Bg[:, :n]).view(batch, n, heads, width, n_state)
         if factored:  # what xv left out: the decay from the chunk's start to its end
             states = states * to_end[:, :n, 0, :, None, None]
-        decay = torch.exp(last)[..., None, None]  # (B, c, H, 1, 1)
-        for k in range(n):
+        decay = torch.exp(last)[..., None, None].unbind(1)  # c x (B, H, 1, 1)
+        for k, state in enumerate(states.unbind(1)):  # unbind: one backward for all chunks, not one per chunk
             entering.append(h)
-            h = states[:, k] if h is None else h * decay[:, k] + states[:, k]
+            h = state if h is None else h * decay[k] + state
     if n < c:
         entering.append(h)
 
