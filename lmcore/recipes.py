@@ -28,12 +28,12 @@ text)`` trains the tokenizer the recipe was measured with (by character, or
   at 6e-3 decaying to 0 by the time budget's end, weight decay 0.3, in
   cpu-best's time budget. Each token is about 2.4 characters of tiny
   Shakespeare, so every step sees more text over a longer context for about
-  the same time: in the baby GPT's time it reaches 2.16-2.17 bits per byte
-  there (three runs) against cpu-best's 2.33. On a text of 1 MB the BPE
-  runs overfit (their training text scores about 0.4 bits per byte better
-  than held-out text), hence the weight decay. It is not ``cpu-best``
+  the same time: in the baby GPT's time it reaches 2.16 bits per byte
+  there (1.4985 nats per character, three runs) against cpu-best's 2.33.
+  On a text of 1 MB the BPE runs overfit (their training text scores about
+  0.4 bits per byte better than held-out text), hence the weight decay. It is not ``cpu-best``
   because that holds only on a large enough text: the run goes over the
-  training tokens more often (2.5 times on tiny Shakespeare's 1 MB, about 6
+  training tokens more often (about 2.8 times on tiny Shakespeare's 1 MB, about 6
   times on python-docs' 0.47 MB, where it ends at 1.85 bits per byte and
   cpu-best's 1.76 stays ahead; bench/RESULTS.md).
   Compare it with other runs in bits per byte, not in loss per token.
