@@ -171,7 +171,7 @@ def ssd_chunked(
 
     The decay within a chunk, exp(a_cum_i - a_cum_j) from the chunk's running sum
     of Δ A, is computed one of two ways; both are exact:
-    - on a CPU, where every chunk's decays span at most ``FACTORED_MAX_SPAN``
+    - on a CPU (eager), where every chunk's decays span at most ``FACTORED_MAX_SPAN``
       (halving the chunk down to ``FACTORED_MIN_CHUNK`` if that makes them so),
       factored as exp(a_cum_i) exp(-a_cum_j): the second factor scales Δ x,
       the first the output, and the masked C Bᵀ, shared by every head of a
@@ -200,7 +200,10 @@ def ssd_chunked(
         return y.to(dtype), h if final_state else None
     L = min(chunk_size, T)
     a = dt * A  # (B, T, H) the log-decay of each step
-    factored = _factored_chunk(a.detach(), L) if x.device.type == "cpu" else None
+    # Per head on CUDA (the check reads the spans back to the host) and while torch.compile traces
+    # (it fuses the per-head steps itself, and a value read back would break its graph).
+    eager_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    factored = _factored_chunk(a.detach(), L) if eager_cpu else None
     L = factored or L
     pad = -T % L
     if pad:
