@@ -60,21 +60,33 @@ def ids(B: int, T: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- SSD against the recurrence
 
 
+def assert_chunked_matches_the_recurrence(inputs, **kwargs) -> None:
+    """ssd_chunked(*inputs, **kwargs) against ssd_ref in values and in the gradients of every input.
+
+    The final state is compared (and part of the loss) unless ``final_state=False``, when it must be None.
+    """
+    y_ref, h_ref = ssd_ref(*inputs)
+    y, h = ssd_chunked(*inputs, **kwargs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    loss, loss_ref = (y * gy).sum(), (y_ref * gy).sum()
+    if kwargs.get("final_state", True):
+        torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
+        gh = torch.randn(h.shape, generator=g, dtype=h.dtype)
+        loss, loss_ref = loss + (h * gh).sum(), loss_ref + (h_ref * gh).sum()
+    else:
+        assert h is None
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("T,chunk", [(1, 4), (2, 4), (13, 4), (13, 5), (16, 4), (16, 16), (13, 64), (37, 8)])
 def test_chunked_ssd_equals_the_recurrence_values_and_gradients(T, chunk, groups):
-    inputs = ssd_inputs(2, T, 4, 3, groups, 5)
-    y_ref, h_ref = ssd_ref(*inputs)
-    y, h = ssd_chunked(*inputs, chunk_size=chunk)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
-    g = torch.Generator().manual_seed(1)
-    gy = torch.randn(y.shape, generator=g, dtype=y.dtype)
-    gh = torch.randn(h.shape, generator=g, dtype=h.dtype)
-    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (h_ref * gh).sum(), inputs)
-    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs)
-    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+    assert_chunked_matches_the_recurrence(ssd_inputs(2, T, 4, 3, groups, 5), chunk_size=chunk)
 
 
 @pytest.mark.parametrize("chunk", [8, 64], ids=["three-chunks", "one-chunk"])
@@ -99,16 +111,7 @@ def test_chunked_ssd_without_initial_state_and_an_empty_sequence(chunk):
 @pytest.mark.parametrize("with_state", [False, True])
 def test_chunked_ssd_without_its_final_state_gives_the_same_output_and_gradients(T, chunk, with_state):
     inputs = ssd_inputs(2, T, 4, 3, 2, 5)
-    inputs = inputs if with_state else inputs[:5]
-    y_ref, _ = ssd_ref(*inputs)
-    y, h = ssd_chunked(*inputs, chunk_size=chunk, final_state=False)
-    assert h is None
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-    grads_ref = torch.autograd.grad((y_ref * gy).sum(), inputs)
-    grads = torch.autograd.grad((y * gy).sum(), inputs)
-    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+    assert_chunked_matches_the_recurrence(inputs if with_state else inputs[:5], chunk_size=chunk, final_state=False)
 
 
 def test_a_block_carries_a_state_on_only_when_one_came_in():
@@ -147,17 +150,7 @@ def test_chunked_ssd_is_exact_whichever_way_the_decay_is_computed(step_decay, ch
         A.copy_(-step_decay / dt.mean((0, 1)))
     factored = _factored_chunk((dt * A).detach(), chunk)
     assert factored == {1.5: 32, 6.0: None, 0.1: 16}[step_decay]
-    inputs = [x, dt, A, B, C] + ([h0] if with_state else [])
-    y_ref, h_ref = ssd_ref(*inputs)
-    y, h = ssd_chunked(*inputs, chunk_size=chunk)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
-    g = torch.Generator().manual_seed(1)
-    gy, gh = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(h.shape, generator=g, dtype=h.dtype)
-    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (h_ref * gh).sum(), inputs)
-    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), inputs)
-    for name, a, b in zip(("x", "dt", "A", "B", "C", "h0"), grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+    assert_chunked_matches_the_recurrence([x, dt, A, B, C] + ([h0] if with_state else []), chunk_size=chunk)
 
 
 @pytest.mark.parametrize("step_decay", [0.1, 6.0], ids=["factored", "per-head"])

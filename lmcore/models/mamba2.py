@@ -213,6 +213,7 @@ def ssd_chunked(
     xdt = (x * dt[..., None]).view(batch, c, L, heads, width)  # Δ x
     a_cum = torch.cumsum(a.view(batch, c, L, heads), dim=2)  # running sum of Δ A in each chunk
     last = a_cum[:, :, -1]  # (B, c, H): the log-decay across each whole chunk
+    across = torch.exp(last)  # (B, c, H): the decay across each whole chunk
     Bg = B.view(batch, c, L, groups, n_state).transpose(2, 3)  # (B, c, G, L, N)
     Cg = C.view(batch, c, L, groups, n_state).transpose(2, 3)
     above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
@@ -222,7 +223,6 @@ def ssd_chunked(
         xv = (xdt * torch.exp(-a_cum)[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)
         CB = (Cg @ Bg.transpose(-1, -2)).masked_fill_(above, 0.0)  # (B, c, G, L, L)
         y = (CB @ xv).transpose(2, 3).reshape(batch, c, L, heads, width) * torch.exp(a_cum)[..., None]
-        to_end = torch.exp(last)[:, :, None]  # (B, c, 1, H): from the chunk's start to its end
     else:
         xh = xdt.view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5)  # (B, c, G, r, L, P)
         ah = a_cum.view(batch, c, L, groups, r).permute(0, 1, 3, 4, 2)  # (B, c, G, r, L)
@@ -240,8 +240,8 @@ def ssd_chunked(
     if n:
         states = (xv[:, :n].transpose(-1, -2) @ Bg[:, :n]).view(batch, n, heads, width, n_state)
         if factored:  # what xv left out: the decay from the chunk's start to its end
-            states = states * to_end[:, :n, 0, :, None, None]
-        decay = torch.exp(last)[..., None, None].unbind(1)  # c x (B, H, 1, 1)
+            states = states * across[:, :n, :, None, None]
+        decay = across[..., None, None].unbind(1)  # c x (B, H, 1, 1)
         for k, state in enumerate(states.unbind(1)):  # unbind: one backward for all chunks, not one per chunk
             entering.append(h)
             h = state if h is None else h * decay[k] + state
