@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmcore.errors import ConfigError
 from lmcore.models import ModelConfig, build_model
-from lmcore.models.mamba2 import FACTORED_MAX_SPAN, Mamba2, _factored_chunk, ssd_attention, ssd_chunked, ssd_ref
+from lmcore.models.mamba2 import FACTORED_MAX_SPAN, Mamba2, _factored_chunks, ssd_attention, ssd_chunked, ssd_ref
 from lmcore.tokenizers import CharTokenizer
 
 from helpers import (
@@ -125,15 +125,23 @@ def test_a_block_carries_a_state_on_only_when_one_came_in():
     assert conv.shape == cache.conv[0].shape and h.shape == cache.ssm[0].shape and h.abs().sum() > 0
 
 
-def test_the_factored_decay_halves_the_chunk_until_its_span_fits_or_gives_way():
-    # One head decays by 1.5 a step: a chunk of 64 spans 96, of 32 spans 48 (within FACTORED_MAX_SPAN).
+def test_the_factored_decay_halves_each_heads_chunk_until_its_span_fits_or_gives_way():
+    # Head 1 decays by 1.5 a step: a chunk of 64 spans 96, of 32 spans 48 (within FACTORED_MAX_SPAN).
     a = torch.zeros(1, 100, 3, dtype=torch.float64)
     a[..., 1] = -1.5
-    assert _factored_chunk(a, 64) == 32
-    assert _factored_chunk(a, 20) == 20  # 30
+    assert _factored_chunks(a, 64) == [64, 32, 64]
+    assert _factored_chunks(a, 20) == [20, 20, 20]  # 30
     a[0, 50, 2] = -(FACTORED_MAX_SPAN + 1)  # one step alone spans more than a factor can hold
-    assert _factored_chunk(a, 64) is None
-    assert _factored_chunk(torch.zeros(2, 5, 4), 8) == 8
+    assert _factored_chunks(a, 64) == [64, 32, 0]
+    assert _factored_chunks(torch.zeros(2, 5, 4), 8) == [8] * 4
+
+
+def inputs_decaying_by(step_decays, T: int, groups: int, seed: int = 5):
+    """SSD inputs (2 sequences, heads of 3 channels, state 5) whose head h decays by about step_decays[h] a step."""
+    x, dt, A, B, C, h0 = ssd_inputs(2, T, len(step_decays), 3, groups, 5, seed=seed)
+    with torch.no_grad():
+        A.copy_(-torch.tensor(step_decays, dtype=A.dtype) / dt.mean((0, 1)))
+    return x, dt, A, B, C, h0
 
 
 @pytest.mark.parametrize(
@@ -143,29 +151,39 @@ def test_the_factored_decay_halves_the_chunk_until_its_span_fits_or_gives_way():
 )
 @pytest.mark.parametrize("with_state", [False, True])
 def test_chunked_ssd_is_exact_whichever_way_the_decay_is_computed(step_decay, chunk, with_state):
-    # Δ A of about -step_decay a step for every head: spans of 64 x 1.5 (halved to chunks of 32),
+    # Every head decays by about step_decay a step: spans of 64 x 1.5 (halved to chunks of 32),
     # 16 x 6 (no chunk of 16 or more factors: per head) and 16 x 0.1 (factored as it is).
-    x, dt, A, B, C, h0 = ssd_inputs(2, 70, 4, 3, 2, 5)
-    with torch.no_grad():
-        A.copy_(-step_decay / dt.mean((0, 1)))
-    factored = _factored_chunk((dt * A).detach(), chunk)
-    assert factored == {1.5: 32, 6.0: None, 0.1: 16}[step_decay]
+    x, dt, A, B, C, h0 = inputs_decaying_by([step_decay] * 4, 70, groups=2)
+    assert set(_factored_chunks((dt * A).detach(), chunk)) == {{1.5: 32, 6.0: 0, 0.1: 16}[step_decay]}
     assert_chunked_matches_the_recurrence([x, dt, A, B, C] + ([h0] if with_state else []), chunk_size=chunk)
 
 
-@pytest.mark.parametrize("step_decay", [0.1, 6.0], ids=["factored", "per-head"])
-def test_chunked_ssd_outputs_depend_on_no_later_step_to_the_bit(step_decay):
-    x, dt, A, B, C, _ = [t.detach().float() for t in ssd_inputs(2, 40, 4, 3, 2, 5)]
-    A = -step_decay / dt.mean((0, 1))
-    y, _ = ssd_chunked(x, dt, A, B, C, chunk_size=16)
-    p = 21  # inside the second chunk: the steps before it, in both chunks, must not see the change
-    x2, dt2, B2 = x.clone(), dt.clone(), B.clone()
-    x2[:, p] += 1.0
-    dt2[:, p] *= 0.5
-    B2[:, p] -= 1.0
-    y2, _ = ssd_chunked(x2, dt2, A, B2, C, chunk_size=16)
-    assert torch.equal(y2[:, :p], y[:, :p])
-    assert not torch.equal(y2[:, p], y[:, p])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("with_state,final_state", [(False, True), (True, True), (True, False)])
+def test_chunked_ssd_is_exact_with_heads_computed_apart_each_its_own_way(groups, with_state, final_state):
+    # Four heads that need three ways: chunks of 32 (factored), of 16 (halved) and per head.
+    # Heads of one group go different ways, and putting the ways back in order is no mere swap.
+    x, dt, A, B, C, h0 = inputs_decaying_by([6.0, 2.5, 0.1, 0.2], 70, groups)
+    ways = _factored_chunks((dt * A).detach(), 32)
+    assert ways == [0, 16, 32, 32], ways
+    inputs = [x, dt, A, B, C] + ([h0] if with_state else [])
+    assert_chunked_matches_the_recurrence(inputs, chunk_size=32, final_state=final_state)
+
+
+@pytest.mark.parametrize(
+    "step_decays", [[0.1] * 4, [6.0] * 4, [6.0, 2.5, 0.1, 0.2]], ids=["factored", "per-head", "heads-apart"]
+)
+def test_chunked_ssd_outputs_depend_on_no_later_step_to_the_bit(step_decays):
+    x, dt, A, B, C, _ = [t.detach().float() for t in inputs_decaying_by(step_decays, 70, groups=2)]
+    y, _ = ssd_chunked(x, dt, A, B, C, chunk_size=32)
+    for p in (21, 40):  # inside a first and a second chunk: no step before it may see the change
+        x2, dt2, B2 = x.clone(), dt.clone(), B.clone()
+        x2[:, p] += 1.0
+        dt2[:, p] *= 0.5
+        B2[:, p] -= 1.0
+        y2, _ = ssd_chunked(x2, dt2, A, B2, C, chunk_size=32)
+        assert torch.equal(y2[:, :p], y[:, :p])
+        assert not torch.equal(y2[:, p], y[:, p])
 
 
 @pytest.mark.parametrize("chunk,with_state", [(16, True), (64, False)])

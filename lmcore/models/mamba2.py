@@ -128,23 +128,26 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     return s.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=a.device).tril(), float("-inf"))
 
 
-def _factored_chunk(a: torch.Tensor, chunk: int) -> int | None:
-    """The longest chunk, ``chunk`` or a half of it down to ``FACTORED_MIN_CHUNK``, whose decays factor safely.
+def _factored_chunks(a: torch.Tensor, chunk: int) -> list[int]:
+    """Per head, the longest chunk (``chunk``, or halved down to ``FACTORED_MIN_CHUNK``) whose decays factor safely.
 
     a (B, T, H): Δ A per step (<= 0). Within a chunk the decay exp(a_cum_i - a_cum_j)
     equals exp(a_cum_i) exp(-a_cum_j), a_cum counted from the chunk's start; the
-    second factor is at most exp(span), so a chunk factors when its span (minus
-    the sum of its Δ A) is at most ``FACTORED_MAX_SPAN``. None if no length does.
+    second factor is at most exp(span), so a head's chunks factor when each one's
+    span (minus the sum of its Δ A) is at most ``FACTORED_MAX_SPAN``. 0 for a head
+    no such length fits. One read back to the host for all heads and lengths.
     """
     batch, T, heads = a.shape
+    lengths, spans = [], []
     length = chunk
     while length >= min(FACTORED_MIN_CHUNK, chunk):
         pad = -T % length
         sums = F.pad(a, (0, 0, 0, pad)).view(batch, (T + pad) // length, length, heads).sum(2)
-        if -sums.min().item() <= FACTORED_MAX_SPAN:
-            return length
+        lengths.append(length)
+        spans.append(-sums.amin((0, 1)))  # (H,) each head's largest span
         length //= 2
-    return None
+    fits = (torch.stack(spans) <= FACTORED_MAX_SPAN).tolist()  # (lengths, H)
+    return [next((n for n, ok in zip(lengths, col) if ok), 0) for col in zip(*fits)]
 
 
 def ssd_chunked(
@@ -170,21 +173,14 @@ def ssd_chunked(
     the state and skips the last chunk's.
 
     The decay within a chunk, exp(a_cum_i - a_cum_j) from the chunk's running sum
-    of Δ A, is computed one of two ways; both are exact:
-    - on a CPU (eager), where every chunk's decays span at most ``FACTORED_MAX_SPAN``
-      (halving the chunk down to ``FACTORED_MIN_CHUNK`` if that makes them so),
-      factored as exp(a_cum_i) exp(-a_cum_j): the second factor scales Δ x,
-      the first the output, and the masked C Bᵀ, shared by every head of a
-      group, is one product with all their channels at once. No step-by-step
-      matrix per head is built, and nothing leaves the input's layout. Both
-      factors count from the chunk's start, so a step's output depends on no
-      later step, to the last bit (the masked products add exact zeros);
-    - otherwise per head, as mamba_ssm's kernels compute it: one L x L matrix
-      (C Bᵀ ∘ exp(a_cum_i - a_cum_j)) per head, in the layout (batch, chunk,
-      group, head in group, step, channel), one batched product for all heads.
-    The states and what each step reads from them keep the input's layout
-    (batch, chunk, step, heads x channels): all heads of a group are one product
-    with its B or C.
+    of Δ A, is computed one of two ways (``_ssd_chunks``); both are exact:
+    - on a CPU (eager), for the heads whose every chunk's decays span at most
+      ``FACTORED_MAX_SPAN`` (halving a head's chunk down to ``FACTORED_MIN_CHUNK``
+      if that makes them so), factored as exp(a_cum_i) exp(-a_cum_j);
+    - otherwise per head, one L x L matrix each, as mamba_ssm's kernels compute it.
+    Heads are independent of each other, so heads that need different ways (a few
+    fast-decaying heads need shorter chunks than the rest) are computed apart, each
+    set at its own chunk length, and put back in order.
     """
     assert chunk_size >= 1
     dtype = x.dtype
@@ -195,67 +191,119 @@ def ssd_chunked(
         h = x.new_zeros(batch, heads, width, n_state, dtype=work) if h0 is None else h0.to(work)
         return x.new_zeros(x.shape), h if final_state else None
     x, dt, A, B, C = (t.to(work) for t in (x, dt, A, B, C))
+    h0 = None if h0 is None else h0.to(work)
     if T == 1:  # one token (generation): the loop's single step
-        y, h = ssd_ref(x, dt, A, B, C, None if h0 is None else h0.to(work))
+        y, h = ssd_ref(x, dt, A, B, C, h0)
         return y.to(dtype), h if final_state else None
     L = min(chunk_size, T)
     a = dt * A  # (B, T, H) the log-decay of each step
     # Per head on CUDA (the check reads the spans back to the host) and while torch.compile traces
     # (it fuses the per-head steps itself, and a value read back would break its graph).
     eager_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
-    factored = _factored_chunk(a.detach(), L) if eager_cpu else None
-    L = factored or L
+    ways = _factored_chunks(a.detach(), L) if eager_cpu else [0] * heads  # per head: chunk length, 0 per head
+    if len(set(ways)) == 1:
+        y, h = _ssd_chunks(x, dt, a, B, C, h0, ways[0] or L, bool(ways[0]), final_state)
+        return y.to(dtype), h
+    r = heads // groups
+    ys, hs, order = [], [], []
+    for way in sorted(set(ways), reverse=True):
+        idx = torch.tensor([i for i, w in enumerate(ways) if w == way], device=x.device)
+        # One group serves every head; else each head of the set takes its group's B and C.
+        Bs, Cs = (B, C) if groups == 1 else (B.index_select(2, idx // r), C.index_select(2, idx // r))
+        y, h = _ssd_chunks(
+            x.index_select(2, idx), dt.index_select(2, idx), a.index_select(2, idx), Bs, Cs,
+            None if h0 is None else h0.index_select(1, idx), way or L, bool(way), final_state,
+        )  # fmt: skip
+        ys.append(y)
+        hs.append(h)
+        order.append(idx)
+    back = torch.argsort(torch.cat(order))  # each head's place among the sets' outputs
+    y = torch.cat(ys, dim=2).index_select(2, back)
+    return y.to(dtype), torch.cat(hs, dim=1).index_select(1, back) if final_state else None
+
+
+def _ssd_chunks(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None,
+    L: int,
+    factored: bool,
+    final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``ssd_chunked`` at chunks of L, in the working dtype, given a = Δ A (B, T, H).
+
+    ``factored``: the decay within a chunk as exp(a_cum_i) exp(-a_cum_j) (the caller
+    checked that it fits): the second factor scales Δ x, the first the output, and
+    the masked C Bᵀ, shared by every head of a group, is one product with all their
+    channels at once. No step-by-step matrix per head is built. Both factors count
+    from the chunk's start, so a step's output depends on no later step, to the
+    last bit (the masked products add exact zeros). Otherwise one L x L matrix
+    (C Bᵀ ∘ exp(a_cum_i - a_cum_j)) per head, in the layout (batch, chunk, group,
+    head in group, step, channel), one batched product for all heads. The states,
+    and what each step reads from them, are one product per group with its B or C
+    over all its heads' channels (batch, chunk, group, step, heads x channels).
+    Δ multiplies x where x is scaled anyway, so Δ x is never a tensor of its own.
+    """
+    batch, T, heads, width = x.shape
+    groups, n_state = B.shape[2], B.shape[3]
     pad = -T % L
     if pad:
         x, dt, a, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, a, B, C))
     c = (T + pad) // L
     r = heads // groups  # heads per group
-    xdt = (x * dt[..., None]).view(batch, c, L, heads, width)  # Δ x
+    xc, dtc = x.view(batch, c, L, heads, width), dt.view(batch, c, L, heads)
     a_cum = torch.cumsum(a.view(batch, c, L, heads), dim=2)  # running sum of Δ A in each chunk
     last = a_cum[:, :, -1]  # (B, c, H): the log-decay across each whole chunk
-    across = torch.exp(last)  # (B, c, H): the decay across each whole chunk
     Bg = B.view(batch, c, L, groups, n_state).transpose(2, 3)  # (B, c, G, L, N)
     Cg = C.view(batch, c, L, groups, n_state).transpose(2, 3)
     above = ~torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
 
     # 1. Within each chunk: the masked "attention" (C_i · B_j) exp(a_cum_i - a_cum_j) applied to Δ x.
+    # Factored, y is left in the layout (B, c, G, L, rP) and without its factor exp(a_cum_i), which
+    # step 4 applies once to it and to what each step reads from the state entering its chunk.
     if factored:
-        xv = (xdt * torch.exp(-a_cum)[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)
+        xv = (xc * (dtc * torch.exp(-a_cum))[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)
         CB = (Cg @ Bg.transpose(-1, -2)).masked_fill_(above, 0.0)  # (B, c, G, L, L)
-        y = (CB @ xv).transpose(2, 3).reshape(batch, c, L, heads, width) * torch.exp(a_cum)[..., None]
+        y = CB @ xv  # (B, c, G, L, rP)
     else:
-        xh = xdt.view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5)  # (B, c, G, r, L, P)
+        xh = (xc * dtc[..., None]).view(batch, c, L, groups, r, width).permute(0, 1, 3, 4, 2, 5)  # (B, c, G, r, L, P)
         ah = a_cum.view(batch, c, L, groups, r).permute(0, 1, 3, 4, 2)  # (B, c, G, r, L)
         log_decay = (ah[..., :, None] - ah[..., None, :]).masked_fill_(above, float("-inf"))
         M = (Cg @ Bg.transpose(-1, -2))[:, :, :, None] * torch.exp(log_decay)  # (B, c, G, r, L, L)
         y = (M @ xh).permute(0, 1, 4, 2, 3, 5).reshape(batch, c, L, heads, width)
-        to_end = torch.exp(last[:, :, None] - a_cum)  # (B, c, L, H): from each step to the chunk's end
-        xv = (xdt * to_end[..., None]).view(batch, c, L, groups, r * width).transpose(2, 3)  # (B, c, G, L, rP)
 
     # 2. Each chunk's own contribution to the state at its end, Σ_s exp(a_cum_L - a_cum_s) (Δ x)_s ⊗ B_s,
     # and 3. between chunks the recurrence, one step per chunk, from h0: the state entering each chunk.
     n = c if final_state else c - 1  # the chunks whose states are needed
-    h = None if h0 is None else h0.to(work)  # None: zeros
+    h = h0  # None: zeros
     entering = []
     if n:
-        states = (xv[:, :n].transpose(-1, -2) @ Bg[:, :n]).view(batch, n, heads, width, n_state)
-        if factored:  # what xv left out: the decay from the chunk's start to its end
-            states = states * across[:, :n, :, None, None]
-        decay = across[..., None, None].unbind(1)  # c x (B, H, 1, 1)
+        to_end = dtc[:, :n] * torch.exp(last[:, :n, None] - a_cum[:, :n])  # (B, n, L, H): Δ decayed to chunk end
+        xe = (xc[:, :n] * to_end[..., None]).view(batch, n, L, groups, r * width).transpose(2, 3)  # (B, n, G, L, rP)
+        states = (xe.transpose(-1, -2) @ Bg[:, :n]).view(batch, n, heads, width, n_state)
+        decay = torch.exp(last)[..., None, None].unbind(1)  # c x (B, H, 1, 1): across each whole chunk
         for k, state in enumerate(states.unbind(1)):  # unbind: one backward for all chunks, not one per chunk
             entering.append(h)
             h = state if h is None else h * decay[k] + state
     if n < c:
         entering.append(h)
 
-    # 4. Each step reads the state entering its chunk through C, decayed to the step (none enters at zeros).
+    # 4. Each step reads the state entering its chunk through C (none enters at zeros), decayed to the step.
     first = next((k for k, e in enumerate(entering) if e is not None), c)
     if first < c:
         states_in = torch.stack(entering[first:], dim=1).view(batch, c - first, groups, r * width, n_state)
-        read = (Cg[:, first:] @ states_in.transpose(-1, -2)).transpose(2, 3)  # (B, c', L, G, rP)
-        read = read.reshape(batch, c - first, L, heads, width) * torch.exp(a_cum[:, first:])[..., None]
-        y[:, first:] += read  # in place: no backward reads y
-    return y.reshape(batch, c * L, heads, width)[:, :T].to(dtype), h if final_state else None
+        read = Cg[:, first:] @ states_in.transpose(-1, -2)  # (B, c', G, L, rP)
+        if factored:
+            y[:, first:] += read  # in place: no backward reads y
+        else:
+            read = read.transpose(2, 3).reshape(batch, c - first, L, heads, width)
+            y[:, first:] += read * torch.exp(a_cum[:, first:])[..., None]
+    if factored:
+        y = y.transpose(2, 3).reshape(batch, c, L, heads, width) * torch.exp(a_cum)[..., None]
+    return y.reshape(batch, c * L, heads, width)[:, :T], h if final_state else None
 
 
 def ssd_attention(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
