@@ -14,6 +14,7 @@ saves (``is_main()``).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -79,6 +80,14 @@ def is_main() -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    The group goes only once nothing holds it: DistributedDataParallel's wrapper
+    (and the gloo work it keeps) sits in reference cycles that outlive the run, so
+    they are collected first. Left to the interpreter's exit, gloo's threads were
+    torn down after Python's and aborted the process at times ("terminate called
+    without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

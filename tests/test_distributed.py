@@ -91,3 +91,32 @@ def test_accumulation_sees_the_batch_of_the_same_size_and_matches_one_big_batch(
     assert losses(4, 2) == pytest.approx(losses(8, 1), abs=1e-5)
     with pytest.raises(ConfigError, match="grad_accum"):
         TrainConfig(grad_accum=0).validate()
+
+
+def test_leaving_the_group_first_frees_a_ddp_wrapper_that_a_reference_cycle_keeps(tmp_path: Path) -> None:
+    # A wrapper in a cycle outlives the run until a collection: left to the interpreter's exit, gloo's
+    # threads went down after Python's and aborted a torchrun rank at times. shutdown() collects first.
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lmcore import distributed
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    gc.disable()  # no automatic collection may free it before shutdown() does
+    try:
+        holder: dict = {}
+        holder["self"] = holder  # the cycle
+        holder["ddp"] = DistributedDataParallel(torch.nn.Linear(4, 2))
+        holder["ddp"](torch.randn(3, 4)).sum().backward()  # the reducer holds gloo work
+        wrapper = weakref.ref(holder["ddp"])
+        del holder
+        assert wrapper() is not None
+        distributed.shutdown()
+        assert wrapper() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
