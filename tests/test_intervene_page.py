@@ -83,7 +83,8 @@ def test_a_mamba_gets_layers_and_channels_and_says_what_differs(ckpt_dir: Path) 
     at = open_page(PAGE)
     at.selectbox(key="keep.intervene.model").select("ckpt:" + str(ckpt_dir / "b-mamba.safetensors")).run()
     assert not at.exception, [e.message for e in at.exception]
-    assert "no attention heads" in texts(at.info) and "state" in texts(at.info)
+    assert "no attention heads" in texts(at.info) and "state" in texts(at.info) and "Mamba-2" not in texts(at.info)
+    assert "layer 1 · channel 17" in at.multiselect(key="intervene.channels").options
     at.button_group(key="intervene.layers").set_value([1]).run()
     assert not at.exception, [e.message for e in at.exception]
     assert "Mean loss" in texts(at.caption)
@@ -111,7 +112,10 @@ def test_a_mamba2_gets_layers_and_channels_like_a_mamba(mamba2_dir: Path) -> Non
     at = open_page(PAGE)
     assert not at.exception, [e.message for e in at.exception]
     assert at.selectbox(key="keep.intervene.model").value.endswith("m2.safetensors")
-    assert "no attention heads" in texts(at.info)
+    assert "no attention heads" in texts(at.info) and "Mamba-2" in texts(at.info)
+    # Each channel says which of the state-space heads (16 channels each in the preset) owns it.
+    options = at.multiselect(key="intervene.channels").options
+    assert "layer 1 · channel 17 (head 1)" in options and "layer 0 · channel 15 (head 0)" in options
     at.button_group(key="intervene.layers").set_value([1]).run()
     assert not at.exception, [e.message for e in at.exception]
     assert "Mean loss" in texts(at.caption)

@@ -60,14 +60,18 @@ def sweep_wanted(key: str, what: str) -> bool:
     return not heavy or st.checkbox(f"Run {what} (one forward pass per row: slow for a model this size)", key=key)
 
 
+# A Mamba-2's channels come in heads of ssm_head_dim, each with one decay (the Attention page's maps).
+ssm_head_dim = model.config.ssm_head_dim if model.config.arch == "mamba2" else 0
 if has_channels:
     st.info(
-        "This is a Mamba: it has no attention heads. Each layer carries a fixed-size state along the text, so "
-        "the past reaches a token only through that state. Here you switch off whole layers (the mixer's "
-        "write into the residual stream) or single scan channels; patching works on the residual stream and "
-        "restores everything the state will carry from that position on; steering adds to the stream the "
-        "same way."
-    )
+        ("This is a Mamba-2: it has no attention heads; its heads are state-space heads of "
+         f"{ssm_head_dim} channels with one decay each, whose exact maps the Attention page shows. "
+         if ssm_head_dim else "This is a Mamba: it has no attention heads. ")
+        + "Each layer carries a fixed-size state along the text, so the past reaches a token only through "
+        "that state. Here you switch off whole layers (the mixer's write into the residual stream) or single "
+        "scan channels; patching works on the residual stream and restores everything the state will carry "
+        "from that position on; steering adds to the stream the same way."
+    )  # fmt: skip
 elif not has_heads:
     st.info(
         f"This model ({model.config.arch}) has no attention heads or Mamba channels to switch off; patching and "
@@ -115,8 +119,11 @@ with tab_ablate:
                               key="intervene.layers", format_func=lambda i: f"layer {i}") or []  # fmt: skip
             width = model.config.d_inner
             channel_labels = [(layer, c) for layer in range(n_layer) for c in range(width)]
-            channels = st.multiselect("Scan channels to switch off", channel_labels, key="intervene.channels",
-                                      format_func=lambda lc: f"layer {lc[0]} · channel {lc[1]}")  # fmt: skip
+            channels = st.multiselect(
+                "Scan channels to switch off", channel_labels, key="intervene.channels",
+                format_func=lambda lc: f"layer {lc[0]} · channel {lc[1]}"
+                + (f" (head {lc[1] // ssm_head_dim})" if ssm_head_dim else ""),
+            )  # fmt: skip
         with user_errors(stop=False):
             effect = iv.ablation_effect(model, ids, heads=heads, channels=channels, layers=layers, mode=mode)
             st.markdown(
