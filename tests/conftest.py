@@ -64,6 +64,7 @@ SLOW_TESTS = {
     "test_optim.py::test_training_page_starts_a_run_with_the_chosen_optimizer",
     "test_optim.py::test_training_page_starts_adamw_vs_muon_as_two_overlaid_runs",
     "test_package.py::test_the_readme_library_example_runs_in_a_core_install",
+    "test_package.py::test_the_console_script_is_python_m_lmcore",  # two command lines, each importing torch
     "test_prepared_data.py::test_a_prepared_folder_is_the_corpus_its_vocabulary_is_used_and_a_run_trains_from_it",
     "test_prepared_data.py::test_a_bad_folder_gives_one_line_and_keeps_the_corpus",
     "test_prepared_data.py::test_a_reload_restores_the_prepared_folder_from_the_address",
